@@ -1,0 +1,113 @@
+"""The bars test: horizontal and vertical bars on a small square image."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from prosper.utils.validation import Interval, Options, check_random_state, validate_params
+
+__all__ = ["BarsData", "bars", "bars_dictionary"]
+
+
+@dataclass
+class BarsData:
+    """A generated bars data set.
+
+    Attributes
+    ----------
+    Y : ndarray of shape (N, D)
+        Observed images, flattened row-major (D = size**2).
+    S : ndarray of shape (N, H)
+        Generating latents (H = 2 * size).
+    W : ndarray of shape (D, H)
+        Generating dictionary: ``size`` horizontal then ``size`` vertical bars.
+    pi, sigma, amplitude : float
+        Generating parameters.
+    """
+
+    Y: np.ndarray
+    S: np.ndarray
+    W: np.ndarray
+    pi: float
+    sigma: float
+    amplitude: float
+
+    def ground_truth(self) -> dict[str, np.ndarray]:
+        """Generating parameters as arrays (what ``prosper fit`` stores in the file)."""
+        return {"W": self.W, "pi": np.asarray(self.pi), "sigma": np.asarray(self.sigma)}
+
+
+def bars_dictionary(size: int, amplitude: float = 1.0) -> np.ndarray:
+    """W of shape (size**2, 2*size): horizontal bars first, then vertical bars."""
+    H = 2 * size
+    W = np.zeros((size, size, H))
+    for i in range(size):
+        W[i, :, i] = amplitude
+        W[:, i, size + i] = amplitude
+    return W.reshape(size * size, H)
+
+
+def bars(
+    size: int = 5,
+    n_samples: int = 2000,
+    *,
+    pi: float = 0.2,
+    amplitude: float = 10.0,
+    sigma: float = 2.0,
+    signed: bool = False,
+    combine: str = "sum",
+    random_state: int | np.random.Generator | None = None,
+) -> BarsData:
+    """Generate bars data: each bar appears independently with probability ``pi``.
+
+    Parameters
+    ----------
+    size : int, default=5
+        Images are size x size with ``size`` horizontal and ``size`` vertical bars (H=2*size).
+    n_samples : int, default=2000
+    pi : float, default=0.2
+        Probability of each bar being present.
+    amplitude : float, default=10.0
+        Bar intensity.
+    sigma : float, default=2.0
+        Standard deviation of the additive Gaussian noise.
+    signed : bool, default=False
+        Latents in {-1, 0, 1} (each sign with probability pi/2), as for TSC.
+    combine : {"sum", "max"}, default="sum"
+        How overlapping bars combine: linear sum (BSC, TSC) or the maximum (MCA; with
+        ``signed`` the cause of largest magnitude wins with its sign, as for MMCA).
+    random_state : int, Generator or None
+
+    Returns
+    -------
+    BarsData
+    """
+    validate_params(
+        "bars",
+        locals(),
+        {
+            "size": [Interval("int", 1, None)],
+            "n_samples": [Interval("int", 1, None)],
+            "pi": [Interval("real", 0, 1, "right")],
+            "amplitude": [Interval("real", 0, None, "neither")],
+            "sigma": [Interval("real", 0, None, "left")],
+            "signed": [bool],
+            "combine": [Options(("sum", "max"))],
+        },
+    )
+    rng = check_random_state(random_state)
+    W = bars_dictionary(size, amplitude)
+    H = W.shape[1]
+    S = (rng.random((n_samples, H)) < pi).astype(np.float64)
+    if signed:
+        S *= np.where(rng.random((n_samples, H)) < 0.5, -1.0, 1.0)
+    if combine == "sum":
+        clean = S @ W.T
+    else:
+        contrib = S[:, None, :] * W[None, :, :]  # (N, D, H)
+        winner = np.abs(contrib).argmax(axis=2)
+        clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
+    Y = clean + sigma * rng.standard_normal(clean.shape)
+    return BarsData(Y=Y, S=S, W=W, pi=float(pi), sigma=float(sigma), amplitude=float(amplitude))

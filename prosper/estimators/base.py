@@ -1,0 +1,445 @@
+"""Shared fitting machinery of every estimator: validation, seeding, resume, results file.
+
+:class:`EMEstimator` implements ``fit`` once for all models on top of the EM driver; a
+model's estimator gives its learner (:meth:`EMEstimator._make_learner`) and parameter
+constraints. :class:`TruncatedEMEstimator` adds what all discrete-latent models share.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from prosper.backends import get_backend
+from prosper.base import BaseEstimator
+from prosper.exceptions import ConfigError
+from prosper.io.config import dump_toml
+from prosper.io.results import ResultWriter, encode_params, read_checkpoint, read_history
+from prosper.parallel import Communicator, get_comm
+from prosper.solvers.annealing import Schedule
+from prosper.solvers.em import run_em
+from prosper.solvers.states import ExpectationTruncation
+from prosper.solvers.truncated import Annealing, TruncatedEM
+from prosper.utils.validation import (
+    Interval,
+    Options,
+    check_data,
+    check_is_fitted,
+    check_random_state,
+    validate_params,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EMEstimator", "TruncatedEMEstimator"]
+
+DTYPES = ("float64", "float32")
+#: estimator arguments that are not hyper-parameters of the model (not compared on resume)
+RUNTIME_PARAMS = ("comm", "callback", "progress", "backend", "batch_size")
+
+
+def _schedule_like(value: Any) -> bool:
+    """None, a number or a list of [position, value] pairs"""
+    return value is None or isinstance(value, (int, float, list, tuple))
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    try:
+        name = np.dtype(dtype).name
+    except TypeError:
+        return None
+    return name if name in DTYPES else None
+
+
+def _is_dtype(value: Any) -> bool:
+    """'float64' or 'float32' (or the numpy dtypes)"""
+    return _dtype_name(value) is not None
+
+
+class EMEstimator(BaseEstimator):
+    """Base of the estimators learned by the shared EM driver.
+
+    Subclasses define ``_parameter_constraints``, ``_fitted_names`` (learned parameters,
+    stored as ``<name>_``), :meth:`_check_params` for cross-parameter rules and
+    :meth:`_make_learner`. Every subclass accepts the keyword arguments ``n_iter``,
+    ``backend``, ``dtype``, ``random_state``, ``comm``, ``callback`` and ``progress``.
+    """
+
+    _parameter_constraints: dict[str, list] = {
+        "n_iter": [Interval("int", 1, None)],
+        "batch_size": [Interval("int", 1, None)],
+        "backend": [Options(("auto", "numpy", "numba", "cupy"))],
+        "dtype": [_is_dtype],
+        "random_state": [None, Interval("int", 0, None), np.random.Generator],
+        "progress": [None, bool],
+    }
+    _fitted_names: tuple[str, ...] = ()
+
+    # -- to be provided by subclasses -------------------------------------------------
+    def _check_params(self, D: int) -> None:
+        """Cross-parameter checks once D is known (raise ValueError)."""
+
+    def _make_learner(self, D: int, seed: int, backend):
+        raise NotImplementedError
+
+    # -- fitting -----------------------------------------------------------------------
+    def _validate(self) -> None:
+        constraints: dict[str, list] = {}
+        for cls in reversed(type(self).__mro__):
+            constraints.update(getattr(cls, "_parameter_constraints", {}))
+        validate_params(type(self).__name__, self.get_params(), constraints)
+
+    def _comm(self) -> Communicator:
+        return get_comm(self.comm)
+
+    def _seed(self, comm: Communicator) -> int:
+        if isinstance(self.random_state, (int, np.integer)):
+            return int(self.random_state)
+        rng = check_random_state(self.random_state)
+        return int(comm.bcast(int(rng.integers(2**62))))
+
+    def fit(
+        self,
+        Y: Any,
+        *,
+        out: str | os.PathLike | None = None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> EMEstimator:
+        """Learn the model from data.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N, D)
+            Data, one row per data point. Under MPI each rank passes its own rows (rows are
+            contiguous blocks in rank order; see :func:`prosper.parallel.row_block`).
+        out : str or path-like, optional
+            HDF5 result file (written by rank 0, flushed every iteration).
+        resume : bool, default=False
+            Continue the run stored in ``out`` from its checkpoint.
+        overwrite : bool, default=False
+            Replace an existing ``out`` file.
+
+        Returns
+        -------
+        self
+        """
+        return self._fit(Y, out=out, resume=resume, overwrite=overwrite)
+
+    def _fit(
+        self,
+        Y: Any,
+        *,
+        out=None,
+        resume=False,
+        overwrite=False,
+        config_text: str | None = None,
+        ground_truth: dict | None = None,
+    ) -> EMEstimator:
+        comm = self._comm()
+        self._validate()
+        Y = check_data(Y, comm=comm, dtype=_dtype_name(self.dtype))
+        D = Y.shape[1]
+        comm.agree(_error_of(self._check_params, D))
+        backend = get_backend(self.backend)
+        seed = self._seed(comm)
+        learner = self._make_learner(D, seed, backend)
+        writer = None
+        if out is not None:
+            writer = ResultWriter(
+                out,
+                comm,
+                attrs=self._file_attrs(config_text, comm, Y),
+                resume=resume,
+                overwrite=overwrite,
+            )
+        elif resume:
+            raise ValueError("resume=True needs out= naming the result file to continue.")
+        start = 0
+        if resume:
+            start, seed = self._resume(out, learner, comm, Y)
+        else:
+            learner.initialize(Y, comm, np.random.default_rng(seed), **self._init_kwargs())
+            if writer is not None:
+                writer.start(learner.params, seed, ground_truth)
+        log.info(
+            "%s: N=%d over %d rank(s), D=%d, %d iterations from %d, backend %s",
+            type(self).__name__,
+            learner.n_total,
+            comm.size,
+            D,
+            self.n_iter,
+            start,
+            backend.NAME,
+        )
+        history = run_em(
+            learner,
+            Y,
+            comm,
+            n_iter=self.n_iter,
+            start=start,
+            recorder=writer,
+            callback=self.callback,
+            progress=self.progress,
+        )
+        if resume and writer.active:
+            # the whole run's trace, not only the iterations after the checkpoint
+            history = {k: list(v) for k, v in read_history(out).items()}
+        history = comm.bcast(history)
+        n_done = len(history.get("free_energy", []))
+        self._set_fitted(
+            learner.params, history, {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
+        )
+        if writer is not None:
+            writer.finish(
+                learner.params, {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
+            )
+        return self
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _resume(self, out, learner, comm: Communicator, Y: np.ndarray) -> tuple[int, int]:
+        ckpt, error = None, None
+        if comm.rank == 0:
+            try:
+                ckpt = read_checkpoint(out)
+                error = self._resume_mismatch(ckpt.attrs)
+            except (ConfigError, KeyError) as exc:
+                error = str(exc)
+        comm.agree(error)
+        ckpt = comm.bcast(ckpt)
+        n_total = comm.allreduce(int(Y.shape[0]))
+        if int(ckpt.attrs.get("n_samples", n_total)) != n_total:
+            raise ValueError(
+                f"cannot resume {str(out)!r}: it was fitted on {ckpt.attrs['n_samples']} data "
+                f"points, this run has {n_total}."
+            )
+        learner.set_params(ckpt.params, n_total)
+        log.info("resuming %s at iteration %d", out, ckpt.iteration)
+        return ckpt.iteration, ckpt.seed
+
+    def _hyper_params(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in self.get_params().items()
+            if k not in ("comm", "callback") and not isinstance(v, np.random.Generator)
+        }
+
+    def _resume_mismatch(self, attrs: dict[str, Any]) -> str | None:
+        from prosper.io.results import decode_params
+
+        model = getattr(self, "_model_name", type(self).__name__.lower())
+        if str(attrs.get("model")) != model:
+            return f"cannot resume: the file holds a {attrs.get('model')!r} run, not {model!r}."
+        stored = decode_params(str(attrs.get("estimator_params", "{}")))
+        mine = decode_params(encode_params(self._hyper_params()))
+        differ = sorted(
+            k
+            for k in set(stored) | set(mine)
+            if k not in RUNTIME_PARAMS and not _same(stored.get(k), mine.get(k))
+        )
+        if differ:
+            return (
+                "cannot resume: the configuration differs from the stored run in "
+                + ", ".join(f"{k} (stored {stored.get(k)!r}, now {mine.get(k)!r})" for k in differ)
+                + "."
+            )
+        return None
+
+    def _file_attrs(
+        self, config_text: str | None, comm: Communicator, Y: np.ndarray
+    ) -> dict[str, Any]:
+        model = getattr(self, "_model_name", type(self).__name__.lower())
+        params = self._hyper_params()
+        if config_text is None:
+            config_text = dump_toml(
+                {
+                    "model": {
+                        "name": model,
+                        **{
+                            k: (_dtype_name(v) if k == "dtype" else v)
+                            for k, v in params.items()
+                            if not isinstance(v, np.ndarray)
+                        },
+                    }
+                }
+            )
+        return {
+            "model": model,
+            "estimator": type(self).__name__,
+            "config": config_text,
+            "estimator_params": encode_params(params),
+            "n_samples": comm.allreduce(int(Y.shape[0])),
+            "n_features": Y.shape[1],
+        }
+
+    def _set_fitted(
+        self, params: dict[str, np.ndarray], history: dict[str, Any], attrs: dict[str, Any]
+    ) -> None:
+        for name in self._fitted_names:
+            value = np.asarray(params[name])
+            setattr(self, name + "_", float(value) if value.ndim == 0 else value.copy())
+        self.history_ = {k: np.asarray(v) for k, v in history.items()}
+        self.free_energy_ = self.history_.get("free_energy", np.zeros(0))
+        self.n_iter_ = int(attrs.get("n_iter", len(self.free_energy_)))
+        self.n_features_in_ = int(np.asarray(params[self._fitted_names[0]]).shape[0])
+        self.seed_ = int(attrs.get("seed", 0))
+
+    def _fitted_params(self) -> dict[str, np.ndarray]:
+        check_is_fitted(self, tuple(n + "_" for n in self._fitted_names))
+        return {n: np.asarray(getattr(self, n + "_"), dtype=np.float64) for n in self._fitted_names}
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
+    except (TypeError, ValueError):
+        return a == b
+
+
+def _error_of(check, *args) -> str | None:
+    try:
+        check(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+class TruncatedEMEstimator(EMEstimator):
+    """Common surface of the discrete-latent estimators (BSC, TSC, DSC, MCA, MMCA, GSC).
+
+    Subclasses set ``_model_class`` (a :class:`prosper.models.base.TruncatedModel`) and
+    may override :meth:`_model_kwargs` and the defaults of :meth:`_default_schedules`.
+    """
+
+    _parameter_constraints = {
+        "H": [Interval("int", 1, None)],
+        "Hprime": [None, Interval("int", 1, None)],
+        "gamma": [None, Interval("int", 1, None)],
+        "init": [Options(("data", "random"))],
+        "temperature": [_schedule_like],
+        "anneal_prior": [None, bool],
+        "noise": [_schedule_like],
+        "ncut_factor": [_schedule_like],
+    }
+    _model_class: type = None
+    #: default ET data selection: N_cut factor raised from 0 to 1 over the first 2/3 of the
+    #: run, as in the original ET examples (measured in benchmarks/bench_defaults.py)
+    _default_ncut = [[0.0, 0.0], [0.667, 1.0]]
+
+    def _resolved(self) -> tuple[int, int]:
+        Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
+        gamma = min(Hprime, 4) if self.gamma is None else self.gamma
+        return Hprime, gamma
+
+    def _check_params(self, D: int) -> None:
+        Hprime, gamma = self._resolved()
+        if Hprime > self.H:
+            raise ValueError(f"Hprime must be <= H (={self.H}); got Hprime={Hprime}.")
+        if gamma > Hprime:
+            raise ValueError(f"gamma must be <= Hprime (={Hprime}); got gamma={gamma}.")
+        self._schedules()
+
+    def _schedules(self) -> Annealing:
+        temperature = Schedule.parse(self.temperature, "temperature", 1.0)
+        temperature.check("temperature", self.n_iter, 1.0)
+        noise = Schedule.parse(self.noise, "noise", 0.0)
+        noise.check("noise", self.n_iter, 0.0)
+        ncut = Schedule.parse(
+            self._default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
+        )
+        ncut.check("ncut_factor", self.n_iter, 0.0, 1.0)
+        anneal_prior = (
+            self._model_class.anneal_prior_default
+            if self.anneal_prior is None
+            else self.anneal_prior
+        )
+        return Annealing(temperature, anneal_prior, noise, ncut)
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _make_model(self, D: int):
+        return self._model_class(self.H, D, **self._model_kwargs())
+
+    def _states(self, model) -> ExpectationTruncation:
+        Hprime, gamma = self._resolved()
+        return ExpectationTruncation(self.H, Hprime, gamma, model.values)
+
+    def _make_learner(self, D: int, seed: int, backend) -> TruncatedEM:
+        model = self._make_model(D)
+        return TruncatedEM(
+            model,
+            self._states(model),
+            self._schedules(),
+            n_iter=self.n_iter,
+            batch_size=self.batch_size,
+            backend=backend,
+            seed=seed,
+        )
+
+    def _init_kwargs(self) -> dict[str, Any]:
+        return {"init": self.init}
+
+    @property
+    def _fitted_names(self) -> tuple[str, ...]:
+        return self._model_class.param_names
+
+    def _learner_for(self, Y: np.ndarray) -> TruncatedEM:
+        params = self._fitted_params()
+        learner = self._make_learner(
+            Y.shape[1], getattr(self, "seed_", 0), get_backend(self.backend)
+        )
+        learner.set_params(params, Y.shape[0])
+        return learner
+
+    def _check_input(self, Y: Any) -> np.ndarray:
+        self._fitted_params()
+        return check_data(Y, dtype=_dtype_name(self.dtype), n_features=self.n_features_in_)
+
+    def transform(self, Y: Any) -> np.ndarray:
+        """Posterior mean <s> of the latents under the truncated posterior.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N, D)
+
+        Returns
+        -------
+        ndarray of shape (N, H)
+        """
+        Y = self._check_input(Y)
+        return self._learner_for(Y).posterior_mean(Y)
+
+    def score(self, Y: Any) -> float:
+        """Mean free energy per data point (the truncated log-likelihood bound).
+
+        Under MPI this is collective: every rank passes its rows and gets the global mean.
+        """
+        Y = self._check_input(Y)
+        comm = self._comm()
+        total = comm.allreduce_arrays(
+            {
+                "F": np.array(self._learner_for(Y).log_marginals(Y).sum()),
+                "n": np.array(float(Y.shape[0])),
+            }
+        )
+        return float(total["F"] / total["n"])
+
+    def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Draw data from the fitted model.
+
+        Returns
+        -------
+        Y : ndarray of shape (n_samples, D)
+        S : ndarray of shape (n_samples, H)
+        """
+        params = self._fitted_params()
+        if not (isinstance(n_samples, (int, np.integer)) and n_samples >= 1):
+            raise ValueError(f"n_samples must be a positive int; got {n_samples!r}.")
+        model = self._make_model(self.n_features_in_)
+        return model.sample(int(n_samples), params, check_random_state(random_state))

@@ -1,0 +1,247 @@
+"""What a discrete-latent model provides to the truncated-EM solver.
+
+A model is its mathematics only: it holds shapes and fixed settings, takes parameters as a
+dict of arrays, and never loops over iterations, talks to other ranks or touches files.
+The solver calls, per iteration: :meth:`preselection_scores` and :meth:`estep_batch` for
+every batch, then :meth:`mstep` with the statistics summed over all ranks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import ModuleType
+
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import binom
+
+from prosper.solvers.states import CandidateBatch, ExpectationTruncation
+
+__all__ = ["LinearTruncatedModel", "TruncatedModel", "binomial_truncation"]
+
+Params = dict[str, np.ndarray]
+
+
+def binomial_truncation(H: int, gamma: int, p_active: float) -> tuple[float, float]:
+    """ET truncation masses for |s| ~ Binomial(H, p_active).
+
+    Returns
+    -------
+    A : float
+        P(|s| <= gamma), the prior mass kept by the truncation.
+    B : float
+        E[|s| 1{|s| <= gamma}] = sum_{k<=gamma} k C(H,k) p^k (1-p)^(H-k).
+    """
+    k = np.arange(gamma + 1)
+    pmf = binom.pmf(k, H, p_active)
+    return float(pmf.sum()), float(k @ pmf)
+
+
+class TruncatedModel(ABC):
+    """Base class of the models learned by truncated EM.
+
+    Parameters
+    ----------
+    H : int
+        Number of latents.
+    D : int
+        Number of observed dimensions.
+    """
+
+    #: short name used in configs and result files
+    name: str = ""
+    #: names of the learned parameters, in the order they are recorded
+    param_names: tuple[str, ...] = ()
+    #: whether annealing tempers the prior together with the likelihood by default
+    anneal_prior_default: bool = False
+
+    def __init__(self, H: int, D: int) -> None:
+        self.H, self.D = int(H), int(D)
+
+    @property
+    @abstractmethod
+    def values(self) -> np.ndarray:
+        """Latent values, shape (V,), the first being 0."""
+
+    @abstractmethod
+    def init_params(
+        self, mean: np.ndarray, var: np.ndarray, rng: np.random.Generator, init: str
+    ) -> Params:
+        """Initial parameters from data moments (mean, variance per dimension over all ranks)."""
+
+    @abstractmethod
+    def preselection_scores(self, Y: np.ndarray, params: Params) -> np.ndarray:
+        """Scores (B, H), larger meaning latent h is more likely active for that data point."""
+
+    @abstractmethod
+    def log_joint(
+        self, Y: np.ndarray, S: np.ndarray, params: Params
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Reference log-likelihood and log-prior of explicit states.
+
+        Parameters
+        ----------
+        Y : ndarray of shape (B, D)
+        S : ndarray of shape (B, K, H)
+
+        Returns
+        -------
+        ll, lp : ndarray of shape (B, K)
+            log p(y | s) and log p(s), with all normalising constants.
+        """
+
+    @abstractmethod
+    def estep_batch(
+        self,
+        Y: np.ndarray,
+        batch: CandidateBatch,
+        states: ExpectationTruncation,
+        params: Params,
+        beta: float,
+        prior_beta: float,
+        mask: np.ndarray | None,
+        accumulate: bool,
+        backend: ModuleType,
+    ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+        """Log marginals (B,) over the candidate states and, if asked, the local statistics."""
+
+    @abstractmethod
+    def mstep(self, stats: dict[str, np.ndarray], params: Params, gamma: int) -> Params:
+        """New parameters from statistics summed over all data points of all ranks."""
+
+    @abstractmethod
+    def truncated_mass(self, params: Params, gamma: int) -> float:
+        """A(Θ): prior probability that a state has at most gamma non-zero entries."""
+
+    @abstractmethod
+    def sample(
+        self, n: int, params: Params, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draw ``n`` data points: returns Y (n, D) and latents S (n, H)."""
+
+    @abstractmethod
+    def perturb(self, params: Params, scale: float, rng: np.random.Generator) -> Params:
+        """Annealing noise of relative size ``scale``, then clip parameters to their domain."""
+
+    def posterior_mean(
+        self,
+        Y: np.ndarray,
+        batch: CandidateBatch,
+        states: ExpectationTruncation,
+        params: Params,
+        backend: ModuleType,
+    ) -> np.ndarray:
+        """<s> under the truncated posterior at temperature 1, shape (B, H).
+
+        This generic version materialises the states; models with a fast kernel override it.
+        """
+        ll, lp = self.log_joint(Y, batch.dense(), params)
+        lj = ll + lp
+        q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+        return np.einsum("bk,bkh->bh", q, batch.dense())
+
+
+class LinearTruncatedModel(TruncatedModel):
+    """y = W s + N(0, σ² I) with a factorised prior over discrete values (BSC, TSC, DSC).
+
+    Subclasses give :meth:`value_log_prior` (log-probability of one latent taking each value)
+    and the prior part of the M-step; the likelihood, its statistics and the W and σ updates
+    are shared.
+    """
+
+    param_names = ("W", "pi", "sigma")
+
+    @abstractmethod
+    def value_log_prior(self, params: Params) -> np.ndarray:
+        """log p(s_h = v) for each latent value v, shape (V,)."""
+
+    @abstractmethod
+    def prior_mstep(
+        self, stats: dict[str, np.ndarray], params: Params, gamma: int
+    ) -> dict[str, np.ndarray]:
+        """Prior parameter updates from the value counts."""
+
+    def sigma2(self, params: Params) -> float:
+        return float(params["sigma"]) ** 2
+
+    def log_joint(self, Y, S, params):
+        W, sigma2 = params["W"], self.sigma2(params)
+        resid = Y[:, None, :] - np.einsum("dh,bkh->bkd", W, S)
+        ll = -0.5 * self.D * np.log(2 * np.pi * sigma2) - np.einsum("bkd,bkd->bk", resid, resid) / (
+            2 * sigma2
+        )
+        logp = self.value_log_prior(params)
+        index = np.searchsorted(self.values_sorted, S)
+        lp = logp[self.sort_order[index]].sum(axis=2)
+        return ll, lp
+
+    @property
+    def values_sorted(self) -> np.ndarray:
+        return np.sort(self.values)
+
+    @property
+    def sort_order(self) -> np.ndarray:
+        return np.argsort(self.values)
+
+    def preselection_scores(self, Y, params):
+        # cosine similarity W_h^T y / (||W_h|| ||y||); ||y|| does not change the ranking
+        W = params["W"]
+        norms = np.linalg.norm(W, axis=0)
+        return (Y @ W) / np.where(norms > 0, norms, 1.0)
+
+    def estep_batch(self, Y, batch, states, params, beta, prior_beta, mask, accumulate, backend):
+        W = params["W"].astype(Y.dtype, copy=False)
+        return backend.linear_estep(
+            Y,
+            W,
+            self.sigma2(params),
+            self.value_log_prior(params),
+            batch,
+            states.outer,
+            states.value_counts,
+            beta,
+            prior_beta,
+            mask=mask,
+            accumulate=accumulate,
+        )
+
+    def posterior_mean(self, Y, batch, states, params, backend):
+        return backend.linear_posterior_mean(
+            Y,
+            params["W"].astype(Y.dtype, copy=False),
+            self.sigma2(params),
+            self.value_log_prior(params),
+            batch,
+            states.outer,
+            states.value_counts,
+        )
+
+    def mstep(self, stats, params, gamma):
+        """W = (Σ y<s>ᵀ)(Σ<ssᵀ>)⁻¹ (ET paper eq. 11); σ² with the *new* W.
+
+        The original ProSper code used the old W in the σ update; using the new one is the
+        exact M-step and cannot decrease the free energy (MODELS.md, section 2).
+        """
+        sy, ss, n = stats["sy"], stats["ss"], float(stats["n"])
+        W_old = params["W"]
+        used = np.diag(ss) > 1e-12 * max(1.0, n)
+        W = W_old.copy()
+        if used.any():
+            block = ss[np.ix_(used, used)]
+            ridge = 1e-12 * max(np.trace(block) / used.sum(), 1e-300)
+            W[:, used] = np.linalg.solve(block + ridge * np.eye(used.sum()), sy[:, used].T).T
+        err = float(stats["yy"]) - 2.0 * np.sum(W * sy) + np.sum((W.T @ W) * ss)
+        sigma = np.sqrt(max(err, 0.0) / (n * self.D))
+        new = {"W": W, "sigma": np.asarray(max(sigma, 1e-8))}
+        new.update(self.prior_mstep(stats, params, gamma))
+        return new
+
+    def _sample_latents(self, n: int, params: Params, rng: np.random.Generator) -> np.ndarray:
+        p = np.exp(self.value_log_prior(params))
+        idx = rng.choice(len(p), size=(n, self.H), p=p / p.sum())
+        return self.values[idx]
+
+    def sample(self, n, params, rng):
+        S = self._sample_latents(n, params, rng)
+        Y = S @ params["W"].T + float(params["sigma"]) * rng.standard_normal((n, self.D))
+        return Y, S

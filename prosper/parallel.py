@@ -1,0 +1,255 @@
+"""MPI for ProSper: the only module that imports mpi4py.
+
+Everything works without ``mpiexec``: when mpi4py or an MPI library is missing, a one-rank
+communicator with the same methods stands in, so the same code path runs in a notebook and
+on a cluster. Statistics travel in one packed ``Allreduce`` per EM iteration; lowercase
+(pickling) collectives are used only for small Python objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Communicator",
+    "abort_on_exception",
+    "get_comm",
+    "install_rank_logging",
+    "row_block",
+]
+
+_MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
+_world: Communicator | None = None
+
+
+def _load_mpi() -> Any | None:
+    """Import mpi4py.MPI, or return None when no MPI library can be loaded."""
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError, OSError) as exc:
+        if any(k in os.environ for k in _MPI_ENV):
+            log.warning("MPI was requested but mpi4py could not load (%s); running serially.", exc)
+        return None
+    return MPI
+
+
+class Communicator:
+    """Thin wrapper over an mpi4py communicator, or a one-rank stand-in.
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Comm or None
+        The communicator to wrap; None gives the serial stand-in.
+    """
+
+    def __init__(self, comm: Any = None) -> None:
+        self.comm = comm
+        self._MPI = _load_mpi() if comm is not None else None
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+
+    def __repr__(self) -> str:
+        return f"Communicator(rank={self.rank}, size={self.size})"
+
+    def allreduce_arrays(self, stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Sum a dict of float arrays over all ranks with one packed ``Allreduce``.
+
+        Every rank must pass the same keys with the same shapes. Sums are taken in float64.
+        """
+        keys = sorted(stats)
+        arrays = [np.asarray(stats[k], dtype=np.float64) for k in keys]
+        if self.size == 1:
+            return dict(zip(keys, arrays, strict=True))
+        buf = np.concatenate([a.ravel() for a in arrays]) if arrays else np.zeros(0)
+        self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+        out, start = {}, 0
+        for k, a in zip(keys, arrays, strict=True):
+            out[k] = buf[start : start + a.size].reshape(a.shape)
+            start += a.size
+        return out
+
+    def allreduce(self, value: Any, op: str = "sum") -> Any:
+        """Reduce a small Python number over ranks (``op`` in sum, max, min, land, lor)."""
+        if self.size == 1:
+            return value
+        ops = {
+            "sum": self._MPI.SUM,
+            "max": self._MPI.MAX,
+            "min": self._MPI.MIN,
+            "land": self._MPI.LAND,
+            "lor": self._MPI.LOR,
+        }
+        return self.comm.allreduce(value, op=ops[op])
+
+    def allgather(self, value: Any) -> list:
+        """Gather a small Python object from every rank, in rank order."""
+        return [value] if self.size == 1 else self.comm.allgather(value)
+
+    def bcast(self, value: Any, root: int = 0) -> Any:
+        """Broadcast a small Python object from ``root``."""
+        return value if self.size == 1 else self.comm.bcast(value, root=root)
+
+    def exscan(self, value: int) -> int:
+        """Exclusive prefix sum of an int over ranks (0 on rank 0)."""
+        if self.size == 1:
+            return 0
+        out = self.comm.exscan(int(value), op=self._MPI.SUM)
+        return 0 if out is None else int(out)
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.comm.Barrier()
+
+    def agree(self, error: str | None) -> None:
+        """Raise the same ``ValueError`` on every rank if any rank reports an error.
+
+        Use before work starts so that a rank with bad input cannot leave the others waiting
+        in a collective.
+        """
+        errors = self.allgather(error)
+        for rank, err in enumerate(errors):
+            if err:
+                suffix = f" (rank {rank})" if self.size > 1 else ""
+                raise ValueError(err + suffix)
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (``MPI_Abort``); exits the process when serial."""
+        if self.size > 1:
+            self.comm.Abort(code)
+        sys.exit(code)
+
+
+def get_comm(comm: Any = None) -> Communicator:
+    """Return a :class:`Communicator` for ``comm``; None means ``MPI.COMM_WORLD``.
+
+    Parameters
+    ----------
+    comm : mpi4py communicator, Communicator or None
+        A wrapped communicator is returned as it is.
+    """
+    global _world
+    if isinstance(comm, Communicator):
+        return comm
+    if comm is not None:
+        return Communicator(comm)
+    if _world is None:
+        MPI = _load_mpi()
+        _world = Communicator(MPI.COMM_WORLD if MPI is not None else None)
+    return _world
+
+
+def row_block(n_total: int, comm: Communicator | None = None) -> slice:
+    """The contiguous block of rows that this rank owns out of ``n_total``.
+
+    Rows are split as evenly as possible, in rank order, so a row's global index is the
+    block's start plus its local index.
+    """
+    comm = get_comm(comm)
+    base, extra = divmod(n_total, comm.size)
+    start = comm.rank * base + min(comm.rank, extra)
+    return slice(start, start + base + (1 if comm.rank < extra else 0))
+
+
+def global_top_mask(values: np.ndarray, k: int, comm: Communicator) -> np.ndarray:
+    """Mark the ``k`` largest entries of ``values`` taken over all ranks.
+
+    Ties are broken by global row index (lower first); rows are in rank order, so the exact
+    k-th value is found by bisection on the float ordering with scalar reductions only, and no
+    rank ever holds more than its own values.
+
+    Parameters
+    ----------
+    values : ndarray of shape (n_local,)
+        This rank's values, in row order.
+    k : int
+        How many entries to keep globally.
+    comm : Communicator
+
+    Returns
+    -------
+    ndarray of bool, shape (n_local,)
+    """
+    n_total = comm.allreduce(int(values.size))
+    if k >= n_total:
+        return np.ones(values.size, dtype=bool)
+    if k <= 0:
+        return np.zeros(values.size, dtype=bool)
+    # Map floats to integers with the same order, then bisect for the k-th largest key.
+    keys = values.astype(np.float64).view(np.int64)
+    keys = np.where(keys < 0, np.int64(-(2**63)) - keys - 1, keys)
+    lo = comm.allreduce(int(keys.min()) if keys.size else 2**63 - 1, "min")
+    hi = comm.allreduce(int(keys.max()) if keys.size else -(2**63), "max")
+    # invariant: count(keys >= lo) >= k and count(keys >= hi + 1) < k
+    while lo < hi:
+        mid = lo + (hi - lo + 1) // 2
+        if comm.allreduce(int(np.count_nonzero(keys >= mid))) >= k:
+            lo = mid
+        else:
+            hi = mid - 1
+    above = keys > lo
+    ties = keys == lo
+    need = k - comm.allreduce(int(np.count_nonzero(above)))
+    before = comm.exscan(int(np.count_nonzero(ties)))
+    take = max(0, min(int(np.count_nonzero(ties)), need - before))
+    mask = above.copy()
+    mask[np.flatnonzero(ties)[:take]] = True
+    return mask
+
+
+def abort_on_exception(exc_type: type, exc: BaseException, tb: Any) -> None:
+    """``sys.excepthook`` for MPI jobs: log the traceback with the rank, then abort all ranks.
+
+    Without it, one rank failing leaves the others waiting forever in the next collective.
+    """
+    comm = get_comm()
+    text = "".join(traceback.format_exception(exc_type, exc, tb))
+    sys.stderr.write(f"[rank {comm.rank}] {text}")
+    sys.stderr.write(f"[rank {comm.rank}] aborting all {comm.size} MPI ranks.\n")
+    sys.stderr.flush()
+    comm.abort(1)
+
+
+def install_abort_hook(comm: Communicator) -> None:
+    """Install :func:`abort_on_exception` when running on more than one rank."""
+    if comm.size > 1:
+        sys.excepthook = abort_on_exception
+
+
+class _RankFilter(logging.Filter):
+    """Let rank 0 emit everything; other ranks only WARNING and above, tagged with the rank."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.rank == 0:
+            return True
+        if record.levelno < logging.WARNING:
+            return False
+        record.msg = f"[rank {self.rank}] {record.msg}"
+        return True
+
+
+def install_rank_logging(
+    comm: Communicator, level: int = logging.INFO, stream: Callable | None = None
+) -> None:
+    """Configure the ``prosper`` logger for a job: INFO on rank 0, warnings on every rank."""
+    logger = logging.getLogger("prosper")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
+    handler.addFilter(_RankFilter(comm.rank))
+    logger.handlers[:] = [handler]
+    logger.setLevel(level)
+    logger.propagate = False

@@ -1,0 +1,260 @@
+"""Parameter constraints and data checks, applied once at the top of ``fit``.
+
+Each estimator declares ``_parameter_constraints``: a dict mapping a parameter name to a
+list of accepted constraints (a type, ``None``, an :class:`Interval`, an :class:`Options`
+or a callable returning True for valid values). :func:`validate_params` generates the error
+message from the constraints, so a message can never list an option the code rejects.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prosper.exceptions import NotFittedError
+
+__all__ = [
+    "Interval",
+    "Options",
+    "check_data",
+    "check_is_fitted",
+    "check_random_state",
+    "validate_params",
+]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A real or integer interval constraint.
+
+    Parameters
+    ----------
+    kind : {"int", "real"}
+        ``"int"`` accepts integers only (not bools); ``"real"`` accepts any real number.
+    low, high : float or None
+        Bounds; None means unbounded.
+    closed : {"both", "left", "right", "neither"}, default="both"
+        Which bounds belong to the interval.
+    """
+
+    kind: str
+    low: float | None
+    high: float | None
+    closed: str = "both"
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, (bool, np.bool_)):
+            return False
+        if self.kind == "int" and not isinstance(value, numbers.Integral):
+            return False
+        if not isinstance(value, numbers.Real) or not np.isfinite(value):
+            return False
+        if self.low is not None:
+            if value < self.low or (value == self.low and self.closed in ("right", "neither")):
+                return False
+        if self.high is not None:
+            if value > self.high or (value == self.high and self.closed in ("left", "neither")):
+                return False
+        return True
+
+    def __str__(self) -> str:
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        noun = "an int" if self.kind == "int" else "a float"
+        return f"{noun} in the range {left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
+class Options:
+    """A constraint accepting one of a fixed set of values (strings, usually)."""
+
+    values: tuple
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            return value in self.values
+        except TypeError:
+            return False
+
+    def __str__(self) -> str:
+        return "one of {" + ", ".join(repr(v) for v in self.values) + "}"
+
+
+def _describe(constraint: Any) -> str:
+    if constraint is None:
+        return "None"
+    if isinstance(constraint, type):
+        return f"an instance of {constraint.__name__}"
+    if callable(constraint) and not isinstance(constraint, (Interval, Options)):
+        return constraint.__doc__.strip() if constraint.__doc__ else constraint.__name__
+    return str(constraint)
+
+
+def _accepts(constraint: Any, value: Any) -> bool:
+    if constraint is None:
+        return value is None
+    if isinstance(constraint, type):
+        return isinstance(value, constraint)
+    if isinstance(constraint, (Interval, Options)):
+        return constraint.accepts(value)
+    return bool(constraint(value))
+
+
+def validate_params(owner: str, params: dict[str, Any], constraints: dict[str, list]) -> None:
+    """Check ``params`` against ``constraints`` and raise a ``ValueError`` naming the culprit.
+
+    Parameters
+    ----------
+    owner : str
+        Name used in messages, e.g. ``"BSC"``.
+    params : dict
+        Parameter values, e.g. from ``get_params()``.
+    constraints : dict of str to list
+        Accepted constraints per parameter; parameters missing here are not checked.
+    """
+    for name, accepted in constraints.items():
+        if name not in params:
+            continue
+        value = params[name]
+        if any(_accepts(c, value) for c in accepted):
+            continue
+        described = [_describe(c) for c in accepted]
+        text = (
+            described[0]
+            if len(described) == 1
+            else (", ".join(described[:-1]) + " or " + described[-1])
+        )
+        raise ValueError(
+            f"The {name!r} parameter of {owner} must be {text}. Got {value!r} instead."
+        )
+
+
+def check_random_state(random_state: int | np.random.Generator | None) -> np.random.Generator:
+    """Turn ``random_state`` (None, int or Generator) into a ``numpy.random.Generator``."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is None or isinstance(random_state, numbers.Integral):
+        return np.random.default_rng(random_state)
+    raise ValueError(
+        f"random_state must be None, an int or a numpy.random.Generator; got {random_state!r}."
+    )
+
+
+def check_is_fitted(estimator: Any, attributes: tuple[str, ...] = ("W_",)) -> None:
+    """Raise :class:`prosper.NotFittedError` unless ``estimator`` has the fitted attributes."""
+    missing = [a for a in attributes if getattr(estimator, a, None) is None]
+    if missing:
+        raise NotFittedError(
+            f"This {type(estimator).__name__} instance is not fitted yet "
+            f"(no {', '.join(missing)}); call 'fit' with appropriate data before using this "
+            "method."
+        )
+
+
+def check_data(
+    Y: Any,
+    *,
+    comm: Any = None,
+    dtype: Any = None,
+    n_features: int | None = None,
+    name: str = "Y",
+) -> np.ndarray:
+    """Validate a data matrix, agreeing on the outcome across MPI ranks.
+
+    Parameters
+    ----------
+    Y : array-like of shape (N, D)
+        Data, one row per data point (each rank passes its own rows).
+    comm : prosper.parallel.Communicator or None
+        When given, every rank learns whether any rank's data is bad and all raise together
+        (no rank is left waiting in a collective); D must agree and every rank needs a row.
+    dtype : numpy dtype or None
+        Target floating dtype; None keeps float32/float64 and casts other numbers to float64.
+    n_features : int or None
+        Expected D (e.g. ``n_features_in_`` of a fitted model).
+    name : str, default="Y"
+        Name used in error messages.
+
+    Returns
+    -------
+    ndarray of shape (N, D)
+        C-contiguous floating copy or view of ``Y``.
+    """
+    error = None
+    arr = None
+    try:
+        arr = _check_local(Y, dtype=dtype, n_features=n_features, name=name)
+    except ValueError as exc:
+        error = str(exc)
+    if comm is None:
+        if error:
+            raise ValueError(error)
+        return arr
+    shape = (-1, -1) if arr is None else arr.shape
+    errors = comm.allgather((comm.rank, error, shape))
+    bad = [(r, e) for r, e, _ in errors if e]
+    if bad:
+        where = "" if comm.size == 1 else f" (rank {bad[0][0]})"
+        raise ValueError(bad[0][1] + where)
+    widths = {s[1] for _, _, s in errors}
+    if len(widths) != 1:
+        raise ValueError(
+            f"{name} must have the same number of columns D on every rank; got "
+            + ", ".join(f"rank {r}: D={s[1]}" for r, _, s in errors)
+            + "."
+        )
+    empty = [r for r, _, s in errors if s[0] == 0]
+    if empty:
+        total = sum(s[0] for _, _, s in errors)
+        raise ValueError(
+            f"{name} has {total} rows in total but rank(s) {empty} received none: use at most "
+            f"as many MPI ranks as data points (N={total}, ranks={comm.size})."
+        )
+    return arr
+
+
+def _check_local(Y: Any, *, dtype: Any, n_features: int | None, name: str) -> np.ndarray:
+    if isinstance(Y, (str, bytes)) or Y is None:
+        raise ValueError(
+            f"{name} must be a 2-D numeric array of shape (N, D); got {type(Y).__name__}."
+        )
+    try:
+        arr = np.asarray(Y)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from None
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
+    ):
+        raise ValueError(
+            f"{name} must hold real numbers; got dtype {arr.dtype}. Convert it with "
+            f"np.asarray({name}, dtype=float) first."
+        )
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued; got complex dtype {arr.dtype}.")
+    if arr.ndim != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (N, D), one row per data point; got shape {arr.shape}."
+            + (" Use Y.reshape(1, -1) for a single data point." if arr.ndim == 1 else "")
+        )
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no columns (shape {arr.shape}); D must be at least 1.")
+    if dtype is None:
+        dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    if not np.all(np.isfinite(arr)):
+        bad = np.argwhere(~np.isfinite(arr))[0]
+        raise ValueError(
+            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
+            "remove or impute those values before fitting."
+        )
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {arr.shape[1]} features (columns) but the model was fitted with "
+            f"{n_features}."
+        )
+    return arr
