@@ -184,7 +184,8 @@ def global_top_mask(values: np.ndarray, k: int, comm: Communicator) -> np.ndarra
     if k <= 0:
         return np.zeros(values.size, dtype=bool)
     # Map floats to integers with the same order, then bisect for the k-th largest key.
-    keys = values.astype(np.float64).view(np.int64)
+    # + 0.0 turns -0.0 into 0.0 so that equal floats get equal keys
+    keys = (values.astype(np.float64) + 0.0).view(np.int64)
     keys = np.where(keys < 0, np.int64(-(2**63)) - keys - 1, keys)
     lo = comm.allreduce(int(keys.min()) if keys.size else 2**63 - 1, "min")
     hi = comm.allreduce(int(keys.max()) if keys.size else -(2**63), "max")

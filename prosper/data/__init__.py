@@ -19,7 +19,7 @@ GENERATORS = {
     "natural_patches": "prosper.data.patches:natural_patches",
     "kronecker_problem": "prosper.data.kronecker:kronecker_problem",
     "sparse_dictionary": "prosper.data.synthetic:sparse_dictionary",
-    "gsc_data": "prosper.data.synthetic:gsc_data",
+    "gsc_data": "prosper.data.spike_slab:gsc_data",
 }
 
 

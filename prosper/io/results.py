@@ -82,10 +82,18 @@ def _open_error(path: Path) -> str | None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         return f"output directory {str(parent)!r} does not exist."
+    if not parent.is_dir():
+        return f"output directory {str(parent)!r} is not a directory."
     if path.exists() and not os.access(path, os.W_OK):
         return f"output file {str(path)!r} is not writable."
-    if not os.access(parent, os.W_OK):
-        return f"output directory {str(parent)!r} is not writable."
+    # a real probe: access() says yes to root even on read-only or virtual file systems
+    probe = path.with_name(path.name + ".probe")
+    try:
+        with open(probe, "a"):
+            pass
+        probe.unlink()
+    except OSError as exc:
+        return f"output directory {str(parent)!r} is not writable ({exc.strerror})."
     return None
 
 

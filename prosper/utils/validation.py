@@ -187,8 +187,10 @@ def check_data(
     """
     error = None
     arr = None
+    # global row numbers in messages: this rank's rows follow those of the lower ranks
+    offset = 0 if comm is None else comm.exscan(len(Y) if hasattr(Y, "__len__") else 0)
     try:
-        arr = _check_local(Y, dtype=dtype, n_features=n_features, name=name)
+        arr = _check_local(Y, dtype=dtype, n_features=n_features, name=name, row_offset=offset)
     except ValueError as exc:
         error = str(exc)
     if comm is None:
@@ -218,7 +220,9 @@ def check_data(
     return arr
 
 
-def _check_local(Y: Any, *, dtype: Any, n_features: int | None, name: str) -> np.ndarray:
+def _check_local(
+    Y: Any, *, dtype: Any, n_features: int | None, name: str, row_offset: int = 0
+) -> np.ndarray:
     if isinstance(Y, (str, bytes)) or Y is None:
         raise ValueError(
             f"{name} must be a 2-D numeric array of shape (N, D); got {type(Y).__name__}."
@@ -249,7 +253,8 @@ def _check_local(Y: Any, *, dtype: Any, n_features: int | None, name: str) -> np
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))[0]
         raise ValueError(
-            f"{name} contains NaN or infinity (first at row {bad[0]}, column {bad[1]}); "
+            f"{name} contains NaN or infinity (first at row {bad[0] + row_offset}, "
+            f"column {bad[1]}); "
             "remove or impute those values before fitting."
         )
     if n_features is not None and arr.shape[1] != n_features:

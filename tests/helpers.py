@@ -1,0 +1,72 @@
+"""Shared test helpers: launching MPI jobs, matching learned to true dictionaries.
+
+Import as ``from tests.helpers import run_mpi, match_columns``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def mpiexec_path() -> str | None:
+    """mpiexec next to the running interpreter (the venv's MPICH) or on PATH."""
+    local = Path(sys.executable).parent / "mpiexec"
+    return str(local) if local.exists() else shutil.which("mpiexec")
+
+
+def run_mpi(n: int, args: list[str], *, timeout: float = 120, cwd: str | Path | None = None,
+            check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``mpiexec -n n <args>`` and return the finished process (skips without mpiexec).
+
+    ``args`` starting with "python" run the test interpreter; "prosper" runs the CLI entry
+    point of this interpreter's environment.
+    """
+    exe = mpiexec_path()
+    if exe is None:
+        pytest.skip("mpiexec not found")
+    if args and args[0] == "python":
+        args = [sys.executable, *args[1:]]
+    elif args and args[0] == "prosper":
+        args = [sys.executable, "-m", "prosper", *args[1:]]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("NUMBA_NUM_THREADS", "1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([exe, "-n", str(n), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"mpiexec -n {n} {' '.join(args)} failed ({proc.returncode}):\n"
+            f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+        )
+    return proc
+
+
+def match_columns(W: np.ndarray, W_true: np.ndarray, signed: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Permute (and, if ``signed``, flip) the columns of W to best match W_true.
+
+    Returns the matched W and the per-column max absolute error.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    diff = np.abs(W[:, :, None] - W_true[:, None, :]).max(axis=0)
+    if signed:
+        diff = np.minimum(diff, np.abs(-W[:, :, None] - W_true[:, None, :]).max(axis=0))
+    rows, cols = linear_sum_assignment(diff)
+    matched = np.zeros_like(W_true)
+    for r, c in zip(rows, cols, strict=True):
+        w = W[:, r]
+        if signed and np.abs(-w - W_true[:, c]).max() < np.abs(w - W_true[:, c]).max():
+            w = -w
+        matched[:, c] = w
+    return matched, np.abs(matched - W_true).max(axis=0)

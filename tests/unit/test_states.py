@@ -1,0 +1,47 @@
+"""Candidate state sets of Expectation Truncation."""
+
+from __future__ import annotations
+
+import itertools
+from math import comb
+
+import numpy as np
+import pytest
+
+from prosper.solvers.states import ExpectationTruncation, count_states
+
+
+@pytest.mark.parametrize(
+    ("H", "Hprime", "gamma", "values"),
+    [(10, 6, 3, (0, 1)), (20, 8, 4, (0, 1)), (6, 4, 2, (0, -1, 1)), (5, 3, 3, (0, 1, 2, 3))],
+)
+def test_state_count_and_content(H, Hprime, gamma, values, rng):
+    states = ExpectationTruncation(H, Hprime, gamma, values)
+    V = len(values)
+    expected = 1 + (V - 1) * H + sum(comb(Hprime, k) * (V - 1) ** k for k in range(2, gamma + 1))
+    assert states.n_states == expected == count_states(H, Hprime, gamma, V)
+    scores = rng.normal(size=(4, H))
+    batch = states.select(scores, 4)
+    S = batch.dense()
+    assert S.shape == (4, expected, H)
+    for n in range(4):
+        top = set(np.argsort(-scores[n])[:Hprime])
+        assert set(batch.I[n]) == top
+        rows = {tuple(s) for s in S[n]}
+        assert len(rows) == expected  # no duplicates
+        nonzero = (S[n] != 0).sum(axis=1)
+        assert nonzero.max() <= gamma
+        multi = S[n][nonzero >= 2]
+        assert np.all(np.isin(np.flatnonzero(multi.any(axis=0)), list(top)))
+
+
+def test_full_enumeration_is_all_states():
+    states = ExpectationTruncation(4, 4, 4, (0, 1))
+    S = states.select(None, 2).dense()
+    assert {tuple(s) for s in S[0]} == set(itertools.product([0.0, 1.0], repeat=4))
+
+
+def test_ties_are_broken_by_index():
+    states = ExpectationTruncation(6, 3, 2, (0, 1))
+    batch = states.select(np.zeros((1, 6)), 1)
+    np.testing.assert_array_equal(batch.I[0], [0, 1, 2])
