@@ -7,7 +7,6 @@ no Python loop over either. Other backends must reproduce these numbers.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from prosper.solvers.states import CandidateBatch
 
@@ -47,17 +46,23 @@ def linear_log_joint_parts(
     WY = Y @ W
     yy = np.einsum("nd,nd->n", Y, Y)
     diag = np.diag(WtW)
+    n_single = nz.size * batch.H
+    # squared errors minus ||y||^2, filled in place: [zero | singletons | table rows]
+    err = np.empty((B, 1 + n_single + table.shape[0]), dtype=np.result_type(Y, np.float64))
+    err[:, 0] = 0.0
     # singletons, value-major: (B, V-1, H)
-    lin_single = nz[None, :, None] * WY[:, None, :]
-    quad_single = (nz**2)[None, :, None] * diag[None, None, :]
-    err_single = (yy[:, None, None] - 2.0 * lin_single + quad_single).reshape(B, -1)
-    # multi-latent states over the preselected slots
-    lin_multi = np.take_along_axis(WY, I, axis=1) @ table.T
+    err[:, 1 : 1 + n_single] = (
+        (nz**2)[None, :, None] * diag[None, None, :] - 2.0 * nz[None, :, None] * WY[:, None, :]
+    ).reshape(B, -1)
+    # multi-latent states over the preselected slots: two GEMMs against the table
     M_I = WtW[I[:, :, None], I[:, None, :]].reshape(B, -1)
-    quad_multi = M_I @ outer.T
-    err_multi = yy[:, None] - 2.0 * lin_multi + quad_multi
-    err = np.concatenate([yy[:, None], err_single, err_multi], axis=1)
-    ll = -0.5 * D * np.log(2.0 * np.pi * sigma2) - err / (2.0 * sigma2)
+    multi = err[:, 1 + n_single :]
+    np.matmul(M_I, outer.T, out=multi)
+    multi -= 2.0 * (np.take_along_axis(WY, I, axis=1) @ table.T)
+    err += yy[:, None]
+    ll = err
+    ll *= -1.0 / (2.0 * sigma2)
+    ll -= 0.5 * D * np.log(2.0 * np.pi * sigma2)
     H = batch.H
     delta = value_logp[1:] - value_logp[0]
     lp = np.concatenate(
@@ -117,11 +122,14 @@ def linear_estep(
     ll, lp, _, yy = linear_log_joint_parts(
         Y, W, W.T @ W, sigma2, value_logp, batch, outer, value_counts
     )
-    log_marginal = logsumexp(ll + lp, axis=1)
+    untempered = ll + lp
     if not accumulate:
-        return log_marginal, None
-    lj = beta * ll + prior_beta * lp
-    q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+        return log_normalise(untempered)[0], None
+    if beta == 1.0 and prior_beta == 1.0:
+        log_marginal, q = log_normalise(untempered)
+    else:
+        log_marginal = log_normalise(untempered)[0]
+        q = log_normalise(beta * ll + prior_beta * lp)[1]
     if mask is not None:
         q = q * mask[:, None]
     return log_marginal, _linear_stats(Y, q, batch, outer, value_counts, yy, mask)
@@ -140,9 +148,19 @@ def linear_posterior_mean(
     ll, lp, _, _ = linear_log_joint_parts(
         Y, W, W.T @ W, sigma2, value_logp, batch, outer, value_counts
     )
-    lj = ll + lp
-    q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
-    return _split_posterior(q, batch)[0]
+    return _split_posterior(log_normalise(ll + lp)[1], batch)[0]
+
+
+def log_normalise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise log-sum-exp (B,) and softmax (B, K) of log-weights, stable (max subtracted).
+
+    Faster than scipy.special.logsumexp for the small rows of an E-step batch.
+    """
+    peak = x.max(axis=1, keepdims=True)
+    weights = np.exp(x - peak)
+    total = weights.sum(axis=1, keepdims=True)
+    weights /= total
+    return (np.log(total) + peak)[:, 0], weights
 
 
 def _split_posterior(q: np.ndarray, batch: CandidateBatch):
