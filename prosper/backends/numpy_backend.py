@@ -6,9 +6,13 @@ no Python loop over either. Other backends must reproduce these numbers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from prosper.solvers.states import CandidateBatch
+if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
+    from prosper.solvers.states import CandidateBatch
+
 
 NAME = "numpy"
 AVAILABLE = True

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import binom
 
-from prosper.solvers.states import CandidateBatch, ExpectationTruncation
+if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
+    from prosper.solvers.states import CandidateBatch, ExpectationTruncation
+
 
 __all__ = ["LinearTruncatedModel", "TruncatedModel", "binomial_truncation"]
 
