@@ -23,6 +23,13 @@ GENERATORS = {
 }
 
 
+def __getattr__(name: str) -> Callable:
+    # every registered generator is importable as prosper.data.<name>, loaded on first use
+    if name in GENERATORS:
+        return get_generator(name)
+    raise AttributeError(f"module 'prosper.data' has no attribute {name!r}")
+
+
 def get_generator(name: str) -> Callable:
     """The data generator registered under ``name``."""
     if name not in GENERATORS:

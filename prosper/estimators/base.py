@@ -182,7 +182,7 @@ class EMEstimator(BaseEstimator):
             n_iter=self.n_iter,
             start=start,
             recorder=writer,
-            callback=self.callback,
+            callback=self._stop_callback(),
             progress=self.progress,
         )
         if resume and writer.active:
@@ -201,6 +201,14 @@ class EMEstimator(BaseEstimator):
 
     def _init_kwargs(self) -> dict[str, Any]:
         return {}
+
+    def _stop_callback(self):
+        """The callback run_em calls after each iteration (models may add a stopping rule)."""
+        return self.callback
+
+    def _n_features_in(self, params: dict[str, np.ndarray]) -> int:
+        """D of the training data, read from the learned parameters (W is (D, H))."""
+        return int(np.asarray(params[self._fitted_names[0]]).shape[0])
 
     def _resume(self, out, learner, comm: Communicator, Y: np.ndarray) -> tuple[int, int]:
         ckpt, error = None, None
@@ -286,7 +294,7 @@ class EMEstimator(BaseEstimator):
         self.history_ = {k: np.asarray(v) for k, v in history.items()}
         self.free_energy_ = self.history_.get("free_energy", np.zeros(0))
         self.n_iter_ = int(attrs.get("n_iter", len(self.free_energy_)))
-        self.n_features_in_ = int(np.asarray(params[self._fitted_names[0]]).shape[0])
+        self.n_features_in_ = self._n_features_in(params)
         self.seed_ = int(attrs.get("seed", 0))
 
     def _fitted_params(self) -> dict[str, np.ndarray]:
@@ -295,6 +303,9 @@ class EMEstimator(BaseEstimator):
 
 
 def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        # lists of arrays of different shapes (e.g. Kronecker factors) compare element-wise
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     try:
         return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
     except (TypeError, ValueError):

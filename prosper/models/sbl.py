@@ -1,0 +1,583 @@
+"""Sparse Bayesian learning: the Gaussian posterior of x and the EM updates of γ and σ².
+
+The model (MODELS.md section 4): every snapshot y_l (a row of Y) is y_l = Φ x_l + ε_l with
+ε_l ~ N(0, σ² I) and x_l ~ N(0, Γ), Γ = diag(γ) shared by all snapshots. Classic SBL
+(:class:`SBLModel`) has an unstructured γ and any dense Φ; Kronecker SBL
+(:class:`KroneckerSBLModel`, He & Joseph 2023) has Φ = Φ_1 ⊗ … ⊗ Φ_I and γ = γ_1 ⊗ … ⊗ γ_I.
+
+Posterior (same covariance for every snapshot)::
+
+    Σ = Γ^{1/2} (I + B/σ²)^{-1} Γ^{1/2},  B = Γ^{1/2} Φᵀ Φ Γ^{1/2},  μ_l = Σ Φᵀ y_l / σ².
+
+Writing it with Γ^{1/2} on both sides keeps pruned (zero) γ_j exact: their rows and columns
+of Σ and their μ_j are zero. For Kronecker Φ and Γ, B = ⊗_i B_i with the small
+B_i = Γ_i^{1/2} Φ_iᵀ Φ_i Γ_i^{1/2} = U_i diag(λ_i) U_iᵀ, so U = ⊗ U_i diagonalises B and
+Φ, Σ, Γ are never formed: μ and diag(Σ) cost O(Σ_i n_i³ + n Σ_i n_i) (n = Π n_i), every
+product with a Kronecker matrix being reshapes and small matrix products
+(:func:`kron_matvec`).
+
+The log evidence of one snapshot, used as the free energy (EM increases it), is::
+
+    log p(y_l) = -½ [m log(2πσ²) + Σ_k log(1 + λ_k/σ²) + ||y_l - Φμ_l||²/σ² + μ_lᵀ Γ^{-1} μ_l]
+
+(Sylvester's determinant identity and yᵀC⁻¹y = ||y - Φμ||²/σ² + μᵀΓ⁻¹μ, C = σ²I + ΦΓΦᵀ).
+
+The M-step receives S = Σ_l μ_l² summed over all snapshots of all ranks and the residual
+sum R = Σ_l ||y_l - Φμ_l||². With q = S/L + diag(Σ) (L snapshots):
+
+- classic SBL: γ = q;
+- KroSBL "am": minimise Σ_j log γ_j + q_j/γ_j over γ = ⊗ γ_i by exact alternating updates
+  γ_i[a] = mean over the active entries of the other factors of q / Π_{k≠i} γ_k;
+- KroSBL "svd": γ = the non-negative best rank-one approximation of q reshaped to an
+  n_1 × … × n_I tensor (SVD for I = 2, higher-order power iteration for I > 2);
+- σ² = (R + L tr(ΦΣΦᵀ)) / (L m), tr(ΦΣΦᵀ) = Σ_k λ_k σ² / (σ² + λ_k).
+
+Block sparsity (He & Joseph's block KroSBL): γ_i is constant on consecutive blocks of
+``block_sizes[i]`` entries; both updates then act on block sums/means.
+Entries below ``prune`` times the largest entry of their factor are set to zero for good.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "GaussianPosterior",
+    "KroneckerSBLModel",
+    "SBLModel",
+    "am_update",
+    "kron_matvec",
+    "kron_vectors",
+    "rank_one_update",
+]
+
+Params = dict[str, np.ndarray]
+
+#: σ² is kept above this fraction of the model's signal power per measurement, so that a
+#: noiseless problem cannot drive it to 0 (1/σ² would then amplify round-off).
+SIGMA2_FLOOR = 1e-10
+#: inner sweeps of the alternating (AM) γ update and of the power iteration for I > 2
+MAX_INNER = 100
+INNER_RTOL = 1e-9
+
+
+def kron_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
+    """``np.kron(v_1, v_2, ...)`` of 1-D arrays, shape (Π len(v_i),)."""
+    return functools.reduce(np.kron, vectors)
+
+
+def kron_matvec(mats: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Multiply every row of ``X`` by ``np.kron(A_1, A_2, ...)`` without forming it.
+
+    Parameters
+    ----------
+    mats : sequence of ndarray, A_i of shape (r_i, c_i)
+    X : ndarray of shape (B, Π c_i)
+
+    Returns
+    -------
+    ndarray of shape (B, Π r_i)
+        Row b is ``np.kron(A_1, ..., A_I) @ X[b]`` (row-major vec convention).
+    """
+    B = X.shape[0]
+    T = X.reshape(B, *(A.shape[1] for A in mats))
+    # contracting mode 1 with A_i appends mode r_i at the end: after I steps the modes are
+    # back in order (B, r_1, ..., r_I)
+    for A in mats:
+        T = np.tensordot(T, A, axes=([1], [1]))
+    return T.reshape(B, -1)
+
+
+class GaussianPosterior:
+    """The part of the posterior shared by all snapshots, for one setting of (γ, σ²).
+
+    Only the active entries (γ_j > 0) enter the linear algebra: pruned entries have μ_j = 0
+    and Σ_jj = 0 exactly, so the work shrinks as γ is pruned.
+
+    Attributes
+    ----------
+    index : ndarray of int, shape (n_active,)
+        Active entries of x, increasing (row-major order of the Kronecker factors).
+    scale : ndarray of shape (n_active,)
+        Γ^{1/2} on the active entries.
+    sigma2 : float
+    diag_cov : ndarray of shape (n,)
+        diag(Σ) (zero on pruned entries).
+    trace : float
+        tr(Φ Σ Φᵀ) = Σ_k λ_k σ² / (σ² + λ_k).
+    logdet : float
+        log det(I + B/σ²) = log det(C) - m log σ².
+    """
+
+    index: np.ndarray
+    scale: np.ndarray
+    sigma2: float
+    diag_cov: np.ndarray
+    trace: float
+    logdet: float
+
+    def whitened(self, Y: np.ndarray) -> np.ndarray:
+        """v_l = Γ^{-1/2} μ_l on the active entries for the rows of Y, shape (B, n_active)."""
+        raise NotImplementedError
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Φ x for rows of X given on the active entries (B, n_active), shape (B, m)."""
+        raise NotImplementedError
+
+    def _scatter_diag(self, diag_active: np.ndarray, n: int) -> None:
+        self.diag_cov = np.zeros(n)
+        self.diag_cov[self.index] = diag_active
+
+
+class _EigenPosterior(GaussianPosterior):
+    """Posterior through the eigendecompositions of the small factors B_i.
+
+    Also the dense case with a single factor (classic SBL with few active entries).
+
+    Parameters
+    ----------
+    factors : sequence of ndarray, the active columns of Φ_i, (m_i, a_i)
+    grams : sequence of ndarray, their Φ_iᵀΦ_i, (a_i, a_i)
+    scales : sequence of ndarray, sqrt(γ_i) on the active entries, (a_i,)
+    sigma2 : float
+    index : ndarray of int, (Π a_i,)
+        Position of the active entries in the full x.
+    n : int
+        Length of the full x.
+    """
+
+    def __init__(
+        self,
+        factors: Sequence[np.ndarray],
+        grams: Sequence[np.ndarray],
+        scales: Sequence[np.ndarray],
+        sigma2: float,
+        index: np.ndarray,
+        n: int,
+    ) -> None:
+        self.factors = factors
+        self.factors_t = [A.T for A in factors]
+        self.sigma2 = sigma2
+        self.index = index
+        lams, self.U = [], []
+        for G, s in zip(grams, scales, strict=True):
+            lam, U = np.linalg.eigh(s[:, None] * G * s[None, :])
+            lams.append(np.maximum(lam, 0.0))  # B_i is PSD; clip round-off
+            self.U.append(U)
+        self.U_t = [U.T for U in self.U]
+        lam = kron_vectors(lams)
+        self.scale = kron_vectors(scales)
+        # (I + Λ/σ²)^{-1} written as σ²/(σ² + λ): finite for any σ² > 0
+        shrink = sigma2 / (sigma2 + lam)
+        self.inv = 1.0 / (sigma2 + lam)
+        # diag(U D Uᵀ) = (⊗ U_i∘U_i) d
+        inner = kron_matvec([U * U for U in self.U], shrink[None, :])[0]
+        self._scatter_diag(self.scale**2 * inner, n)
+        self.trace = float(np.sum(lam * shrink))
+        self.logdet = float(np.sum(np.log1p(lam / sigma2)))
+
+    def whitened(self, Y: np.ndarray) -> np.ndarray:
+        W = kron_matvec(self.factors_t, Y) * self.scale
+        Z = kron_matvec(self.U_t, W) * self.inv
+        return kron_matvec(self.U, Z)
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return kron_matvec(self.factors, X)
+
+
+class _MeasurementPosterior(GaussianPosterior):
+    """Posterior through the m × m matrix ΦΓΦᵀ (dense Φ, more active entries than rows).
+
+    Parameters
+    ----------
+    dictionary : ndarray of shape (m, n_active)
+        The active columns of Φ.
+    scale : ndarray of shape (n_active,)
+    sigma2 : float
+    index : ndarray of int, (n_active,)
+    n : int
+    """
+
+    def __init__(
+        self, dictionary: np.ndarray, scale: np.ndarray, sigma2: float, index: np.ndarray, n: int
+    ) -> None:
+        self.dictionary = dictionary
+        self.scale = scale
+        self.sigma2 = sigma2
+        self.index = index
+        K = dictionary * scale[None, :]  # Φ Γ^{1/2}, (m, n_active)
+        lam, V = np.linalg.eigh(K @ K.T)
+        lam = np.maximum(lam, 0.0)
+        self.inv = 1.0 / (sigma2 + lam)
+        self.KtV = K.T @ V  # (n_active, m)
+        self.V = V
+        # diag Σ = γ - γ² diag(Φᵀ C⁻¹ Φ), C = σ² I + ΦΓΦᵀ, and (KᵀV)² C-weighted rows give
+        # γ_j φ_jᵀ C⁻¹ φ_j; clip the round-off of the difference
+        self._scatter_diag(scale**2 * np.maximum(1.0 - (self.KtV**2) @ self.inv, 0.0), n)
+        self.trace = float(np.sum(lam * sigma2 * self.inv))
+        self.logdet = float(np.sum(np.log1p(lam / sigma2)))
+
+    def whitened(self, Y: np.ndarray) -> np.ndarray:
+        # v = Γ^{1/2} Φᵀ C⁻¹ y
+        return ((Y @ self.V) * self.inv) @ self.KtV.T
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return X @ self.dictionary.T
+
+
+class _SBLBase:
+    """Shared E-step statistics, evidence and σ² update of classic and Kronecker SBL."""
+
+    param_names: tuple[str, ...] = ()
+    n_features: int  # m
+    n_components: int  # n
+
+    # -- model-specific -------------------------------------------------------------------
+    def gamma(self, params: Params) -> np.ndarray:
+        """The full prior variance vector γ, shape (n,)."""
+        raise NotImplementedError
+
+    def posterior(self, params: Params) -> GaussianPosterior:
+        """Posterior quantities shared by all snapshots for ``params``."""
+        raise NotImplementedError
+
+    def init_gamma(self, value: float) -> Params:
+        """γ params with every entry of the full γ equal to ``value``."""
+        raise NotImplementedError
+
+    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
+        """New γ params from q = mean_l μ_l² + diag Σ (n,)."""
+        raise NotImplementedError
+
+    def column_norms2(self) -> np.ndarray:
+        """||φ_j||² of every column of Φ, shape (n,)."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------------
+    def init_params(self, power: float, sigma: float | None) -> Params:
+        """Initial γ and σ from the mean snapshot power ``power`` = mean_l ||y_l||².
+
+        γ is constant with E||Φx||² = power; σ is ``sigma`` when given, else the noise of a
+        10 dB signal-to-noise ratio.
+        """
+        value = power / float(np.sum(self.column_norms2()))
+        params = self.init_gamma(value)
+        sigma2 = 0.1 * power / self.n_features if sigma is None else float(sigma) ** 2
+        params["sigma"] = np.array(np.sqrt(sigma2))
+        return params
+
+    def coef(self, Y: np.ndarray, post: GaussianPosterior) -> np.ndarray:
+        """Posterior means μ of the rows of Y (B, m), shape (B, n) (zero where γ_j = 0)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        mu = np.zeros((Y.shape[0], self.n_components))
+        mu[:, post.index] = post.whitened(Y) * post.scale
+        return mu
+
+    def _active_terms(self, Y: np.ndarray, post: GaussianPosterior):
+        """μ on the active entries (B, a), ||y - Φμ||² (B,), and the evidence terms (B,)."""
+        Y = np.asarray(Y, dtype=np.float64)
+        v = post.whitened(Y)
+        mu = v * post.scale
+        r = Y - post.predict(mu)
+        resid = np.einsum("bm,bm->b", r, r)
+        return mu, resid, self._log_evidence(resid, np.einsum("ba,ba->b", v, v), post)
+
+    def estep_batch(self, Y: np.ndarray, post: GaussianPosterior) -> dict[str, np.ndarray]:
+        """Summed statistics of one batch of snapshots Y (B, m).
+
+        Returns
+        -------
+        dict
+            ``mu2`` (n,) = Σ_l μ_l², ``resid`` = Σ_l ||y_l - Φμ_l||², ``free_energy`` =
+            Σ_l log p(y_l | γ, σ²).
+        """
+        mu, resid, log_ev = self._active_terms(Y, post)
+        mu2 = np.zeros(self.n_components)
+        mu2[post.index] = np.einsum("ba,ba->a", mu, mu)
+        return {
+            "mu2": mu2,
+            "resid": np.array(resid.sum()),
+            "free_energy": np.array(log_ev.sum()),
+        }
+
+    def log_evidence(self, Y: np.ndarray, post: GaussianPosterior) -> np.ndarray:
+        """log p(y_l | γ, σ²) of every row of Y (B, m), shape (B,)."""
+        return self._active_terms(Y, post)[2]
+
+    def _log_evidence(
+        self, resid: np.ndarray, vnorm2: np.ndarray, post: GaussianPosterior
+    ) -> np.ndarray:
+        m = self.n_features
+        return -0.5 * (
+            m * np.log(2 * np.pi * post.sigma2) + post.logdet + resid / post.sigma2 + vnorm2
+        )
+
+    def mstep(
+        self,
+        stats: dict[str, np.ndarray],
+        params: Params,
+        post: GaussianPosterior,
+        n_total: int,
+        *,
+        learn_sigma: bool,
+        prune: float,
+    ) -> Params:
+        """New (γ, σ) from statistics summed over all ``n_total`` snapshots.
+
+        ``post`` is the posterior of ``params`` used in the E-step that gave ``stats``.
+        """
+        q = stats["mu2"] / n_total + post.diag_cov
+        new = self.update_gamma(q, params, prune)
+        if learn_sigma:
+            sigma2 = (float(stats["resid"]) + n_total * post.trace) / (n_total * self.n_features)
+            signal = float(self.column_norms2() @ self.gamma(new)) / self.n_features
+            sigma2 = max(sigma2, SIGMA2_FLOOR * signal, np.finfo(np.float64).tiny)
+            new["sigma"] = np.array(np.sqrt(sigma2))
+        else:
+            new["sigma"] = np.array(float(params["sigma"]))
+        return new
+
+
+def _prune(gamma: np.ndarray, prune: float) -> np.ndarray:
+    top = gamma.max(initial=0.0)
+    return np.where(gamma >= prune * top, gamma, 0.0) if top > 0 else gamma
+
+
+class SBLModel(_SBLBase):
+    """Classic SBL (Tipping 2001; Wipf & Rao 2004) with a dense dictionary.
+
+    Parameters
+    ----------
+    dictionary : ndarray of shape (m, n)
+        Φ. With a active (unpruned) entries, the posterior works in the m × m measurement
+        space when a > m (O(m² a) per iteration), otherwise in the a × a coefficient space
+        (O(m a² + a³)).
+    """
+
+    param_names = ("gamma", "sigma")
+
+    def __init__(self, dictionary: np.ndarray) -> None:
+        self.dictionary = np.asarray(dictionary, dtype=np.float64)
+        self.n_features, self.n_components = self.dictionary.shape
+
+    def gamma(self, params: Params) -> np.ndarray:
+        return np.asarray(params["gamma"], dtype=np.float64)
+
+    def posterior(self, params: Params) -> GaussianPosterior:
+        gamma = self.gamma(params)
+        sigma2 = float(params["sigma"]) ** 2
+        index = np.flatnonzero(gamma > 0)
+        A = self.dictionary if index.size == gamma.size else self.dictionary[:, index]
+        scale = np.sqrt(gamma[index])
+        if index.size > self.n_features:
+            return _MeasurementPosterior(A, scale, sigma2, index, self.n_components)
+        return _EigenPosterior([A], [A.T @ A], [scale], sigma2, index, self.n_components)
+
+    def column_norms2(self) -> np.ndarray:
+        return np.einsum("mn,mn->n", self.dictionary, self.dictionary)
+
+    def init_gamma(self, value: float) -> Params:
+        return {"gamma": np.full(self.n_components, value)}
+
+    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
+        # pruned entries have μ_j = Σ_jj = 0, so q_j = 0 keeps them at zero
+        return {"gamma": _prune(q, prune)}
+
+
+def _block_sum(v: np.ndarray, block: int) -> np.ndarray:
+    return v.reshape(-1, block).sum(axis=1)
+
+
+def _contract_except(Q: np.ndarray, vectors: Sequence[np.ndarray], i: int) -> np.ndarray:
+    """Σ over every mode k ≠ i of Q[..] Π_k vectors[k][idx_k], shape (Q.shape[i],)."""
+    T = Q
+    # from the last mode down, so the lower mode numbers stay valid
+    for k in reversed(range(Q.ndim)):
+        if k != i:
+            T = np.tensordot(T, vectors[k], axes=([k], [0]))
+    return T
+
+
+def _balance(gammas: list[np.ndarray]) -> list[np.ndarray]:
+    """Rescale the factors to equal maxima without changing their Kronecker product."""
+    tops = np.array([g.max(initial=0.0) for g in gammas])
+    if np.any(tops <= 0):
+        return [np.zeros_like(g) for g in gammas]
+    target = np.exp(np.mean(np.log(tops)))
+    return [g * (target / t) for g, t in zip(gammas, tops, strict=True)]
+
+
+def am_update(
+    Q: np.ndarray, gammas: Sequence[np.ndarray], blocks: Sequence[int]
+) -> list[np.ndarray]:
+    """Alternating minimisation of Σ_j log γ_j + Q_j/γ_j over γ = ⊗_i γ_i.
+
+    Each factor in turn gets its exact minimiser given the others, restricted to the active
+    (non-zero) entries: γ_i[a] = Σ_{others active} Q / Π_{k≠i} γ_k / (number of those
+    entries), averaged over the block of a. The objective decreases at every step.
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n_1, ..., n_I)
+        Unstructured estimate q = mean_l μ_l² + diag Σ, reshaped.
+    gammas : sequence of ndarray of shape (n_i,)
+        Current factors (the start; their zero entries stay zero).
+    blocks : sequence of int
+        Block length of each factor (1: no blocks).
+
+    Returns
+    -------
+    list of ndarray of shape (n_i,)
+    """
+    gammas = [np.asarray(g, dtype=np.float64).copy() for g in gammas]
+    active = [g > 0 for g in gammas]
+    I = len(gammas)
+    if I == 1:
+        return [np.repeat(_block_sum(Q, blocks[0]) / blocks[0], blocks[0]) * active[0]]
+    counts = [int(a.sum()) for a in active]
+    if min(counts) == 0:
+        return [np.zeros_like(g) for g in gammas]
+    # entries of the other factors that are still active, per factor
+    others = [int(np.prod(counts)) // counts[i] for i in range(I)]
+    inv = [np.where(a, 1.0 / np.where(a, g, 1.0), 0.0) for g, a in zip(gammas, active, strict=True)]
+    for _ in range(MAX_INNER):
+        old = [g / g.max() for g in gammas]
+        for i in range(I):
+            S = _contract_except(Q, inv, i)
+            per_block = _block_sum(S, blocks[i]) / (blocks[i] * others[i])
+            gammas[i] = np.repeat(per_block, blocks[i]) * active[i]
+            inv[i] = np.where(active[i], 1.0 / np.where(active[i], gammas[i], 1.0), 0.0)
+        # the product is invariant to rescaling the factors: compare their shapes
+        change = max(
+            float(np.max(np.abs(g / g.max() - o))) for g, o in zip(gammas, old, strict=True)
+        )
+        if change < INNER_RTOL:
+            break
+    return _balance(gammas)
+
+
+def rank_one_update(
+    Q: np.ndarray, gammas: Sequence[np.ndarray], blocks: Sequence[int]
+) -> list[np.ndarray]:
+    """Non-negative best rank-one approximation ⊗_i γ_i of the (block-averaged) tensor Q.
+
+    I = 2: leading singular pair of the n_1 × n_2 matrix; I > 2: higher-order power
+    iteration started from the current factors. Q is entrywise non-negative, so the leading
+    singular vectors can be taken non-negative (their absolute values are used).
+
+    Parameters
+    ----------
+    Q : ndarray of shape (n_1, ..., n_I)
+    gammas : sequence of ndarray of shape (n_i,)
+        Current factors (start of the power iteration; their zero entries stay zero).
+    blocks : sequence of int
+        Block length of each factor.
+
+    Returns
+    -------
+    list of ndarray of shape (n_i,)
+    """
+    I = len(gammas)
+    active = [np.asarray(g) > 0 for g in gammas]
+    # block means: a block-constant rank-one fit of Q is a rank-one fit of its block means
+    shape = []
+    for n_i, b in zip(Q.shape, blocks, strict=True):
+        shape += [n_i // b, b]
+    Qb = Q.reshape(shape).mean(axis=tuple(range(1, 2 * I, 2)))
+    if I == 1:
+        small = [Qb]
+    elif I == 2:
+        U, S, Vt = np.linalg.svd(Qb, full_matrices=False)
+        root = np.sqrt(S[0])
+        small = [root * np.abs(U[:, 0]), root * np.abs(Vt[0])]
+    else:
+        u = [
+            np.abs(_block_sum(np.asarray(g, dtype=np.float64), b))
+            for g, b in zip(gammas, blocks, strict=True)
+        ]
+        u = [x / max(np.linalg.norm(x), np.finfo(float).tiny) for x in u]
+        for _ in range(MAX_INNER):
+            old = [x.copy() for x in u]
+            for i in range(I):
+                x = np.abs(_contract_except(Qb, u, i))
+                u[i] = x / max(np.linalg.norm(x), np.finfo(float).tiny)
+            if max(np.linalg.norm(a - b) for a, b in zip(u, old, strict=True)) < INNER_RTOL:
+                break
+        value = float(_contract_except(Qb, u, 0) @ u[0])
+        small = [max(value, 0.0) ** (1.0 / I) * x for x in u]
+    out = [np.repeat(g, b) * a for g, b, a in zip(small, blocks, active, strict=True)]
+    return _balance(out)
+
+
+class KroneckerSBLModel(_SBLBase):
+    """Kronecker-structured SBL (He & Joseph 2023): Φ = ⊗_i Φ_i, γ = ⊗_i γ_i.
+
+    Parameters
+    ----------
+    factors : sequence of ndarray, Φ_i of shape (m_i, n_i)
+        Φ = ``np.kron(Φ_1, Φ_2, ...)``; any m_i (more or fewer rows than columns).
+    method : {"am", "svd"}, default="am"
+        γ update: alternating minimisation of the EM objective, or rank-one approximation.
+    block_sizes : sequence of int or None, default=None
+        Length of the blocks of each factor within which γ_i is shared (None: 1).
+
+    Notes
+    -----
+    Parameters are ``gamma_1 .. gamma_I`` (each (n_i,), balanced to equal maxima) and
+    ``sigma``.
+    """
+
+    def __init__(
+        self,
+        factors: Sequence[np.ndarray],
+        *,
+        method: str = "am",
+        block_sizes: Sequence[int] | None = None,
+    ) -> None:
+        self.factors = [np.asarray(A, dtype=np.float64) for A in factors]
+        self.method = method
+        self.block_sizes = [1] * len(self.factors) if block_sizes is None else list(block_sizes)
+        self.shapes = [A.shape for A in self.factors]
+        self.n_features = int(np.prod([s[0] for s in self.shapes]))
+        self.n_components = int(np.prod([s[1] for s in self.shapes]))
+        self._grams = [A.T @ A for A in self.factors]
+        self.param_names = (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
+
+    def gamma_factors(self, params: Params) -> list[np.ndarray]:
+        """[γ_1, ..., γ_I]."""
+        return [
+            np.asarray(params[f"gamma_{i + 1}"], dtype=np.float64) for i in range(len(self.factors))
+        ]
+
+    def gamma(self, params: Params) -> np.ndarray:
+        return kron_vectors(self.gamma_factors(params))
+
+    def posterior(self, params: Params) -> GaussianPosterior:
+        gammas = self.gamma_factors(params)
+        active = [np.flatnonzero(g > 0) for g in gammas]
+        if all(a.size == g.size for a, g in zip(active, gammas, strict=True)):
+            factors, grams = self.factors, self._grams
+        else:
+            factors = [A[:, a] for A, a in zip(self.factors, active, strict=True)]
+            grams = [G[np.ix_(a, a)] for G, a in zip(self._grams, active, strict=True)]
+        dims = [g.size for g in gammas]
+        index = np.ravel_multi_index(np.ix_(*active), dims).ravel()
+        scales = [np.sqrt(g[a]) for g, a in zip(gammas, active, strict=True)]
+        sigma2 = float(params["sigma"]) ** 2
+        return _EigenPosterior(factors, grams, scales, sigma2, index, self.n_components)
+
+    def column_norms2(self) -> np.ndarray:
+        return kron_vectors([np.einsum("mn,mn->n", A, A) for A in self.factors])
+
+    def init_gamma(self, value: float) -> Params:
+        per = value ** (1.0 / len(self.factors))
+        return {f"gamma_{i + 1}": np.full(s[1], per) for i, s in enumerate(self.shapes)}
+
+    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
+        Q = q.reshape([s[1] for s in self.shapes])
+        update = am_update if self.method == "am" else rank_one_update
+        gammas = update(Q, self.gamma_factors(params), self.block_sizes)
+        return {f"gamma_{i + 1}": _prune(g, prune) for i, g in enumerate(gammas)}

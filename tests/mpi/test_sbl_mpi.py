@@ -1,0 +1,99 @@
+"""SBL / KroSBL under mpiexec: snapshots split over ranks give the 1-rank γ, σ and x̂.
+
+This file is also the MPI worker: ``python tests/mpi/test_sbl_mpi.py DATA.npz OUT_DIR`` fits
+classic SBL and both KroSBL variants on this rank's block of snapshots and, on rank 0, saves
+the fitted γ, σ, iteration counts, scores and the gathered x̂ to ``OUT_DIR/result.npz``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+
+def _worker(data_path: str, out_dir: str) -> None:
+    from prosper import SBL, KroneckerSBL
+    from prosper.parallel import get_comm, row_block
+
+    comm = get_comm()
+    with np.load(data_path) as data:
+        factors = [data["Phi1"], data["Phi2"]]
+        Y = data["Y"]
+    rows = row_block(Y.shape[0], comm)
+    estimators = {
+        "am": KroneckerSBL(factors=factors, method="am", n_iter=40, tol=None),
+        "svd": KroneckerSBL(factors=factors, method="svd", n_iter=40, tol=None),
+        "sbl": SBL(dictionary=np.kron(*factors), n_iter=25, tol=None),
+        "am_tol": KroneckerSBL(factors=factors, method="am", tol=1e-5),
+    }
+    result = {}
+    for name, est in estimators.items():
+        out = Path(out_dir) / f"{name}_{comm.size}.h5" if name == "am" else None
+        est.fit(Y[rows], out=out)
+        coef = np.concatenate(comm.allgather(est.coef_))
+        result.update(
+            {
+                f"{name}_gamma": est.gamma_,
+                f"{name}_sigma": est.sigma_,
+                f"{name}_n_iter": est.n_iter_,
+                f"{name}_coef": coef,
+                f"{name}_score": est.score(Y[rows]),
+                f"{name}_F": est.free_energy_,
+            }
+        )
+    if comm.rank == 0:
+        np.savez(Path(out_dir) / f"result_{comm.size}.npz", **result)
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    from prosper.data.kronecker import kronecker_problem
+    from tests.helpers import run_mpi
+
+    path = tmp_path_factory.mktemp("sbl_mpi")
+    p = kronecker_problem([(8, 12), (8, 12)], sparsity=2, snr_db=20, n_snapshots=7, random_state=0)
+    np.savez(path / "data.npz", Phi1=p.factors[0], Phi2=p.factors[1], Y=p.Y)
+    out = {}
+    for n in (1, 2):
+        run_mpi(n, ["python", __file__, str(path / "data.npz"), str(path)], timeout=300)
+        with np.load(path / f"result_{n}.npz") as f:
+            out[n] = dict(f)
+    return path, out
+
+
+@pytest.mark.parametrize("name", ["am", "svd", "sbl", "am_tol"])
+def test_one_and_two_ranks_give_the_same_model(results, name):
+    _, out = results
+    one, two = out[1], out[2]
+    assert one[f"{name}_n_iter"] == two[f"{name}_n_iter"]  # the tol decision agrees too
+    np.testing.assert_allclose(two[f"{name}_gamma"], one[f"{name}_gamma"], rtol=1e-9, atol=1e-14)
+    np.testing.assert_array_equal(two[f"{name}_gamma"] > 0, one[f"{name}_gamma"] > 0)
+    np.testing.assert_allclose(two[f"{name}_sigma"], one[f"{name}_sigma"], rtol=1e-9)
+    np.testing.assert_allclose(two[f"{name}_coef"], one[f"{name}_coef"], rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(two[f"{name}_F"], one[f"{name}_F"], rtol=1e-9)
+    np.testing.assert_allclose(two[f"{name}_score"], one[f"{name}_score"], rtol=1e-9)
+    assert one[f"{name}_coef"].shape[0] == 7
+
+
+def test_results_file_written_once_by_rank_zero(results):
+    import h5py
+
+    import prosper
+
+    path, out = results
+    for n in (1, 2):
+        with h5py.File(path / f"am_{n}.h5", "r") as f:
+            assert f.attrs["n_ranks"] == n and f.attrs["n_samples"] == 7
+            assert f["params/gamma_1"].shape == (40, 12)
+        np.testing.assert_allclose(
+            prosper.load(path / f"am_{n}.h5").gamma_, out[1]["am_gamma"], rtol=1e-9, atol=1e-14
+        )
+
+
+if __name__ == "__main__":
+    _worker(*sys.argv[1:3])

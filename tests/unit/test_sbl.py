@@ -1,0 +1,357 @@
+"""SBL and Kronecker SBL: structured algebra against dense formulas, M-step updates, checks."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+
+from prosper import NotFittedError
+from prosper.data.kronecker import kronecker_problem
+from prosper.estimators.sbl import SBL, KroneckerSBL
+from prosper.models.sbl import (
+    KroneckerSBLModel,
+    SBLModel,
+    am_update,
+    kron_matvec,
+    kron_vectors,
+    rank_one_update,
+)
+
+
+def dense_posterior(Phi, gamma, sigma2, Y):
+    """Textbook formulas with explicit Φ and Σ = (Γ⁻¹ + ΦᵀΦ/σ²)⁻¹ on the active set."""
+    active = gamma > 0
+    n = gamma.size
+    Sigma = np.zeros((n, n))
+    P = Phi[:, active]
+    Sigma[np.ix_(active, active)] = np.linalg.inv(np.diag(1 / gamma[active]) + P.T @ P / sigma2)
+    mu = Y @ Phi @ Sigma.T / sigma2
+    C = sigma2 * np.eye(Phi.shape[0]) + (Phi * gamma) @ Phi.T
+    log_ev = multivariate_normal(np.zeros(Phi.shape[0]), C).logpdf(Y)
+    return mu, Sigma, np.atleast_1d(log_ev)
+
+
+# shapes mixing fat (m_i < n_i) and tall (m_i > n_i) factors, I = 2 and 3
+KRON_SHAPES = [
+    [(3, 5), (4, 3)],
+    [(5, 3), (6, 4)],
+    [(2, 3), (3, 2), (2, 4)],
+    [(3, 2), (2, 3), (4, 3)],
+]
+
+
+def _kron_params(shapes, rng, zero=True):
+    gammas = [rng.random(n) + 0.1 for _, n in shapes]
+    if zero:
+        gammas[0][1] = 0.0  # a pruned entry zeroes a whole slice of γ
+        gammas[-1][-1] = 0.0
+    params = {f"gamma_{i + 1}": g for i, g in enumerate(gammas)}
+    params["sigma"] = np.array(0.4)
+    return params
+
+
+@pytest.mark.parametrize("shapes", [[(3, 4)], [(4, 3), (2, 5)], [(2, 3), (3, 2), (2, 2)]])
+def test_kron_matvec_equals_np_kron(shapes, rng):
+    mats = [rng.standard_normal(s) for s in shapes]
+    X = rng.standard_normal((3, int(np.prod([s[1] for s in shapes]))))
+    expected = X @ functools.reduce(np.kron, mats).T
+    np.testing.assert_allclose(kron_matvec(mats, X), expected, rtol=0, atol=1e-12)
+    v = [rng.random(3), rng.random(2), rng.random(4)]
+    np.testing.assert_array_equal(kron_vectors(v), np.kron(np.kron(v[0], v[1]), v[2]))
+
+
+@pytest.mark.parametrize("shapes", KRON_SHAPES)
+@pytest.mark.parametrize("zero", [False, True])
+def test_kronecker_estep_equals_dense(shapes, zero, rng):
+    factors = [rng.standard_normal(s) for s in shapes]
+    Phi = functools.reduce(np.kron, factors)
+    model = KroneckerSBLModel(factors)
+    params = _kron_params(shapes, rng, zero)
+    gamma = model.gamma(params)
+    Y = rng.standard_normal((4, Phi.shape[0]))
+    mu_d, Sigma, log_ev = dense_posterior(Phi, gamma, 0.16, Y)
+
+    post = model.posterior(params)
+    mu = model.coef(Y, post)
+    np.testing.assert_allclose(mu, mu_d, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(post.diag_cov, np.diag(Sigma), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(post.trace, np.trace(Phi @ Sigma @ Phi.T), rtol=1e-10)
+    np.testing.assert_allclose(model.log_evidence(Y, post), log_ev, rtol=1e-10)
+    assert np.all(mu[:, gamma == 0] == 0) and np.all(post.diag_cov[gamma == 0] == 0)
+    stats = model.estep_batch(Y, post)
+    np.testing.assert_allclose(stats["mu2"], (mu_d**2).sum(0), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(stats["resid"], ((Y - mu_d @ Phi.T) ** 2).sum(), rtol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(6, 15), (15, 6), (8, 8)])
+def test_dense_sbl_estep_and_mstep_equal_textbook_formulas(shape, rng):
+    """Both branches (m < n: m×m Woodbury form; m >= n: n×n eigen form)."""
+    Phi = rng.standard_normal(shape)
+    gamma = rng.random(shape[1]) + 0.1
+    sigma2 = 0.3
+    Y = rng.standard_normal((5, shape[0]))
+    model = SBLModel(Phi)
+    params = {"gamma": gamma, "sigma": np.array(np.sqrt(sigma2))}
+    post = model.posterior(params)
+    mu = model.coef(Y, post)
+    mu_d, Sigma, log_ev = dense_posterior(Phi, gamma, sigma2, Y)
+    np.testing.assert_allclose(mu, mu_d, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(post.diag_cov, np.diag(Sigma), rtol=0, atol=1e-10)
+    np.testing.assert_allclose(model.log_evidence(Y, post), log_ev, rtol=1e-10)
+
+    new = model.mstep(
+        model.estep_batch(Y, post), params, post, Y.shape[0], learn_sigma=True, prune=0.0
+    )
+    # MODELS.md: γ_j = mean μ_j² + Σ_jj; σ² = (||y - Φμ||² + σ² Σ_j (1 - Σ_jj/γ_j)) / m
+    gamma_expected = (mu_d**2).mean(0) + np.diag(Sigma)
+    resid = ((Y - mu_d @ Phi.T) ** 2).sum(1).mean()
+    sigma2_expected = (resid + sigma2 * np.sum(1 - np.diag(Sigma) / gamma)) / shape[0]
+    np.testing.assert_allclose(new["gamma"], gamma_expected, rtol=1e-10)
+    np.testing.assert_allclose(float(new["sigma"]) ** 2, sigma2_expected, rtol=1e-10)
+
+
+def _objective(Q, gammas):
+    g = kron_vectors(gammas)
+    q = Q.ravel()
+    on = g > 0
+    return float(np.sum(np.log(g[on]) + q[on] / g[on]))
+
+
+@pytest.mark.parametrize("dims", [(4, 5), (3, 4, 2)])
+def test_am_update_is_a_stationary_point_and_decreases_the_objective(dims, rng):
+    Q = rng.random(dims) + 0.05
+    start = [np.ones(n) for n in dims]
+    out = am_update(Q, start, [1] * len(dims))
+    assert _objective(Q, out) < _objective(Q, start)
+    # stationarity: every factor is its own closed-form update given the others
+    for i in range(len(dims)):
+        others = [out[k] for k in range(len(dims)) if k != i]
+        weight = kron_vectors([1 / o for o in others]) if others else np.ones(1)
+        Qi = np.moveaxis(Q, i, 0).reshape(dims[i], -1)
+        np.testing.assert_allclose(out[i], Qi @ weight / weight.size, rtol=1e-7)
+    # nothing beats it in a random direction
+    for _ in range(5):
+        trial = [g * np.exp(0.05 * rng.standard_normal(g.size)) for g in out]
+        assert _objective(Q, trial) >= _objective(Q, out) - 1e-12
+
+
+@pytest.mark.parametrize("dims", [(4, 5), (3, 4, 2)])
+@pytest.mark.parametrize("update", [am_update, rank_one_update])
+def test_gamma_updates_recover_an_exact_kronecker_tensor(dims, update, rng):
+    truth = [rng.random(n) + 0.2 for n in dims]
+    truth[0][2] = 0.0
+    Q = kron_vectors(truth).reshape(dims)
+    start = [np.ones(n) for n in dims]
+    start[0][2] = 0.0  # a pruned entry stays pruned
+    out = update(Q, start, [1] * len(dims))
+    np.testing.assert_allclose(kron_vectors(out), kron_vectors(truth), rtol=1e-7, atol=1e-12)
+    assert out[0][2] == 0 and all(np.all(g >= 0) for g in out)
+    # balanced: equal maxima
+    np.testing.assert_allclose([g.max() for g in out], out[0].max(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("update", [am_update, rank_one_update])
+def test_block_updates_are_block_constant(update, rng):
+    Q = rng.random((6, 8)) + 0.1
+    out = update(Q, [np.ones(6), np.ones(8)], [3, 2])
+    assert np.all(out[0].reshape(2, 3) == out[0].reshape(2, 3)[:, :1])
+    assert np.all(out[1].reshape(4, 2) == out[1].reshape(4, 2)[:, :1])
+
+
+def test_svd_update_is_the_leading_singular_pair(rng):
+    Q = rng.random((5, 7))
+    out = rank_one_update(Q, [np.ones(5), np.ones(7)], [1, 1])
+    U, S, Vt = np.linalg.svd(Q)
+    np.testing.assert_allclose(np.outer(*out), S[0] * np.outer(U[:, 0], Vt[0]), rtol=1e-10)
+
+
+def _problem(shapes, sparsity=2, L=3, snr=25, seed=0):
+    return kronecker_problem(
+        shapes, sparsity=sparsity, snr_db=snr, n_snapshots=L, random_state=seed
+    )
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: SBL(dictionary=p.dictionary, prune=0.0, tol=None, n_iter=40),
+        lambda p: KroneckerSBL(factors=p.factors, prune=0.0, tol=None, n_iter=40),
+        lambda p: KroneckerSBL(
+            factors=p.factors, block_size=[2, 1, 2], prune=0.0, tol=None, n_iter=40
+        ),
+    ],
+    ids=["sbl", "krosbl-am", "krosbl-am-blocks"],
+)
+def test_em_never_decreases_the_log_evidence(make):
+    p = _problem([(4, 6), (3, 5), (4, 4)])
+    est = make(p).fit(p.Y)
+    assert est.n_iter_ == 40
+    assert np.all(np.diff(est.free_energy_) > -1e-9 * np.abs(est.free_energy_[1:]))
+    assert est.free_energy_[-1] > est.free_energy_[0] + 1.0
+
+
+@pytest.mark.parametrize("shape", [(8, 20), (20, 8)])
+def test_one_factor_kronecker_sbl_equals_classic_sbl(shape, rng):
+    """Same maths by two code paths (KroSBL always works in n×n; SBL in m×m when m < n)."""
+    Phi = rng.standard_normal(shape)
+    X = np.zeros((2, shape[1]))
+    X[:, [1, 5]] = rng.standard_normal((2, 2))
+    Y = X @ Phi.T + 0.05 * rng.standard_normal((2, shape[0]))
+    a = SBL(dictionary=Phi, n_iter=30, tol=None).fit(Y)
+    b = KroneckerSBL(factors=[Phi], n_iter=30, tol=None).fit(Y)
+    np.testing.assert_allclose(a.gamma_, b.gamma_, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-8, atol=1e-10)
+    assert a.sigma_ == pytest.approx(b.sigma_, rel=1e-10)
+
+
+def test_fitted_attributes_transform_and_score():
+    p = _problem([(5, 8), (6, 8)], L=4)
+    est = KroneckerSBL(factors=p.factors, method="svd", n_iter=60).fit(p.Y)
+    assert est.coef_.shape == (4, 64) and est.gamma_.shape == (64,)
+    assert len(est.gamma_factors_) == 2 and est.n_features_in_ == 30
+    np.testing.assert_allclose(est.gamma_, np.kron(*est.gamma_factors_))
+    np.testing.assert_allclose(est.transform(p.Y), est.coef_, rtol=0, atol=0)
+    assert est.score(p.Y) == pytest.approx(
+        est.free_energy_[-1], rel=0.05
+    )  # evidence of the final parameters ≈ that of the last iteration
+    one = est.transform(p.Y[0])  # a 1-D y is one snapshot
+    assert one.shape == (1, 64)
+    f32 = KroneckerSBL(factors=p.factors, n_iter=5, dtype="float32").fit(p.Y.astype(np.float32))
+    assert f32.coef_.dtype == np.float32
+
+
+def test_tol_stops_early_and_none_runs_every_iteration():
+    p = _problem([(6, 8), (6, 8)], L=2, snr=30)
+    stopped = KroneckerSBL(factors=p.factors, method="svd", n_iter=400, tol=1e-4).fit(p.Y)
+    assert stopped.n_iter_ < 400
+    assert stopped.history_["gamma_change"][-1] < 1e-4
+    assert np.all(stopped.history_["gamma_change"][:-1] >= 1e-4)
+    full = KroneckerSBL(factors=p.factors, method="svd", n_iter=7, tol=None).fit(p.Y)
+    assert full.n_iter_ == 7
+    calls = []
+    KroneckerSBL(
+        factors=p.factors,
+        n_iter=50,
+        tol=None,
+        callback=lambda it, lr, m: calls.append(it) or it == 2,
+    ).fit(p.Y)
+    assert calls == [0, 1, 2]
+
+
+def test_fixed_sigma_and_pruning():
+    p = _problem([(6, 8), (6, 8)], L=2, snr=30)
+    est = KroneckerSBL(
+        factors=p.factors, method="svd", learn_sigma=False, sigma=p.sigma, n_iter=200
+    ).fit(p.Y)
+    assert est.sigma_ == p.sigma and np.all(est.history_["sigma"] == p.sigma)
+    assert np.count_nonzero(est.gamma_) < est.gamma_.size  # something was pruned
+    kept = KroneckerSBL(factors=p.factors, prune=0.0, n_iter=20, tol=None).fit(p.Y)
+    assert np.all(kept.gamma_ > 0)
+
+
+# -- bad input ---------------------------------------------------------------------------
+def test_factor_shapes_must_multiply_to_the_snapshot_length():
+    p = _problem([(4, 6), (5, 6)])
+    with pytest.raises(ValueError, match=r"factor shapes .* m = 4 \* 3 = 12 rows, but Y has 20"):
+        KroneckerSBL(factors=[p.factors[0], p.factors[1][:3]]).fit(p.Y)
+    with pytest.raises(ValueError, match="dictionary has shape"):
+        SBL(dictionary=p.dictionary[:10]).fit(p.Y)
+
+
+def test_nan_and_singular_inputs_are_rejected():
+    p = _problem([(4, 6), (5, 6)])
+    Y = p.Y.copy()
+    Y[0, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        KroneckerSBL(factors=p.factors).fit(Y)
+    bad = [p.factors[0].copy(), p.factors[1]]
+    bad[0][1, 2] = np.inf
+    with pytest.raises(ValueError, match=r"factors\[0\] contains NaN or infinity"):
+        KroneckerSBL(factors=bad).fit(p.Y)
+    singular = [p.factors[0], p.factors[1].copy()]
+    singular[1][:, 4] = 0.0
+    with pytest.raises(ValueError, match=r"factors\[1\] is singular: column\(s\) \[4\]"):
+        KroneckerSBL(factors=singular).fit(p.Y)
+    D = p.dictionary.copy()
+    D[:, 0] = 0
+    with pytest.raises(ValueError, match="dictionary is singular"):
+        SBL(dictionary=D).fit(p.Y)
+    with pytest.raises(ValueError, match="Y is zero in every snapshot"):
+        KroneckerSBL(factors=p.factors).fit(np.zeros_like(p.Y))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "lsq"}, r"'method' parameter of KroneckerSBL must be one of \{'am', 'svd'\}"),
+        ({"factors": "Phi"}, "'factors' parameter of KroneckerSBL must be a non-empty list"),
+        ({"block_size": 4}, r"block_size 4 must divide n_i; factors\[0\] has n_i=6"),
+        ({"block_size": [2, 2, 2]}, "one block length per factor"),
+        ({"learn_sigma": False}, "sigma must be given"),
+        ({"sigma": -1.0}, "'sigma' parameter"),
+        ({"prune": 1.0}, "'prune' parameter"),
+        ({"backend": "cupy"}, "'backend' parameter"),
+    ],
+)
+def test_bad_hyper_parameters(kwargs, message):
+    p = _problem([(4, 6), (5, 6)])
+    with pytest.raises(ValueError, match=message):
+        KroneckerSBL(**{"factors": p.factors, **kwargs}).fit(p.Y)
+
+
+def test_transform_before_fit_and_wrong_width():
+    p = _problem([(4, 6), (5, 6)])
+    with pytest.raises(NotFittedError):
+        KroneckerSBL(factors=p.factors).transform(p.Y)
+    est = KroneckerSBL(factors=p.factors, n_iter=3).fit(p.Y)
+    with pytest.raises(ValueError, match="fitted with 20"):
+        est.transform(p.Y[:, :10])
+
+
+# -- the generator -----------------------------------------------------------------------
+def test_kronecker_problem_structure_and_snr():
+    p = kronecker_problem(
+        [(12, 20), (10, 16)], sparsity=[3, 4], snr_db=10, n_snapshots=50, random_state=3
+    )
+    assert p.Y.shape == (50, 120) and p.X.shape == (50, 320)
+    for A in p.factors:
+        np.testing.assert_allclose(np.linalg.norm(A, axis=0), 1.0)
+    assert [int(s.sum()) for s in p.support_factors] == [3, 4]
+    np.testing.assert_array_equal(p.support, np.kron(*p.support_factors).astype(bool))
+    assert np.all(p.X[:, ~p.support] == 0) and np.all(p.X[:, p.support] != 0)
+    clean = p.X @ p.dictionary.T
+    noise = p.Y - clean
+    snr = 10 * np.log10(np.sum(clean**2) / np.sum(noise**2))
+    assert snr == pytest.approx(10, abs=0.3)
+    truth = p.ground_truth()
+    assert set(truth) == {"X", "support", "sigma", "Phi_1", "Phi_2"}
+    noiseless = kronecker_problem([(4, 6), (4, 6)], sparsity=1, snr_db=None, random_state=0)
+    np.testing.assert_allclose(noiseless.Y, noiseless.X @ noiseless.dictionary.T, atol=1e-14)
+
+
+def test_kronecker_problem_blocks():
+    p = kronecker_problem([(8, 12), (8, 12)], sparsity=2, block=True, block_size=3, random_state=1)
+    for s in p.support_factors:
+        assert s.sum() == 6 and np.all(s.reshape(4, 3) == s.reshape(4, 3)[:, :1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"snr_db": -5.0}, r"'snr_db' parameter of kronecker_problem must be None or a float"),
+        ({"snr_db": float("nan")}, "'snr_db' parameter"),
+        ({"shapes": [(4, 0)]}, "'shapes' parameter"),
+        ({"sparsity": 0}, "'sparsity' parameter"),
+        ({"sparsity": 7}, "only n_i=6"),
+        ({"sparsity": [1, 2, 3]}, "one count per factor"),
+        ({"block": True, "block_size": 4}, "must divide every n_i"),
+        ({"n_snapshots": 0}, "'n_snapshots' parameter"),
+    ],
+)
+def test_kronecker_problem_bad_settings(kwargs, message):
+    args = {"shapes": [(4, 6), (4, 6)], "sparsity": 2, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        kronecker_problem(**args)
