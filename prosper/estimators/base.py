@@ -341,6 +341,10 @@ class TruncatedEMEstimator(EMEstimator):
     #: default ET data selection: N_cut factor raised from 0 to 1 over the first 2/3 of the
     #: run, as in the original ET examples (measured in benchmarks/bench_defaults.py)
     _default_ncut = [[0.0, 0.0], [0.667, 1.0]]
+    #: default temperature schedule (None: T = 1) and whether it tempers the prior (None:
+    #: the model's choice); models set the ones their benchmark measured best
+    _default_temperature = None
+    _default_anneal_prior = None
 
     def _resolved(self) -> tuple[int, int]:
         Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
@@ -356,7 +360,11 @@ class TruncatedEMEstimator(EMEstimator):
         self._schedules()
 
     def _schedules(self) -> Annealing:
-        temperature = Schedule.parse(self.temperature, "temperature", 1.0)
+        temperature = Schedule.parse(
+            self._default_temperature if self.temperature is None else self.temperature,
+            "temperature",
+            1.0,
+        )
         temperature.check("temperature", self.n_iter, 1.0)
         noise = Schedule.parse(self.noise, "noise", 0.0)
         noise.check("noise", self.n_iter, 0.0)
@@ -364,8 +372,13 @@ class TruncatedEMEstimator(EMEstimator):
             self._default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
         )
         ncut.check("ncut_factor", self.n_iter, 0.0, 1.0)
-        anneal_prior = (
+        default_prior = (
             self._model_class.anneal_prior_default
+            if self._default_anneal_prior is None
+            else self._default_anneal_prior
+        )
+        anneal_prior = (
+            default_prior
             if self.anneal_prior is None
             else self.anneal_prior
         )
