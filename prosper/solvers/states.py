@@ -94,7 +94,7 @@ class ExpectationTruncation:
         self.table = self._build_table()
         # table products used by linear models: outer products of each row, flattened
         self.outer = (self.table[:, :, None] * self.table[:, None, :]).reshape(
-            self.table.shape[0], -1
+            self.table.shape[0], self.Hprime**2
         )
         nz = self.values[1:]
         self.value_counts = (

@@ -45,3 +45,15 @@ def test_ties_are_broken_by_index():
     states = ExpectationTruncation(6, 3, 2, (0, 1))
     batch = states.select(np.zeros((1, 6)), 1)
     np.testing.assert_array_equal(batch.I[0], [0, 1, 2])
+
+
+def test_gamma_one_has_no_table():
+    """gamma = 1: zero and singleton states only (the table is empty)."""
+    states = ExpectationTruncation(5, 3, 1, (0, 1))
+    assert states.n_states == 6 and states.outer.shape == (0, 9)
+    from prosper import BSC
+    from prosper.data import bars
+
+    data = bars(size=2, n_samples=50, random_state=0)
+    model = BSC(H=4, Hprime=3, gamma=1, n_iter=3, random_state=0).fit(data.Y)
+    assert model.transform(data.Y).shape == (50, 4)

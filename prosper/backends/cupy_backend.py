@@ -1,0 +1,359 @@
+"""CuPy (CUDA) kernels for the E-step of linear models.
+
+Same functions, arguments and results as :mod:`prosper.backends.numpy_backend`: NumPy arrays
+in, NumPy arrays out. One batch runs on the current GPU as
+
+1. the batch copied to the device through a reused page-locked (pinned) host buffer;
+2. ``Y W``, ``Wᵀ W`` and the table states' quadratic forms f · forward as cuBLAS GEMMs, with
+   the per-point features f = [Wᵀy on I_n, lower triangle of the I_n block of WᵀW] (see
+   :func:`prosper.backends.numba_backend.table_coefficients`, shared with the CPU backend);
+3. one RawKernel (``cuda/linear_estep.cu``, one thread block per data point): log-joint of
+   every state, both log-sum-exps, posterior weights;
+4. the statistics reduced on the device (GEMMs and a scatter-add), packed into one buffer and
+   copied back with a single transfer per batch.
+
+The interface returns host arrays per batch, so the statistics cross the bus once per batch
+(a few (D, H) + (H, H) arrays), not once per iteration; use large batches on a GPU
+(``batch_size`` of 10^4 or more). Under MPI call :func:`select_device` once per rank: each
+rank binds to GPU (local rank mod visible devices); the Allreduce stays on host arrays.
+
+Importing this module never requires CuPy: without it, or without a visible CUDA device,
+``AVAILABLE`` is False and ``get_backend("auto")`` falls back to numba.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # annotations only: kernels never import solvers
+    from prosper.solvers.states import CandidateBatch
+
+from prosper.backends.numba_backend import state_log_prior, table_coefficients
+
+log = logging.getLogger(__name__)
+
+NAME = "cupy"
+
+try:
+    import cupy as cp
+
+    AVAILABLE = cp.cuda.runtime.getDeviceCount() > 0
+except Exception:  # no cupy, no driver, no device: CuPy raises several types here
+    cp = None
+    AVAILABLE = False
+
+__all__ = [
+    "AVAILABLE",
+    "KERNEL_FILE",
+    "linear_estep",
+    "linear_posterior_mean",
+    "local_rank",
+    "select_device",
+]
+
+#: CUDA source of the per-state kernel, shipped as package data
+KERNEL_FILE = "cuda/linear_estep.cu"
+#: threads per block; equal to PROSPER_BLOCK in the CUDA source (checked by a test)
+BLOCK = 128
+#: environment variables in which MPI launchers and schedulers give the node-local rank
+_LOCAL_RANK_ENV = (
+    "OMPI_COMM_WORLD_LOCAL_RANK",
+    "MPI_LOCALRANKID",
+    "PMI_LOCAL_RANK",
+    "SLURM_LOCALID",
+)
+
+
+def kernel_source() -> str:
+    """The CUDA source of the E-step kernel."""
+    return resources.files("prosper.backends").joinpath(KERNEL_FILE).read_text(encoding="utf-8")
+
+
+# compiled by NVRTC on first launch and kept in CuPy's kernel cache (memory and disk)
+_posterior_kernel = cp.RawKernel(kernel_source(), "prosper_linear_posterior") if AVAILABLE else None
+
+
+# -- device selection under MPI --------------------------------------------------------------
+def local_rank(comm: Any = None) -> int:
+    """Rank of this process among the processes on the same node.
+
+    Parameters
+    ----------
+    comm : prosper.parallel.Communicator, mpi4py communicator or None
+        With a communicator, ranks sharing a host name are counted (one ``allgather`` of
+        the host name: call it on every rank). None reads the launcher's environment
+        (Open MPI, MPICH/Hydra, PMI, Slurm) and gives 0 outside MPI.
+    """
+    if comm is not None and getattr(comm, "size", 1) > 1:
+        hosts = comm.allgather(socket.gethostname())
+        me = comm.rank
+        return sum(1 for r in range(me) if hosts[r] == hosts[me])
+    for key in _LOCAL_RANK_ENV:
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def select_device(comm: Any = None) -> int:
+    """Bind this process to one GPU, local rank modulo the visible devices.
+
+    Call once per rank before the first E-step (collective when ``comm`` is given). Set
+    ``CUDA_VISIBLE_DEVICES`` to restrict the devices a node offers.
+
+    Returns
+    -------
+    device : int
+        The CUDA device id now current for this process.
+    """
+    if not AVAILABLE:
+        raise RuntimeError("select_device needs CuPy and a visible CUDA device")
+    rank = local_rank(comm)
+    n_devices = cp.cuda.runtime.getDeviceCount()
+    device = rank % n_devices
+    if rank >= n_devices:
+        log.warning(
+            "local rank %d shares GPU %d: more ranks than the %d visible GPUs on this node",
+            rank,
+            device,
+            n_devices,
+        )
+    cp.cuda.Device(device).use()
+    return device
+
+
+# -- host -> device transfers ----------------------------------------------------------------
+class _PinnedStage:
+    """A page-locked host buffer, grown on demand and reused for every batch.
+
+    Copies from pinned memory run at full bus speed (pageable memory is first copied by the
+    driver). Reuse is safe because every call ends with a blocking device-to-host copy.
+    """
+
+    def __init__(self) -> None:
+        self._mem = None
+        self._nbytes = 0
+
+    def to_device(self, x: np.ndarray):
+        x = np.ascontiguousarray(x)
+        if x.nbytes > self._nbytes:
+            self._mem = cp.cuda.alloc_pinned_memory(x.nbytes)
+            self._nbytes = x.nbytes
+        host = np.frombuffer(self._mem, dtype=x.dtype, count=x.size).reshape(x.shape)
+        np.copyto(host, x)
+        out = cp.empty(x.shape, dtype=x.dtype)
+        out.set(host)
+        return out
+
+
+_stage = _PinnedStage()
+# device copies of the last state table's coefficients (the table is fixed during a fit)
+_table_cache: dict[str, Any] = {}
+
+
+def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any]:
+    device = cp.cuda.Device().id
+    cached = _table_cache
+    if not (
+        cached.get("table") is table
+        and cached.get("value_counts") is value_counts
+        and cached.get("device") == device
+    ):
+        forward, backward, tri_i, tri_j = table_coefficients(table, value_counts)
+        cached.clear()
+        cached.update(
+            table=table,
+            value_counts=value_counts,
+            device=device,
+            forward=cp.asarray(forward),
+            backward=cp.asarray(backward),
+            tri_i=cp.asarray(tri_i),
+            tri_j=cp.asarray(tri_j),
+            offdiag=cp.asarray(tri_i != tri_j),
+        )
+    return cached
+
+
+def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, accumulate):
+    """Device part of one batch; returns the log marginals and, with ``accumulate``, the
+    device arrays the statistics are reduced from."""
+    Y = np.asarray(Y)
+    B, D = Y.shape
+    H, Hp = batch.H, batch.I.shape[1]
+    nz_host = np.asarray(batch.values[1:], dtype=np.float64)
+    V1 = nz_host.size
+    value_counts = np.asarray(value_counts, dtype=np.float64)
+    tables = _device_tables(batch.table, value_counts)
+    K = batch.n_states
+
+    dY = _stage.to_device(Y)
+    dW = cp.asarray(W, dtype=Y.dtype)
+    # GEMMs over the data at the precision of Y, the rest in float64
+    WY = cp.ascontiguousarray((dY @ dW).astype(cp.float64, copy=False))
+    Y64 = dY.astype(cp.float64, copy=False)
+    W64 = dW.astype(cp.float64, copy=False)
+    WtW = W64.T @ W64
+    yy = cp.einsum("nd,nd->n", Y64, Y64)
+    I = cp.asarray(batch.I, dtype=cp.int64)
+    feat = cp.concatenate(
+        [cp.take_along_axis(WY, I, axis=1), WtW[I[:, tables["tri_i"]], I[:, tables["tri_j"]]]],
+        axis=1,
+    )
+    err = cp.ascontiguousarray(feat @ tables["forward"])
+    nz = cp.asarray(nz_host)
+    lp = cp.asarray(state_log_prior(value_logp, H, value_counts))
+    weights = cp.ones(B) if mask is None else cp.asarray(mask, dtype=cp.float64)
+    log_marginal = cp.empty(B)
+    q = cp.empty((B, K))
+    _posterior_kernel(
+        (B,),
+        (BLOCK,),
+        (
+            WY,
+            yy,
+            cp.ascontiguousarray(cp.diag(WtW)),
+            nz,
+            err,
+            lp,
+            cp.ascontiguousarray(weights),
+            np.int32(B),
+            np.int32(H),
+            np.int32(V1),
+            np.int32(err.shape[1]),
+            np.float64(-0.5 * D * np.log(2.0 * np.pi * sigma2)),
+            np.float64(0.5 / sigma2),
+            np.float64(beta),
+            np.float64(prior_beta),
+            np.int32(bool(accumulate)),
+            log_marginal,
+            q,
+        ),
+    )
+    if not accumulate:
+        return log_marginal, None
+    n_single = V1 * H
+    q_single = q[:, 1 : 1 + n_single].reshape(B, V1, H)
+    # moments of the table states: [Σ q s (H'), Σ q s_i s_j (P), Σ q #{s = v} (V-1)]
+    moments = q[:, 1 + n_single :] @ tables["backward"]
+    mean = cp.einsum("v,bvh->bh", nz, q_single)
+    # (row, I[row, j]) pairs are distinct, so a fancy-index += adds every term
+    mean[cp.arange(B)[:, None], I] += moments[:, :Hp]
+    return log_marginal, {
+        "Y64": Y64,
+        "I": I,
+        "mean": mean,
+        "moments": moments,
+        "q_single": q_single,
+        "nz": nz,
+        "weights": weights,
+        "yy": yy,
+        "tables": tables,
+    }
+
+
+def _statistics(ctx: dict[str, Any], H: int, Hp: int) -> list:
+    """Statistics on the device, in the order sy, ss, counts, yy, n."""
+    I, moments, tables = ctx["I"], ctx["moments"], ctx["tables"]
+    P = int(tables["tri_i"].size)
+    pairs = moments[:, Hp : Hp + P]
+    lower = (I[:, tables["tri_i"]] * H + I[:, tables["tri_j"]]).ravel()
+    off = tables["offdiag"]
+    upper = (I[:, tables["tri_j"]] * H + I[:, tables["tri_i"]])[:, off].ravel()
+    ss = cp.bincount(lower, weights=pairs.ravel(), minlength=H * H)
+    ss += cp.bincount(upper, weights=pairs[:, off].ravel(), minlength=H * H)
+    ss = ss.reshape(H, H)
+    ss[cp.arange(H), cp.arange(H)] += cp.einsum("v,bvh->h", ctx["nz"] ** 2, ctx["q_single"])
+    counts = ctx["q_single"].sum(axis=(0, 2)) + moments[:, Hp + P :].sum(axis=0)
+    weights = ctx["weights"]
+    return [ctx["Y64"].T @ ctx["mean"], ss, counts, weights @ ctx["yy"], weights.sum()]
+
+
+def linear_estep(
+    Y: np.ndarray,
+    W: np.ndarray,
+    sigma2: float,
+    value_logp: np.ndarray,
+    batch: CandidateBatch,
+    outer: np.ndarray,
+    value_counts: np.ndarray,
+    beta: float,
+    prior_beta: float,
+    mask: np.ndarray | None = None,
+    accumulate: bool = True,
+) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
+    """Truncated E-step of a linear Gaussian model (BSC, TSC, DSC) on one batch, on the GPU.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (B, D)
+        float64 or float32 (host memory).
+    W : ndarray of shape (D, H)
+    sigma2 : float
+        Observation noise variance.
+    value_logp : ndarray of shape (V,)
+        Prior log-probability of one latent taking each value (value 0 first).
+    batch : CandidateBatch
+        Candidate states of the batch.
+    outer : ndarray of shape (Kc, H'^2)
+        Unused (the table coefficients are derived from ``batch.table``); kept for the
+        shared signature.
+    value_counts : ndarray of shape (Kc, V-1)
+        How often each non-zero value occurs in each table row.
+    beta, prior_beta : float
+        Inverse temperatures of the likelihood and the prior (1 = no annealing).
+    mask : ndarray of shape (B,) or None
+        Weight of each data point in the statistics (ET data selection); None = all 1.
+    accumulate : bool, default=True
+        False skips the statistics (only the log marginals are wanted).
+
+    Returns
+    -------
+    log_marginal : ndarray of shape (B,)
+        log sum_{s in K_n} p(s, y_n) at temperature 1.
+    stats : dict or None
+        float64 host arrays ``sy`` (D, H), ``ss`` (H, H), ``counts`` (V-1,), ``yy``, ``n``.
+    """
+    B, D = np.shape(Y)
+    H, Hp = batch.H, batch.I.shape[1]
+    if B == 0:
+        empty = np.zeros(0)
+        if not accumulate:
+            return empty, None
+        zeros = {"sy": (D, H), "ss": (H, H), "counts": (batch.values.size - 1,)}
+        stats = {k: np.zeros(s) for k, s in zeros.items()}
+        return empty, {**stats, "yy": np.array(0.0), "n": np.array(0.0)}
+    log_marginal, ctx = _run(
+        Y, W, float(sigma2), value_logp, batch, value_counts, beta, prior_beta, mask, accumulate
+    )
+    if ctx is None:
+        return log_marginal.get(), None
+    parts = [log_marginal, *_statistics(ctx, H, Hp)]
+    # one device-to-host transfer for the whole batch
+    host = cp.concatenate([cp.ravel(p) for p in parts]).get()
+    out, start = [], 0
+    for p in parts:
+        out.append(host[start : start + p.size].reshape(p.shape))
+        start += p.size
+    lm, sy, ss, counts, yy, n = out
+    return lm, {"sy": sy, "ss": ss, "counts": counts, "yy": yy, "n": n}
+
+
+def linear_posterior_mean(
+    Y: np.ndarray,
+    W: np.ndarray,
+    sigma2: float,
+    value_logp: np.ndarray,
+    batch: CandidateBatch,
+    outer: np.ndarray,
+    value_counts: np.ndarray,
+) -> np.ndarray:
+    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1 (host array)."""
+    if np.shape(Y)[0] == 0:
+        return np.zeros((0, batch.H))
+    _, ctx = _run(Y, W, float(sigma2), value_logp, batch, value_counts, 1.0, 1.0, None, True)
+    return ctx["mean"].get()

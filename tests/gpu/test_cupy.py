@@ -1,0 +1,157 @@
+"""The CuPy E-step backend against the NumPy reference (GPU), and its CUDA source (nvcc).
+
+Tests marked ``gpu`` skip without CuPy or a CUDA device; the nvcc check skips without nvcc;
+the rest (device selection logic, source consistency) runs everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from prosper.backends import cupy_backend as cb
+from prosper.backends import numpy_backend as ref
+from tests.unit.test_backends import FLOAT32_RTOL, VALUE_SETS, assert_same, estep, make_problem
+
+gpu = pytest.mark.skipif(not cb.AVAILABLE, reason="needs CuPy and a visible CUDA device")
+
+
+# -- runs everywhere --------------------------------------------------------------------------
+def test_kernel_source_is_self_contained_and_block_size_matches():
+    source = cb.kernel_source()
+    # NVRTC compiles without system headers
+    assert "#include" not in source
+    assert "prosper_linear_posterior" in source
+    match = re.search(r"#define PROSPER_BLOCK (\d+)", source)
+    assert match is not None and int(match.group(1)) == cb.BLOCK
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_kernel_compiles_with_nvcc(tmp_path, arch):
+    src = tmp_path / "linear_estep.cu"
+    src.write_text(cb.kernel_source())
+    out = tmp_path / "linear_estep.ptx"
+    proc = subprocess.run(
+        ["nvcc", "-ptx", f"-arch={arch}", "-Werror", "all-warnings", "-o", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ptx = out.read_text()
+    # extern "C": the entry point keeps its unmangled name, which RawKernel looks up
+    assert ".entry prosper_linear_posterior(" in ptx
+
+
+class _FakeComm:
+    """Two nodes with two ranks each: ranks 0, 1 on node-a, ranks 2, 3 on node-b."""
+
+    size = 4
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def allgather(self, value):
+        return ["node-a", "node-a", "node-b", "node-b"]
+
+
+@pytest.mark.parametrize(("rank", "expected"), [(0, 0), (1, 1), (2, 0), (3, 1)])
+def test_local_rank_counts_ranks_on_the_same_host(rank, expected):
+    assert cb.local_rank(_FakeComm(rank)) == expected
+
+
+def test_local_rank_from_launcher_environment(monkeypatch):
+    for key in cb._LOCAL_RANK_ENV:
+        monkeypatch.delenv(key, raising=False)
+    assert cb.local_rank(None) == 0
+    monkeypatch.setenv("MPI_LOCALRANKID", "3")
+    assert cb.local_rank(None) == 3
+
+
+def test_auto_never_picks_cupy_without_a_device():
+    from prosper.backends import get_backend
+
+    if not cb.AVAILABLE:
+        assert get_backend("auto").NAME != "cupy"
+        with pytest.raises(ValueError, match="not available"):
+            get_backend("cupy")
+
+
+# -- needs a GPU --------------------------------------------------------------------------------
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+@pytest.mark.parametrize("annealed", [False, True], ids=["beta1", "annealed"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_cupy_matches_numpy_float64(values, annealed, masked):
+    p = make_problem(values, seed=len(values))
+    kw = {"beta": 0.4, "prior_beta": 0.7} if annealed else {}
+    if masked:
+        mask = np.random.default_rng(1).random(p["Y"].shape[0])
+        mask[::3] = 0.0
+        kw["mask"] = mask
+    expected = estep(ref, p, **kw)
+    assert_same(expected, estep(cb, p, **kw), rtol=1e-10)
+    lm, stats = estep(cb, p, accumulate=False, **kw)
+    assert stats is None
+    np.testing.assert_allclose(lm, expected[0], rtol=1e-12)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_cupy_full_enumeration_and_float32(values):
+    H = 6 if len(values) == 2 else 4
+    p = make_problem(values, H=H, Hprime=H, gamma=H, D=10, B=40, seed=3)
+    assert_same(estep(ref, p, beta=0.8), estep(cb, p, beta=0.8), rtol=1e-10)
+    p = make_problem(values, seed=5)
+    assert_same(estep(ref, p, beta=0.5), estep(cb, p, dtype=np.float32, beta=0.5), FLOAT32_RTOL)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [0, 1, 1000])
+def test_cupy_batch_sizes_and_posterior_mean(B):
+    p = make_problem(VALUE_SETS["ternary"], B=B, seed=7)
+    if B:
+        assert_same(estep(ref, p), estep(cb, p), rtol=1e-10)
+    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "batch", "outer", "value_counts")]
+    expected = ref.linear_posterior_mean(*args)
+    actual = cb.linear_posterior_mean(*args)
+    assert actual.shape == expected.shape == (B, 12)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10)
+
+
+@gpu
+@pytest.mark.gpu
+def test_select_device_single_process():
+    import cupy
+
+    assert cb.select_device(None) == cb.local_rank(None) % cupy.cuda.runtime.getDeviceCount()
+
+
+@gpu
+@pytest.mark.gpu
+def test_bsc_cupy_matches_numpy_end_to_end():
+    from prosper import BSC
+    from prosper.data import bars
+
+    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
+    kw = {
+        "H": 8,
+        "Hprime": 6,
+        "gamma": 3,
+        "n_iter": 5,
+        "batch_size": 128,
+        "random_state": 1,
+        "temperature": [[0, 2.0], [1.0, 1.0]],
+        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
+        "progress": False,
+    }
+    fits = {b: BSC(backend=b, **kw).fit(data.Y) for b in ("numpy", "cupy")}
+    np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)

@@ -1,0 +1,192 @@
+"""The numba E-step backend against the NumPy reference, and the backend registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prosper.backends import BACKENDS, available_backends, get_backend
+from prosper.backends import numpy_backend as ref
+from prosper.solvers.states import ExpectationTruncation
+
+numba = pytest.importorskip("numba")
+nb = pytest.importorskip("prosper.backends.numba_backend")
+
+#: float32 inputs: largest deviation from the float64 reference, relative to the largest
+#: magnitude of each output (statistics are accumulated in float64 by every backend)
+FLOAT32_RTOL = 2e-5
+
+VALUE_SETS = {"binary": (0.0, 1.0), "ternary": (0.0, -1.0, 1.0), "discrete": (0.0, 1.0, 2.0, 3.0)}
+
+
+def make_problem(values, *, H=12, Hprime=6, gamma=3, D=25, B=120, sigma=0.6, seed=0):
+    """Data from the linear model with the given latent values, ET candidate states."""
+    rng = np.random.default_rng(seed)
+    values = np.asarray(values, dtype=np.float64)
+    n_nz = values.size - 1
+    prior = np.r_[0.8, np.full(n_nz, 0.2 / n_nz)]
+    W = rng.standard_normal((D, H))
+    S = values[rng.choice(values.size, size=(B, H), p=prior)]
+    Y = S @ W.T + sigma * rng.standard_normal((B, D))
+    states = ExpectationTruncation(H, Hprime, gamma, values)
+    # cosine-similarity preselection as the linear models do it
+    batch = states.select(None if states.full else (Y @ W) / np.linalg.norm(W, axis=0), B)
+    return {
+        "Y": Y,
+        "W": W,
+        "sigma2": sigma**2,
+        "value_logp": np.log(prior),
+        "batch": batch,
+        "outer": states.outer,
+        "value_counts": states.value_counts,
+    }
+
+
+def estep(module, p, *, dtype=np.float64, **kw):
+    kw.setdefault("beta", 1.0)
+    kw.setdefault("prior_beta", 1.0)
+    return module.linear_estep(
+        p["Y"].astype(dtype),
+        p["W"].astype(dtype),
+        p["sigma2"],
+        p["value_logp"],
+        p["batch"],
+        p["outer"],
+        p["value_counts"],
+        **kw,
+    )
+
+
+def assert_same(expected, actual, rtol):
+    """log marginals and statistics agree to ``rtol`` relative to each output's magnitude."""
+    lm_ref, st_ref = expected
+    lm, st = actual
+    assert lm.shape == lm_ref.shape
+    np.testing.assert_allclose(lm, lm_ref, rtol=0, atol=rtol * np.abs(lm_ref).max())
+    if st_ref is None:
+        assert st is None
+        return
+    assert set(st) == set(st_ref)
+    for key, value in st_ref.items():
+        assert st[key].shape == np.shape(value), key
+        assert st[key].dtype == np.float64, key
+        scale = max(np.abs(value).max(), 1.0)
+        np.testing.assert_allclose(st[key], value, rtol=0, atol=rtol * scale, err_msg=key)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+@pytest.mark.parametrize("annealed", [False, True], ids=["beta1", "annealed"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_numba_matches_numpy_float64(values, annealed, masked):
+    p = make_problem(values, seed=len(values))
+    kw = {"beta": 0.4, "prior_beta": 0.7} if annealed else {}
+    if masked:
+        mask = np.random.default_rng(1).random(p["Y"].shape[0])
+        mask[::3] = 0.0  # ET data selection: excluded points
+        kw["mask"] = mask
+    expected = estep(ref, p, **kw)
+    assert_same(expected, estep(nb, p, **kw), rtol=1e-10)
+    # the log marginals of the selection pass are those of the accumulating pass
+    lm, stats = estep(nb, p, accumulate=False, **kw)
+    assert stats is None
+    np.testing.assert_allclose(lm, expected[0], rtol=1e-12)
+
+
+def test_statistics_depend_on_temperature_and_mask():
+    """Guards the comparisons above: the options really change the statistics."""
+    p = make_problem(VALUE_SETS["ternary"])
+    base = estep(nb, p)[1]
+    tempered = estep(nb, p, beta=0.4, prior_beta=0.7)[1]
+    masked = estep(nb, p, mask=np.r_[np.ones(60), np.zeros(60)])[1]
+    assert np.abs(base["ss"] - tempered["ss"]).max() > 1e-3
+    assert float(masked["n"]) == 60.0
+    assert np.abs(base["sy"] - masked["sy"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_numba_full_enumeration(values):
+    """H' = gamma = H: every state of the model, no preselection."""
+    H = 6 if len(values) == 2 else 4
+    p = make_problem(values, H=H, Hprime=H, gamma=H, D=10, B=40, seed=3)
+    assert p["batch"].n_states == len(values) ** H
+    assert_same(estep(ref, p, beta=0.8), estep(nb, p, beta=0.8), rtol=1e-10)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_numba_float32(values):
+    p = make_problem(values, seed=5)
+    expected = estep(ref, p, beta=0.5)
+    actual = estep(nb, p, dtype=np.float32, beta=0.5)
+    assert_same(expected, actual, rtol=FLOAT32_RTOL)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_numba_posterior_mean(values):
+    p = make_problem(values, seed=7)
+    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "batch", "outer", "value_counts")]
+    expected = ref.linear_posterior_mean(*args)
+    actual = nb.linear_posterior_mean(*args)
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_numba_small_batches(B):
+    """Fewer points than threads, and a single point."""
+    p = make_problem(VALUE_SETS["binary"], B=B, seed=11)
+    assert_same(estep(ref, p), estep(nb, p), rtol=1e-10)
+
+
+def test_numba_thread_count_does_not_change_results():
+    p = make_problem(VALUE_SETS["discrete"], B=101, seed=13)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = estep(nb, p)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = estep(nb, p)
+    finally:
+        numba.set_num_threads(before)
+    assert_same(one, many, rtol=1e-13)
+
+
+def test_vectorised_exp_matches_libm():
+    x = np.concatenate([-np.geomspace(1e-12, 750.0, 5000), [0.0, -700.0, -1e-300]])
+    out = np.empty_like(x)
+    nb._exp_nonpositive(x, 0.0, out, np.empty(x.size, dtype=np.int64), x.size)
+    inside = x > -700.0
+    np.testing.assert_allclose(out[inside], np.exp(x[inside]), rtol=4e-16, atol=0)
+    assert np.all(out[~inside] == 0.0)
+
+
+def test_registry():
+    assert set(BACKENDS) == {"numpy", "numba", "cupy"}
+    assert get_backend("numba").NAME == "numba"
+    assert "numba" in available_backends()
+    # auto prefers numba on a machine without a usable GPU
+    if "cupy" not in available_backends():
+        assert get_backend("auto").NAME == "numba"
+
+
+def test_bsc_numba_matches_numpy_end_to_end():
+    """A few annealed ET iterations with data selection give the same dictionary."""
+    from prosper import BSC
+    from prosper.data import bars
+
+    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
+    kw = {
+        "H": 8,
+        "Hprime": 6,
+        "gamma": 3,
+        "n_iter": 5,
+        "batch_size": 128,
+        "random_state": 1,
+        "temperature": [[0, 2.0], [1.0, 1.0]],
+        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
+        "progress": False,
+    }
+    fits = {b: BSC(backend=b, **kw).fit(data.Y) for b in ("numpy", "numba")}
+    np.testing.assert_allclose(fits["numba"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fits["numba"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
+    # the run moved away from its start, so agreement is not trivial
+    assert np.ptp(fits["numba"].free_energy_) > 0.1

@@ -1,0 +1,54 @@
+"""The numba kernels are cached on disk: a second process loads them instead of compiling."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("numba")
+
+# Each kernel's dispatcher counts, per signature, loads from the cache (hits) and
+# compilations (misses); parallel=True kernels could not be cached in older numba releases.
+CHILD = textwrap.dedent(
+    """
+    import json
+    from prosper.backends import numba_backend as nb
+
+    seconds = nb.warmup()
+    kernels = {
+        name: getattr(nb, name)
+        for name in ("_features_kernel", "_posterior_kernel", "_scatter_kernel")
+    }
+    print(json.dumps({
+        "seconds": seconds,
+        "hits": {k: sum(f.stats.cache_hits.values()) for k, f in kernels.items()},
+        "misses": {k: sum(f.stats.cache_misses.values()) for k, f in kernels.items()},
+    }))
+    """
+)
+
+
+def _run_child(cache_dir) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache_dir), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_second_process_loads_kernels_from_cache(tmp_path):
+    first = _run_child(tmp_path)
+    second = _run_child(tmp_path)
+    # a fresh cache directory: every kernel is compiled once and nothing is loaded
+    assert all(n >= 1 for n in first["misses"].values()), first
+    assert all(n == 0 for n in first["hits"].values()), first
+    # the second process compiles nothing
+    assert all(n == 0 for n in second["misses"].values()), second
+    assert all(n >= 1 for n in second["hits"].values()), second
+    assert any(p.suffix == ".nbi" for p in tmp_path.rglob("*")), "no numba index files written"
