@@ -35,7 +35,8 @@ from prosper.solvers.states import count_states  # noqa: E402
 def make_learner(args, Y, comm):
     """A BSC learner at a fitted-like point (initialised from data, a few iterations run)."""
     est = BSC(H=2 * args.size, Hprime=args.Hprime, gamma=args.gamma, n_iter=3,
-              batch_size=args.batch_size, ncut_factor=0, backend=args.backend, random_state=0)
+              batch_size=args.batch_size, ncut_factor=0, temperature=1.0, backend=args.backend,
+              random_state=0)
     learner = est._make_learner(Y.shape[1], 0, __import__("prosper.backends").backends
                                 .get_backend(args.backend))
     learner.initialize(Y, comm, np.random.default_rng(0), init="data")
