@@ -19,10 +19,10 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_header, write_record  # noqa: E402
+from _common import print_header, write_record
 
-from prosper import BSC  # noqa: E402
-from prosper.data import bars  # noqa: E402
+from prosper import BSC
+from prosper.data import bars
 
 CONFIGS = {
     "ET selection 0->1 over 2/3 (default)": {},
@@ -53,20 +53,29 @@ def main():
         t0 = time.perf_counter()
         ok, pis, sigmas = 0, [], []
         for seed in range(args.seeds):
-            model = BSC(H=10, Hprime=6, gamma=3, n_iter=args.n_iter, random_state=seed,
-                        **kwargs).fit(data.Y)
+            model = BSC(
+                H=10, Hprime=6, gamma=3, n_iter=args.n_iter, random_state=seed, **kwargs
+            ).fit(data.Y)
             if recovered(model.W_, data.W):
                 ok += 1
                 pis.append(model.pi_)
                 sigmas.append(model.sigma_)
-        rows[name] = {"success": ok / args.seeds, "pi": float(np.mean(pis)) if pis else None,
-                      "sigma": float(np.mean(sigmas)) if sigmas else None,
-                      "seconds": time.perf_counter() - t0, "kwargs": kwargs}
+        rows[name] = {
+            "success": ok / args.seeds,
+            "pi": float(np.mean(pis)) if pis else None,
+            "sigma": float(np.mean(sigmas)) if sigmas else None,
+            "seconds": time.perf_counter() - t0,
+            "kwargs": kwargs,
+        }
         r = rows[name]
-        print(f"{name:40s} success {ok:2d}/{args.seeds}  pi {r['pi'] or float('nan'):.3f} "
-              f"sigma {r['sigma'] or float('nan'):.3f}  ({r['seconds']:.0f} s)", flush=True)
-    write_record("defaults", {"machine": info, "seeds": args.seeds, "n_iter": args.n_iter,
-                              "results": rows})
+        print(
+            f"{name:40s} success {ok:2d}/{args.seeds}  pi {r['pi'] or float('nan'):.3f} "
+            f"sigma {r['sigma'] or float('nan'):.3f}  ({r['seconds']:.0f} s)",
+            flush=True,
+        )
+    write_record(
+        "defaults", {"machine": info, "seeds": args.seeds, "n_iter": args.n_iter, "results": rows}
+    )
 
 
 if __name__ == "__main__":

@@ -47,27 +47,45 @@ A job file has three sections:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prosper", description=DESCRIPTION,
+        prog="prosper",
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"prosper {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    fit = sub.add_parser("fit", help="fit a model described by a TOML job file",
-                         description="Fit a model described by a TOML job file.\n\n" + JOB_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    fit = sub.add_parser(
+        "fit",
+        help="fit a model described by a TOML job file",
+        description="Fit a model described by a TOML job file.\n\n" + JOB_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     fit.add_argument("job", help="TOML job file")
     fit.add_argument("--out", "-o", help="HDF5 result file (default: [output] file)")
-    fit.add_argument("--resume", action="store_true",
-                     help="continue the run in --out from its last checkpoint")
+    fit.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+    )
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    fit.add_argument("--set", dest="overrides", action="append", default=[],
-                     metavar="SECTION.KEY=VALUE",
-                     help="override a job-file value, e.g. --set model.H=12 (repeatable)")
-    fit.add_argument("--log-level", default="INFO",
-                     choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="default: INFO")
-    fit.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                     help="progress bar on rank 0 (default: only on a terminal)")
+    fit.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a job-file value, e.g. --set model.H=12 (repeatable)",
+    )
+    fit.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default: INFO",
+    )
+    fit.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on rank 0 (default: only on a terminal)",
+    )
 
     info = sub.add_parser("info", help="summarise a result file")
     info.add_argument("file", help="HDF5 result file")
@@ -137,11 +155,21 @@ def _fit(args: argparse.Namespace, comm: Any) -> None:
     if hasattr(estimator, "progress") and args.progress is not None:
         estimator.progress = args.progress
     Y, ground_truth = _load_data(config, comm)
-    estimator._fit(Y, out=out, resume=args.resume, overwrite=args.overwrite,
-                   config_text=config.text, ground_truth=ground_truth)
+    estimator._fit(
+        Y,
+        out=out,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        config_text=config.text,
+        ground_truth=ground_truth,
+    )
     F = getattr(estimator, "free_energy_", np.zeros(0))
-    log.info("done: %d iterations, final free energy %s; results in %s", estimator.n_iter_,
-             f"{F[-1]:.6g}" if len(F) else "n/a", out)
+    log.info(
+        "done: %d iterations, final free energy %s; results in %s",
+        estimator.n_iter_,
+        f"{F[-1]:.6g}" if len(F) else "n/a",
+        out,
+    )
 
 
 def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
@@ -181,13 +209,18 @@ def _info(path: Path) -> None:
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else np.zeros(0)
         params = {k: d.shape for k, d in f["params"].items()} if "params" in f else {}
         finished = "model" in f
-        seconds = (float(np.sum(f["metrics/seconds_estep"])) if "metrics/seconds_estep" in f
-                   else float("nan"))
+        seconds = (
+            float(np.sum(f["metrics/seconds_estep"]))
+            if "metrics/seconds_estep" in f
+            else float("nan")
+        )
     print(f"file:          {path}")
     print(f"model:         {attrs.get('model')} ({attrs.get('estimator')})")
     print(f"prosper:       {attrs.get('prosper_version')}")
-    print(f"started:       {attrs.get('start_time')} on {attrs.get('host')}, "
-          f"{attrs.get('n_ranks')} rank(s)")
+    print(
+        f"started:       {attrs.get('start_time')} on {attrs.get('host')}, "
+        f"{attrs.get('n_ranks')} rank(s)"
+    )
     print(f"data:          N={attrs.get('n_samples')}, D={attrs.get('n_features')}")
     print(f"iterations:    {done} done ({'finished' if finished else 'not finished: --resume'})")
     if len(F):

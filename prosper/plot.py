@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import h5py
@@ -14,24 +15,23 @@ def _matplotlib():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(
-            "plotting needs matplotlib: pip install 'prosper[plot]'"
-        ) from None
+        raise ImportError("plotting needs matplotlib: pip install 'prosper[plot]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
 
 
-def dictionary_grid(W: np.ndarray, shape: tuple[int, int] | None = None,
-                    pad: int = 1) -> np.ndarray | None:
+def dictionary_grid(
+    W: np.ndarray, shape: tuple[int, int] | None = None, pad: int = 1
+) -> np.ndarray | None:
     """Tile the columns of W (D, H) as images into one array (NaN between tiles).
 
     Returns None when D is not a perfect square and no ``shape`` is given.
     """
     D, H = W.shape
     if shape is None:
-        side = int(round(np.sqrt(D)))
+        side = math.isqrt(D)
         if side * side != D:
             return None
         shape = (side, side)
@@ -41,9 +41,9 @@ def dictionary_grid(W: np.ndarray, shape: tuple[int, int] | None = None,
     grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), np.nan)
     for k in range(H):
         r, c = divmod(k, cols)
-        grid[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = (
-            W[:, k].reshape(shape)
-        )
+        grid[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = W[
+            :, k
+        ].reshape(shape)
     return grid
 
 
@@ -59,8 +59,9 @@ def _draw_dictionary(ax, W: np.ndarray, title: str) -> None:
         # one diverging map for all dictionaries, zero white; tile gaps grey
         cmap = matplotlib.colormaps["RdBu_r"].copy()
         cmap.set_bad("0.6")
-        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax,
-                  interpolation="nearest")
+        ax.imshow(
+            np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax, interpolation="nearest"
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     ax.set_title(title)
@@ -80,8 +81,7 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> None:
         truth = np.array(f["ground_truth/W"]) if "ground_truth/W" in f else None
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else None
     panels = [p for p in (W, truth) if p is not None and np.ndim(p) == 2]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4), squeeze=False)
     axes = axes[0]
     if W is not None and np.ndim(W) == 2:
         _draw_dictionary(axes[0], W, f"learned W ({model})")

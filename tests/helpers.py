@@ -23,8 +23,14 @@ def mpiexec_path() -> str | None:
     return str(local) if local.exists() else shutil.which("mpiexec")
 
 
-def run_mpi(n: int, args: list[str], *, timeout: float = 120, cwd: str | Path | None = None,
-            check: bool = True) -> subprocess.CompletedProcess:
+def run_mpi(
+    n: int,
+    args: list[str],
+    *,
+    timeout: float = 120,
+    cwd: str | Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """Run ``mpiexec -n n <args>`` and return the finished process (skips without mpiexec).
 
     ``args`` starting with "python" run the test interpreter; "prosper" runs the CLI entry
@@ -41,8 +47,14 @@ def run_mpi(n: int, args: list[str], *, timeout: float = 120, cwd: str | Path | 
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("NUMBA_NUM_THREADS", "1")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([exe, "-n", str(n), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
+    proc = subprocess.run(
+        [exe, "-n", str(n), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env=env,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"mpiexec -n {n} {' '.join(args)} failed ({proc.returncode}):\n"
@@ -51,8 +63,9 @@ def run_mpi(n: int, args: list[str], *, timeout: float = 120, cwd: str | Path | 
     return proc
 
 
-def match_columns(W: np.ndarray, W_true: np.ndarray, signed: bool = False
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def match_columns(
+    W: np.ndarray, W_true: np.ndarray, signed: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Permute (and, if ``signed``, flip) the columns of W to best match W_true.
 
     Returns the matched W and the per-column max absolute error.

@@ -377,11 +377,7 @@ class TruncatedEMEstimator(EMEstimator):
             if self._default_anneal_prior is None
             else self._default_anneal_prior
         )
-        anneal_prior = (
-            default_prior
-            if self.anneal_prior is None
-            else self.anneal_prior
-        )
+        anneal_prior = default_prior if self.anneal_prior is None else self.anneal_prior
         return Annealing(temperature, anneal_prior, noise, ncut)
 
     def _model_kwargs(self) -> dict[str, Any]:

@@ -65,13 +65,15 @@ def test_float32_runs_in_float32(data):
 def test_exact_em_on_small_bars():
     """Hprime = gamma = H: exact EM; the free energy never decreases without annealing."""
     small = bars(size=3, n_samples=400, pi=0.2, amplitude=5.0, sigma=0.5, random_state=2)
-    model = BSC(H=6, Hprime=6, gamma=6, n_iter=40, ncut_factor=0, temperature=1.0,
-                random_state=0).fit(small.Y)
+    model = BSC(
+        H=6, Hprime=6, gamma=6, n_iter=40, ncut_factor=0, temperature=1.0, random_state=0
+    ).fit(small.Y)
     assert np.all(np.diff(model.free_energy_) >= -1e-10 * np.abs(model.free_energy_[1:]))
 
 
 def test_callback_can_stop(data):
     seen = []
-    model = BSC(H=10, n_iter=50, random_state=0,
-                callback=lambda it, learner, m: seen.append(it) or it == 4).fit(data.Y[:300])
+    model = BSC(
+        H=10, n_iter=50, random_state=0, callback=lambda it, learner, m: seen.append(it) or it == 4
+    ).fit(data.Y[:300])
     assert seen == [0, 1, 2, 3, 4] and model.n_iter_ == 5

@@ -39,8 +39,14 @@ random_state = 0
 
 def prosper_cmd(*args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "prosper", *args], capture_output=True,
-                          text=True, env=env, timeout=kw.pop("timeout", 120), **kw)
+    return subprocess.run(
+        [sys.executable, "-m", "prosper", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=kw.pop("timeout", 120),
+        **kw,
+    )
 
 
 def test_help_is_useful():
@@ -113,8 +119,21 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     out = tmp_path / "killed.h5"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prosper", "fit", str(job), "--out", str(out),
-         "--log-level", "DEBUG"], stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "prosper",
+            "fit",
+            str(job),
+            "--out",
+            str(out),
+            "--log-level",
+            "DEBUG",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.time() + 120
     for line in proc.stderr:  # wait until some iterations are recorded, then kill -9
         if "iteration 12:" in line or time.time() > deadline:

@@ -17,16 +17,25 @@ def data():
 
 
 def small(**kw):
-    return BSC(**{"H": 6, "Hprime": 5, "gamma": 2, "n_iter": 12, "batch_size": 64,
-                  "random_state": 3, **kw})
+    return BSC(
+        **{"H": 6, "Hprime": 5, "gamma": 2, "n_iter": 12, "batch_size": 64, "random_state": 3, **kw}
+    )
 
 
 def test_layout_and_load(tmp_path, data):
     out = tmp_path / "run.h5"
     model = small().fit(data.Y, out=out)
     with h5py.File(out, "r") as f:
-        for key in ("prosper_version", "model", "config", "n_ranks", "start_time", "host",
-                    "estimator_params", "n_samples"):
+        for key in (
+            "prosper_version",
+            "model",
+            "config",
+            "n_ranks",
+            "start_time",
+            "host",
+            "estimator_params",
+            "n_samples",
+        ):
             assert key in f.attrs, key
         assert f.attrs["model"] == "bsc" and f.attrs["n_ranks"] == 1
         assert f["params/W"].shape == (12, 9, 6) and f["params/W"].chunks == (1, 9, 6)
@@ -58,8 +67,7 @@ def test_resume_equals_uninterrupted(tmp_path, data):
             raise Stop
 
     out = tmp_path / "part.h5"
-    part = small(noise=[[0, 0.05], [0.5, 0.0]], temperature=[[0, 2.0], [0.5, 1.0]],
-                 callback=crash)
+    part = small(noise=[[0, 0.05], [0.5, 0.0]], temperature=[[0, 2.0], [0.5, 1.0]], callback=crash)
     with pytest.raises(Stop):
         part.fit(data.Y, out=out)
     with h5py.File(out, "r") as f:  # the crashed run's file is readable and resumable

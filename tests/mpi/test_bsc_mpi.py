@@ -60,8 +60,9 @@ def test_corrupt_rank_aborts_the_job(tmp_path):
     (tmp_path / "shard_1.npy").write_bytes(b"this is not a numpy file")
     (tmp_path / "job.toml").write_text(JOB.format(file="shard_{rank}.npy", backend="numpy"))
     start = time.time()
-    proc = run_mpi(2, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path,
-                   timeout=60, check=False)
+    proc = run_mpi(
+        2, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path, timeout=60, check=False
+    )
     assert proc.returncode != 0
     assert time.time() - start < 60
     assert "[rank 1]" in proc.stderr and "shard_1.npy" in proc.stderr
@@ -72,8 +73,9 @@ def test_bad_rows_on_one_rank_are_reported_by_all(tmp_path):
     Y[15, 2] = np.nan  # lands on rank 1
     np.save(tmp_path / "Y.npy", Y)
     (tmp_path / "job.toml").write_text(JOB.format(file="Y.npy", backend="numpy"))
-    proc = run_mpi(2, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path,
-                   timeout=60, check=False)
+    proc = run_mpi(
+        2, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path, timeout=60, check=False
+    )
     assert proc.returncode != 0
     assert "NaN or infinity (first at row 15, column 2)" in proc.stderr
     assert "(rank 1)" in proc.stderr
@@ -82,8 +84,9 @@ def test_bad_rows_on_one_rank_are_reported_by_all(tmp_path):
 def test_more_ranks_than_rows(tmp_path):
     np.save(tmp_path / "Y.npy", np.ones((2, 4)))
     (tmp_path / "job.toml").write_text(JOB.format(file="Y.npy", backend="numpy"))
-    proc = run_mpi(3, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path,
-                   timeout=60, check=False)
+    proc = run_mpi(
+        3, ["prosper", "fit", "job.toml", "--out", "r.h5"], cwd=tmp_path, timeout=60, check=False
+    )
     assert proc.returncode != 0
     assert "use at most as many MPI ranks as data points (N=2, ranks=3)" in proc.stderr
 
@@ -92,6 +95,9 @@ def test_demo_job_runs_on_two_ranks(tmp_path):
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[2] / "examples" / "bsc_bars.toml"
-    run_mpi(2, ["prosper", "fit", str(example), "--out", "demo.h5", "--set", "model.n_iter=5"],
-            cwd=tmp_path)
+    run_mpi(
+        2,
+        ["prosper", "fit", str(example), "--out", "demo.h5", "--set", "model.n_iter=5"],
+        cwd=tmp_path,
+    )
     assert prosper.load(tmp_path / "demo.h5").W_.shape == (25, 10)

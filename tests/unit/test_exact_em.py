@@ -23,12 +23,15 @@ def brute_force_bsc(Y, W, pi, sigma):
     S = np.array(list(itertools.product([0.0, 1.0], repeat=H)))  # (2^H, H)
     F, sy, ss, active = 0.0, np.zeros((D, H)), np.zeros((H, H)), 0.0
     for y in Y:
-        logj = np.array([
-            -0.5 * D * np.log(2 * np.pi * sigma**2)
-            - np.sum((y - W @ s) ** 2) / (2 * sigma**2)
-            + s.sum() * np.log(pi) + (H - s.sum()) * np.log(1 - pi)
-            for s in S
-        ])
+        logj = np.array(
+            [
+                -0.5 * D * np.log(2 * np.pi * sigma**2)
+                - np.sum((y - W @ s) ** 2) / (2 * sigma**2)
+                + s.sum() * np.log(pi)
+                + (H - s.sum()) * np.log(1 - pi)
+                for s in S
+            ]
+        )
         F += logsumexp(logj)
         q = np.exp(logj - logsumexp(logj))
         mean = q @ S
@@ -39,11 +42,14 @@ def brute_force_bsc(Y, W, pi, sigma):
     # sigma^2 = sum_n sum_s q_n(s) ||y_n - W_new s||^2 / (N D), by explicit enumeration
     err = 0.0
     for y in Y:
-        logj = np.array([
-            -np.sum((y - W @ s) ** 2) / (2 * sigma**2)
-            + s.sum() * np.log(pi) + (H - s.sum()) * np.log(1 - pi)
-            for s in S
-        ])
+        logj = np.array(
+            [
+                -np.sum((y - W @ s) ** 2) / (2 * sigma**2)
+                + s.sum() * np.log(pi)
+                + (H - s.sum()) * np.log(1 - pi)
+                for s in S
+            ]
+        )
         q = np.exp(logj - logsumexp(logj))
         err += sum(qk * np.sum((y - W_new @ s) ** 2) for qk, s in zip(q, S, strict=True))
     return F / N, W_new, active / (N * H), np.sqrt(err / (N * D))
@@ -53,8 +59,15 @@ def learner_for(H, D, params, n_total):
     model = BSCModel(H, D)
     no = Schedule.parse(None, "x", 0.0)
     annealing = Annealing(Schedule.parse(None, "t", 1.0), False, no, no)
-    learner = TruncatedEM(model, ExpectationTruncation(H, H, H, model.values), annealing,
-                          n_iter=1, batch_size=7, backend=get_backend("numpy"), seed=0)
+    learner = TruncatedEM(
+        model,
+        ExpectationTruncation(H, H, H, model.values),
+        annealing,
+        n_iter=1,
+        batch_size=7,
+        backend=get_backend("numpy"),
+        seed=0,
+    )
     learner.set_params(params, n_total)
     return learner
 
@@ -89,8 +102,9 @@ def test_log_joint_reference_matches_kernel(rng):
     from prosper.backends.numpy_backend import linear_log_joint_parts
 
     W = params["W"]
-    ll, lp, _, _ = linear_log_joint_parts(Y, W, W.T @ W, 1.69, model.value_log_prior(params),
-                                          batch, states.outer, states.value_counts)
+    ll, lp, _, _ = linear_log_joint_parts(
+        Y, W, W.T @ W, 1.69, model.value_log_prior(params), batch, states.outer, states.value_counts
+    )
     ll_ref, lp_ref = model.log_joint(Y, batch.dense(), params)
     np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)
     np.testing.assert_allclose(np.broadcast_to(lp, lp_ref.shape), lp_ref, rtol=1e-12)

@@ -27,8 +27,9 @@ def run(env_extra):
     for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "HYDRA_CONTROL_FD"):
         env.pop(key, None)
     env.update(env_extra)
-    return subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def test_serial_without_mpi_library():

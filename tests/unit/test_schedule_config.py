@@ -45,17 +45,23 @@ def test_parse_valid_job():
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        (JOB.replace("H = 4", "Hprim = 4"), "Unknown key 'Hprim' in .*\\[model\\]. Did you mean "
-                                            "'Hprime'\\?"),
+        (
+            JOB.replace("H = 4", "Hprim = 4"),
+            "Unknown key 'Hprim' in .*\\[model\\]. Did you mean 'Hprime'\\?",
+        ),
         (JOB.replace('name = "bsc"', 'name = "bcs"'), "Unknown key 'bcs'.*Did you mean 'bsc'"),
         (JOB.replace("size = 2", "sise = 2"), "Unknown key 'sise'.*Did you mean 'size'"),
         (JOB + "\n[outptu]\nfile='x'\n", "Unknown key 'outptu'.*Did you mean 'output'"),
-        (JOB.replace('generator = "bars"', 'generator = "bars"\nfile = "x.npy"'),
-         "exactly one of 'generator'"),
+        (
+            JOB.replace('generator = "bars"', 'generator = "bars"\nfile = "x.npy"'),
+            "exactly one of 'generator'",
+        ),
         (JOB.replace('name = "bsc"\n', ""), "needs a name"),
         ("[model\nname=1", "not valid TOML"),
-        (JOB.replace('generator = "bars"\nsize = 2\nn_samples = 20', 'file = "x.npy"\nrows = 3'),
-         "Unknown key 'rows' in <config> \\[data\\]"),
+        (
+            JOB.replace('generator = "bars"\nsize = 2\nn_samples = 20', 'file = "x.npy"\nrows = 3'),
+            "Unknown key 'rows' in <config> \\[data\\]",
+        ),
         (JOB.replace("n_iter = 3", "comm = 3"), "Unknown key 'comm'"),
     ],
 )
@@ -92,8 +98,22 @@ def test_arrays_from_files(tmp_path):
 def test_dump_toml_round_trip():
     from prosper.io.config import tomllib
 
-    doc = {"model": {"name": "bsc", "H": 3, "temperature": [[0, 2.0], [0.5, 1.0]],
-                     "anneal_prior": True, "x": None, "s": 'a"b'}}
-    assert tomllib.loads(dump_toml(doc)) == {"model": {"name": "bsc", "H": 3, "temperature":
-                                                        [[0, 2.0], [0.5, 1.0]],
-                                                        "anneal_prior": True, "s": 'a"b'}}
+    doc = {
+        "model": {
+            "name": "bsc",
+            "H": 3,
+            "temperature": [[0, 2.0], [0.5, 1.0]],
+            "anneal_prior": True,
+            "x": None,
+            "s": 'a"b',
+        }
+    }
+    assert tomllib.loads(dump_toml(doc)) == {
+        "model": {
+            "name": "bsc",
+            "H": 3,
+            "temperature": [[0, 2.0], [0.5, 1.0]],
+            "anneal_prior": True,
+            "s": 'a"b',
+        }
+    }
