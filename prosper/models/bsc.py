@@ -53,7 +53,9 @@ class BSCModel(LinearTruncatedModel):
         """
         pi = float(params["pi"])
         A, B = binomial_truncation(self.H, gamma, pi)
-        mean_active = float(stats["counts"][0]) / (self.H * float(stats["n"]))
+        # counts holds Σ<#{h: s_h = v}> per non-zero value v; their sum is Σ<|s|>
+        # (one value for BSC, -1 and +1 for TSC, which inherits this update)
+        mean_active = float(np.sum(stats["counts"])) / (self.H * float(stats["n"]))
         new = pi * self.H * A / B * mean_active if B > 0 else mean_active
         return {"pi": np.asarray(np.clip(new, PI_MIN, PI_MAX))}
 
