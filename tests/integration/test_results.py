@@ -88,6 +88,8 @@ def test_no_silent_overwrite_and_resume_checks(tmp_path, data):
     small(n_iter=3).fit(data.Y, out=out, overwrite=True)
     with pytest.raises(ValueError, match="configuration differs .* H \\(stored 6, now 7\\)"):
         small(H=7).fit(data.Y, out=out, resume=True)
+    with pytest.raises(ValueError, match="the file holds a 'bsc' run, not 'tsc'"):
+        prosper.TSC(H=6, Hprime=5, gamma=2, n_iter=12).fit(data.Y, out=out, resume=True)
     with pytest.raises(ValueError, match="fitted on 300 data points, this run has 299"):
         small(n_iter=3).fit(data.Y[:299], out=out, resume=True)
     with pytest.raises(ValueError, match="does not exist"):
