@@ -144,6 +144,11 @@ def get_comm(comm: Any = None) -> Communicator:
     if _world is None:
         MPI = _load_mpi()
         _world = Communicator(MPI.COMM_WORLD if MPI is not None else None)
+        # scripts under mpiexec get the same protection as the CLI: an uncaught exception on
+        # one rank ends the job instead of leaving the others in a collective forever (a hook
+        # the user installed is kept)
+        if sys.excepthook is sys.__excepthook__:
+            install_abort_hook(_world)
     return _world
 
 
