@@ -25,7 +25,10 @@ which are added up afterwards, and each point's posterior mean goes to its own r
 Threads: numba uses ``NUMBA_NUM_THREADS`` threads (default: all cores) or what
 ``numba.set_num_threads`` sets at run time, BLAS its own (``OMP_NUM_THREADS``,
 ``OPENBLAS_NUM_THREADS``). Under MPI, threads × ranks per node should equal the cores of the
-node, e.g. ``OMP_NUM_THREADS=8 NUMBA_NUM_THREADS=8 mpiexec -n 4`` on 32 cores.
+node, e.g. ``OMP_NUM_THREADS=8 NUMBA_NUM_THREADS=8 mpiexec -n 4`` on 32 cores. When
+``NUMBA_NUM_THREADS`` is not set and the launcher tells how many ranks share the node
+(``MPI_LOCALNRANKS``, ``OMPI_COMM_WORLD_LOCAL_SIZE``, ``SLURM_NTASKS_PER_NODE``), each rank
+takes its share of the cores by itself.
 
 Compilation: the kernels are compiled on first use (about 10-30 s) and cached on disk
 (``cache=True``: ``__pycache__`` next to this file, or ``NUMBA_CACHE_DIR``); later processes
@@ -38,6 +41,7 @@ part and all statistics are computed in float64.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import TYPE_CHECKING
 
@@ -51,6 +55,28 @@ if TYPE_CHECKING:  # annotations only: kernels never import solvers
 
 NAME = "numba"
 AVAILABLE = True
+
+#: launcher variables giving the number of MPI ranks on this node (MPICH/hydra, Open MPI,
+#: Slurm)
+_LOCAL_SIZE_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
+
+
+def _share_cores_between_ranks() -> None:
+    """Give each of k ranks on a node 1/k of its cores, unless NUMBA_NUM_THREADS is set.
+
+    Without this every rank starts one thread per core, and k ranks oversubscribe the node
+    k-fold, which made E-steps 7-20x slower in benchmarks/results/backends.md.
+    """
+    if "NUMBA_NUM_THREADS" in os.environ:
+        return
+    for key in _LOCAL_SIZE_ENV:
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 1:
+            numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // int(value)))
+            return
+
+
+_share_cores_between_ranks()
 
 __all__ = [
     "linear_estep",
