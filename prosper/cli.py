@@ -42,6 +42,8 @@ A job file has three sections:
             .npy, .npz and HDF5 files are read rank-locally, one block of rows per rank;
             "{rank}" in file names gives each rank its own file (pre-sharded data)
   [output]  file = "run.h5" (or --out)
+Data and array files are found relative to the job file; the output file relative to the
+current directory.
 """
 
 
