@@ -346,6 +346,43 @@ class TruncatedEMEstimator(EMEstimator):
     _default_temperature = None
     _default_anneal_prior = None
 
+    def __init__(
+        self,
+        H: int = 10,
+        *,
+        Hprime: int | None = None,
+        gamma: int | None = None,
+        n_iter: int = 100,
+        batch_size: int = 1000,
+        temperature: Any = None,
+        anneal_prior: bool | None = None,
+        noise: Any = None,
+        ncut_factor: Any = None,
+        init: str = "data",
+        backend: str = "auto",
+        dtype: Any = "float64",
+        random_state: int | np.random.Generator | None = None,
+        comm: Any = None,
+        callback: Any = None,
+        progress: bool | None = None,
+    ) -> None:
+        self.H = H
+        self.Hprime = Hprime
+        self.gamma = gamma
+        self.n_iter = n_iter
+        self.batch_size = batch_size
+        self.temperature = temperature
+        self.anneal_prior = anneal_prior
+        self.noise = noise
+        self.ncut_factor = ncut_factor
+        self.init = init
+        self.backend = backend
+        self.dtype = dtype
+        self.random_state = random_state
+        self.comm = comm
+        self.callback = callback
+        self.progress = progress
+
     def _resolved(self) -> tuple[int, int]:
         Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
         gamma = min(Hprime, 4) if self.gamma is None else self.gamma

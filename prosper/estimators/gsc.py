@@ -122,43 +122,6 @@ class GSC(TruncatedEMEstimator):
     #: temperature schedule used when ``temperature`` is None (measured in bench_gsc.py)
     _default_temperature = [[0, 3.0], [0.6, 1.0]]
 
-    def __init__(
-        self,
-        H: int = 10,
-        *,
-        Hprime: int | None = None,
-        gamma: int | None = None,
-        n_iter: int = 100,
-        batch_size: int = 1000,
-        temperature: Any = None,
-        anneal_prior: bool | None = None,
-        noise: Any = None,
-        ncut_factor: Any = None,
-        init: str = "data",
-        backend: str = "auto",
-        dtype: Any = "float64",
-        random_state: int | np.random.Generator | None = None,
-        comm: Any = None,
-        callback: Any = None,
-        progress: bool | None = None,
-    ) -> None:
-        self.H = H
-        self.Hprime = Hprime
-        self.gamma = gamma
-        self.n_iter = n_iter
-        self.batch_size = batch_size
-        self.temperature = temperature
-        self.anneal_prior = anneal_prior
-        self.noise = noise
-        self.ncut_factor = ncut_factor
-        self.init = init
-        self.backend = backend
-        self.dtype = dtype
-        self.random_state = random_state
-        self.comm = comm
-        self.callback = callback
-        self.progress = progress
-
     def transform(self, Y: Any) -> np.ndarray:
         """Posterior mean ⟨s⟩ = ⟨b ⊙ z⟩ under the truncated posterior.
 
