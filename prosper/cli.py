@@ -8,6 +8,7 @@ its own rows of the data.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -151,7 +152,7 @@ def _fit(args: argparse.Namespace, comm: Any) -> None:
     out = args.out or config.output.get("file")
     if out is None:
         raise ConfigError("no output file: pass --out FILE or set [output] file in the job.")
-    if config.data_path() is None and "{rank}" in str(out):
+    if "{rank}" in str(out):
         raise ConfigError("--out must not contain {rank}: rank 0 writes one file.")
     estimator = get_estimator_class(config.model)(**config.model_params)
     if hasattr(estimator, "progress") and args.progress is not None:
@@ -182,7 +183,16 @@ def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
 
     data = dict(config.data)
     if "generator" in data:
-        generator = get_generator(data.pop("generator"))
+        name = data.pop("generator")
+        generator = get_generator(name)
+        if "random_state" in inspect.signature(generator).parameters and (
+            data.get("random_state") is None
+        ):
+            # every rank generates the data itself, and --resume generates it again
+            raise ConfigError(
+                f"[data] generator = {name!r} needs random_state = <int>, so that every rank "
+                "(and a resumed run) generates the same data."
+            )
         generated = generator(**data)
         Y = np.asarray(generated.Y)
         rows = row_block(Y.shape[0], comm)

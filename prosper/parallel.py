@@ -140,7 +140,10 @@ def get_comm(comm: Any = None) -> Communicator:
     if isinstance(comm, Communicator):
         return comm
     if comm is not None:
-        return Communicator(comm)
+        wrapped = Communicator(comm)
+        if sys.excepthook is sys.__excepthook__:
+            install_abort_hook(wrapped)
+        return wrapped
     if _world is None:
         MPI = _load_mpi()
         _world = Communicator(MPI.COMM_WORLD if MPI is not None else None)

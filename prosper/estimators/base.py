@@ -7,6 +7,7 @@ constraints. :class:`TruncatedEMEstimator` adds what all discrete-latent models 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any
@@ -160,7 +161,7 @@ class EMEstimator(BaseEstimator):
             raise ValueError("resume=True needs out= naming the result file to continue.")
         start = 0
         if resume:
-            start, seed = self._resume(out, learner, comm, Y)
+            start, seed = self._resume(out, learner, writer, comm, Y)
         else:
             learner.initialize(Y, comm, np.random.default_rng(seed), **self._init_kwargs())
             if writer is not None:
@@ -210,23 +211,28 @@ class EMEstimator(BaseEstimator):
         """D of the training data, read from the learned parameters (W is (D, H))."""
         return int(np.asarray(params[self._fitted_names[0]]).shape[0])
 
-    def _resume(self, out, learner, comm: Communicator, Y: np.ndarray) -> tuple[int, int]:
+    def _resume(
+        self, out, learner, writer: ResultWriter, comm: Communicator, Y: np.ndarray
+    ) -> tuple[int, int]:
+        """Continue from the checkpoint in ``out``; the file is changed only once every check
+        has passed, so a refused resume leaves a finished run intact."""
+        n_total = comm.allreduce(int(Y.shape[0]))
         ckpt, error = None, None
         if comm.rank == 0:
             try:
                 ckpt = read_checkpoint(out)
-                error = self._resume_mismatch(ckpt.attrs)
+                error = self._resume_mismatch(ckpt.attrs) or _data_mismatch(
+                    out, ckpt.attrs, n_total, Y.shape[1]
+                )
             except (ConfigError, KeyError) as exc:
                 error = str(exc)
         comm.agree(error)
         ckpt = comm.bcast(ckpt)
-        n_total = comm.allreduce(int(Y.shape[0]))
-        if int(ckpt.attrs.get("n_samples", n_total)) != n_total:
-            raise ValueError(
-                f"cannot resume {str(out)!r}: it was fitted on {ckpt.attrs['n_samples']} data "
-                f"points, this run has {n_total}."
-            )
+        writer.rewind(ckpt.iteration)
         learner.set_params(ckpt.params, n_total)
+        # the annealing noise of iteration it is drawn from (seed, it): the stored seed, not
+        # the one this call drew, reproduces the uninterrupted run
+        learner.seed = ckpt.seed
         log.info("resuming %s at iteration %d", out, ckpt.iteration)
         return ckpt.iteration, ckpt.seed
 
@@ -243,12 +249,17 @@ class EMEstimator(BaseEstimator):
         model = getattr(self, "_model_name", type(self).__name__.lower())
         if str(attrs.get("model")) != model:
             return f"cannot resume: the file holds a {attrs.get('model')!r} run, not {model!r}."
+        stored_text = json.loads(str(attrs.get("estimator_params", "{}")))
+        mine_text = json.loads(encode_params(self._hyper_params()))
         stored = decode_params(str(attrs.get("estimator_params", "{}")))
         mine = decode_params(encode_params(self._hyper_params()))
+        # compared as JSON text: an iteration position 1 and a fraction 1.0 are different
         differ = sorted(
             k
-            for k in set(stored) | set(mine)
-            if k not in RUNTIME_PARAMS and not _same(stored.get(k), mine.get(k))
+            for k in set(stored_text) | set(mine_text)
+            if k not in RUNTIME_PARAMS
+            and json.dumps(stored_text.get(k), sort_keys=True)
+            != json.dumps(mine_text.get(k), sort_keys=True)
         )
         if differ:
             return (
@@ -302,14 +313,21 @@ class EMEstimator(BaseEstimator):
         return {n: np.asarray(getattr(self, n + "_"), dtype=np.float64) for n in self._fitted_names}
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        # lists of arrays of different shapes (e.g. Kronecker factors) compare element-wise
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    try:
-        return bool(np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)))
-    except (TypeError, ValueError):
-        return a == b
+def _data_mismatch(out, attrs: dict[str, Any], n_total: int, n_features: int) -> str | None:
+    """Why this run's data cannot continue the stored run, or None."""
+    stored_n = int(attrs.get("n_samples", n_total))
+    stored_d = int(attrs.get("n_features", n_features))
+    if stored_n != n_total:
+        return (
+            f"cannot resume {str(out)!r}: it was fitted on {stored_n} data points, this run "
+            f"has {n_total}."
+        )
+    if stored_d != n_features:
+        return (
+            f"cannot resume {str(out)!r}: it was fitted on data with D={stored_d} features, "
+            f"this run's data has D={n_features}."
+        )
+    return None
 
 
 def _error_of(check, *args) -> str | None:

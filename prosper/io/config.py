@@ -122,8 +122,14 @@ def parse_config(
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{name} is not valid TOML: {exc}") from None
-    apply_overrides(doc, overrides or [])
     check_keys(f"{name} (top level)", doc, SECTIONS)
+    for section in SECTIONS:
+        if not isinstance(doc.get(section, {}), dict):
+            raise ConfigError(
+                f"{name}: [{section}] must be a table of keys, e.g.\n[{section}]\nkey = value; "
+                f"got {section} = {doc[section]!r}."
+            )
+    apply_overrides(doc, overrides or [])
     model = dict(doc.get("model", {}))
     if "name" not in model:
         raise ConfigError(f"{name}: [model] needs a name, one of {sorted(ESTIMATORS)}.")

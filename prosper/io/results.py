@@ -206,6 +206,19 @@ class ResultWriter:
             ck.attrs["iteration"] = iteration + 1
             f.flush()
 
+    def rewind(self, iteration: int) -> None:
+        """Before resuming: cut the traces back to the checkpoint's ``iteration`` (a killed
+        run may have recorded a row after its last checkpoint) and drop the final model."""
+        if not self.active:
+            return
+        with h5py.File(self.path, "a") as f:
+            for group in ("params", "metrics"):
+                for d in f[group].values():
+                    if d.shape[0] > iteration:
+                        d.resize(iteration, axis=0)
+            if "model" in f:
+                del f["model"]
+
     def finish(self, params: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
         """Write the final model (what :func:`load` reads)."""
         if not self.active:
@@ -231,23 +244,17 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read the checkpoint of a result file and cut its traces back to it (for resuming)."""
+    """Read the checkpoint of a result file (read-only; see :meth:`ResultWriter.rewind`)."""
     path = Path(path)
     try:
-        with h5py.File(path, "a") as f:
+        with h5py.File(path, "r") as f:
             if "checkpoint" not in f:
                 raise ConfigError(f"{str(path)!r} holds no checkpoint; it cannot be resumed.")
             ck = f["checkpoint"]
             iteration = int(ck.attrs["iteration"])
             params = {name: np.array(d) for name, d in ck.items()}
-            for group in ("params", "metrics"):
-                for d in f[group].values():
-                    if d.shape[0] > iteration:
-                        d.resize(iteration, axis=0)
             attrs = dict(f.attrs)
             seed = int(ck.attrs["seed"])
-            if "model" in f:
-                del f["model"]
     except OSError as exc:
         raise ConfigError(f"cannot resume from {str(path)!r}: {exc}") from None
     return Checkpoint(iteration, params, seed, attrs)

@@ -91,15 +91,16 @@ class TruncatedEM:
     ) -> None:
         """Initial parameters from the data moments of all ranks (identical on every rank)."""
         sums = comm.allreduce_arrays(
-            {
-                "n": np.array(float(Y.shape[0])),
-                "sum": Y.sum(axis=0, dtype=np.float64),
-                "sumsq": np.einsum("nd,nd->d", Y, Y, dtype=np.float64),
-            }
+            {"n": np.array(float(Y.shape[0])), "sum": Y.sum(axis=0, dtype=np.float64)}
         )
         n = float(sums["n"])
         mean = sums["sum"] / n
-        var = np.maximum(sums["sumsq"] / n - mean**2, 0.0)
+        # second pass about the mean: E[y^2] - mean^2 cancels badly for data with an offset
+        centred = Y - mean.astype(Y.dtype)
+        squares = comm.allreduce_arrays(
+            {"sumsq": np.einsum("nd,nd->d", centred, centred, dtype=np.float64)}
+        )
+        var = squares["sumsq"] / n
         self.n_total = round(n)
         self.params = self.model.init_params(mean, var, rng, init)
 

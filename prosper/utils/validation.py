@@ -77,8 +77,8 @@ class Options:
 
     def accepts(self, value: Any) -> bool:
         try:
-            return value in self.values
-        except TypeError:
+            return bool(value in self.values)
+        except (TypeError, ValueError):  # unhashable or array-valued input
             return False
 
     def __str__(self) -> str:
@@ -138,8 +138,12 @@ def check_random_state(random_state: int | np.random.Generator | None) -> np.ran
     """Turn ``random_state`` (None, int or Generator) into a ``numpy.random.Generator``."""
     if isinstance(random_state, np.random.Generator):
         return random_state
-    if random_state is None or isinstance(random_state, numbers.Integral):
+    if isinstance(random_state, numbers.Integral) and not isinstance(random_state, bool):
+        if random_state < 0:
+            raise ValueError(f"random_state must be a non-negative int; got {random_state}.")
         return np.random.default_rng(random_state)
+    if random_state is None:
+        return np.random.default_rng()
     raise ValueError(
         f"random_state must be None, an int or a numpy.random.Generator; got {random_state!r}."
     )
@@ -188,7 +192,7 @@ def check_data(
     error = None
     arr = None
     # global row numbers in messages: this rank's rows follow those of the lower ranks
-    offset = 0 if comm is None else comm.exscan(len(Y) if hasattr(Y, "__len__") else 0)
+    offset = 0 if comm is None else comm.exscan(_n_rows(Y))
     try:
         arr = _check_local(Y, dtype=dtype, n_features=n_features, name=name, row_offset=offset)
     except ValueError as exc:
@@ -211,13 +215,23 @@ def check_data(
             + "."
         )
     empty = [r for r, _, s in errors if s[0] == 0]
+    total = sum(s[0] for _, _, s in errors)
+    if total == 0:
+        raise ValueError(f"{name} has no rows (N=0); fitting needs at least one data point.")
     if empty:
-        total = sum(s[0] for _, _, s in errors)
         raise ValueError(
             f"{name} has {total} rows in total but rank(s) {empty} received none: use at most "
             f"as many MPI ranks as data points (N={total}, ranks={comm.size})."
         )
     return arr
+
+
+def _n_rows(Y: Any) -> int:
+    """Rows of Y for numbering, 0 for anything without a length (checked properly later)."""
+    try:
+        return len(Y)
+    except TypeError:
+        return 0
 
 
 def _check_local(

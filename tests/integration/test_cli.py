@@ -87,6 +87,11 @@ def test_fit_info_plot(tmp_path):
         (["fit", "JOB", "--out", "x.h5", "--set", "model.Hprime=12"], "Hprime must be <= H"),
         (["fit", "JOB"], "no output file"),
         (["fit", "JOB", "--out", "nodir/x.h5"], "output directory 'nodir' does not exist"),
+        (["fit", "JOB", "--out", "r{rank}.h5"], "--out must not contain {rank}"),
+        (
+            ["fit", "JOB", "--out", "x.h5", "--set", "data.random_state=-1"],
+            "random_state must be a non-negative int; got -1",
+        ),
     ],
 )
 def test_errors_are_clear(tmp_path, args, message):
@@ -96,6 +101,14 @@ def test_errors_are_clear(tmp_path, args, message):
     proc = prosper_cmd(*args, cwd=tmp_path)
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_generated_data_needs_a_seed(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(JOB.format(n_iter=2, n=100).replace("random_state = 0\n", ""))
+    proc = prosper_cmd("fit", str(job), "--out", str(tmp_path / "r.h5"))
+    assert proc.returncode == 2
+    assert "generator = 'bars' needs random_state = <int>" in proc.stderr
 
 
 def test_data_file_errors(tmp_path):

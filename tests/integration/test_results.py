@@ -80,6 +80,39 @@ def test_resume_equals_uninterrupted(tmp_path, data):
     assert prosper.load(out).n_iter_ == 12
 
 
+def test_resume_with_a_drawn_seed(tmp_path, data):
+    """random_state=None: the seed drawn by the first call is stored and reused on resume."""
+
+    class Stop(Exception):
+        pass
+
+    def crash(it, learner, metrics):
+        if it == 5:
+            raise Stop
+
+    out = tmp_path / "drawn.h5"
+    kwargs = {"noise": [[0, 0.1], [0.8, 0.0]], "random_state": None}
+    with pytest.raises(Stop):
+        small(callback=crash, **kwargs).fit(data.Y, out=out)
+    resumed = small(**kwargs).fit(data.Y, out=out, resume=True)
+    full = small(**{**kwargs, "random_state": resumed.seed_}).fit(data.Y)
+    np.testing.assert_allclose(resumed.W_, full.W_, rtol=0, atol=1e-12)
+
+
+def test_refused_resume_leaves_the_file_intact(tmp_path, data):
+    out = tmp_path / "done.h5"
+    model = small(n_iter=4).fit(data.Y, out=out)
+    with pytest.raises(ValueError, match="configuration differs"):
+        small(n_iter=4, H=5).fit(data.Y, out=out, resume=True)
+    with pytest.raises(
+        ValueError, match="fitted on data with D=9 features, this run's data has D=8"
+    ):
+        small(n_iter=4).fit(data.Y[:, :8], out=out, resume=True)
+    np.testing.assert_array_equal(prosper.load(out).W_, model.W_)
+    with h5py.File(out, "r") as f:
+        assert f["params/W"].shape[0] == 4
+
+
 def test_no_silent_overwrite_and_resume_checks(tmp_path, data):
     out = tmp_path / "run.h5"
     small(n_iter=2).fit(data.Y, out=out)

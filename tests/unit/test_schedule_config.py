@@ -63,6 +63,7 @@ def test_parse_valid_job():
             "Unknown key 'rows' in <config> \\[data\\]",
         ),
         (JOB.replace("n_iter = 3", "comm = 3"), "Unknown key 'comm'"),
+        ('model = "bsc"\n[data]\ngenerator = "bars"\n', "\\[model\\] must be a table"),
     ],
 )
 def test_bad_jobs(text, match):

@@ -51,6 +51,8 @@ def test_bad_hyper_parameters(Y, kwargs, match):
         (np.ones((3, 2), dtype=complex), "real-valued"),
         ("data.npy", "must be a 2-D numeric array"),
         (np.ones((4, 0)), "no columns"),
+        (np.array(3.0), "must be 2-D with shape \\(N, D\\)"),
+        (np.zeros((0, 4)), "Y has no rows \\(N=0\\)"),
     ],
 )
 def test_bad_data(data, match):
