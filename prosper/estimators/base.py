@@ -174,7 +174,9 @@ class EMEstimator(BaseEstimator):
             D,
             self.n_iter,
             start,
-            backend.NAME,
+            backend.NAME
+            if getattr(getattr(learner, "model", None), "uses_backend", True)
+            else "numpy (the model's own E-step)",
         )
         history = run_em(
             learner,

@@ -57,6 +57,8 @@ class TruncatedModel(ABC):
     param_names: tuple[str, ...] = ()
     #: whether annealing tempers the prior together with the likelihood by default
     anneal_prior_default: bool = False
+    #: whether the E-step runs on the chosen backend's kernels (False: the model's own NumPy)
+    uses_backend: bool = True
 
     def __init__(self, H: int, D: int) -> None:
         self.H, self.D = int(H), int(D)

@@ -232,6 +232,7 @@ class GSCModel(TruncatedModel):
     name = "gsc"
     param_names = ("W", "pi", "mu", "psi", "sigma")
     anneal_prior_default = True
+    uses_backend = False  # batched Cholesky E-step in NumPy; no numba/CuPy kernel yet
 
     @property
     def values(self) -> np.ndarray:

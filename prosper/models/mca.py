@@ -66,6 +66,7 @@ class MCAModel(TruncatedModel):
     param_names = ("W", "pi", "sigma")
     #: MCA tempers the whole joint (prior and likelihood), as the original MCA_ET code
     anneal_prior_default = True
+    uses_backend = False  # transcendental-bound NumPy E-step; no numba/CuPy kernel yet
     #: ρ = T'/(T' − 1) with T' = max(T, rho_temperature_floor)
     rho_temperature_floor = 1.05
     rho_max = np.inf
