@@ -166,6 +166,11 @@ def align_gsc(params: dict[str, np.ndarray], W_true: np.ndarray) -> dict[str, np
     from scipy.optimize import linear_sum_assignment
 
     W = np.asarray(params["W"], dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] != W_true.shape[0] or W.shape[1] < W_true.shape[1]:
+        raise ValueError(
+            f"align_gsc needs a learned W with D={W_true.shape[0]} rows and at least "
+            f"{W_true.shape[1]} columns (one per true column); got shape {W.shape}."
+        )
     norms = np.linalg.norm(W, axis=0)
     true_norms = np.linalg.norm(W_true, axis=0)
     cos = (W / np.where(norms > 0, norms, 1.0)).T @ (

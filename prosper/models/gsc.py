@@ -173,10 +173,12 @@ def _slab_group(
     )  # W_Aᵀ (y - W_A μ_A)
     rr = yy - np.einsum("ikb,ikb->kb", m, wyA + wr)  # ||y - W_A μ_A||²
     u = s * wr / np.sqrt(sigma2)
-    # Cholesky Ã = L Lᵀ (Ã >= I, so the pivots are >= 1 whatever Ψ is)
+    # Cholesky Ã = L Lᵀ. Ã >= I, so every pivot is >= 1 in exact arithmetic; with σ at its
+    # floor and near-parallel columns the entries reach ~1e16 and the subtraction cancels to
+    # <= 0 in floating point, hence the clamp to the bound that holds exactly
     L = np.zeros((k, k, K, B))
     for j in range(k):
-        L[j, j] = np.sqrt(M[pair[:, j, j]] - sum(L[j, p] ** 2 for p in range(j)))
+        L[j, j] = np.sqrt(np.maximum(M[pair[:, j, j]] - sum(L[j, p] ** 2 for p in range(j)), 1.0))
         for i in range(j + 1, k):
             L[i, j] = (M[pair[:, i, j]] - sum(L[i, p] * L[j, p] for p in range(j))) / L[j, j]
     # v = L⁻¹ u by forward substitution; log|Ã| = 2 Σ log L_jj

@@ -362,3 +362,22 @@ def test_default_schedule_anneals_the_whole_joint():
     assert annealing.anneal_prior
     assert annealing.temperature(0, 100) == 3.0 and annealing.temperature(60, 100) == 1.0
     assert GSC(H=4, n_iter=100, temperature=1.0)._schedules().temperature(0, 100) == 1.0
+
+
+def test_noise_free_data_stays_finite():
+    """σ at its floor with two columns on the same direction: the Cholesky must not break."""
+    from prosper import GSC
+    from prosper.data.spike_slab import gsc_data
+
+    d = gsc_data(200, D=9, H=1, pi=0.5, mu=2.0, psi=1.0, sigma=0.0, random_state=1)
+    model = GSC(H=2, Hprime=2, gamma=2, n_iter=30, random_state=1).fit(d.Y)
+    assert np.all(np.isfinite(model.free_energy_)) and np.isfinite(model.sigma_)
+
+
+def test_align_needs_enough_columns():
+    from prosper.data.spike_slab import align_gsc, gsc_data
+
+    d = gsc_data(50, D=9, H=6, pi=0.3, mu=1.0, psi=1.0, sigma=0.1, random_state=0)
+    params = {"W": d.W[:, :3], "pi": np.full(3, 0.3), "mu": np.ones(3), "psi": np.ones(3)}
+    with pytest.raises(ValueError, match="at least 6 columns"):
+        align_gsc(params, d.W)
