@@ -176,7 +176,7 @@ def natural_patches(
         r = rng.integers(img.shape[0] - size + 1, size=rows.size)
         c = rng.integers(img.shape[1] - size + 1, size=rows.size)
         patches = img[(r[:, None] + offsets)[:, :, None], (c[:, None] + offsets)[:, None, :]]
-        Y[rows] = patches.reshape(rows.size, -1)
+        Y[rows] = patches.reshape(rows.size, size * size)  # an image may get no patch
     Y -= Y.mean(axis=1, keepdims=True)
     whitening = None
     if whiten and method == "zca":

@@ -209,6 +209,22 @@ class EMEstimator(BaseEstimator):
         """The callback run_em calls after each iteration (models may add a stopping rule)."""
         return self.callback
 
+    def _collective_mean(self, Y: Any, total_of) -> float:
+        """Mean over the rows of all ranks of a per-row quantity (``total_of(Y)`` sums it
+        over this rank's checked rows). Every rank checks its input before the reduction, so
+        a bad input on one rank raises everywhere instead of leaving the others waiting."""
+        comm = self._comm()
+        checked, error = None, None
+        try:
+            checked = self._check_input(Y)
+        except ValueError as exc:
+            error = str(exc)
+        comm.agree(error)
+        total = comm.allreduce_arrays(
+            {"F": np.array(float(total_of(checked))), "n": np.array(float(checked.shape[0]))}
+        )
+        return float(total["F"] / total["n"])
+
     def _n_features_in(self, params: dict[str, np.ndarray]) -> int:
         """D of the training data, read from the learned parameters (W is (D, H))."""
         return int(np.asarray(params[self._fitted_names[0]]).shape[0])
@@ -497,15 +513,7 @@ class TruncatedEMEstimator(EMEstimator):
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.
         """
-        Y = self._check_input(Y)
-        comm = self._comm()
-        total = comm.allreduce_arrays(
-            {
-                "F": np.array(self._learner_for(Y).log_marginals(Y).sum()),
-                "n": np.array(float(Y.shape[0])),
-            }
-        )
-        return float(total["F"] / total["n"])
+        return self._collective_mean(Y, lambda Y: self._learner_for(Y).log_marginals(Y).sum())
 
     def sample(self, n_samples: int = 1, random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Draw data from the fitted model.

@@ -161,14 +161,7 @@ class _SBLEstimator(EMEstimator):
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.
         """
-        Y = self._check_input(Y)
-        total = self._comm().allreduce_arrays(
-            {
-                "F": np.array(self._learner().log_evidence(Y).sum()),
-                "n": np.array(float(Y.shape[0])),
-            }
-        )
-        return float(total["F"] / total["n"])
+        return self._collective_mean(Y, lambda Y: self._learner().log_evidence(Y).sum())
 
 
 _COMMON_DOC = """

@@ -204,11 +204,7 @@ class SparseCoding(EMEstimator):
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.
         """
-        Y = self._check_input(Y)
-        total = self._comm().allreduce_arrays(
-            {"E": np.array(float(self.energy(Y).sum())), "n": np.array(float(Y.shape[0]))}
-        )
-        return -float(total["E"] / total["n"])
+        return -self._collective_mean(Y, lambda Y: self.energy(Y).sum())
 
     def inverse_transform(self, S: Any) -> np.ndarray:
         """Reconstruction W s of codes.

@@ -72,7 +72,11 @@ class Checkpoint:
     """What ``--resume`` needs: the next iteration, the parameters, the seed."""
 
     def __init__(
-        self, iteration: int, params: dict[str, np.ndarray], seed: int, attrs: dict[str, Any]
+        self,
+        iteration: int,
+        params: dict[str, np.ndarray],
+        seed: int,
+        attrs: dict[str, Any],
     ) -> None:
         self.iteration, self.params, self.seed, self.attrs = iteration, params, seed, attrs
 

@@ -99,6 +99,17 @@ def test_resume_with_a_drawn_seed(tmp_path, data):
     np.testing.assert_allclose(resumed.W_, full.W_, rtol=0, atol=1e-12)
 
 
+def test_resuming_a_finished_run_changes_nothing(tmp_path, data):
+    out = tmp_path / "done.h5"
+    model = small(n_iter=4).fit(data.Y, out=out)
+    again = small(n_iter=4).fit(data.Y, out=out, resume=True)
+    np.testing.assert_array_equal(again.W_, model.W_)
+    assert again.n_iter_ == 4 and len(again.free_energy_) == 4
+    with h5py.File(out, "r") as f:
+        assert f["params/W"].shape[0] == 4
+    np.testing.assert_array_equal(prosper.load(out).W_, model.W_)
+
+
 def test_refused_resume_leaves_the_file_intact(tmp_path, data):
     out = tmp_path / "done.h5"
     model = small(n_iter=4).fit(data.Y, out=out)

@@ -150,3 +150,13 @@ def test_natural_patches_without_scikit_learn_says_what_to_install(monkeypatch):
     )
     with pytest.raises(ImportError, match=r"pip install 'prosper\[data\]'"):
         patches.natural_patches(size=4, n_samples=10)
+
+
+def test_few_patches_may_leave_an_image_unused():
+    pytest.importorskip("sklearn")
+    pytest.importorskip("PIL")
+    for seed in range(5):
+        data = get_generator("natural_patches")(
+            size=8, n_samples=1, whiten=False, random_state=seed
+        )
+        assert data.Y.shape == (1, 64)
