@@ -214,12 +214,17 @@ class EMEstimator(BaseEstimator):
         over this rank's checked rows). Every rank checks its input before the reduction, so
         a bad input on one rank raises everywhere instead of leaving the others waiting."""
         comm = self._comm()
-        checked, error = None, None
+        checked, failure = None, None
         try:
             checked = self._check_input(Y)
-        except ValueError as exc:
-            error = str(exc)
-        comm.agree(error)
+        except ValueError as exc:  # NotFittedError included
+            failure = exc
+        try:
+            comm.agree(None if failure is None else str(failure))
+        except ValueError:
+            if failure is not None:
+                raise failure from None  # this rank's own error, with its type
+            raise
         total = comm.allreduce_arrays(
             {"F": np.array(float(total_of(checked))), "n": np.array(float(checked.shape[0]))}
         )
