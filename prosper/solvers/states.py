@@ -72,6 +72,23 @@ class CandidateBatch:
         return out
 
 
+def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest scores per row; ties go to the lower latent index.
+
+    A partial selection (O(H) per row) is exact unless a tie straddles the k-th place; only
+    those rows are redone with a stable sort, so every rank picks the same latents for the
+    same row whatever else is in its batch.
+    """
+    if k >= scores.shape[1]:
+        return np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy()
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, top, axis=1).min(axis=1)
+    straddle = np.count_nonzero(scores >= kth[:, None], axis=1) > k
+    if straddle.any():
+        top[straddle] = np.argsort(-scores[straddle], axis=1, kind="stable")[:, :k]
+    return top
+
+
 class ExpectationTruncation:
     """Preselection-based candidate sets of the ET paper (Lücke & Eggert 2010).
 
@@ -131,8 +148,7 @@ class ExpectationTruncation:
         if self.full or scores is None:
             I = np.broadcast_to(np.arange(self.Hprime), (batch_size, self.Hprime))
         else:
-            # stable sort: ties go to the lower latent index, identically on every rank
-            I = np.sort(np.argsort(-scores, axis=1, kind="stable")[:, : self.Hprime], axis=1)
+            I = np.sort(_top_indices(scores, self.Hprime), axis=1)
         return CandidateBatch(
             I=np.ascontiguousarray(I), table=self.table, values=self.values, H=self.H
         )

@@ -57,3 +57,14 @@ def test_gamma_one_has_no_table():
     data = bars(size=2, n_samples=50, random_state=0)
     model = BSC(H=4, Hprime=3, gamma=1, n_iter=3, random_state=0).fit(data.Y)
     assert model.transform(data.Y).shape == (50, 4)
+
+
+def test_top_indices_match_a_stable_sort(rng):
+    """The partial selection equals the stable sort, ties at the k-th place included."""
+    from prosper.solvers.states import _top_indices
+
+    scores = rng.integers(0, 4, size=(500, 12)).astype(float)  # many ties
+    scores[:250] += rng.normal(scale=1e-3, size=(250, 12))  # and rows without ties
+    for k in (1, 5, 11, 12):
+        expected = np.sort(np.argsort(-scores, axis=1, kind="stable")[:, :k], axis=1)
+        np.testing.assert_array_equal(np.sort(_top_indices(scores, k), axis=1), expected)
