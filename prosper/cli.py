@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "plot":
             from prosper.plot import plot_result
 
-            plot_result(args.file, args.output)
-            print(f"wrote {args.output}")
+            print(f"wrote {plot_result(args.file, args.output)}")
         else:
             _models()
     except (ConfigError, ValueError, FileNotFoundError, OSError, ImportError) as exc:
@@ -200,8 +199,20 @@ def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
         return Y[rows], truth if comm.rank == 0 else None
     path = config.data_path()
     dataset = data.get("dataset")
+    if "{rank}" not in str(path) and not path.exists() and Path(data["file"]).exists():
+        raise ConfigError(
+            f"data file {str(path)!r} does not exist: paths in a job file are relative to "
+            f"the job file's folder ({str(config.base_dir)!r}); {data['file']!r} exists in the "
+            "current directory, so give its path from the job file's folder or an absolute path."
+        )
     if "{rank}" in str(path):
         # pre-sharded data: every rank reads its own whole file
+        extra = Path(str(path).replace("{rank}", str(comm.size)))
+        if comm.rank == 0 and extra.exists():
+            raise ConfigError(
+                f"{str(extra)!r} exists but this job has only {comm.size} rank(s), so it would "
+                "not be read: start one rank per shard (mpiexec -n <number of shards>)."
+            )
         path = Path(str(path).replace("{rank}", str(comm.rank)))
         return read_rows(path, slice(None), dataset), None
     shape = dataset_shape(path, dataset)
@@ -211,11 +222,11 @@ def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
 
 
 def _info(path: Path) -> None:
-    import h5py
+    from prosper.io.results import open_result
 
     if not path.exists():
         raise FileNotFoundError(f"result file {str(path)!r} does not exist.")
-    with h5py.File(path, "r") as f:
+    with open_result(path) as f:
         attrs = dict(f.attrs)
         done = int(f["checkpoint"].attrs["iteration"]) if "checkpoint" in f else 0
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else np.zeros(0)

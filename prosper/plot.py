@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
-import h5py
 import numpy as np
 
 __all__ = ["dictionary_grid", "plot_result"]
@@ -67,11 +67,18 @@ def _draw_dictionary(ax, W: np.ndarray, title: str) -> None:
     ax.set_title(title)
 
 
-def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> None:
+def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write a PNG with the learned dictionary (and the true one, if stored) and the
     free-energy curve of a result file."""
+    from prosper.io.results import open_result
+
+    output = Path(output)
+    if output.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        output = output.with_name(output.name + ".png")
+    if not output.parent.exists():
+        raise ValueError(f"output directory {str(output.parent)!r} does not exist.")
     plt = _matplotlib()
-    with h5py.File(path, "r") as f:
+    with open_result(path) as f:
         model = str(f.attrs.get("model", "?"))
         W = None
         for group in ("model", "checkpoint"):
@@ -80,6 +87,9 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> None:
                 break
         truth = np.array(f["ground_truth/W"]) if "ground_truth/W" in f else None
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else None
+        T = np.array(f["metrics/temperature"]) if "metrics/temperature" in f else None
+        n_cut = np.array(f["metrics/n_cut"]) if "metrics/n_cut" in f else None
+        n_samples = int(f.attrs.get("n_samples", 0))
     panels = [p for p in (W, truth) if p is not None and np.ndim(p) == 2]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4), squeeze=False)
     axes = axes[0]
@@ -90,9 +100,30 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> None:
     ax = axes[-1]
     if F is not None and len(F):
         ax.plot(np.arange(len(F)), F)
+        # F counts every data point; while the posterior is tempered or the M-step fits only
+        # the N_cut selected points it may fall, so those phases are shaded
+        if T is not None and np.any(T > 1):
+            ax.axvspan(
+                0,
+                np.flatnonzero(T > 1)[-1] + 1,
+                color="tab:orange",
+                alpha=0.15,
+                label="annealing (T > 1)",
+            )
+        if n_cut is not None and n_samples and np.any(n_cut < n_samples):
+            ax.axvspan(
+                np.flatnonzero(n_cut < n_samples)[0],
+                len(F),
+                color="tab:green",
+                alpha=0.1,
+                label="ET data selection",
+            )
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right", fontsize=8)
     ax.set_xlabel("iteration")
     ax.set_ylabel("free energy per data point")
     ax.set_title("learning curve")
     fig.tight_layout()
     fig.savefig(output, dpi=100)
     plt.close(fig)
+    return output

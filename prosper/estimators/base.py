@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import types
 from typing import Any
 
 import numpy as np
@@ -379,6 +380,26 @@ class TruncatedEMEstimator(EMEstimator):
         "ncut_factor": [_schedule_like],
     }
     _model_class: type = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the shared __init__ under the subclass's name, so that a misspelt argument reads
+        # "BSC.__init__() got an unexpected keyword argument ..."
+        if "__init__" not in cls.__dict__:
+            shared = TruncatedEMEstimator.__init__
+            init = types.FunctionType(
+                shared.__code__,
+                shared.__globals__,
+                "__init__",
+                shared.__defaults__,
+                shared.__closure__,
+            )
+            init.__kwdefaults__ = shared.__kwdefaults__
+            init.__doc__ = shared.__doc__
+            init.__qualname__ = f"{cls.__qualname__}.__init__"
+            init.__annotations__ = shared.__annotations__
+            cls.__init__ = init
+
     #: default ET data selection: N_cut factor raised from 0 to 1 over the first 2/3 of the
     #: run, as in the original ET examples (measured in benchmarks/bench_defaults.py)
     _default_ncut = [[0.0, 0.0], [0.667, 1.0]]

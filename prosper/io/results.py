@@ -133,10 +133,12 @@ class ResultWriter:
         error = None
         if comm.rank == 0:
             error = _open_error(self.path)
+            if resume and overwrite:
+                error = "resume and overwrite exclude each other: continue the file or replace it."
             if error is None and self.path.exists() and not (resume or overwrite):
                 error = (
-                    f"output file {str(self.path)!r} already exists; pass --resume to "
-                    "continue it or --overwrite to replace it."
+                    f"output file {str(self.path)!r} already exists; continue it with --resume "
+                    "(resume=True in Python) or replace it with --overwrite (overwrite=True)."
                 )
             if error is None and resume and not self.path.exists():
                 error = f"cannot resume: {str(self.path)!r} does not exist."
@@ -264,6 +266,21 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     return Checkpoint(iteration, params, seed, attrs)
 
 
+def open_result(path: str | os.PathLike) -> h5py.File:
+    """Open a result file for reading, with a clear error for anything else."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ValueError(
+            f"{str(path)!r} is not a ProSper result file (HDF5 written by 'prosper fit' or "
+            "fit(..., out=...))."
+        ) from None
+    if "model" not in f.attrs or "checkpoint" not in f:
+        f.close()
+        raise ValueError(f"{str(path)!r} is an HDF5 file but not a ProSper result file.")
+    return f
+
+
 def read_history(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """All per-iteration metrics of a result file."""
     with h5py.File(path, "r") as f:
@@ -289,7 +306,7 @@ def load(path: str | os.PathLike):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"result file {str(path)!r} does not exist.")
-    with h5py.File(path, "r") as f:
+    with open_result(path) as f:
         if "model" not in f:
             raise ValueError(
                 f"{str(path)!r} holds no final model (/model): the run did not finish; "

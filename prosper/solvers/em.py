@@ -103,7 +103,7 @@ def run_em(
             log.debug("iteration %d: %s", it, metrics)
             bar.update(f"F={metrics.get('free_energy', float('nan')):.4g}")
             if callback is not None and comm.allreduce(bool(callback(it, learner, metrics)), "lor"):
-                log.info("callback stopped the run after iteration %d", it)
+                log.info("stopped after iteration %d (converged, or the callback asked)", it)
                 break
     finally:
         bar.close()

@@ -165,3 +165,42 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert b.n_iter_ == 40 and len(b.free_energy_) == 40
     with h5py.File(out, "r") as f:
         assert f["params/W"].shape[0] == 40
+
+
+def test_shards_and_relative_paths(tmp_path):
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for r in range(2):
+        np.save(tmp_path / f"shard_{r}.npy", np.ones((10, 4)) * r)
+    (jobs / "shard.toml").write_text(
+        '[model]\nname = "bsc"\nH = 2\n[data]\nfile = "../shard_{rank}.npy"\n'
+    )
+    proc = prosper_cmd("fit", str(jobs / "shard.toml"), "--out", str(tmp_path / "r.h5"))
+    assert proc.returncode == 2
+    assert "shard_1.npy' exists but this job has only 1 rank(s)" in proc.stderr
+    np.save(tmp_path / "Y.npy", np.ones((10, 4)))
+    (jobs / "file.toml").write_text('[model]\nname = "bsc"\nH = 2\n[data]\nfile = "Y.npy"\n')
+    proc = prosper_cmd("fit", "jobs/file.toml", "--out", "r.h5", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "relative to the job file's folder ('jobs')" in proc.stderr
+
+
+def test_info_and_plot_on_other_files(tmp_path):
+    (tmp_path / "job.toml").write_text("x = 1\n")
+    proc = prosper_cmd("info", str(tmp_path / "job.toml"))
+    assert proc.returncode == 2 and "is not a ProSper result file" in proc.stderr
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f["Y"] = np.ones(3)
+    with pytest.raises(ValueError, match="an HDF5 file but not a ProSper result file"):
+        prosper.load(tmp_path / "other.h5")
+
+
+def test_plot_adds_the_png_suffix(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(JOB.format(n_iter=3, n=200))
+    assert prosper_cmd("fit", str(job), "--out", str(tmp_path / "r.h5")).returncode == 0
+    proc = prosper_cmd("plot", str(tmp_path / "r.h5"), "-o", str(tmp_path / "dict"))
+    assert proc.returncode == 0 and proc.stdout.strip() == f"wrote {tmp_path / 'dict.png'}"
+    assert (tmp_path / "dict.png").exists()
+    proc = prosper_cmd("plot", str(tmp_path / "r.h5"), "-o", str(tmp_path / "no" / "x.png"))
+    assert proc.returncode == 2 and "output directory" in proc.stderr

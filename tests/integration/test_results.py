@@ -127,7 +127,9 @@ def test_refused_resume_leaves_the_file_intact(tmp_path, data):
 def test_no_silent_overwrite_and_resume_checks(tmp_path, data):
     out = tmp_path / "run.h5"
     small(n_iter=2).fit(data.Y, out=out)
-    with pytest.raises(ValueError, match="already exists; pass --resume .* or --overwrite"):
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        small(n_iter=2).fit(data.Y, out=out, resume=True, overwrite=True)
+    with pytest.raises(ValueError, match="already exists; continue it with --resume"):
         small(n_iter=2).fit(data.Y, out=out)
     small(n_iter=3).fit(data.Y, out=out, overwrite=True)
     with pytest.raises(ValueError, match="configuration differs .* H \\(stored 6, now 7\\)"):
