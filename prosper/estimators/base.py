@@ -79,6 +79,9 @@ class EMEstimator(BaseEstimator):
         "progress": [None, bool],
     }
     _fitted_names: tuple[str, ...] = ()
+    #: rows are independent data points, so N < D hints at transposed data (SBL: snapshots,
+    #: where few rows are normal)
+    _rows_are_points = True
 
     # -- to be provided by subclasses -------------------------------------------------
     def _check_params(self, D: int) -> None:
@@ -145,6 +148,15 @@ class EMEstimator(BaseEstimator):
         self._validate()
         Y = check_data(Y, comm=comm, dtype=_dtype_name(self.dtype))
         D = Y.shape[1]
+        n_total = comm.allreduce(int(Y.shape[0]))
+        if self._rows_are_points and n_total < D:
+            log.warning(
+                "%s: fewer data points than dimensions (N=%d, D=%d); Y takes one row per data "
+                "point: did you pass Y.T?",
+                type(self).__name__,
+                n_total,
+                D,
+            )
         comm.agree(_error_of(self._check_params, D))
         backend = get_backend(self.backend)
         seed = self._seed(comm)
@@ -241,12 +253,13 @@ class EMEstimator(BaseEstimator):
         """Continue from the checkpoint in ``out``; the file is changed only once every check
         has passed, so a refused resume leaves a finished run intact."""
         n_total = comm.allreduce(int(Y.shape[0]))
+        checksum = _data_checksum(Y, comm)
         ckpt, error = None, None
         if comm.rank == 0:
             try:
                 ckpt = read_checkpoint(out)
                 error = self._resume_mismatch(ckpt.attrs) or _data_mismatch(
-                    out, ckpt.attrs, n_total, Y.shape[1]
+                    out, ckpt.attrs, n_total, Y.shape[1], checksum
                 )
             except (ConfigError, KeyError) as exc:
                 error = str(exc)
@@ -318,6 +331,7 @@ class EMEstimator(BaseEstimator):
             "estimator_params": encode_params(params),
             "n_samples": comm.allreduce(int(Y.shape[0])),
             "n_features": Y.shape[1],
+            "data_checksum": _data_checksum(Y, comm),
         }
 
     def _set_fitted(
@@ -337,7 +351,21 @@ class EMEstimator(BaseEstimator):
         return {n: np.asarray(getattr(self, n + "_"), dtype=np.float64) for n in self._fitted_names}
 
 
-def _data_mismatch(out, attrs: dict[str, Any], n_total: int, n_features: int) -> str | None:
+def _data_checksum(Y: np.ndarray, comm: Communicator) -> np.ndarray:
+    """Sum and sum of squares of the data over all ranks: a resumed run must see the same
+    data (equal up to the round-off of a different rank count)."""
+    sums = comm.allreduce_arrays(
+        {
+            "sum": np.array(Y.sum(dtype=np.float64)),
+            "sumsq": np.array(np.einsum("nd,nd->", Y, Y, dtype=np.float64)),
+        }
+    )
+    return np.array([float(sums["sum"]), float(sums["sumsq"])])
+
+
+def _data_mismatch(
+    out, attrs: dict[str, Any], n_total: int, n_features: int, checksum: np.ndarray
+) -> str | None:
     """Why this run's data cannot continue the stored run, or None."""
     stored_n = int(attrs.get("n_samples", n_total))
     stored_d = int(attrs.get("n_features", n_features))
@@ -350,6 +378,12 @@ def _data_mismatch(out, attrs: dict[str, Any], n_total: int, n_features: int) ->
         return (
             f"cannot resume {str(out)!r}: it was fitted on data with D={stored_d} features, "
             f"this run's data has D={n_features}."
+        )
+    stored = attrs.get("data_checksum")
+    if stored is not None and not np.allclose(stored, checksum, rtol=1e-9, atol=0):
+        return (
+            f"cannot resume {str(out)!r}: this run's data differ from the stored run's "
+            "(same shape, other values)."
         )
     return None
 

@@ -69,6 +69,8 @@ def _as_snapshots(Y: Any) -> Any:
 class _SBLEstimator(EMEstimator):
     """What SBL and KroneckerSBL share: σ handling, pruning, stopping, coef_, transform."""
 
+    _rows_are_points = False  # rows are snapshots; a few of them is the usual case
+
     _parameter_constraints = {
         "learn_sigma": [bool],
         "sigma": [None, Interval("real", 0, None, "neither")],

@@ -119,6 +119,8 @@ def test_refused_resume_leaves_the_file_intact(tmp_path, data):
         ValueError, match="fitted on data with D=9 features, this run's data has D=8"
     ):
         small(n_iter=4).fit(data.Y[:, :8], out=out, resume=True)
+    with pytest.raises(ValueError, match="data differ from the stored run's"):
+        small(n_iter=4).fit(data.Y[::-1] * 1.01, out=out, resume=True)
     np.testing.assert_array_equal(prosper.load(out).W_, model.W_)
     with h5py.File(out, "r") as f:
         assert f["params/W"].shape[0] == 4

@@ -60,6 +60,19 @@ def test_bad_data(data, match):
         BSC(H=2, n_iter=1).fit(data)
 
 
+def test_transposed_data_is_flagged(rng, caplog):
+    import logging
+
+    # attach directly: an in-process CLI run may have stopped 'prosper' from propagating
+    logger = logging.getLogger("prosper")
+    logger.addHandler(caplog.handler)
+    try:
+        BSC(H=2, n_iter=1, random_state=0).fit(rng.normal(size=(5, 40)))
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "fewer data points than dimensions (N=5, D=40)" in caplog.text
+
+
 def test_integer_data_is_cast(rng):
     Y = rng.integers(0, 5, size=(30, 4))
     model = BSC(H=2, n_iter=2, random_state=0).fit(Y)
