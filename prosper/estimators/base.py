@@ -222,6 +222,11 @@ class EMEstimator(BaseEstimator):
         """The callback run_em calls after each iteration (models may add a stopping rule)."""
         return self.callback
 
+    def _check_input(self, Y: Any) -> np.ndarray:
+        """New data for transform/score: fitted first, then the training data's D."""
+        self._fitted_params()
+        return check_data(Y, dtype=_dtype_name(self.dtype), n_features=self.n_features_in_)
+
     def _collective_mean(self, Y: Any, total_of) -> float:
         """Mean over the rows of all ranks of a per-row quantity (``total_of(Y)`` sums it
         over this rank's checked rows). Every rank checks its input before the reduction, so
@@ -549,10 +554,6 @@ class TruncatedEMEstimator(EMEstimator):
         )
         learner.set_params(params, Y.shape[0])
         return learner
-
-    def _check_input(self, Y: Any) -> np.ndarray:
-        self._fitted_params()
-        return check_data(Y, dtype=_dtype_name(self.dtype), n_features=self.n_features_in_)
 
     def transform(self, Y: Any) -> np.ndarray:
         """Posterior mean <s> of the latents under the truncated posterior.

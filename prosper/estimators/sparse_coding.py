@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from prosper.estimators.base import EMEstimator, _dtype_name
+from prosper.estimators.base import EMEstimator
 from prosper.models.sparse_coding import PENALTIES, SparseCodingModel
 from prosper.solvers.fista import FISTAOptions
 from prosper.solvers.sparse_coding import SparseCodingEM
@@ -166,10 +166,6 @@ class SparseCoding(EMEstimator):
         learner = self._make_learner(Y.shape[1], getattr(self, "seed_", 0), None)
         learner.set_params(self._fitted_params(), Y.shape[0])
         return learner
-
-    def _check_input(self, Y: Any) -> np.ndarray:
-        self._fitted_params()
-        return check_data(Y, dtype=_dtype_name(self.dtype), n_features=self.n_features_in_)
 
     def transform(self, Y: Any) -> np.ndarray:
         """MAP codes under the learned dictionary (cold start, ℓ1 first for non-convex ψ).

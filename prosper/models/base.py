@@ -128,6 +128,21 @@ class TruncatedModel(ABC):
     def perturb(self, params: Params, scale: float, rng: np.random.Generator) -> Params:
         """Annealing noise of relative size ``scale``, then clip parameters to their domain."""
 
+    def initial_W(
+        self, mean: np.ndarray, var: np.ndarray, rng: np.random.Generator, init: str
+    ) -> np.ndarray:
+        """The start of W (D, H) shared by every model: around the data mean with a quarter of
+        the data's spread ("data", the original ProSper examples' start), or zero-mean noise
+        with the data's spread ("random")."""
+        std = np.sqrt(np.maximum(var, 1e-12))
+        noise = rng.standard_normal((self.D, self.H)) * std[:, None]
+        return noise if init == "random" else mean[:, None] + noise / 4.0
+
+    @staticmethod
+    def initial_sigma(var: np.ndarray) -> np.ndarray:
+        """The start of σ: the data's standard deviation (1 for constant data)."""
+        return np.asarray(np.sqrt(np.mean(var)) if np.mean(var) > 0 else 1.0)
+
     def posterior_mean(
         self,
         Y: np.ndarray,

@@ -34,15 +34,11 @@ class BSCModel(LinearTruncatedModel):
     def init_params(self, mean, var, rng, init):
         # W around the data mean with the data's spread, σ the data's std, π = 1/H
         # (the initialisation of the original ProSper BSC examples)
-        std = np.sqrt(np.maximum(var, 1e-12))
-        if init == "random":
-            W = rng.standard_normal((self.D, self.H)) * std[:, None]
-        else:
-            W = mean[:, None] + rng.standard_normal((self.D, self.H)) * std[:, None] / 4.0
+        W = self.initial_W(mean, var, rng, init)
         return {
             "W": W,
             "pi": np.asarray(1.0 / self.H if self.H > 1 else 0.5),
-            "sigma": np.asarray(np.sqrt(np.mean(var)) if np.mean(var) > 0 else 1.0),
+            "sigma": self.initial_sigma(var),
         }
 
     def prior_mstep(self, stats, params, gamma):

@@ -147,11 +147,7 @@ class DSCModel(LinearTruncatedModel):
         # values (0, 1, 2, 3) the unscaled start settled in a state that explains all
         # amplitudes by φ = 1 and a too large σ; see benchmarks/bench_discrete.py);
         # σ the data's std; π_0 = 1 − 1/H and the non-zero values share 1/H equally
-        std = np.sqrt(np.maximum(var, 1e-12))
-        if init == "random":
-            W = rng.standard_normal((self.D, self.H)) * std[:, None]
-        else:
-            W = mean[:, None] + rng.standard_normal((self.D, self.H)) * std[:, None] / 4.0
+        W = self.initial_W(mean, var, rng, init)
         W = W / np.mean(np.abs(self.values[1:]))
         rho = 1.0 / self.H if self.H > 1 else 0.5
         pi = np.full(self.V, rho / (self.V - 1))
@@ -159,7 +155,7 @@ class DSCModel(LinearTruncatedModel):
         return {
             "W": W,
             "pi": pi,
-            "sigma": np.asarray(np.sqrt(np.mean(var)) if np.mean(var) > 0 else 1.0),
+            "sigma": self.initial_sigma(var),
         }
 
     def prior_mstep(self, stats, params, gamma):

@@ -244,18 +244,14 @@ class GSCModel(TruncatedModel):
     def init_params(self, mean, var, rng, init):
         # W as for BSC (around the data mean, or zero-mean noise with the data's spread),
         # unit slabs with zero mean, π = 1/H and σ the data's standard deviation
-        std = np.sqrt(np.maximum(var, 1e-12))
-        if init == "random":
-            W = rng.standard_normal((self.D, self.H)) * std[:, None]
-        else:
-            W = mean[:, None] + rng.standard_normal((self.D, self.H)) * std[:, None] / 4.0
+        W = self.initial_W(mean, var, rng, init)
         H = self.H
         return {
             "W": W,
             "pi": np.full(H, 1.0 / H if H > 1 else 0.5),
             "mu": np.zeros(H),
             "psi": np.ones(H),
-            "sigma": np.asarray(np.sqrt(np.mean(var)) if np.mean(var) > 0 else 1.0),
+            "sigma": self.initial_sigma(var),
         }
 
     def truncated_mass(self, params: Params, gamma: int) -> float:

@@ -361,17 +361,13 @@ class MCAModel(TruncatedModel):
     def init_params(self, mean, var, rng, init):
         # W around the data mean with a quarter of the data's spread (the original
         # ProSper initialisation), σ the data's std, π = 1/H; then into the domain
-        std = np.sqrt(np.maximum(var, 1e-12))
-        if init == "random":
-            W = rng.standard_normal((self.D, self.H)) * std[:, None]
-            if not self.signed:
-                W = np.abs(W)
-        else:
-            W = mean[:, None] + rng.standard_normal((self.D, self.H)) * std[:, None] / 4.0
+        W = self.initial_W(mean, var, rng, init)
+        if init == "random" and not self.signed:
+            W = np.abs(W)
         return {
             "W": self.clip_W(W),
             "pi": np.asarray(1.0 / self.H if self.H > 1 else 0.5),
-            "sigma": np.asarray(np.sqrt(np.mean(var)) if np.mean(var) > 0 else 1.0),
+            "sigma": self.initial_sigma(var),
         }
 
     def _combine(self, S: np.ndarray, W: np.ndarray) -> np.ndarray:
