@@ -81,8 +81,7 @@ def estep_pass(model, params, states, Y, backend, batch_size, comm=None):
     total = None
     for start in range(0, Y.shape[0], batch_size):
         Yb = Y[start : start + batch_size]
-        batch = states.select(model.preselection_scores(Yb, params), Yb.shape[0])
-        _, stats = model.estep_batch(Yb, batch, states, params, 1.0, 1.0, None, True, backend)
+        _, stats = model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, backend)
         total = stats if total is None else {k: total[k] + stats[k] for k in total}
     return total if comm is None else comm.allreduce_arrays(total)
 

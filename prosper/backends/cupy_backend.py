@@ -4,12 +4,15 @@ Same functions, arguments and results as :mod:`prosper.backends.numpy_backend`: 
 in, NumPy arrays out. One batch runs on the current GPU as
 
 1. the batch copied to the device through a reused page-locked (pinned) host buffer;
-2. ``Y W``, ``Wᵀ W`` and the table states' quadratic forms f · forward as cuBLAS GEMMs, with
-   the per-point features f = [Wᵀy on I_n, lower triangle of the I_n block of WᵀW] (see
-   :func:`prosper.backends.numba_backend.table_coefficients`, shared with the CPU backend);
-3. one RawKernel (``cuda/linear_estep.cu``, one thread block per data point): log-joint of
+2. ``Y W`` (cuBLAS); the preselection scores from it, ranked on the host by
+   :meth:`prosper.solvers.states.ExpectationTruncation.select` (a (B, H) copy each way, so
+   that ties break exactly as on the CPU backends);
+3. ``Wᵀ W`` and the table states' quadratic forms f · forward as cuBLAS GEMMs, with the
+   per-point features f = [Wᵀy on I_n, lower triangle of the I_n block of WᵀW] (see
+   :func:`prosper.backends.linear_terms.table_coefficients`);
+4. one RawKernel (``cuda/linear_estep.cu``, one thread block per data point): log-joint of
    every state, both log-sum-exps, posterior weights;
-4. the statistics reduced on the device (GEMMs and a scatter-add), packed into one buffer and
+5. the statistics reduced on the device (GEMMs and a scatter-add), packed into one buffer and
    copied back with a single transfer per batch.
 
 The interface returns host arrays per batch, so the statistics cross the bus once per batch
@@ -31,10 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # annotations only: kernels never import solvers
-    from prosper.solvers.states import CandidateBatch
+from prosper.backends.linear_terms import (
+    preselection_scores,
+    state_log_prior,
+    table_coefficients,
+)
 
-from prosper.backends.numba_backend import state_log_prior, table_coefficients
+if TYPE_CHECKING:  # annotations only: kernels never import solvers
+    from prosper.solvers.states import ExpectationTruncation
 
 log = logging.getLogger(__name__)
 
@@ -179,22 +186,26 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
     return cached
 
 
-def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, accumulate):
+def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):
     """Device part of one batch; returns the log marginals and, with ``accumulate``, the
     device arrays the statistics are reduced from."""
     Y = np.asarray(Y)
     B, D = Y.shape
-    H, Hp = batch.H, batch.I.shape[1]
-    nz_host = np.asarray(batch.values[1:], dtype=np.float64)
+    H = W.shape[1]
+    nz_host = np.asarray(states.values[1:], dtype=np.float64)
     V1 = nz_host.size
-    value_counts = np.asarray(value_counts, dtype=np.float64)
-    tables = _device_tables(batch.table, value_counts)
-    K = batch.n_states
+    value_counts = np.asarray(states.value_counts, dtype=np.float64)
+    tables = _device_tables(states.table, value_counts)
+    K = states.n_states
 
     dY = _stage.to_device(Y)
     dW = cp.asarray(W, dtype=Y.dtype)
     # GEMMs over the data at the precision of Y, the rest in float64
-    WY = cp.ascontiguousarray((dY @ dW).astype(cp.float64, copy=False))
+    WY_low = dY @ dW
+    scores = None if states.full else preselection_scores(WY_low.get(), presel)
+    batch = states.select(scores, B)
+    Hp = batch.I.shape[1]
+    WY = cp.ascontiguousarray(WY_low.astype(cp.float64, copy=False))
     Y64 = dY.astype(cp.float64, copy=False)
     W64 = dW.astype(cp.float64, copy=False)
     WtW = W64.T @ W64
@@ -244,6 +255,7 @@ def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, 
     # (row, I[row, j]) pairs are distinct, so a fancy-index += adds every term
     mean[cp.arange(B)[:, None], I] += moments[:, :Hp]
     return log_marginal, {
+        "Hp": Hp,
         "Y64": Y64,
         "I": I,
         "mean": mean,
@@ -256,9 +268,9 @@ def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, 
     }
 
 
-def _statistics(ctx: dict[str, Any], H: int, Hp: int) -> list:
+def _statistics(ctx: dict[str, Any], H: int) -> list:
     """Statistics on the device, in the order sy, ss, counts, yy, n."""
-    I, moments, tables = ctx["I"], ctx["moments"], ctx["tables"]
+    I, moments, tables, Hp = ctx["I"], ctx["moments"], ctx["tables"], ctx["Hp"]
     P = int(tables["tri_i"].size)
     pairs = moments[:, Hp : Hp + P]
     lower = (I[:, tables["tri_i"]] * H + I[:, tables["tri_j"]]).ravel()
@@ -278,9 +290,8 @@ def linear_estep(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
     beta: float,
     prior_beta: float,
     mask: np.ndarray | None = None,
@@ -297,13 +308,10 @@ def linear_estep(
         Observation noise variance.
     value_logp : ndarray of shape (V,)
         Prior log-probability of one latent taking each value (value 0 first).
-    batch : CandidateBatch
-        Candidate states of the batch.
-    outer : ndarray of shape (Kc, H'^2)
-        Unused (the table coefficients are derived from ``batch.table``); kept for the
-        shared signature.
-    value_counts : ndarray of shape (Kc, V-1)
-        How often each non-zero value occurs in each table row.
+    states : ExpectationTruncation
+        The candidate-state sets (H', γ, table of multi-latent states).
+    presel : tuple of two ndarrays of shape (V', H)
+        The model's preselection coefficients: latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior (1 = no annealing).
     mask : ndarray of shape (B,) or None
@@ -319,20 +327,20 @@ def linear_estep(
         float64 host arrays ``sy`` (D, H), ``ss`` (H, H), ``counts`` (V-1,), ``yy``, ``n``.
     """
     B, D = np.shape(Y)
-    H, Hp = batch.H, batch.I.shape[1]
+    H = np.shape(W)[1]
     if B == 0:
         empty = np.zeros(0)
         if not accumulate:
             return empty, None
-        zeros = {"sy": (D, H), "ss": (H, H), "counts": (batch.values.size - 1,)}
+        zeros = {"sy": (D, H), "ss": (H, H), "counts": (states.values.size - 1,)}
         stats = {k: np.zeros(s) for k, s in zeros.items()}
         return empty, {**stats, "yy": np.array(0.0), "n": np.array(0.0)}
     log_marginal, ctx = _run(
-        Y, W, float(sigma2), value_logp, batch, value_counts, beta, prior_beta, mask, accumulate
+        Y, W, float(sigma2), value_logp, states, presel, beta, prior_beta, mask, accumulate
     )
     if ctx is None:
         return log_marginal.get(), None
-    parts = [log_marginal, *_statistics(ctx, H, Hp)]
+    parts = [log_marginal, *_statistics(ctx, H)]
     # one device-to-host transfer for the whole batch
     host = cp.concatenate([cp.ravel(p) for p in parts]).get()
     out, start = [], 0
@@ -348,12 +356,14 @@ def linear_posterior_mean(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1 (host array)."""
+    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1 (host array).
+
+    Arguments as for :func:`linear_estep`.
+    """
     if np.shape(Y)[0] == 0:
-        return np.zeros((0, batch.H))
-    _, ctx = _run(Y, W, float(sigma2), value_logp, batch, value_counts, 1.0, 1.0, None, True)
+        return np.zeros((0, np.shape(W)[1]))
+    _, ctx = _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)
     return ctx["mean"].get()

@@ -1,26 +1,25 @@
-"""numba kernels for the E-step of linear models: BLAS for the products, compiled loops for
-everything per candidate state.
+"""numba kernels for the E-step of linear models: one fused, parallel kernel per batch.
 
 Same functions, arguments and results as :mod:`prosper.backends.numpy_backend` (to round-off
-in float64). The squared error of a state is ||y - W s||² = ||y||² - 2 sᵀ(Wᵀ y) + sᵀ(Wᵀ W) s;
-for the multi-latent (table) states it is linear in the per-point features
-f_n = [Wᵀ y_n on the H' preselected latents, the lower triangle of their H'×H' block of WᵀW],
-so one batch runs as
+in float64). Outside the kernel run only three BLAS GEMMs per batch: ``Y W``, ``Wᵀ W`` and
+Σ y <s>ᵀ. The kernel runs in parallel (``prange``) over contiguous chunks of data points, one
+per thread, and each chunk works through its points in blocks of ``_BLOCK``, with the points
+of a block in the innermost, contiguous dimension of every scratch array, so that every loop
+over states runs as SIMD vector operations over the points of the block:
 
-1. ``Y W`` and ``Wᵀ W`` (BLAS), then the features f (B, F), F = H' + H'(H'+1)/2 (kernel);
-2. the quadratic forms of all table states of all points as one GEMM f · forward (B, Kc);
-3. one fused parallel kernel over the data points: log-joint of every state (zero,
-   singletons, table), log-sum-exp at temperature 1 (the free-energy term) and at the
-   annealing temperature, posterior weights, and the singletons' share of the statistics;
-4. the table states' moments as one GEMM q · backward (B, F + V-1), scattered to <s> and
-   Σ<s sᵀ> by a parallel kernel; Σ y <s>ᵀ is a last GEMM.
+1. preselection: per point, the H' best latents by the model's score max_v (A (Wᵀy) + C),
+   ties to the lower index exactly as :func:`prosper.solvers.states._top_indices`;
+2. features (Wᵀy on the slots, the slots' block of WᵀW) gathered once per point;
+3. squared errors of all table states by the parent recurrence of
+   :class:`prosper.backends.linear_terms.TableTerms` (m + 1 terms per state with m active
+   latents, instead of the O(H'²) of a dense quadratic form or a GEMM);
+4. log-joints, the log-sum-exp at temperature 1 (free energy) and at the annealing
+   temperature, posterior weights (exp as a polynomial that vectorises; libm's is scalar);
+5. moments of the table states, scattered through I to <s> and the chunk's Σ<s sᵀ>.
 
-No (B, K, H) state tensor is formed; the (B, Kc) block of one batch is the largest array.
-GEMMs do the O(Kc F) work per point at BLAS speed, which hand-written loops without
-``fastmath`` cannot reach, and the kernels vectorise the O(K) work (including a polynomial
-exp, since libm's exp is scalar). Parallel loops (``prange``) run over contiguous chunks of
-data points, one per thread; every chunk writes its own partial sums of the statistics,
-which are added up afterwards, and each point's posterior mean goes to its own row.
+No (B, K, H) state tensor and no (B, K) array is formed: the scratch of one thread is
+O(K · ``_BLOCK``). Every chunk writes its own partial sums of the statistics, which are added
+up afterwards; each point's posterior mean goes to its own row.
 
 Threads: numba uses ``NUMBA_NUM_THREADS`` threads (default: all cores) or what
 ``numba.set_num_threads`` sets at run time, BLAS its own (``OMP_NUM_THREADS``,
@@ -35,8 +34,8 @@ Compilation: the kernels are compiled on first use (about 10-30 s) and cached on
 load them in well under a second. :func:`warmup` compiles them explicitly, e.g. in a short
 single-rank run before a large MPI job so that the ranks do not all compile at once.
 
-float32: ``Y W`` and ``Y·mean`` run at the precision of ``Y``; the features, the per-state
-part and all statistics are computed in float64.
+float32: ``Y W`` and Σ y <s>ᵀ run at the precision of ``Y``; everything else, including all
+statistics, in float64.
 """
 
 from __future__ import annotations
@@ -49,8 +48,12 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
+from prosper.backends.numba_gsc import gsc_estep
+from prosper.backends.numba_math import FMA, exp_rows
+
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
-    from prosper.solvers.states import CandidateBatch
+    from prosper.solvers.states import ExpectationTruncation
 
 
 NAME = "numba"
@@ -78,148 +81,80 @@ def _share_cores_between_ranks() -> None:
 
 _share_cores_between_ranks()
 
-__all__ = [
-    "linear_estep",
-    "linear_posterior_mean",
-    "state_log_prior",
-    "table_coefficients",
-    "warmup",
-]
+__all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "warmup"]
 
-
-# -- preparation shared with the CuPy backend (plain NumPy, per batch, O(Kc H'^2)) ----------
-def table_coefficients(
-    table: np.ndarray, value_counts: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Linear maps between per-point features and the table states of a linear model.
-
-    With the features of a point f = [Wᵀy restricted to I (H'), the lower triangle of the
-    H'×H' block of WᵀW (P = H'(H'+1)/2 entries)], the squared error of table state k is
-    ||y||² + Σ_f ``forward[f, k]`` f_f, and the posterior moments of the table states are
-    Σ_k q_k ``backward[k, :]`` = [Σ q s over the slots (H'), Σ q s_i s_j for i >= j (P),
-    Σ q #{s = v} (V-1)].
-
-    Parameters
-    ----------
-    table : ndarray of shape (Kc, H')
-    value_counts : ndarray of shape (Kc, V-1)
-
-    Returns
-    -------
-    forward : ndarray of shape (H' + P, Kc)
-        ``-2 table`` then ``table_i table_j`` with off-diagonal pairs counted twice.
-    backward : ndarray of shape (Kc, H' + P + V-1)
-    tri_i, tri_j : ndarray of int64, shape (P,)
-        Slot pairs (i >= j) of the triangle entries.
-    """
-    table = np.asarray(table, dtype=np.float64)
-    tri_i, tri_j = np.tril_indices(table.shape[1])
-    pairs = table[:, tri_i] * table[:, tri_j]
-    forward = np.concatenate([-2.0 * table, pairs * np.where(tri_i == tri_j, 1.0, 2.0)], axis=1)
-    backward = np.concatenate([table, pairs, np.asarray(value_counts, dtype=np.float64)], axis=1)
-    return (
-        np.ascontiguousarray(forward.T),
-        np.ascontiguousarray(backward),
-        tri_i.astype(np.int64),
-        tri_j.astype(np.int64),
-    )
-
-
-def state_log_prior(value_logp: np.ndarray, H: int, value_counts: np.ndarray) -> np.ndarray:
-    """Log-prior of every candidate state in the order [zero, singletons, table], shape (K,)."""
-    value_logp = np.asarray(value_logp, dtype=np.float64)
-    base = H * value_logp[0]
-    delta = value_logp[1:] - value_logp[0]
-    return np.concatenate([[base], np.repeat(base + delta, H), base + value_counts @ delta])
+#: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
+#: thread's scratch (about 2 K · 32 float64) in L2 for K up to a few thousand states.
+_BLOCK = 64
 
 
 # -- compiled kernels ------------------------------------------------------------------------
-@njit(cache=True, parallel=True, fastmath=False)
-def _features_kernel(WY, WtW, I, tri_i, tri_j, feat):  # pragma: no cover - compiled
-    """feat[n] = [WY[n, I_n] (H'), WtW[I_n[tri_i], I_n[tri_j]] (P)], shape (B, H' + P)."""
-    B = WY.shape[0]
-    Hp = I.shape[1]
-    P = tri_i.shape[0]
-    for n in prange(B):
-        Idx = I[n]
-        for i in range(Hp):
-            feat[n, i] = WY[n, Idx[i]]
-        for p in range(P):
-            feat[n, Hp + p] = WtW[Idx[tri_i[p]], Idx[tri_j[p]]]
+@njit(cache=True, inline="always")
+def _column_max(rows, n_rows, nb, out):  # pragma: no cover - compiled
+    """out[:nb] = max over the first ``n_rows`` rows of ``rows[:, :nb]``."""
+    first = rows[0]
+    for j in range(nb):
+        out[j] = first[j]
+    for k in range(1, n_rows):
+        row = rows[k]
+        for j in range(nb):
+            out[j] = row[j] if row[j] > out[j] else out[j]
 
 
-# exp(x) for x <= 0 as loops LLVM can vectorise (libm's scalar exp cannot be): x = t ln2 + r
-# with |r| <= ln2/2, exp(r) by its Taylor series to degree 13 (relative error < 1e-16 before
-# rounding, a few ulp after), 2^t written into the exponent bits. Below -700 (exp < 1e-304,
-# far below the largest term 1 of every sum it enters) the result is 0.
-_LOG2E = 1.4426950408889634
-_LN2_HI = 0.693147180369123816490  # upper bits of ln 2: t * _LN2_HI is exact for |t| < 2^11
-_LN2_LO = 1.90821492927058770002e-10
-_EXP_MIN = -700.0
+@njit(cache=True, inline="always")
+def _top_slots(score, top_score, top):  # pragma: no cover - compiled
+    """The H' best latents of one point by ``score``, ascending in ``top``; ties to the lower
+    index, as :func:`prosper.solvers.states._top_indices`.
+
+    Insertion into a list kept sorted by descending score (O(H) compares when H' << H): an
+    equal score never displaces an earlier (lower) latent.
+    """
+    H = score.shape[0]
+    Hp = top.shape[0]
+    filled = 0
+    for h in range(H):
+        s = score[h]
+        if filled < Hp:
+            pos = filled
+            filled += 1
+        elif s > top_score[Hp - 1]:
+            pos = Hp - 1
+        else:
+            continue
+        while pos > 0 and top_score[pos - 1] < s:
+            top_score[pos] = top_score[pos - 1]
+            top[pos] = top[pos - 1]
+            pos -= 1
+        top_score[pos] = s
+        top[pos] = h
+    for a in range(1, Hp):
+        x = top[a]
+        b = a
+        while b > 0 and top[b - 1] > x:
+            top[b] = top[b - 1]
+            b -= 1
+        top[b] = x
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _exp_nonpositive(x, shift, out, bits, n):  # pragma: no cover - compiled
-    """out[:n] = exp(x[:n] - shift) for x <= shift; ``bits`` is int64 scratch (>= n)."""
-    for k in range(n):
-        v = x[k] - shift
-        v = v if v > _EXP_MIN else _EXP_MIN
-        t = np.floor(v * _LOG2E + 0.5)
-        r = (v - t * _LN2_HI) - t * _LN2_LO
-        p = 1.0 / 6227020800.0
-        p = p * r + 1.0 / 479001600.0
-        p = p * r + 1.0 / 39916800.0
-        p = p * r + 1.0 / 3628800.0
-        p = p * r + 1.0 / 362880.0
-        p = p * r + 1.0 / 40320.0
-        p = p * r + 1.0 / 5040.0
-        p = p * r + 1.0 / 720.0
-        p = p * r + 1.0 / 120.0
-        p = p * r + 1.0 / 24.0
-        p = p * r + 1.0 / 6.0
-        p = p * r + 0.5
-        p = p * r + 1.0
-        out[k] = p * r + 1.0
-        bits[k] = (np.int64(t) + 1023) << 52
-    scale = bits.view(np.float64)
-    for k in range(n):
-        out[k] = out[k] * scale[k] if x[k] - shift > _EXP_MIN else 0.0
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _sum(x, n):  # pragma: no cover - compiled
-    """sum(x[:n]) with four independent partial sums (a fixed order, not numpy's)."""
-    a = 0.0
-    b = 0.0
-    c = 0.0
-    d = 0.0
-    m = n - n % 4
-    for k in range(0, m, 4):
-        a += x[k]
-        b += x[k + 1]
-        c += x[k + 2]
-        d += x[k + 3]
-    for k in range(m, n):
-        a += x[k]
-    return (a + b) + (c + d)
-
-
-@njit(cache=True, fastmath=False, inline="always")
-def _max(x, n):  # pragma: no cover - compiled
-    m = x[0]
-    for k in range(1, n):
-        m = x[k] if x[k] > m else m
-    return m
-
-
-@njit(cache=True, parallel=True, fastmath=False)
-def _posterior_kernel(
+@njit(cache=True, parallel=True, fastmath=FMA)
+def _linear_kernel(
     WY,
     yy,
-    diag,
+    WtW,
+    scores,
+    full,
+    Hp,
     nz,
-    err,
     lp,
+    parent,
+    err_terms,
+    err_index,
+    err_coef,
+    mom_terms,
+    mom_index,
+    mom_coef,
+    pair_a,
+    pair_b,
     c0,
     inv2s2,
     beta,
@@ -229,137 +164,231 @@ def _posterior_kernel(
     n_chunks,
     log_marginal,
     mean,
-    ss_diag_part,
+    ss_part,
     counts_part,
 ):  # pragma: no cover - compiled
-    """Log-joints, log-sum-exps and posterior weights of every state of every point.
+    """Preselection, log-joints, log marginals, weights and moments of one batch.
 
-    ``err`` (B, Kc) holds sᵀWᵀWs - 2 sᵀWᵀy of the table states on entry; with
-    ``accumulate`` it holds their posterior weights (times ``mask``) on exit. Writes
-    ``log_marginal`` (B,) and, with ``accumulate``, the singletons' share of the statistics:
-    ``mean`` (B, H), per chunk ``ss_diag_part`` (n_chunks, H) and ``counts_part``
-    (n_chunks, V-1).
+    Writes ``log_marginal`` (B,) and, with ``accumulate``, <s> into ``mean`` (B, H) and the
+    per-chunk partial sums ``ss_part`` (n_chunks, H, H) and ``counts_part``
+    (n_chunks, V-1). State order: [zero, singletons value-major, table rows].
     """
     B, H = WY.shape
     V1 = nz.shape[0]
-    Kc = err.shape[1]
-    n_single = V1 * H
-    K = 1 + n_single + Kc
+    P = pair_a.shape[0]
+    F = Hp + P
+    R = parent.shape[0]
+    R1 = V1 * Hp
+    off = 1 + V1 * H
+    K = off + R - R1
     tempered = beta != 1.0 or prior_beta != 1.0
+    diag = np.empty(H)
+    for h in range(H):
+        diag[h] = WtW[h, h]
     for c in prange(n_chunks):
-        ll = np.empty(K)
-        lj = np.empty(K)
-        w = np.empty(K)
-        bits = np.empty(K, dtype=np.int64)
-        diag_c = ss_diag_part[c]
-        counts_c = counts_part[c]
-        for n in range(c * B // n_chunks, (c + 1) * B // n_chunks):
-            y2 = yy[n]
-            row_err = err[n]
-            # log-likelihoods (state order [zero, singletons value-major, table rows]) and
-            # log-joints at temperature 1
-            ll[0] = c0 - y2 * inv2s2
-            lj[0] = ll[0] + lp[0]
+        NB = _BLOCK
+        # scratch of this thread; the last axis runs over the points of a block
+        I = np.empty((NB, Hp), dtype=np.int64)
+        X = np.empty((F, NB))
+        WYT = np.empty((H, NB))
+        S1 = np.empty((R1, NB))
+        LJ = np.empty((K, NB))
+        Q = np.empty((K, NB))
+        MOM = np.empty((F + V1, NB))
+        MT = np.empty((H, NB))
+        SD = np.zeros((H, NB))
+        CN = np.zeros((V1, NB))
+        yb = np.empty(NB)
+        mx = np.empty(NB)
+        sm = np.empty(NB)
+        bits = np.empty(NB, dtype=np.int64)
+        top_score = np.empty(Hp)
+        top = np.empty(Hp, dtype=np.int64)
+        ss_c = ss_part[c]
+        lo = c * B // n_chunks
+        hi = (c + 1) * B // n_chunks
+        for n0 in range(lo, hi, NB):
+            nb = min(NB, hi - n0)
+            # preselection and per-point features, gathered once
+            for j in range(nb):
+                wy = WY[n0 + j]
+                yb[j] = yy[n0 + j]
+                for h in range(H):
+                    WYT[h, j] = wy[h]
+                if full:
+                    for i in range(Hp):
+                        top[i] = i
+                else:
+                    _top_slots(scores[n0 + j], top_score, top)
+                for i in range(Hp):
+                    I[j, i] = top[i]
+                    X[i, j] = wy[top[i]]
+                for p in range(P):
+                    X[Hp + p, j] = WtW[top[pair_a[p]], top[pair_b[p]]]
+            # squared errors minus ||y||^2: single-slot rows, then the table states (in LJ)
+            for r in range(R):
+                dst = S1[r] if r < R1 else LJ[off + r - R1]
+                q = parent[r]
+                if q < 0:
+                    for j in range(nb):
+                        dst[j] = 0.0
+                else:
+                    src = S1[q] if q < R1 else LJ[off + q - R1]
+                    for j in range(nb):
+                        dst[j] = src[j]
+                for e in range(err_terms[r]):
+                    x = X[err_index[r, e]]
+                    cf = err_coef[r, e]
+                    for j in range(nb):
+                        dst[j] += cf * x[j]
+            # log-joints at temperature 1: zero state, singletons, table states
+            row = LJ[0]
+            for j in range(nb):
+                row[j] = c0 - yb[j] * inv2s2 + lp[0]
             for v in range(V1):
                 s = nz[v]
-                o = 1 + v * H
                 for h in range(H):
-                    x = c0 - (y2 - 2.0 * s * WY[n, h] + s * s * diag[h]) * inv2s2
-                    ll[o + h] = x
-                    lj[o + h] = x + lp[o + h]
-            o = 1 + n_single
-            for k in range(Kc):
-                x = c0 - (y2 + row_err[k]) * inv2s2
-                ll[o + k] = x
-                lj[o + k] = x + lp[o + k]
-            # log marginal: stable log-sum-exp of ll + lp
-            m1 = _max(lj, K)
-            _exp_nonpositive(lj, m1, w, bits, K)
-            sw = _sum(w, K)
-            log_marginal[n] = m1 + np.log(sw)
+                    k = 1 + v * H + h
+                    row = LJ[k]
+                    w = WYT[h]
+                    d = s * s * diag[h]
+                    lpk = lp[k]
+                    for j in range(nb):
+                        row[j] = c0 - (yb[j] - 2.0 * s * w[j] + d) * inv2s2 + lpk
+            for k in range(off, K):
+                row = LJ[k]
+                lpk = lp[k]
+                for j in range(nb):
+                    row[j] = c0 - (yb[j] + row[j]) * inv2s2 + lpk
+            # log marginals: stable log-sum-exp over the states
+            _column_max(LJ, K, nb, mx)
+            for j in range(nb):
+                sm[j] = 0.0
+            # exp out of place: with aliased input and output LLVM keeps the loop scalar
+            for k in range(K):
+                out = Q[k]
+                exp_rows(LJ[k], mx, out, bits, nb)
+                for j in range(nb):
+                    sm[j] += out[j]
+            for j in range(nb):
+                log_marginal[n0 + j] = mx[j] + np.log(sm[j])
             if not accumulate:
                 continue
             if tempered:
-                # posterior at the annealing temperature: weights of beta ll + prior_beta lp
+                # weights at the annealing temperature: beta ll + prior_beta lp
                 for k in range(K):
-                    lj[k] = beta * ll[k] + prior_beta * lp[k]
-                mb = _max(lj, K)
-                _exp_nonpositive(lj, mb, w, bits, K)
-                sw = _sum(w, K)
-            scale = mask[n] / sw
-            row = mean[n]
+                    row = LJ[k]
+                    lpk = lp[k]
+                    if lpk == -np.inf:  # a value of prior probability 0: stays impossible
+                        continue
+                    for j in range(nb):
+                        row[j] = beta * (row[j] - lpk) + prior_beta * lpk
+                _column_max(LJ, K, nb, mx)
+                for j in range(nb):
+                    sm[j] = 0.0
+                for k in range(K):
+                    out = Q[k]
+                    exp_rows(LJ[k], mx, out, bits, nb)
+                    for j in range(nb):
+                        sm[j] += out[j]
+            # posterior weights q (times the data selection mask), in place
+            for j in range(nb):
+                sm[j] = mask[n0 + j] / sm[j]
+            for k in range(K):
+                row = Q[k]
+                for j in range(nb):
+                    row[j] *= sm[j]
+            # singletons: <s>, the diagonal of <s s^T> and the value counts
             for h in range(H):
-                row[h] = 0.0
+                for j in range(nb):
+                    MT[h, j] = 0.0
             for v in range(V1):
-                s = nz[v] * scale
-                s2 = nz[v] * s
-                offset = 1 + v * H
+                s = nz[v]
+                cn = CN[v]
                 for h in range(H):
-                    row[h] += s * w[offset + h]
-                    diag_c[h] += s2 * w[offset + h]
-                counts_c[v] += _sum(w[offset:], H) * scale
-            o = 1 + n_single
-            for k in range(Kc):
-                row_err[k] = w[o + k] * scale
+                    qk = Q[1 + v * H + h]
+                    m = MT[h]
+                    sd = SD[h]
+                    for j in range(nb):
+                        m[j] += s * qk[j]
+                        sd[j] += s * s * qk[j]
+                        cn[j] += qk[j]
+            # table states: moments over the slots, then scattered through I
+            for f in range(F + V1):
+                for j in range(nb):
+                    MOM[f, j] = 0.0
+            for k in range(R - R1):
+                qk = Q[off + k]
+                for e in range(mom_terms[k]):
+                    t = MOM[mom_index[k, e]]
+                    cf = mom_coef[k, e]
+                    for j in range(nb):
+                        t[j] += cf * qk[j]
+            for v in range(V1):
+                cn = CN[v]
+                t = MOM[F + v]
+                for j in range(nb):
+                    cn[j] += t[j]
+            for j in range(nb):
+                for i in range(Hp):
+                    MT[I[j, i], j] += MOM[i, j]
+                for p in range(P):
+                    a = I[j, pair_a[p]]
+                    b = I[j, pair_b[p]]
+                    x = MOM[Hp + p, j]
+                    ss_c[a, b] += x
+                    if a != b:
+                        ss_c[b, a] += x
+                out = mean[n0 + j]
+                for h in range(H):
+                    out[h] = MT[h, j]
+        # the chunk's vector partial sums
+        for h in range(H):
+            ss_c[h, h] += SD[h].sum()
+        for v in range(V1):
+            counts_part[c, v] += CN[v].sum()
 
 
-@njit(cache=True, parallel=True, fastmath=False)
-def _scatter_kernel(I, tri_i, tri_j, moments, n_chunks, mean, ss_part):  # pragma: no cover
-    """Add the table states' moments (B, H' + P + ...) to ``mean`` rows and per-chunk ``ss``."""
-    B, Hp = I.shape
-    P = tri_i.shape[0]
-    for c in prange(n_chunks):
-        ss_c = ss_part[c]
-        for n in range(c * B // n_chunks, (c + 1) * B // n_chunks):
-            Idx = I[n]
-            for i in range(Hp):
-                mean[n, Idx[i]] += moments[n, i]
-            for p in range(P):
-                a = Idx[tri_i[p]]
-                b = Idx[tri_j[p]]
-                x = moments[n, Hp + p]
-                ss_c[a, b] += x
-                if a != b:
-                    ss_c[b, a] += x
-
-
-def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, accumulate):
-    """Kernels and GEMMs of one batch: log marginals (B,), and <s> (B, H) plus the
-    statistics' parts (``ss`` (H, H), ``counts`` (V-1,), weights (B,), ||y||² (B,)) when
-    ``accumulate``."""
+def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):
+    """GEMMs and kernel of one batch: log marginals (B,), and <s> (B, H) plus the statistics'
+    parts (``ss`` (H, H), ``counts`` (V-1,), weights (B,), ||y||² (B,)) when ``accumulate``."""
     Y = np.asarray(Y)
     B, D = Y.shape
-    H, Hp = batch.H, batch.I.shape[1]
+    H = W.shape[1]
     # GEMMs over the data at the precision of Y; the rest in float64
     WY = np.ascontiguousarray(Y @ np.asarray(W, dtype=Y.dtype), dtype=np.float64)
     W64 = np.asarray(W, dtype=np.float64)
     WtW = np.ascontiguousarray(W64.T @ W64)
     yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
-    nz = np.ascontiguousarray(batch.values[1:], dtype=np.float64)
-    value_counts = np.asarray(value_counts, dtype=np.float64)
-    forward, backward, tri_i, tri_j = table_coefficients(batch.table, value_counts)
-    lp = state_log_prior(value_logp, H, value_counts)
-    I = np.ascontiguousarray(batch.I, dtype=np.int64)
+    terms = table_terms(states.table, states.values)
+    nz = np.ascontiguousarray(states.values[1:], dtype=np.float64)
+    # the scores by the shared NumPy expression, so that every backend ranks the same numbers
+    scores = np.zeros((0, H)) if states.full else preselection_scores(WY, presel)
     n_chunks = max(1, min(B, numba.get_num_threads()))
     weights = np.ones(B) if mask is None else np.ascontiguousarray(mask, dtype=np.float64)
-
     log_marginal = np.empty(B)
-    mean = np.empty((B, H) if accumulate else (0, H))
-    ss_diag = np.zeros((n_chunks, H if accumulate else 0))
-    counts_part = np.zeros((n_chunks, nz.size))
-    ss = np.zeros((n_chunks, H, H) if accumulate else (n_chunks, 0, 0))
+    mean = np.empty((B, H))
+    ss = np.zeros((n_chunks, H, H))
+    counts = np.zeros((n_chunks, nz.size))
     if B:
-        feat = np.empty((B, forward.shape[0]))
-        _features_kernel(WY, WtW, I, tri_i, tri_j, feat)
-        # quadratic forms of all table states of all points: one GEMM (B, F) x (F, Kc)
-        err = feat @ forward
-        _posterior_kernel(
+        _linear_kernel(
             WY,
             yy,
-            np.ascontiguousarray(np.diag(WtW)),
+            WtW,
+            np.ascontiguousarray(scores, dtype=np.float64),
+            bool(states.full),
+            int(terms.n_slots),
             nz,
-            err,
-            lp,
+            state_log_prior(value_logp, H, states.value_counts),
+            terms.parent,
+            terms.err_terms,
+            terms.err_index,
+            terms.err_coef,
+            terms.mom_terms,
+            terms.mom_index,
+            terms.mom_coef,
+            terms.pair_a,
+            terms.pair_b,
             float(-0.5 * D * np.log(2.0 * np.pi * sigma2)),
             float(0.5 / sigma2),
             float(beta),
@@ -369,17 +398,10 @@ def _run(Y, W, sigma2, value_logp, batch, value_counts, beta, prior_beta, mask, 
             n_chunks,
             log_marginal,
             mean,
-            ss_diag,
-            counts_part,
+            ss,
+            counts,
         )
-        if accumulate:
-            # moments of the table states: one GEMM (B, Kc) x (Kc, H' + P + V-1)
-            moments = err @ backward
-            _scatter_kernel(I, tri_i, tri_j, moments, n_chunks, mean, ss)
-            counts_part[0] += moments[:, Hp + tri_i.size :].sum(axis=0)
-    ss = ss.sum(axis=0)
-    ss[np.diag_indices(ss.shape[0])] += ss_diag.sum(axis=0)
-    return log_marginal, mean, ss, counts_part.sum(axis=0), weights, yy
+    return log_marginal, mean, ss.sum(axis=0), counts.sum(axis=0), weights, yy
 
 
 def linear_estep(
@@ -387,9 +409,8 @@ def linear_estep(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
     beta: float,
     prior_beta: float,
     mask: np.ndarray | None = None,
@@ -406,14 +427,10 @@ def linear_estep(
         Observation noise variance.
     value_logp : ndarray of shape (V,)
         Prior log-probability of one latent taking each value (value 0 first).
-    batch : CandidateBatch
-        Candidate states of the batch.
-    outer : ndarray of shape (Kc, H'^2)
-        Flattened outer products of the table rows (unused: :func:`table_coefficients`
-        derives the symmetric, smaller form from ``batch.table``; kept for the shared
-        signature).
-    value_counts : ndarray of shape (Kc, V-1)
-        How often each non-zero value occurs in each table row.
+    states : ExpectationTruncation
+        The candidate-state sets (H', γ, table of multi-latent states).
+    presel : tuple of two ndarrays of shape (V', H)
+        The model's preselection coefficients: latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior (1 = no annealing).
     mask : ndarray of shape (B,) or None
@@ -430,7 +447,7 @@ def linear_estep(
         of <#{h: s_h = v}>, ``yy`` sum ||y||^2, ``n`` number (weight) of points.
     """
     log_marginal, mean, ss, counts, weights, yy = _run(
-        Y, W, float(sigma2), value_logp, batch, value_counts, beta, prior_beta, mask, accumulate
+        Y, W, float(sigma2), value_logp, states, presel, beta, prior_beta, mask, accumulate
     )
     if not accumulate:
         return log_marginal, None
@@ -448,22 +465,26 @@ def linear_posterior_mean(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1."""
-    return _run(Y, W, float(sigma2), value_logp, batch, value_counts, 1.0, 1.0, None, True)[1]
+    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1.
+
+    Arguments as for :func:`linear_estep`.
+    """
+    return _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)[1]
 
 
 def warmup() -> float:
-    """Compile (or load from the cache) the kernels on a tiny problem; returns seconds taken."""
+    """Compile (or load from the cache) every kernel on a tiny problem; returns seconds taken."""
     from prosper.solvers.states import ExpectationTruncation
 
     start = time.perf_counter()
     states = ExpectationTruncation(H=3, Hprime=2, gamma=2, values=(0.0, 1.0))
-    Y = np.zeros((2, 2))
-    batch = states.select(np.zeros((2, 3)), 2)
+    presel = (np.ones((1, 3)), np.zeros((1, 3)))
     logp = np.log([0.5, 0.5])
-    linear_estep(Y, np.ones((2, 3)), 1.0, logp, batch, states.outer, states.value_counts, 1, 1)
+    Y, W = np.zeros((2, 2)), np.ones((2, 3))
+    linear_estep(Y, W, 1.0, logp, states, presel, 1.0, 1.0)
+    params = {"W": W, "pi": np.full(3, 0.5), "mu": np.zeros(3), "psi": np.ones(3), "sigma": 1.0}
+    gsc_estep(Y, params, states.select(np.zeros((2, 3)), 2))
     return time.perf_counter() - start

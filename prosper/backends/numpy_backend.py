@@ -10,44 +10,71 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from prosper.backends.linear_terms import preselection_scores, state_log_prior
+
 if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
-    from prosper.solvers.states import CandidateBatch
+    from prosper.solvers.states import CandidateBatch, ExpectationTruncation
 
 
 NAME = "numpy"
 AVAILABLE = True
 
-__all__ = ["linear_estep", "linear_posterior_mean"]
+__all__ = ["linear_candidates", "linear_estep", "linear_posterior_mean"]
+
+
+def linear_candidates(
+    Y: np.ndarray,
+    W: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
+) -> tuple[CandidateBatch, np.ndarray]:
+    """Candidate states of a batch and Wᵀy, from one GEMM shared with the E-step.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (B, D)
+    W : ndarray of shape (D, H)
+    states : ExpectationTruncation
+    presel : tuple of two ndarrays of shape (V', H)
+        The model's preselection coefficients (see
+        :func:`prosper.backends.linear_terms.preselection_scores`).
+
+    Returns
+    -------
+    batch : CandidateBatch
+    WY : ndarray of shape (B, H)
+        ``Y @ W`` at the precision of Y.
+    """
+    WY = Y @ W
+    scores = None if states.full else preselection_scores(WY, presel)
+    return states.select(scores, Y.shape[0]), WY
 
 
 def linear_log_joint_parts(
     Y: np.ndarray,
-    W: np.ndarray,
+    WY: np.ndarray,
     WtW: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
     batch: CandidateBatch,
     outer: np.ndarray,
     value_counts: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Log-likelihood (B, K) and log-prior (K,) of every candidate state, linear Gaussian model.
 
-    Uses ||y - Ws||^2 = ||y||^2 - 2 s^T(W^T y) + s^T (W^T W) s: one GEMM Y W for the batch,
-    then per data point the H'xH' block of W^T W contracted with the state table (a second
+    Uses ||y - Ws||^2 = ||y||^2 - 2 s^T(W^T y) + s^T (W^T W) s with the batch's W^T y (``WY``,
+    (B, H)); per data point the H'xH' block of W^T W contracted with the state table (a second
     GEMM over the flattened block), O(K H'^2) per point.
 
     Returns
     -------
     ll : ndarray of shape (B, K)
     lp : ndarray of shape (K,)
-    WY : ndarray of shape (B, H)
-        W^T y per data point (reused for accumulation).
     yy : ndarray of shape (B,)
         ||y||^2 per data point.
     """
     B, D = Y.shape
     I, table, nz = batch.I, batch.table, batch.values[1:]
-    WY = Y @ W
     yy = np.einsum("nd,nd->n", Y, Y)
     diag = np.diag(WtW)
     n_single = nz.size * batch.H
@@ -67,16 +94,7 @@ def linear_log_joint_parts(
     ll = err
     ll *= -1.0 / (2.0 * sigma2)
     ll -= 0.5 * D * np.log(2.0 * np.pi * sigma2)
-    H = batch.H
-    delta = value_logp[1:] - value_logp[0]
-    lp = np.concatenate(
-        [
-            [H * value_logp[0]],
-            np.repeat(H * value_logp[0] + delta, H),
-            H * value_logp[0] + value_counts @ delta,
-        ]
-    )
-    return ll, lp, WY, yy
+    return ll, state_log_prior(value_logp, batch.H, value_counts), yy
 
 
 def linear_estep(
@@ -84,15 +102,16 @@ def linear_estep(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
     beta: float,
     prior_beta: float,
     mask: np.ndarray | None = None,
     accumulate: bool = True,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Truncated E-step of a linear Gaussian model (BSC, TSC, DSC) on one batch.
+
+    Preselection, candidate states, log-joints, log marginals and statistics.
 
     Parameters
     ----------
@@ -102,12 +121,10 @@ def linear_estep(
         Observation noise variance.
     value_logp : ndarray of shape (V,)
         Prior log-probability of one latent taking each value (value 0 first).
-    batch : CandidateBatch
-        Candidate states of the batch.
-    outer : ndarray of shape (Kc, H'^2)
-        Flattened outer products of the table rows.
-    value_counts : ndarray of shape (Kc, V-1)
-        How often each non-zero value occurs in each table row.
+    states : ExpectationTruncation
+        The candidate-state sets (H', γ, table of multi-latent states).
+    presel : tuple of two ndarrays of shape (V', H)
+        The model's preselection coefficients: latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior (1 = no annealing).
     mask : ndarray of shape (B,) or None
@@ -123,8 +140,9 @@ def linear_estep(
         ``sy`` (D, H) sum y <s>^T, ``ss`` (H, H) sum <s s^T>, ``counts`` (V-1,) sum of
         <#{h: s_h = v}>, ``yy`` sum ||y||^2, ``n`` number (weight) of points.
     """
-    ll, lp, _, yy = linear_log_joint_parts(
-        Y, W, W.T @ W, sigma2, value_logp, batch, outer, value_counts
+    batch, WY = linear_candidates(Y, W, states, presel)
+    ll, lp, yy = linear_log_joint_parts(
+        Y, WY, W.T @ W, sigma2, value_logp, batch, states.outer, states.value_counts
     )
     untempered = ll + lp
     if not accumulate:
@@ -136,7 +154,7 @@ def linear_estep(
         q = log_normalise(beta * ll + prior_beta * lp)[1]
     if mask is not None:
         q = q * mask[:, None]
-    return log_marginal, _linear_stats(Y, q, batch, outer, value_counts, yy, mask)
+    return log_marginal, _linear_stats(Y, q, batch, states.outer, states.value_counts, yy, mask)
 
 
 def linear_posterior_mean(
@@ -144,13 +162,16 @@ def linear_posterior_mean(
     W: np.ndarray,
     sigma2: float,
     value_logp: np.ndarray,
-    batch: CandidateBatch,
-    outer: np.ndarray,
-    value_counts: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
-    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1."""
-    ll, lp, _, _ = linear_log_joint_parts(
-        Y, W, W.T @ W, sigma2, value_logp, batch, outer, value_counts
+    """Posterior mean <s> (B, H) under the truncated posterior at temperature 1.
+
+    Arguments as for :func:`linear_estep`.
+    """
+    batch, WY = linear_candidates(Y, W, states, presel)
+    ll, lp, _ = linear_log_joint_parts(
+        Y, WY, W.T @ W, sigma2, value_logp, batch, states.outer, states.value_counts
     )
     return _split_posterior(log_normalise(ll + lp)[1], batch)[0]
 

@@ -188,8 +188,8 @@ class EMEstimator(BaseEstimator):
             self.n_iter,
             start,
             backend.NAME
-            if getattr(getattr(learner, "model", None), "uses_backend", True)
-            else "numpy (the model's own E-step)",
+            if getattr(getattr(learner, "model", None), "runs_on", lambda _: True)(backend)
+            else f"numpy (the model's own E-step: {backend.NAME} has no kernel for it)",
         )
         history = run_em(
             learner,

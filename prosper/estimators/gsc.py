@@ -158,7 +158,7 @@ class GSC(TruncatedEMEstimator):
         for start in range(0, Y.shape[0], self.batch_size):
             rows = slice(start, min(start + self.batch_size, Y.shape[0]))
             Yb = Y[rows]
-            scores = None if states.full else model.preselection_scores(Yb, params)
-            batch = states.select(scores, Yb.shape[0])
-            mean_s[rows], mean_b[rows] = model.posterior_moments(Yb, batch, params)
+            mean_s[rows], mean_b[rows] = model.posterior_moments(
+                Yb, model.candidates(Yb, states, params), params, learner.backend
+            )
         return mean_s, mean_b

@@ -2,8 +2,10 @@
 
 A model is its mathematics only: it holds shapes and fixed settings, takes parameters as a
 dict of arrays, and never loops over iterations, talks to other ranks or touches files.
-The solver calls, per iteration: :meth:`preselection_scores` and :meth:`estep_batch` for
-every batch, then :meth:`mstep` with the statistics summed over all ranks.
+The solver calls, per iteration: :meth:`estep_batch` for every batch (the model picks the
+candidate states of the batch, :meth:`candidates`, itself, so that a backend can share the
+preselection's GEMM with the E-step), then :meth:`mstep` with the statistics summed over
+all ranks.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import binom
+
+from prosper.backends.linear_terms import preselection_scores
 
 if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
     from prosper.solvers.states import CandidateBatch, ExpectationTruncation
@@ -57,8 +61,6 @@ class TruncatedModel(ABC):
     param_names: tuple[str, ...] = ()
     #: whether annealing tempers the prior together with the likelihood by default
     anneal_prior_default: bool = False
-    #: whether the E-step runs on the chosen backend's kernels (False: the model's own NumPy)
-    uses_backend: bool = True
 
     def __init__(self, H: int, D: int) -> None:
         self.H, self.D = int(H), int(D)
@@ -95,11 +97,21 @@ class TruncatedModel(ABC):
             log p(y | s) and log p(s), with all normalising constants.
         """
 
+    def runs_on(self, backend: ModuleType) -> bool:
+        """Whether the E-step runs on ``backend``'s kernels (False: the model's own NumPy)."""
+        return True
+
+    def candidates(
+        self, Y: np.ndarray, states: ExpectationTruncation, params: Params
+    ) -> CandidateBatch:
+        """Candidate states of a batch: the H' latents with the best preselection scores."""
+        scores = None if states.full else self.preselection_scores(Y, params)
+        return states.select(scores, Y.shape[0])
+
     @abstractmethod
     def estep_batch(
         self,
         Y: np.ndarray,
-        batch: CandidateBatch,
         states: ExpectationTruncation,
         params: Params,
         beta: float,
@@ -108,7 +120,10 @@ class TruncatedModel(ABC):
         accumulate: bool,
         backend: ModuleType,
     ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
-        """Log marginals (B,) over the candidate states and, if asked, the local statistics."""
+        """Log marginals (B,) over the candidate states and, if asked, the local statistics.
+
+        The candidate states of the batch are chosen here (:meth:`candidates`).
+        """
 
     @abstractmethod
     def mstep(self, stats: dict[str, np.ndarray], params: Params, gamma: int) -> Params:
@@ -146,7 +161,6 @@ class TruncatedModel(ABC):
     def posterior_mean(
         self,
         Y: np.ndarray,
-        batch: CandidateBatch,
         states: ExpectationTruncation,
         params: Params,
         backend: ModuleType,
@@ -155,6 +169,7 @@ class TruncatedModel(ABC):
 
         This generic version materialises the states; models with a fast kernel override it.
         """
+        batch = self.candidates(Y, states, params)
         ll, lp = self.log_joint(Y, batch.dense(), params)
         lj = ll + lp
         q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
@@ -174,6 +189,13 @@ class LinearTruncatedModel(TruncatedModel):
     @abstractmethod
     def value_log_prior(self, params: Params) -> np.ndarray:
         """log p(s_h = v) for each latent value v, shape (V,)."""
+
+    @abstractmethod
+    def preselection_coefficients(self, params: Params) -> tuple[np.ndarray, np.ndarray]:
+        """Slopes A and offsets C, each (V', H): latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
+
+        Every backend evaluates this form from the Wᵀy it computes for the E-step anyway.
+        """
 
     @abstractmethod
     def prior_mstep(
@@ -204,36 +226,32 @@ class LinearTruncatedModel(TruncatedModel):
         return np.argsort(self.values)
 
     def preselection_scores(self, Y, params):
-        # cosine similarity W_h^T y / (||W_h|| ||y||); ||y|| does not change the ranking
-        W = params["W"]
-        norms = np.linalg.norm(W, axis=0)
-        return (Y @ W) / np.where(norms > 0, norms, 1.0)
+        W = params["W"].astype(Y.dtype, copy=False)
+        return preselection_scores(Y @ W, self.preselection_coefficients(params))
 
-    def estep_batch(self, Y, batch, states, params, beta, prior_beta, mask, accumulate, backend):
+    def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         W = params["W"].astype(Y.dtype, copy=False)
         return backend.linear_estep(
             Y,
             W,
             self.sigma2(params),
             self.value_log_prior(params),
-            batch,
-            states.outer,
-            states.value_counts,
+            states,
+            self.preselection_coefficients(params),
             beta,
             prior_beta,
             mask=mask,
             accumulate=accumulate,
         )
 
-    def posterior_mean(self, Y, batch, states, params, backend):
+    def posterior_mean(self, Y, states, params, backend):
         return backend.linear_posterior_mean(
             Y,
             params["W"].astype(Y.dtype, copy=False),
             self.sigma2(params),
             self.value_log_prior(params),
-            batch,
-            states.outer,
-            states.value_counts,
+            states,
+            self.preselection_coefficients(params),
         )
 
     def mstep(self, stats, params, gamma):

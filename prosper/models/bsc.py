@@ -28,6 +28,11 @@ class BSCModel(LinearTruncatedModel):
         pi = float(params["pi"])
         return np.array([np.log1p(-pi), np.log(pi)])
 
+    def preselection_coefficients(self, params):
+        # cosine similarity W_hᵀy / (||W_h|| ||y||); ||y|| does not change the ranking
+        norms = np.linalg.norm(params["W"], axis=0)
+        return (1.0 / np.where(norms > 0, norms, 1.0))[None, :], np.zeros((1, self.H))
+
     def truncated_mass(self, params: Params, gamma: int) -> float:
         return binomial_truncation(self.H, gamma, float(params["pi"]))[0]
 

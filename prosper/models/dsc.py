@@ -119,27 +119,24 @@ class DSCModel(LinearTruncatedModel):
     def truncated_mass(self, params: Params, gamma: int) -> float:
         return binomial_truncation(self.H, gamma, self._rho(params))[0]
 
-    def preselection_scores(self, Y: np.ndarray, params: Params) -> np.ndarray:
+    def preselection_coefficients(self, params: Params) -> tuple[np.ndarray, np.ndarray]:
         """Best singleton log-joint of each latent over the non-zero values, up to constants.
 
         log p(y, φ_k e_h) = c − (||y||² − 2 φ_k W_hᵀy + φ_k² ||W_h||²) / (2σ²) + log π_k
-        + (H−1) log π_0; the terms common to all (h, k) are left out.
+        + (H−1) log π_0; the terms common to all (h, k) are left out, so value φ_k scores
+        (φ_k / σ²) W_hᵀy − φ_k² ||W_h||² / (2σ²) + log π_k.
 
         Returns
         -------
-        ndarray of shape (B, H)
+        A, C : ndarray of shape (V-1, H)
         """
-        W = params["W"]
         sigma2 = self.sigma2(params)
         nz = self.values[1:]
         logp = self.value_log_prior(params)[1:]
-        WY = Y @ W
-        norms = np.einsum("dh,dh->h", W, W)
-        # (B, V-1, H): per value; the max over values is the per-latent score
-        single = (
-            nz[None, :, None] * WY[:, None, :] - 0.5 * (nz**2)[None, :, None] * norms[None, None, :]
-        ) / sigma2 + logp[None, :, None]
-        return single.max(axis=1)
+        norms = np.einsum("dh,dh->h", params["W"], params["W"])
+        A = (nz / sigma2)[:, None] * np.ones(self.H)
+        C = -0.5 * (nz**2 / sigma2)[:, None] * norms[None, :] + logp[:, None]
+        return A, C
 
     def init_params(self, mean, var, rng, init):
         # W as BSC (around the data mean with a quarter of its spread), divided by the mean

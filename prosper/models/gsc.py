@@ -29,7 +29,7 @@ The work per point is O(D H) for Wᵀy plus O(Σ_k K_k k³), independent of D ot
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.special import logsumexp
@@ -234,7 +234,6 @@ class GSCModel(TruncatedModel):
     name = "gsc"
     param_names = ("W", "pi", "mu", "psi", "sigma")
     anneal_prior_default = True
-    uses_backend = False  # batched Cholesky E-step in NumPy; no numba/CuPy kernel yet
 
     @property
     def values(self) -> np.ndarray:
@@ -397,14 +396,24 @@ class GSCModel(TruncatedModel):
         }
         return mean_s, mean_b, extra
 
-    def estep_batch(self, Y, batch, states, params, beta, prior_beta, mask, accumulate, backend):
+    def runs_on(self, backend):
+        # the NumPy E-step below is the reference; a backend with a ``gsc_estep`` kernel
+        # (numba: prosper.backends.numba_gsc) replaces it, the others use it
+        return hasattr(backend, "gsc_estep")
+
+    def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         """Truncated E-step over the spikes with the slab integrated out exactly.
 
-        The NumPy kernel here serves every backend (``backend`` is not used). Statistics:
+        Runs ``backend.gsc_estep`` when the backend module has that kernel (numba), else the
+        NumPy code here, which is the reference for that kernel. Statistics:
         ``sy`` (D, H) Σ y⟨s⟩ᵀ, ``ss`` (H, H) Σ⟨ssᵀ⟩ (with Λ_b), ``b`` (H,) Σ⟨b⟩, ``dz`` and
         ``dz2`` (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩ about the current μ, ``yy``
         Σ||y||², ``n`` number (weight) of points.
         """
+        batch = self.candidates(Y, states, params)
+        kernel = getattr(backend, "gsc_estep", None)
+        if kernel is not None:
+            return kernel(Y, params, batch, beta, prior_beta, mask, accumulate)
         ll, lp, single, groups = self._states(Y, batch, params, accumulate)
         log_marginal = logsumexp(ll + lp, axis=1)
         if not accumulate:
@@ -424,7 +433,7 @@ class GSCModel(TruncatedModel):
         }
 
     def posterior_moments(
-        self, Y: np.ndarray, batch: CandidateBatch, params: Params
+        self, Y: np.ndarray, batch: CandidateBatch, params: Params, backend: Any = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """⟨s⟩ and ⟨b⟩ under the truncated posterior at temperature 1.
 
@@ -433,11 +442,16 @@ class GSCModel(TruncatedModel):
         Y : ndarray of shape (B, D)
         batch : CandidateBatch
         params : dict of str to ndarray
+        backend : module or None, default=None
+            Backend module; its ``gsc_estep`` kernel is used when it has one.
 
         Returns
         -------
         mean_s, mean_b : ndarray of shape (B, H)
         """
+        kernel = getattr(backend, "gsc_estep", None)
+        if kernel is not None:
+            return kernel(Y, params, batch, moments_only=True)
         ll, lp, single, groups = self._states(Y, batch, params, True)
         lj = ll + lp
         q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
@@ -445,8 +459,8 @@ class GSCModel(TruncatedModel):
         # a sum of pattern weights: keep it a probability despite round-off
         return mean_s, np.minimum(mean_b, 1.0)
 
-    def posterior_mean(self, Y, batch, states, params, backend):
-        return self.posterior_moments(Y, batch, params)[0]
+    def posterior_mean(self, Y, states, params, backend):
+        return self.posterior_moments(Y, self.candidates(Y, states, params), params, backend)[0]
 
     def log_joint(self, Y, S, params):
         """Reference log p(y | b) and log p(b) of explicit spike patterns S (B, K, H).

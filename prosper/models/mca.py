@@ -66,7 +66,6 @@ class MCAModel(TruncatedModel):
     param_names = ("W", "pi", "sigma")
     #: MCA tempers the whole joint (prior and likelihood), as the original MCA_ET code
     anneal_prior_default = True
-    uses_backend = False  # transcendental-bound NumPy E-step; no numba/CuPy kernel yet
     #: ρ = T'/(T' − 1) with T' = max(T, rho_temperature_floor)
     rho_temperature_floor = 1.05
     rho_max = np.inf
@@ -263,7 +262,10 @@ class MCAModel(TruncatedModel):
                 out = part if out is None else np.concatenate([out, part])
         return lm, out
 
-    def estep_batch(self, Y, batch, states, params, beta, prior_beta, mask, accumulate, backend):
+    def runs_on(self, backend):
+        return False  # transcendental-bound NumPy E-step; no numba/CuPy kernel yet
+
+    def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         """Log marginals (B,) and the local statistics of one batch.
 
         ``beta`` sets ρ (see :meth:`rho`). The log marginals are log Σ_{s∈K_n} p(s, y_n) at
@@ -274,7 +276,7 @@ class MCAModel(TruncatedModel):
         """
         lm, stats = self._run_chunks(
             Y,
-            batch,
+            self.candidates(Y, states, params),
             params,
             self.rho(beta),
             beta,
@@ -284,8 +286,9 @@ class MCAModel(TruncatedModel):
         )
         return lm, stats
 
-    def posterior_mean(self, Y, batch, states, params, backend):
+    def posterior_mean(self, Y, states, params, backend):
         """<s> (B, H) under the truncated posterior at temperature 1 (ρ at T = 1)."""
+        batch = self.candidates(Y, states, params)
         return self._run_chunks(Y, batch, params, self.rho(1.0), 1.0, 1.0, None, "mean")[1]
 
     def log_joint(self, Y, S, params, beta: float = 1.0):

@@ -51,16 +51,16 @@ class TSCModel(BSCModel):
         half = np.log(pi / 2.0)
         return np.array([np.log1p(-pi), half, half])
 
-    def preselection_scores(self, Y: np.ndarray, params: Params) -> np.ndarray:
+    def preselection_coefficients(self, params: Params) -> tuple[np.ndarray, np.ndarray]:
         """Better of the two signed singleton log-joints of each latent, up to constants.
 
         log p(y, ±e_h) = c − (||y||² ∓ 2 W_hᵀy + ||W_h||²) / (2σ²) + log(π/2) + (H−1) log(1−π),
-        so the better sign scores (2 |W_hᵀy| − ||W_h||²) / (2σ²) + c'; the common terms do
+        so sign ±1 scores ±2 W_hᵀy − ||W_h||² (times 1/(2σ²), plus c'); the common terms do
         not change the ranking and are left out.
 
         Returns
         -------
-        ndarray of shape (B, H)
+        A, C : ndarray of shape (2, H)
         """
-        W = params["W"]
-        return 2.0 * np.abs(Y @ W) - np.einsum("dh,dh->h", W, W)[None, :]
+        norms = np.einsum("dh,dh->h", params["W"], params["W"])
+        return np.array([[-2.0], [2.0]]) * np.ones(self.H), np.stack([-norms, -norms])

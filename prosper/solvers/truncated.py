@@ -131,12 +131,8 @@ class TruncatedEM:
         log_marginal = np.empty(Y.shape[0])
         total: dict[str, np.ndarray] | None = None
         for rows in self._batches(Y.shape[0]):
-            Yb = Y[rows]
-            scores = None if self.states.full else self.model.preselection_scores(Yb, self.params)
-            batch = self.states.select(scores, Yb.shape[0])
             lm, stats = self.model.estep_batch(
-                Yb,
-                batch,
+                Y[rows],
                 self.states,
                 self.params,
                 beta,
@@ -187,10 +183,7 @@ class TruncatedEM:
         """<s> (N, H) for local rows, batch by batch, at temperature 1."""
         out = np.empty((Y.shape[0], self.model.H))
         for rows in self._batches(Y.shape[0]):
-            Yb = Y[rows]
-            scores = None if self.states.full else self.model.preselection_scores(Yb, self.params)
-            batch = self.states.select(scores, Yb.shape[0])
-            out[rows] = self.model.posterior_mean(Yb, batch, self.states, self.params, self.backend)
+            out[rows] = self.model.posterior_mean(Y[rows], self.states, self.params, self.backend)
         return out
 
     def log_marginals(self, Y: np.ndarray) -> np.ndarray:

@@ -120,7 +120,7 @@ def test_cupy_batch_sizes_and_posterior_mean(B):
     p = make_problem(VALUE_SETS["ternary"], B=B, seed=7)
     if B:
         assert_same(estep(ref, p), estep(cb, p), rtol=1e-10)
-    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "batch", "outer", "value_counts")]
+    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "states", "presel")]
     expected = ref.linear_posterior_mean(*args)
     actual = cb.linear_posterior_mean(*args)
     assert actual.shape == expected.shape == (B, 12)

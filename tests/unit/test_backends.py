@@ -11,6 +11,7 @@ from prosper.solvers.states import ExpectationTruncation
 
 numba = pytest.importorskip("numba")
 nb = pytest.importorskip("prosper.backends.numba_backend")
+numba_math = pytest.importorskip("prosper.backends.numba_math")
 
 #: float32 inputs: largest deviation from the float64 reference, relative to the largest
 #: magnitude of each output (statistics are accumulated in float64 by every backend)
@@ -28,17 +29,19 @@ def make_problem(values, *, H=12, Hprime=6, gamma=3, D=25, B=120, sigma=0.6, see
     W = rng.standard_normal((D, H))
     S = values[rng.choice(values.size, size=(B, H), p=prior)]
     Y = S @ W.T + sigma * rng.standard_normal((B, D))
-    states = ExpectationTruncation(H, Hprime, gamma, values)
-    # cosine-similarity preselection as the linear models do it
-    batch = states.select(None if states.full else (Y @ W) / np.linalg.norm(W, axis=0), B)
+    # the discrete model's preselection: best singleton log-joint over the non-zero values
+    nz, norms = values[1:], np.einsum("dh,dh->h", W, W)
+    presel = (
+        (nz / sigma**2)[:, None] * np.ones(H),
+        -0.5 * (nz**2 / sigma**2)[:, None] * norms + np.log(prior[1:])[:, None],
+    )
     return {
         "Y": Y,
         "W": W,
         "sigma2": sigma**2,
         "value_logp": np.log(prior),
-        "batch": batch,
-        "outer": states.outer,
-        "value_counts": states.value_counts,
+        "states": ExpectationTruncation(H, Hprime, gamma, values),
+        "presel": presel,
     }
 
 
@@ -50,9 +53,8 @@ def estep(module, p, *, dtype=np.float64, **kw):
         p["W"].astype(dtype),
         p["sigma2"],
         p["value_logp"],
-        p["batch"],
-        p["outer"],
-        p["value_counts"],
+        p["states"],
+        p["presel"],
         **kw,
     )
 
@@ -108,7 +110,7 @@ def test_numba_full_enumeration(values):
     """H' = gamma = H: every state of the model, no preselection."""
     H = 6 if len(values) == 2 else 4
     p = make_problem(values, H=H, Hprime=H, gamma=H, D=10, B=40, seed=3)
-    assert p["batch"].n_states == len(values) ** H
+    assert p["states"].n_states == len(values) ** H
     assert_same(estep(ref, p, beta=0.8), estep(nb, p, beta=0.8), rtol=1e-10)
 
 
@@ -123,7 +125,7 @@ def test_numba_float32(values):
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_numba_posterior_mean(values):
     p = make_problem(values, seed=7)
-    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "batch", "outer", "value_counts")]
+    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "states", "presel")]
     expected = ref.linear_posterior_mean(*args)
     actual = nb.linear_posterior_mean(*args)
     assert actual.shape == expected.shape
@@ -151,12 +153,37 @@ def test_numba_thread_count_does_not_change_results():
 
 
 def test_vectorised_exp_matches_libm():
-    x = np.concatenate([-np.geomspace(1e-12, 750.0, 5000), [0.0, -700.0, -1e-300]])
+    x = np.concatenate([-np.geomspace(1e-12, 750.0, 5000), [0.0, -700.0, -1e-300, -np.inf]])
     out = np.empty_like(x)
-    nb._exp_nonpositive(x, 0.0, out, np.empty(x.size, dtype=np.int64), x.size)
+    numba_math.exp_rows(x, np.zeros_like(x), out, np.empty(x.size, dtype=np.int64), x.size)
     inside = x > -700.0
     np.testing.assert_allclose(out[inside], np.exp(x[inside]), rtol=4e-16, atol=0)
     assert np.all(out[~inside] == 0.0)
+    # in place, as the kernel uses it
+    y = x.copy()
+    numba_math.exp_rows(y, np.zeros_like(x), y, np.empty(x.size, dtype=np.int64), x.size)
+    np.testing.assert_array_equal(y, out)
+
+
+@pytest.mark.parametrize("Hprime", [1, 3, 5])
+def test_preselection_ties_as_numpy(Hprime):
+    """Equal scores go to the lower latent on every backend (bars data are full of ties)."""
+    from prosper.data.bars import bars_dictionary
+
+    W = bars_dictionary(3, amplitude=1.0)  # 6 bars on 3x3, pairwise overlapping in 1 pixel
+    states = ExpectationTruncation(6, Hprime, min(Hprime, 2), (0.0, 1.0))
+    S = np.array([[1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 1]])
+    Y = S @ W.T
+    norms = np.linalg.norm(W, axis=0)
+    presel = ((1.0 / norms)[None, :], np.zeros((1, 6)))
+    scores = (Y @ W) * presel[0]
+    assert any(len(set(row)) < 6 for row in scores)  # the case under test: tied scores
+    args = (Y, W, 0.3, np.log([0.7, 0.3]), states, presel)
+    expected = ref.linear_estep(*args, 1.0, 1.0)
+    assert_same(expected, nb.linear_estep(*args, 1.0, 1.0), rtol=1e-10)
+    batch = states.select(scores, 4)
+    # the reference picks the lowest tied latents
+    assert batch.I[2].tolist() == list(range(Hprime))
 
 
 def test_registry():

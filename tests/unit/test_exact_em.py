@@ -102,8 +102,15 @@ def test_log_joint_reference_matches_kernel(rng):
     from prosper.backends.numpy_backend import linear_log_joint_parts
 
     W = params["W"]
-    ll, lp, _, _ = linear_log_joint_parts(
-        Y, W, W.T @ W, 1.69, model.value_log_prior(params), batch, states.outer, states.value_counts
+    ll, lp, _ = linear_log_joint_parts(
+        Y,
+        Y @ W,
+        W.T @ W,
+        1.69,
+        model.value_log_prior(params),
+        batch,
+        states.outer,
+        states.value_counts,
     )
     ll_ref, lp_ref = model.log_joint(Y, batch.dense(), params)
     np.testing.assert_allclose(ll, ll_ref, rtol=1e-12)

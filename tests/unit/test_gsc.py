@@ -91,7 +91,7 @@ def test_full_enumeration_equals_dense_brute_force(D, H):
     model = GSCModel(H, D)
     states = _full(H, model)
     batch = states.select(None, Y.shape[0])
-    lm, stats = model.estep_batch(Y, batch, states, params, 1.0, 1.0, None, True, None)
+    lm, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, None)
     b_lm, b_s, b_b, b_ss = _brute(Y, params, _all_patterns(Y.shape[0], H))
     _close(lm, b_lm)
     _close(stats["sy"], Y.T @ b_s)
@@ -129,9 +129,7 @@ def test_mstep_is_the_exact_closed_form():
     Y = gsc_data(40, D=D, H=H, pi=0.3, mu=1.0, psi=0.5, sigma=0.8, random_state=3).Y
     model = GSCModel(H, D)
     states = _full(H, model)
-    _, stats = model.estep_batch(
-        Y, states.select(None, 40), states, params, 1.0, 1.0, None, True, None
-    )
+    _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, None)
     new = model.mstep(stats, params, gamma=H)
     _, s, b, ss = _brute(Y, params, _all_patterns(40, H))
     sy, SS = Y.T @ s, ss.sum(0)
@@ -170,7 +168,7 @@ def test_truncated_candidates_match_dense_formulas():
     batch = states.select(model.preselection_scores(Y, params), Y.shape[0])
     dense = batch.dense()
     ll, lp = model.log_joint(Y, dense, params)
-    lm, stats = model.estep_batch(Y, batch, states, params, 1.0, 1.0, None, True, None)
+    lm, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, None)
     b_lm, b_s, b_b, b_ss = _brute(Y, params, dense)
     _close(lm, b_lm)
     _close(logsumexp(ll + lp, axis=1), b_lm)
@@ -190,9 +188,7 @@ def test_tempered_statistics_use_beta_on_the_whole_joint():
     Y = rng.standard_normal((10, D))
     model = GSCModel(H, D)
     states = _full(H, model)
-    _, stats = model.estep_batch(
-        Y, states.select(None, 10), states, params, beta, beta, None, True, None
-    )
+    _, stats = model.estep_batch(Y, states, params, beta, beta, None, True, None)
     # at inverse temperature β the weights are p(b, y)^β: compare ⟨b⟩ with the dense version
     P = _all_patterns(1, H)[0]
     ll, lp = model.log_joint(Y, np.broadcast_to(P, (10, *P.shape)), params)
@@ -222,8 +218,7 @@ def test_stable_for_near_zero_slab_variance(tiny):
     Y = gsc_data(20, D=D, H=H, pi=0.4, mu=1.0, psi=0.5, sigma=0.8, random_state=6).Y
     model = GSCModel(H, D)
     states = _full(H, model)
-    batch = states.select(None, 20)
-    lm, stats = model.estep_batch(Y, batch, states, params, 1.0, 1.0, None, True, None)
+    lm, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, None)
     assert all(np.all(np.isfinite(v)) for v in stats.values())
     b_lm, b_s, _, b_ss = _brute(Y, params, _all_patterns(20, H))
     _close(lm, b_lm)
@@ -232,7 +227,6 @@ def test_stable_for_near_zero_slab_variance(tiny):
     # Ψ_h -> 0 is the limit z_h = μ_h: the same as Ψ_h = 0 exactly
     lm0, _ = model.estep_batch(
         Y,
-        batch,
         states,
         {**params, "psi": np.array([0.0, 0.0, 1.0, 0.3])},
         1,

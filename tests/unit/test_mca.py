@@ -114,8 +114,7 @@ def test_full_enumeration_equals_brute_force(model_cls, beta, with_mask):
     mask = np.array([1, 0, 1, 1, 0, 1, 1], dtype=float) if with_mask else None
     model = model_cls(H, D)
     states = ExpectationTruncation(H, H, H, model.values)
-    batch = states.select(None, Y.shape[0])
-    lm, st = model.estep_batch(Y, batch, states, params, beta, beta, mask, True, None)
+    lm, st = model.estep_batch(Y, states, params, beta, beta, mask, True, None)
     lm_ref, st_ref = brute_force(Y, params["W"], 0.3, 0.9, beta, signed, mask)
     np.testing.assert_allclose(lm, lm_ref, rtol=1e-10, atol=1e-10)
     for key in ("Ay", "A"):
@@ -139,17 +138,17 @@ def test_truncated_states_and_chunking(model_cls, monkeypatch):
     model = model_cls(H, D)
     states = ExpectationTruncation(H, 4, 3, model.values)
     batch = states.select(model.preselection_scores(Y, params), Y.shape[0])
-    lm, st = model.estep_batch(Y, batch, states, params, 0.7, 0.7, None, True, None)
+    lm, st = model.estep_batch(Y, states, params, 0.7, 0.7, None, True, None)
     ll, lp = model.log_joint(Y, batch.dense(), params, beta=0.7)
     lj = ll + lp
     ref = np.log(np.exp(lj - lj.max(1, keepdims=True)).sum(1)) + lj.max(1)
     np.testing.assert_allclose(lm, ref, rtol=1e-11)
     monkeypatch.setattr(mca_module, "CHUNK_ELEMENTS", 3 * batch.n_states * D)
-    lm2, st2 = model.estep_batch(Y, batch, states, params, 0.7, 0.7, None, True, None)
+    lm2, st2 = model.estep_batch(Y, states, params, 0.7, 0.7, None, True, None)
     np.testing.assert_allclose(lm2, lm, rtol=1e-12)
     for key in st:
         np.testing.assert_allclose(st2[key], st[key], rtol=1e-11, err_msg=key)
-    mean = model.posterior_mean(Y, batch, states, params, None)
+    mean = model.posterior_mean(Y, states, params, None)
     ll1, lp1 = model.log_joint(Y, batch.dense(), params, beta=1.0)
     q = np.exp(ll1 + lp1 - (ll1 + lp1).max(1, keepdims=True))
     q /= q.sum(1, keepdims=True)

@@ -17,13 +17,10 @@ pytest.importorskip("numba")
 CHILD = textwrap.dedent(
     """
     import json
-    from prosper.backends import numba_backend as nb
+    from prosper.backends import numba_backend as nb, numba_gsc
 
     seconds = nb.warmup()
-    kernels = {
-        name: getattr(nb, name)
-        for name in ("_features_kernel", "_posterior_kernel", "_scatter_kernel")
-    }
+    kernels = {"linear": nb._linear_kernel, "gsc": numba_gsc._gsc_kernel}
     print(json.dumps({
         "seconds": seconds,
         "hits": {k: sum(f.stats.cache_hits.values()) for k, f in kernels.items()},
