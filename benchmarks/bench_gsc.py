@@ -14,7 +14,14 @@ Part 2 fits GSC on 5x5 bars with Gaussian intensities N(5, 1) (examples/gsc_bars
 (default: GSC's default annealing, then none), and reports how often all 10 bars are found
 (aligned cosine > 0.95) and the errors of π, μ, Ψ, σ over the successful runs.
 
-Writes benchmarks/results/gsc.json.
+Part 3 (``--kernel-n`` > 0) times one E-step pass (all batches, statistics accumulated, no
+annealing, preselection included) of the model's NumPy path against the numba kernel
+(prosper.backends.numba_gsc, through the numba backend) in the same process, and reports the speed-up and the first
+call's compile (or cache load) time; ``--kernel-only`` runs just this part, e.g.
+
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_gsc.py --kernel-only
+
+Writes benchmarks/results/gsc.json (``--kernel-only``: gsc_kernel.json).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gemm_gflops, print_header, write_record
+from _common import best_time, gemm_gflops, print_header, write_record
 
 from prosper import GSC
 from prosper.data.spike_slab import align_gsc, gsc_data
@@ -141,6 +148,82 @@ def recovery(args, temperature) -> dict:
     return summary
 
 
+def kernel_comparison(args) -> dict | None:
+    """Seconds of one E-step pass, NumPy model path vs numba kernel, same data and batches."""
+    try:
+        import numba
+
+        from prosper.backends import numba_backend
+    except ImportError:
+        print("\nnumba is not installed: no kernel comparison")
+        return None
+    from prosper.models.gsc import GSCModel
+    from prosper.solvers.states import ExpectationTruncation
+
+    D, H, N, B = args.kernel_D, args.kernel_H, args.kernel_n, args.batch_size
+    Hprime, gamma = (int(v) for v in args.kernel_config.split(":"))
+    # parameters near the generating ones, as in the middle of a fit
+    data = gsc_data(N, D=D, H=H, pi=2.0 / H, mu=2.0, psi=0.5, sigma=0.3, random_state=0)
+    rng = np.random.default_rng(1)
+    params = {
+        "W": data.W + 0.1 * rng.standard_normal(data.W.shape),
+        "pi": np.full(H, 2.0 / H),
+        "mu": np.full(H, 2.0),
+        "psi": np.full(H, 0.5),
+        "sigma": np.asarray(0.35),
+    }
+    model = GSCModel(H, D)
+    states = ExpectationTruncation(H, Hprime, gamma, model.values)
+    batches = [data.Y[start : start + B] for start in range(0, N, B)]
+    # first call: compiles the kernels, or loads them from numba's disk cache
+    first_call = numba_backend.warmup()
+
+    # both passes include the preselection (the same code), as in a fit
+    def numpy_pass():
+        return [model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, None) for Yb in batches]
+
+    def numba_pass():
+        return [
+            model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, numba_backend)
+            for Yb in batches
+        ]
+
+    t_numpy = best_time(numpy_pass, repeats=args.kernel_repeats)
+    t_numba = best_time(numba_pass, repeats=args.kernel_repeats)
+    # the two passes agree (a cheap guard against timing a wrong kernel)
+    ref, got = numpy_pass()[0], numba_pass()[0]
+    err = max(
+        float(np.abs(got[1][k] - ref[1][k]).max() / max(1.0, np.abs(ref[1][k]).max()))
+        for k in ref[1]
+    )
+    result = {
+        "N": N,
+        "D": D,
+        "H": H,
+        "Hprime": Hprime,
+        "gamma": gamma,
+        "K": count_states(H, Hprime, gamma, 2),
+        "batch_size": B,
+        "numba_threads": numba.get_num_threads(),
+        "seconds_numpy": t_numpy,
+        "seconds_numba": t_numba,
+        "speedup": t_numpy / t_numba,
+        "seconds_first_call": first_call,
+        "max_rel_diff": err,
+    }
+    print(
+        f"\none E-step pass (statistics, no annealing), best of {args.kernel_repeats}, "
+        f"numba threads {result['numba_threads']}:"
+    )
+    print("| N | D | H | H' | γ | K | NumPy s | numba s | speed-up | first call s | max rel diff |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(
+        f"| {N} | {D} | {H} | {Hprime} | {gamma} | {result['K']} | {t_numpy:.3f} | "
+        f"{t_numba:.3f} | {result['speedup']:.1f}x | {first_call:.2f} | {err:.1e} |"
+    )
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
@@ -160,12 +243,31 @@ def main() -> None:
     parser.add_argument(
         "--noise", type=json.loads, default=None, help='e.g. "[[0, 0.05], [0.5, 0]]"'
     )
-    parser.add_argument("--name", default="gsc", help="record name (results/<name>.json)")
+    parser.add_argument("--name", default=None, help="record name (results/<name>.json)")
+    parser.add_argument("--kernel-n", type=int, default=20000, help="0 skips part 3")
+    parser.add_argument("--kernel-D", type=int, default=100)
+    parser.add_argument("--kernel-H", type=int, default=20)
+    parser.add_argument("--kernel-config", default="8:4", help="Hprime:gamma of part 3")
+    parser.add_argument("--kernel-repeats", type=int, default=3)
+    parser.add_argument("--kernel-only", action="store_true", help="run part 3 only")
     args = parser.parse_args()
 
     info = print_header("GSC: seconds per iteration and recovery")
     gemm = gemm_gflops()
     print(f"float64 GEMM rate: {gemm:.1f} GFLOP/s")
+    if args.kernel_only:
+        path = write_record(
+            args.name or "gsc_kernel",
+            {
+                "benchmark": "gsc_kernel",
+                "command": " ".join(sys.argv),
+                "machine": info,
+                "gemm_gflops": gemm,
+                "kernel": kernel_comparison(args),
+            },
+        )
+        print(f"wrote {path}")
+        return
     timings = []
     print("\n| N | D | H | H' | γ | K | E-step s/iter | M-step s/iter | µs/point | GFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -191,8 +293,9 @@ def main() -> None:
             f"μ err {summary['median_mu_err']}, Ψ err {summary['median_psi_err']}, "
             f"σ {summary['median_sigma']} (true 0.5)"
         )
+    kernel = kernel_comparison(args) if args.kernel_n > 0 else None
     path = write_record(
-        args.name,
+        args.name or "gsc",
         {
             "benchmark": "gsc",
             "command": " ".join(sys.argv),
@@ -200,6 +303,7 @@ def main() -> None:
             "gemm_gflops": gemm,
             "timings": timings,
             "recovery": rec,
+            "kernel": kernel,
         },
     )
     print(f"wrote {path}")
