@@ -16,8 +16,9 @@ Part 2 fits GSC on 5x5 bars with Gaussian intensities N(5, 1) (examples/gsc_bars
 
 Part 3 (``--kernel-n`` > 0) times one E-step pass (all batches, statistics accumulated, no
 annealing, preselection included) of the model's NumPy path against the numba kernel
-(prosper.backends.numba_gsc, through the numba backend) in the same process, and reports the speed-up and the first
-call's compile (or cache load) time; ``--kernel-only`` runs just this part, e.g.
+(prosper.backends.numba_gsc, through the numba backend) in the same process, and reports
+the speed-up and the first call's compile (or cache load) time; ``--kernel-only`` runs just
+this part, e.g.
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_gsc.py --kernel-only
 
