@@ -101,9 +101,13 @@ class TableTerms:
     state without a_m, so each row costs m + 1 terms instead of the m(m + 3)/2 of the dense
     quadratic form: e(s + v e_j) = e(s) - 2v (Wᵀy)_j + v² M_jj + 2v Σ_l s_l M_lj.
 
-    The moments of table row k are Σ_e ``mom_coef[k, e]`` q_k added to target
-    ``mom_index[k, e]`` of ``[Σ q s per slot (H') | Σ q s_a s_b per pair (P) | Σ q #{s = v}
-    (V-1)]``.
+    The moments ``[Σ q s per slot (H') | Σ q s_a s_b per pair (P) | Σ q #{s = v} (V-1)]`` run
+    over the same tree backwards: with U_r the summed weight of row r's state and all its
+    descendants (every state whose slots start with r's), each state containing slot j is
+    counted once, at the row where j is the last slot. So row r adds Σ_e ``mom_coef[r, e]``
+    U_r to target ``mom_index[r, e]``: v_j to the slot j, v_j² and v_i v_j to the pairs of j
+    with itself and each earlier slot i, and 1 to the count of value v_j; m + 3 terms per
+    row instead of the m(m + 5)/2 of summing each state's own moments.
     """
 
     n_slots: int
@@ -147,17 +151,28 @@ def _table_terms(table_bytes: bytes, shape: tuple[int, int], values_bytes: bytes
         a, b = max(a, b), min(a, b)
         return Hp + a * (a + 1) // 2 + b
 
+    n_moments = Hp * (Hp + 3) // 2  # slots and pairs; the value counts follow
     # rows by their active (slot, value) tuple; single-slot rows first
     row_of: dict[tuple[tuple[int, float], ...], int] = {}
     parent, err, mom = [], [], []
+
+    def moment_terms(active: tuple[tuple[int, float], ...]) -> list[tuple[int, float]]:
+        j, v = active[-1]
+        return (
+            [(j, v), (pair(j, j), v * v)]
+            + [(pair(i, j), u * v) for i, u in active[:-1]]
+            + [(n_moments + int(np.flatnonzero(nz == v)[0]), 1.0)]
+        )
+
     for v_index, v in enumerate(nz):
         for i in range(Hp):
-            row_of[((i, float(v)),)] = v_index * Hp + i
+            active = ((i, float(v)),)
+            row_of[active] = v_index * Hp + i
             parent.append(-1)
             err.append([(i, -2.0 * v), (pair(i, i), v * v)])
+            mom.append(moment_terms(active))
     for k in range(Kc):
-        slots = np.flatnonzero(table[k])
-        active = tuple((int(i), float(table[k, i])) for i in slots)
+        active = tuple((int(i), float(table[k, i])) for i in np.flatnonzero(table[k]))
         row_of[active] = V1 * Hp + k
         parent.append(row_of[active[:-1]])
         j, v = active[-1]
@@ -165,12 +180,7 @@ def _table_terms(table_bytes: bytes, shape: tuple[int, int], values_bytes: bytes
             [(j, -2.0 * v), (pair(j, j), v * v)]
             + [(pair(i, j), 2.0 * u * v) for i, u in active[:-1]]
         )
-        terms = [(i, u) for i, u in active]
-        terms += [
-            (pair(i, j), u * w) for n, (i, u) in enumerate(active) for j, w in active[: n + 1]
-        ]
-        terms += [(Hp * (Hp + 3) // 2 + int(np.flatnonzero(nz == u)[0]), 1.0) for _, u in active]
-        mom.append(terms)
+        mom.append(moment_terms(active))
     pair_a, pair_b = np.tril_indices(Hp)
 
     def pack(rows: list[list[tuple[int, float]]]):

@@ -313,17 +313,29 @@ def _linear_kernel(
                         m[j] += s * qk[j]
                         sd[j] += s * s * qk[j]
                         cn[j] += qk[j]
-            # table states: moments over the slots, then scattered through I
+            # table states: moments over the slots by the tree of TableTerms. U (the weight
+            # of a row's state and all its descendants) replaces q in the table rows of Q and
+            # starts at 0 in the single-slot rows (S1, free now); children follow parents
+            for r in range(R1):
+                for j in range(nb):
+                    S1[r, j] = 0.0
+            for r in range(R - 1, -1, -1):
+                q = parent[r]
+                if q >= 0:
+                    src = S1[r] if r < R1 else Q[off + r - R1]
+                    dst = S1[q] if q < R1 else Q[off + q - R1]
+                    for j in range(nb):
+                        dst[j] += src[j]
             for f in range(F + V1):
                 for j in range(nb):
                     MOM[f, j] = 0.0
-            for k in range(R - R1):
-                qk = Q[off + k]
-                for e in range(mom_terms[k]):
-                    t = MOM[mom_index[k, e]]
-                    cf = mom_coef[k, e]
+            for r in range(R):
+                u = S1[r] if r < R1 else Q[off + r - R1]
+                for e in range(mom_terms[r]):
+                    t = MOM[mom_index[r, e]]
+                    cf = mom_coef[r, e]
                     for j in range(nb):
-                        t[j] += cf * qk[j]
+                        t[j] += cf * u[j]
             for v in range(V1):
                 cn = CN[v]
                 t = MOM[F + v]
