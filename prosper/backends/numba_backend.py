@@ -1,21 +1,24 @@
 """numba kernels for the E-step of linear models: one fused, parallel kernel per batch.
 
 Same functions, arguments and results as :mod:`prosper.backends.numpy_backend` (to round-off
-in float64). Outside the kernel run only three BLAS GEMMs per batch: ``Y W``, ``Wᵀ W`` and
-Σ y <s>ᵀ. The kernel runs in parallel (``prange``) over contiguous chunks of data points, one
-per thread, and each chunk works through its points in blocks of ``_BLOCK``, with the points
-of a block in the innermost, contiguous dimension of every scratch array, so that every loop
-over states runs as SIMD vector operations over the points of the block:
+in float64); GSC's kernel is :mod:`prosper.backends.numba_gsc`. Outside the kernel run only
+three BLAS GEMMs per batch: ``Y W``, ``Wᵀ W`` and Σ y <s>ᵀ. The kernel runs in parallel
+(``prange``) over contiguous chunks of data points, one per thread, and each chunk works
+through its points in blocks of ``_BLOCK``, with the points of a block in the innermost,
+contiguous dimension of every scratch array, so that every loop over states runs as SIMD
+vector operations over the points of the block:
 
-1. preselection: per point, the H' best latents by the model's score max_v (A (Wᵀy) + C),
-   ties to the lower index exactly as :func:`prosper.solvers.states._top_indices`;
+1. preselection: per point, the H' best latents by the model's score max_v (A (Wᵀy) + C)
+   (computed before the kernel by the NumPy expression every backend shares), ties to the
+   lower index exactly as :func:`prosper.solvers.states._top_indices`;
 2. features (Wᵀy on the slots, the slots' block of WᵀW) gathered once per point;
 3. squared errors of all table states by the parent recurrence of
    :class:`prosper.backends.linear_terms.TableTerms` (m + 1 terms per state with m active
    latents, instead of the O(H'²) of a dense quadratic form or a GEMM);
 4. log-joints, the log-sum-exp at temperature 1 (free energy) and at the annealing
    temperature, posterior weights (exp as a polynomial that vectorises; libm's is scalar);
-5. moments of the table states, scattered through I to <s> and the chunk's Σ<s sᵀ>.
+5. moments of the table states by the same tree backwards (m + 3 terms per state),
+   scattered through I to <s> and the chunk's Σ<s sᵀ>.
 
 No (B, K, H) state tensor and no (B, K) array is formed: the scratch of one thread is
 O(K · ``_BLOCK``). Every chunk writes its own partial sums of the statistics, which are added
