@@ -92,16 +92,26 @@ _BLOCK = 64
 
 
 # -- compiled kernels ------------------------------------------------------------------------
-@njit(cache=True, inline="always")
-def _column_max(rows, n_rows, nb, out):  # pragma: no cover - compiled
-    """out[:nb] = max over the first ``n_rows`` rows of ``rows[:, :nb]``."""
-    first = rows[0]
+@njit(cache=True, inline="always", fastmath=FMA)
+def _softmax_columns(x, n_rows, nb, out, peak, total, bits):  # pragma: no cover - compiled
+    """Per column j < nb of the first ``n_rows`` rows of ``x``: ``peak[j]`` = the max,
+    ``out[:, j]`` = exp(x[:, j] - peak[j]) and ``total[j]`` = their sum.
+
+    ``out`` must not be ``x``: with aliased input and output LLVM keeps the loop scalar.
+    """
+    first = x[0]
     for j in range(nb):
-        out[j] = first[j]
+        peak[j] = first[j]
+        total[j] = 0.0
     for k in range(1, n_rows):
-        row = rows[k]
+        row = x[k]
         for j in range(nb):
-            out[j] = row[j] if row[j] > out[j] else out[j]
+            peak[j] = row[j] if row[j] > peak[j] else peak[j]
+    for k in range(n_rows):
+        row = out[k]
+        exp_rows(x[k], peak, row, bits, nb)
+        for j in range(nb):
+            total[j] += row[j]
 
 
 @njit(cache=True, inline="always")
@@ -264,15 +274,7 @@ def _linear_kernel(
                 for j in range(nb):
                     row[j] = c0 - (yb[j] + row[j]) * inv2s2 + lpk
             # log marginals: stable log-sum-exp over the states
-            _column_max(LJ, K, nb, mx)
-            for j in range(nb):
-                sm[j] = 0.0
-            # exp out of place: with aliased input and output LLVM keeps the loop scalar
-            for k in range(K):
-                out = Q[k]
-                exp_rows(LJ[k], mx, out, bits, nb)
-                for j in range(nb):
-                    sm[j] += out[j]
+            _softmax_columns(LJ, K, nb, Q, mx, sm, bits)
             for j in range(nb):
                 log_marginal[n0 + j] = mx[j] + np.log(sm[j])
             if not accumulate:
@@ -286,14 +288,7 @@ def _linear_kernel(
                         continue
                     for j in range(nb):
                         row[j] = beta * (row[j] - lpk) + prior_beta * lpk
-                _column_max(LJ, K, nb, mx)
-                for j in range(nb):
-                    sm[j] = 0.0
-                for k in range(K):
-                    out = Q[k]
-                    exp_rows(LJ[k], mx, out, bits, nb)
-                    for j in range(nb):
-                        sm[j] += out[j]
+                _softmax_columns(LJ, K, nb, Q, mx, sm, bits)
             # posterior weights q (times the data selection mask), in place
             for j in range(nb):
                 sm[j] = mask[n0 + j] / sm[j]
