@@ -54,6 +54,19 @@ def test_one_two_three_ranks_same_model(job_dir):
     np.testing.assert_allclose(W[3], W[1], rtol=0, atol=1e-8)
 
 
+def test_numba_on_two_ranks_matches_numpy_on_one(job_dir):
+    """The fused numba kernel (threads shared between the ranks of a node) under MPI."""
+    pytest.importorskip("numba")
+    (job_dir / "job_numba.toml").write_text(JOB.format(file="Y.npy", backend="numba"))
+    runs = {}
+    for n, job in ((1, "job.toml"), (2, "job_numba.toml")):
+        out = job_dir / f"backend{n}.h5"
+        run_mpi(n, ["prosper", "fit", job, "--out", str(out)], cwd=job_dir)
+        runs[n] = prosper.load(out)
+    np.testing.assert_allclose(runs[2].W_, runs[1].W_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(runs[2].free_energy_, runs[1].free_energy_, rtol=1e-10)
+
+
 def test_corrupt_rank_aborts_the_job(tmp_path):
     """Rank 1's shard is not a valid .npy file: the whole job ends with its message."""
     np.save(tmp_path / "shard_0.npy", np.ones((20, 4)))
