@@ -2,7 +2,7 @@
 
     python benchmarks/bench_mca.py [--models mca,mmca] [--n 20000] [--seeds 10]
         [--n-iter 60] [--timing-n 20000] [--timing-iter 3] [--temperature JSON ...]
-        [--jobs 1]
+        [--jobs 1] [--kernel-n 10000] [--kernel-configs mca:5:10:8:4,...] [--kernel-only]
 
 Two parts per model:
 
@@ -19,6 +19,12 @@ Two parts per model:
   of vertical bars are off by up to about 25 %; a missed bar is off by 100 %. Every
   ``--temperature`` schedule given (JSON, e.g. '[[0, 5.0], [0.6, 1.0]]', or 'default') is
   measured, to choose the estimator default.
+
+and, before them (``--kernel-n`` > 0), a side-by-side timing of one E-step pass over N =
+``--kernel-n`` points in batches of ``--kernel-batch``, the model's NumPy E-step against the
+numba kernel (prosper/backends/numba_mca.py) in the same process, with the first call's
+compile (or cache load) time and the largest relative difference of the results
+(``--kernel-configs``: model:bars size:H:H':gamma; ``--kernel-only`` skips the rest).
 
 MCA: 5x5 bars combined by the maximum, H = 10. MMCA: signed 5x5 bars (random sign per bar
 and data point, the larger magnitude wins), binary causes, so H = 20 (W_h and -W_h).
@@ -38,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import gemm_gflops, print_header, write_record
+from _common import best_time, gemm_gflops, print_header, write_record
 
 from prosper import MCA, MMCA
 from prosper.data import bars
@@ -120,6 +126,109 @@ def timing(model: str, n: int, n_iter: int) -> dict:
     }
 
 
+def kernel_comparison(model: str, n: int, size: int, H: int, config: str, batch: int, repeats: int):
+    """Seconds of one E-step pass (statistics), NumPy model path vs numba kernel, same batches.
+
+    Parameters as in a fit near convergence: the generating bars (MMCA: [W, -W]) plus noise,
+    π = 2/H, σ = 0.5, T = 1. Both passes include the preselection (the same NumPy code).
+    """
+    try:
+        import numba
+
+        from prosper.backends import numba_mca
+    except ImportError:
+        print("numba is not installed: no kernel comparison")
+        return None
+    from types import SimpleNamespace
+
+    s = SETTINGS[model]
+    Hprime, gamma = (int(v) for v in config.split(":"))
+    data = bars(size=size, n_samples=n, signed=s["signed"], combine="max", random_state=0)
+    W_true = np.hstack([data.W, -data.W]) if s["signed"] else data.W
+    D = data.Y.shape[1]
+    rng = np.random.default_rng(1)
+    reps = -(-H // W_true.shape[1])
+    W = np.tile(W_true, reps)[:, :H] + 0.1 * rng.standard_normal((D, H))
+    params = {"W": W, "pi": np.asarray(2.0 / H), "sigma": np.asarray(0.5)}
+    model_obj = s["cls"]._model_class(H, D)
+    states = ExpectationTruncation(H, Hprime, gamma, model_obj.values)
+    batches = [data.Y[start : start + batch] for start in range(0, n, batch)]
+    backend = SimpleNamespace(mca_estep=numba_mca.mca_estep, NAME="numba")
+    # first call: compiles the kernel, or loads it from numba's disk cache
+    t0 = time.perf_counter()
+    model_obj.estep_batch(batches[0][:2], states, params, 1.0, 1.0, None, True, backend)
+    first_call = time.perf_counter() - t0
+
+    def run(be):
+        return [
+            model_obj.estep_batch(Yb, states, params, 1.0, 1.0, None, True, be) for Yb in batches
+        ]
+
+    t_numpy = best_time(lambda: run(None), repeats=repeats)
+    t_numba = best_time(lambda: run(backend), repeats=repeats)
+    ref, got = run(None)[0], run(backend)[0]
+    err = max(
+        float(np.abs(got[1][k] - ref[1][k]).max() / max(1e-300, np.abs(ref[1][k]).max()))
+        for k in ref[1]
+    )
+    err = max(err, float(np.abs(got[0] - ref[0]).max() / np.abs(ref[0]).max()))
+    result = {
+        "model": model,
+        "N": n,
+        "D": D,
+        "H": H,
+        "Hprime": Hprime,
+        "gamma": gamma,
+        "K": states.n_states,
+        "batch_size": batch,
+        "numba_threads": numba.get_num_threads(),
+        "seconds_numpy": t_numpy,
+        "seconds_numba": t_numba,
+        "speedup": t_numpy / t_numba,
+        "seconds_first_call": first_call,
+        "max_rel_diff": err,
+    }
+    print(
+        f"| {model} | {n} | {D} | {H} | {Hprime} | {gamma} | {result['K']} | {t_numpy:.3f} | "
+        f"{t_numba:.3f} | {result['speedup']:.1f}x | {first_call:.2f} | {err:.1e} |"
+    )
+    return result
+
+
+def kernel_comparisons(args) -> list[dict]:
+    """The NumPy/numba comparison of every ``--kernel-configs`` entry, as a table."""
+    try:
+        import numba
+    except ImportError:
+        print("\nnumba is not installed: no kernel comparison")
+        return []
+    print(
+        f"\none E-step pass (statistics, T = 1), batches of {args.kernel_batch}, best of "
+        f"{args.kernel_repeats}, numba threads {numba.get_num_threads()} "
+        "(both include the NumPy preselection; first call = compile or cache load):"
+    )
+    print(
+        "| model | N | D | H | H' | γ | K | NumPy s | numba s | speed-up | first call s "
+        "| max rel diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for spec in args.kernel_configs.split(","):
+        model, size, H, Hprime, gamma = spec.split(":")
+        results.append(
+            kernel_comparison(
+                model,
+                args.kernel_n,
+                int(size),
+                int(H),
+                f"{Hprime}:{gamma}",
+                args.kernel_batch,
+                args.kernel_repeats,
+            )
+        )
+    return results
+
+
 def one_run(args: tuple) -> dict:
     model, n, n_iter, seed, temperature = args
     data, W_true = problem(model, n, seed)
@@ -153,6 +262,17 @@ def main() -> None:
         help="schedule as JSON, or 'default' (repeatable)",
     )
     parser.add_argument("--jobs", type=int, default=1, help="recovery runs in parallel")
+    parser.add_argument(
+        "--kernel-n", type=int, default=10000, help="N of the NumPy/numba comparison (0: skip)"
+    )
+    parser.add_argument(
+        "--kernel-configs",
+        default="mca:5:10:8:4,mca:10:20:8:4,mmca:5:20:8:3,mmca:10:20:6:3",
+        help="model:bars size:H:H':gamma of the comparison, comma separated",
+    )
+    parser.add_argument("--kernel-batch", type=int, default=1000)
+    parser.add_argument("--kernel-repeats", type=int, default=3)
+    parser.add_argument("--kernel-only", action="store_true", help="only the comparison")
     args = parser.parse_args()
     schedules = args.temperature or ["default"]
 
@@ -160,7 +280,9 @@ def main() -> None:
     gemm = gemm_gflops()
     print(f"float64 GEMM rate: {gemm:.1f} GFLOP/s")
     record = {"machine": info, "gemm_gflops": gemm, "argv": sys.argv, "models": {}}
-    for model in args.models.split(","):
+    if args.kernel_n > 0:
+        record["kernel"] = kernel_comparisons(args)
+    for model in [] if args.kernel_only else args.models.split(","):
         s = SETTINGS[model]
         print(f"\n## {model.upper()}: H={s['H']}, H'={s['Hprime']}, gamma={s['gamma']}, D=25")
         t = timing(model, args.timing_n, args.timing_iter)
@@ -194,7 +316,7 @@ def main() -> None:
             "timing": t,
             "recovery": {"N": args.n, "n_iter": args.n_iter, "schedules": runs},
         }
-    path = write_record("mca", record)
+    path = write_record("mca_kernel" if args.kernel_only else "mca", record)
     print(f"\nwrote {path}")
 
 

@@ -1,7 +1,8 @@
 """numba kernels for the E-step of linear models: one fused, parallel kernel per batch.
 
 Same functions, arguments and results as :mod:`prosper.backends.numpy_backend` (to round-off
-in float64); GSC's kernel is :mod:`prosper.backends.numba_gsc`. Outside the kernel run only
+in float64); GSC's and MCA's kernels are :mod:`prosper.backends.numba_gsc` and
+:mod:`prosper.backends.numba_mca`. Outside the kernel run only
 three BLAS GEMMs per batch: ``Y W``, ``Wᵀ W`` and Σ y <s>ᵀ. The kernel runs in parallel
 (``prange``) over contiguous chunks of data points, one per thread, and each chunk works
 through its points in blocks of ``_BLOCK``, with the points of a block in the innermost,
@@ -54,6 +55,7 @@ from numba import njit, prange
 from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
 from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, exp_rows
+from prosper.backends.numba_mca import mca_estep
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import ExpectationTruncation
@@ -84,7 +86,7 @@ def _share_cores_between_ranks() -> None:
 
 _share_cores_between_ranks()
 
-__all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "warmup"]
+__all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "mca_estep", "warmup"]
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
 #: thread's scratch (about 2 K · 32 float64) in L2 for K up to a few thousand states.
@@ -496,5 +498,8 @@ def warmup() -> float:
     Y, W = np.zeros((2, 2)), np.ones((2, 3))
     linear_estep(Y, W, 1.0, logp, states, presel, 1.0, 1.0)
     params = {"W": W, "pi": np.full(3, 0.5), "mu": np.zeros(3), "psi": np.ones(3), "sigma": 1.0}
-    gsc_estep(Y, params, states.select(np.zeros((2, 3)), 2))
+    batch = states.select(np.zeros((2, 3)), 2)
+    gsc_estep(Y, params, batch)
+    for signed in (False, True):
+        mca_estep(Y, {"W": W, "pi": 0.5, "sigma": 1.0}, batch, 2.0, signed=signed)
     return time.perf_counter() - start

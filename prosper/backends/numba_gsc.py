@@ -9,28 +9,44 @@ One batch runs as
 
 1. ``Y W`` and ``Wᵀ W`` (BLAS), per-latent constants of the singletons and, once per
    candidate table, the tree of its patterns (below);
-2. one parallel kernel over contiguous chunks of data points: per point, the log-likelihood
-   of every candidate pattern (zero, the H singletons in closed form, the table patterns by
-   Cholesky), the log-sum-exp at temperature 1 (the free-energy term) and at the annealing
-   temperature, the posterior weights and the moments; each chunk writes its own partial
-   sums of ``ss``, ``b``, ``dz`` and ``dz2``, each point its own row of ⟨s⟩ and ⟨b⟩;
+2. one parallel kernel over contiguous chunks of data points, one per thread; each chunk
+   works through its points in blocks of ``_BLOCK``, with the points of a block in the
+   innermost, contiguous dimension of every scratch array. The pattern structure is the
+   same for all points (only the slots' latents I differ), so every step below is a loop
+   over patterns, slots or tree nodes around a plain elementwise loop over the points of
+   the block, which LLVM turns into SIMD vector operations:
+
+   a. per point, the slots' features gathered once: Wᵀy, μ, Ψ^½ and log π/(1-π) of each
+      slot, and per slot pair Ã, (WᵀW)_ij μ_j and Ψ_i^½ (WᵀW)_ij μ_j / σ;
+   b. the log-likelihoods of all candidate patterns: zero, the H singletons in closed
+      form, the table patterns along the tree;
+   c. the log-sum-exp at temperature 1 (the free-energy term) and at the annealing
+      temperature, and the posterior weights (exp and log as polynomials that vectorise;
+      libm's are scalar);
+   d. the moments, summed per slot and slot pair over the table patterns, then scattered
+      through I; each chunk writes its own partial sums of ``ss``, ``b``, ``dz`` and
+      ``dz2``, each point its own row of ⟨s⟩ and ⟨b⟩;
 3. Σ y⟨s⟩ᵀ as one GEMM.
 
 Pattern tree. The slots of a pattern are ascending, so the matrix Ã of a pattern is the
 matrix of its prefix (the pattern without its last slot) bordered by one row and column.
-Its Cholesky factor L, the inverse X = L⁻¹ and Ã⁻¹ = Xᵀ X are then the prefix's, bordered:
-each table pattern only computes the new row of L and X and a rank-one update of Ã⁻¹, O(k²)
-instead of O(k³), and the sums run in the same order as in the NumPy code (which sums over
-ascending indices), so the factors agree to the last bit or nearly. The prefixes of the
-k = 2 patterns are the H' one-slot patterns, which are not states themselves (the
-singletons over all H latents are) but roots of the tree.
+Its Cholesky factor L and the inverse X = L⁻¹ are then the prefix's, bordered: row p of a
+pattern's X is the new (last) row of its ancestor with p + 1 slots, and each node of the
+tree computes and stores only its new row, from the prefix's X (L's new row is
+l = X_prefix ã, the pivot Ã_rr - ||l||², X's new row -lᵀ X_prefix / l_rr): O(k²) per pattern
+instead of O(k³). u = Ψ_A^½ W_Aᵀ (y - W_A μ_A)/σ and ||y||² - ||y - W_A μ_A||² are also
+updated from the prefix's. The second moments need Σ_t q_t Ã_t⁻¹ = Σ_t q_t Σ_p x_p x_pᵀ
+over the rows x_p of X_t: each node adds its new row's outer product once, weighted by the
+posterior mass of its subtree, so no Ã⁻¹ is formed. The prefixes of the k = 2 patterns are
+the H' one-slot patterns, which are not states themselves (the singletons over all H
+latents are) but roots of the tree.
 
 Log-likelihoods are held relative to the zero pattern, -½(D log 2πσ² + ||y||²/σ²), which
 is common to all patterns: the large ||y||²/σ² then cancels exactly instead of in round-off,
 so the weights are at least as accurate as the NumPy path's.
 
 float32: ``Y W`` and ``Y·⟨s⟩`` run at the precision of ``Y``; everything else is float64.
-Compilation: about 10-20 s on first use, cached on disk (``cache=True``).
+Compilation: about 10-30 s on first use, cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from prosper.backends.numba_math import exp_shifted
+from prosper.backends.numba_math import FMA, exp_rows, log_rows
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import CandidateBatch
@@ -51,28 +67,31 @@ __all__ = ["gsc_estep", "pattern_tree"]
 PI_MIN, PI_MAX = 1e-5, 1.0 - 1e-5  # as prosper.models.gsc (not imported: no model imports)
 LOG_2PI = float(np.log(2.0 * np.pi))
 
-#: fastmath flags of the main kernel: reassociation and contraction let LLVM vectorise the
-#: loops; no nnan/ninf, so a non-finite value is still handled as IEEE says
-_FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+#: data points per block: the SIMD dimension of the kernel's scratch arrays. A thread's
+#: scratch is about 3 γ + 4 rows of ``_BLOCK`` float64 per tree node (1.8 MB for H' = 8,
+#: γ = 4), which 64 keeps in L2; 32 and 128 were 10% slower at H' = 8, γ = 4.
+_BLOCK = 64
 
 
-@njit(cache=True, fastmath=False, inline="always")
-def _max(x, n):  # pragma: no cover - compiled
-    m = x[0]
-    for k in range(1, n):
-        m = x[k] if x[k] > m else m
-    return m
+@njit(cache=True, inline="always")
+def _column_max(rows, n_rows, nb, out):  # pragma: no cover - compiled
+    """out[:nb] = max over the first ``n_rows`` rows of ``rows[:, :nb]``."""
+    for j in range(nb):
+        out[j] = rows[0, j]
+    for k in range(1, n_rows):
+        for j in range(nb):
+            out[j] = rows[k, j] if rows[k, j] > out[j] else out[j]
 
 
-@njit(cache=True, parallel=True, fastmath=_FASTMATH)
+@njit(cache=True, parallel=True, fastmath=FMA, error_model="numpy")
 def _gsc_kernel(
     WY,
-    yy,
     G,
     I,
     node_parent,
     node_slots,
     node_k,
+    node_anc,
     mu,
     sp,
     logit,
@@ -100,14 +119,13 @@ def _gsc_kernel(
     ----------
     WY : ndarray of shape (B, H)
         Wᵀ y (float64).
-    yy : ndarray of shape (B,)
-        ||y||².
     G : ndarray of shape (H, H)
         Wᵀ W.
     I : ndarray of int64, shape (B, H')
         Preselected latents of each point.
-    node_parent, node_slots, node_k
-        The pattern tree of the table (:func:`pattern_tree`), over nodes H'.. of the tree.
+    node_parent, node_slots, node_k, node_anc
+        The nodes of the pattern tree (:func:`_tree_nodes`): H' roots, then the table
+        patterns.
     mu, sp, logit : ndarray of shape (H,)
         μ, Ψ^½ and log π/(1-π).
     gmu, log_a, inv_a : ndarray of shape (H,)
@@ -130,241 +148,417 @@ def _gsc_kernel(
     """
     B, H = WY.shape
     Hp = I.shape[1]
-    Kc = node_k.shape[0]
-    gamma = node_slots.shape[1]
-    T = gamma * (gamma + 1) // 2  # entries of a lower triangle
-    n_nodes = Hp + Kc
+    n_nodes, gamma = node_slots.shape
+    Kc = n_nodes - Hp
     K = 1 + H + Kc
     inv_s2 = 1.0 / sigma2
     inv_sd = 1.0 / np.sqrt(sigma2)
     tempered = beta != 1.0 or prior_beta != 1.0
+    # Every loop over the points of a block writes one array and reads a few, with all
+    # indices computed before it: LLVM then vectorises it behind a few run-time overlap
+    # checks (more arrays exceed its limit on those checks, and an index loaded inside the
+    # loop might be overwritten by the loop's own stores, which keeps it scalar).
     for c in prange(n_chunks):
-        # per-chunk scratch, reused for every point of the chunk
-        Mi = np.empty((Hp, Hp))
-        GMi = np.empty((Hp, Hp))
-        wy = np.empty(Hp)
-        m = np.empty(Hp)
-        s = np.empty(Hp)
-        lg = np.empty(Hp)
-        Lt = np.empty((n_nodes, T))  # lower triangles of L, X = L⁻¹ and Ã⁻¹ of every node
-        Xt = np.empty((n_nodes, T))
-        At = np.empty((n_nodes, T))
-        gm = np.empty((n_nodes, gamma))  # Σ_{j in A} (Wᵀ W)_ij μ_j per active slot i
-        lsum = np.empty(n_nodes)  # Σ log L_jj
-        lpn = np.empty(n_nodes)  # Σ logit over the active slots
-        dzs = np.empty((Kc, gamma))  # κ - μ_A of each table pattern
-        v = np.empty(gamma)
-        llr = np.empty(K)  # log-likelihood and log-prior relative to the zero pattern
-        lpr = np.empty(K)
-        lj = np.empty(K)
-        w = np.empty(K)
-        bits = np.empty(K, dtype=np.int64)
-        s_slot = np.empty(Hp)
-        b_slot = np.empty(Hp)
-        dz_slot = np.empty(Hp)
-        dz2_slot = np.empty(Hp)
-        ss_slot = np.empty((Hp, Hp))
+        NB = _BLOCK
+        # scratch of this thread; the last axis runs over the points of a block
+        WYT = np.empty((H, NB))  # Wᵀ y
+        SWY = np.empty((Hp, NB))  # per slot: Wᵀ y, μ, Ψ^½, Ψ^½/σ, logit, Wᵀy - ||W||² μ
+        SMU = np.empty((Hp, NB))
+        SSP = np.empty((Hp, NB))
+        SPS = np.empty((Hp, NB))
+        SLG = np.empty((Hp, NB))
+        WG = np.empty((Hp, NB))
+        # per slot pair: Wᵀ W, Ã, (Wᵀ W)_ij μ_j, Ψ_i^½ (Wᵀ W)_ij μ_j/σ
+        GG = np.empty((Hp * Hp, NB))
+        AM = np.empty((Hp * Hp, NB))
+        GM = np.empty((Hp * Hp, NB))
+        PU = np.empty((Hp * Hp, NB))
+        # per tree node: the new (last) row of X = L⁻¹, u, and running sums
+        XR = np.empty((n_nodes * gamma, NB))
+        UR = np.empty((n_nodes * gamma, NB))
+        RR = np.empty((n_nodes, NB))  # ||y||² - ||y - W_A μ_A||²
+        LD = np.empty((n_nodes, NB))  # log det Ã = Σ log of the pivots
+        LPN = np.empty((n_nodes, NB))  # Σ logit over the active slots
+        DZ = np.empty((Kc * gamma if accumulate else 0, NB))  # κ - μ_A per table pattern
+        LL = np.empty((K, NB))  # log-likelihood and log-joint relative to the zero pattern
+        LJ = np.empty((K, NB))
+        Q = np.empty((K, NB))  # posterior weights
+        LV = np.empty((gamma, NB))  # of one pattern: l = X_prefix ã, v = X u, κ, q κ
+        VV = np.empty((gamma, NB))
+        KAP = np.empty((gamma, NB))
+        QX = np.empty((gamma, NB))
+        DR = np.empty(NB)
+        DC = np.empty(NB)
+        DL = np.empty(NB)
+        ACC = np.empty(NB)
+        QD = np.empty(NB)
+        mx = np.empty(NB)
+        sm = np.empty(NB)
+        bits = np.empty(NB, dtype=np.int64)
+        ef = np.empty(NB)
+        # moments of the block: per latent, per slot and per slot pair; per node (subtree)
+        MT = np.empty((H, NB))
+        MB = np.empty((H, NB))
+        BS = np.empty((Hp, NB))
+        DZS = np.empty((Hp, NB))
+        DZ2S = np.empty((Hp, NB))
+        SSS = np.empty((Hp * Hp, NB))
+        SAS = np.empty((Hp * Hp, NB))
+        QS = np.empty((n_nodes, NB))
+        # partial sums of the chunk, per latent and point
+        BH = np.zeros((H, NB))
+        DZH = np.zeros((H, NB))
+        DZ2H = np.zeros((H, NB))
+        SSD = np.zeros((H, NB))
         ss_c = ss_part[c]
-        b_c = b_part[c]
-        dz_c = dz_part[c]
-        dz2_c = dz2_part[c]
-        for n in range(c * B // n_chunks, (c + 1) * B // n_chunks):
-            wyn = WY[n]
-            # -- zero pattern and singletons (closed form, as _singletons) --------------------
-            llr[0] = 0.0
-            lpr[0] = 0.0
-            for h in range(H):
-                wr = wyn[h] - gmu[h]
-                uh = sp[h] * wr * inv_sd
-                llr[1 + h] = -0.5 * (
-                    log_a[h] + (-mu[h] * (wyn[h] + wr) - uh * uh * inv_a[h]) * inv_s2
-                )
-                lpr[1 + h] = logit[h]
-            # -- table patterns -----------------------------------------------------------------
+        lo = c * B // n_chunks
+        hi = (c + 1) * B // n_chunks
+        for n0 in range(lo, hi, NB):
+            nb = min(NB, hi - n0)
+            # -- per-point features, gathered once ------------------------------------------
+            for j in range(nb):
+                wyn = WY[n0 + j]
+                for h in range(H):
+                    WYT[h, j] = wyn[h]
+                if Kc > 0:
+                    Idx = I[n0 + j]
+                    for i in range(Hp):
+                        a = Idx[i]
+                        SWY[i, j] = wyn[a]
+                        SMU[i, j] = mu[a]
+                        SSP[i, j] = sp[a]
+                        SLG[i, j] = logit[a]
+                    for i in range(Hp):
+                        Gi = G[Idx[i]]
+                        for e in range(Hp):
+                            GG[i * Hp + e, j] = Gi[Idx[e]]
             if Kc > 0:
-                Idx = I[n]
                 for i in range(Hp):
-                    a = Idx[i]
-                    wy[i] = wyn[a]
-                    m[i] = mu[a]
-                    s[i] = sp[a]
-                    lg[i] = logit[a]
+                    for j in range(nb):
+                        SPS[i, j] = SSP[i, j] * inv_sd
                 for i in range(Hp):
-                    Gi = G[Idx[i]]
-                    for j in range(Hp):
-                        g = Gi[Idx[j]]
-                        Mi[i, j] = s[i] * g * s[j] / sigma2
-                        GMi[i, j] = g * m[j]
-                    Mi[i, i] += 1.0
-                # roots: the one-slot patterns (1×1 Ã >= 1)
+                    for e in range(Hp):
+                        ie = i * Hp + e
+                        one = 1.0 if i == e else 0.0
+                        for j in range(nb):
+                            AM[ie, j] = SSP[i, j] * GG[ie, j] * SSP[e, j] * inv_s2 + one
+                        for j in range(nb):
+                            GM[ie, j] = GG[ie, j] * SMU[e, j]
+                        for j in range(nb):
+                            PU[ie, j] = SPS[i, j] * GM[ie, j]
                 for i in range(Hp):
-                    d = Mi[i, i] if Mi[i, i] > 1.0 else 1.0
-                    Lt[i, 0] = np.sqrt(d)
-                    Xt[i, 0] = 1.0 / Lt[i, 0]
-                    At[i, 0] = Xt[i, 0] * Xt[i, 0]
-                    gm[i, 0] = GMi[i, i]
-                    lsum[i] = np.log(Lt[i, 0])
-                    lpn[i] = lg[i]
-                for t in range(Kc):
-                    # 2-D indexing only: a row view per pattern would cost reference counting
-                    node = Hp + t
-                    par = node_parent[t]
-                    k = node_k[t]
-                    r = k - 1  # the new row
-                    cs = node_slots[t, r]  # the new slot
-                    o = (r * (r + 1)) >> 1  # start of row r in a lower triangle
-                    for e in range(o):
-                        Lt[node, e] = Lt[par, e]
-                    # new row of L: Ã_rj = Σ_p L_rp L_jp (Cholesky, column by column); pivots
-                    # clamped to 1, the bound that holds exactly (see _slab_group)
-                    for j in range(r):
-                        oj = (j * (j + 1)) >> 1
-                        acc = 0.0
-                        for p in range(j):
-                            acc += Lt[node, o + p] * Lt[node, oj + p]
-                        Lt[node, o + j] = (Mi[cs, node_slots[t, j]] - acc) / Lt[node, oj + j]
-                    acc = 0.0
-                    for p in range(r):
-                        acc += Lt[node, o + p] * Lt[node, o + p]
-                    d = Mi[cs, cs] - acc
-                    l_rr = np.sqrt(d if d > 1.0 else 1.0)
-                    Lt[node, o + r] = l_rr
-                    lsum[node] = lsum[par] + np.log(l_rr)
-                    lpn[node] = lpn[par] + lg[cs]
-                    # W_Aᵀ W_A μ_A, summed over ascending j as in NumPy: the prefix's sums
-                    # plus the new column
-                    acc = 0.0
-                    for i in range(r):
-                        a = node_slots[t, i]
-                        gm[node, i] = gm[par, i] + GMi[a, cs]
-                        acc += GMi[cs, a]
-                    gm[node, r] = acc + GMi[cs, cs]
-                    # u = Ψ_A^½ W_Aᵀ (y - W_A μ_A)/σ, ||y - W_A μ_A||² - ||y||², v = L⁻¹ u
-                    rr = 0.0
-                    vv = 0.0
-                    for i in range(k):
-                        a = node_slots[t, i]
-                        wr = wy[a] - gm[node, i]
-                        rr += m[a] * (wy[a] + wr)
-                        oi = (i * (i + 1)) >> 1
-                        acc = 0.0
-                        for p in range(i):
-                            acc += Lt[node, oi + p] * v[p]
-                        v[i] = (s[a] * wr * inv_sd - acc) / Lt[node, oi + i]
-                        vv += v[i] * v[i]
-                    llr[1 + H + t] = -0.5 * (2.0 * lsum[node] + (-rr - vv) * inv_s2)
-                    lpr[1 + H + t] = lpn[node]
-                    if not accumulate:
-                        continue
-                    # new row of X = L⁻¹ and rank-one update Ã⁻¹ = Xᵀ X
-                    for e in range(o):
-                        Xt[node, e] = Xt[par, e]
-                    inv_l = 1.0 / l_rr
-                    for j in range(r):
-                        acc = 0.0
-                        for p in range(j, r):
-                            acc += Lt[node, o + p] * Xt[node, ((p * (p + 1)) >> 1) + j]
-                        Xt[node, o + j] = -acc * inv_l
-                    Xt[node, o + r] = inv_l
-                    for i in range(r):
-                        oi = (i * (i + 1)) >> 1
-                        xi = Xt[node, o + i]
-                        for j in range(i + 1):
-                            At[node, oi + j] = At[par, oi + j] + xi * Xt[node, o + j]
-                    for j in range(k):
-                        At[node, o + j] = inv_l * Xt[node, o + j]
+                    ii = i * Hp + i
+                    for j in range(nb):
+                        WG[i, j] = SWY[i, j] - GM[ii, j]
+            # -- zero pattern and singletons (closed form) ------------------------------------
+            for j in range(nb):
+                LL[0, j] = 0.0
+            for j in range(nb):
+                LJ[0, j] = 0.0
+            for h in range(H):
+                la, ia, m_h, g_h, lg_h = log_a[h], inv_a[h], mu[h], gmu[h], logit[h]
+                f = sp[h] * inv_sd
+                for j in range(nb):
+                    w = WYT[h, j]
+                    wr = w - g_h
+                    uh = f * wr
+                    LL[1 + h, j] = -0.5 * (la + (-m_h * (w + wr) - uh * uh * ia) * inv_s2)
+                for j in range(nb):
+                    LJ[1 + h, j] = LL[1 + h, j] + lg_h
+            # -- table patterns along the tree ----------------------------------------------
+            if Kc > 0:
+                # roots: the one-slot patterns (1×1 Ã >= 1), prefixes but not states
+                for i in range(Hp):
+                    ii = i * Hp + i
+                    xo = i * gamma
+                    for j in range(nb):
+                        d = AM[ii, j]
+                        DC[j] = d if d > 1.0 else 1.0
+                    for j in range(nb):
+                        XR[xo, j] = 1.0 / np.sqrt(DC[j])
+                    log_rows(DC, DL, bits, ef, nb)
+                    for j in range(nb):
+                        LD[i, j] = DL[j]
+                    for j in range(nb):
+                        LPN[i, j] = SLG[i, j]
+                    for j in range(nb):
+                        RR[i, j] = SMU[i, j] * (SWY[i, j] + WG[i, j])
+                    for j in range(nb):
+                        UR[xo, j] = SPS[i, j] * WG[i, j]
+            for t in range(Kc):
+                node = Hp + t
+                par = node_parent[node]
+                k = node_k[node]
+                r = k - 1  # the new row
+                cs = node_slots[node, r]  # the new slot
+                co = cs * Hp
+                cc = co + cs
+                xo = node * gamma
+                xr = xo + r
+                po = par * gamma
+                # Ã's new column above the diagonal, ã, gives L's new row l = L_prefix⁻¹ ã
+                # = X_prefix ã (row p of X is the new row of the ancestor node_anc[node, p])
+                for i in range(r):
+                    xi = node_anc[node, i] * gamma
+                    a0 = co + node_slots[node, 0]
+                    for j in range(nb):
+                        LV[i, j] = XR[xi, j] * AM[a0, j]
+                    for p in range(1, i + 1):
+                        ap = co + node_slots[node, p]
+                        xp = xi + p
+                        for j in range(nb):
+                            LV[i, j] += XR[xp, j] * AM[ap, j]
+                # the pivot d = Ã_rr - ||l||², clamped to 1, the bound that holds exactly
+                # (see _slab_group of the model)
+                for j in range(nb):
+                    DR[j] = AM[cc, j]
+                for i in range(r):
+                    for j in range(nb):
+                        DR[j] -= LV[i, j] * LV[i, j]
+                for j in range(nb):
+                    d = DR[j]
+                    DC[j] = d if d > 1.0 else 1.0
+                for j in range(nb):
+                    XR[xr, j] = 1.0 / np.sqrt(DC[j])
+                log_rows(DC, DL, bits, ef, nb)
+                for j in range(nb):
+                    LD[node, j] = LD[par, j] + DL[j]
+                for j in range(nb):
+                    LPN[node, j] = LPN[par, j] + SLG[cs, j]
+                # X's new row: X_ri = -Σ_{p=i}^{r-1} l_p X_pi / l_rr
+                for i in range(r):
+                    xi = node_anc[node, i] * gamma + i
+                    for j in range(nb):
+                        ACC[j] = LV[i, j] * XR[xi, j]
+                    for p in range(i + 1, r):
+                        xp = node_anc[node, p] * gamma + i
+                        for j in range(nb):
+                            ACC[j] += LV[p, j] * XR[xp, j]
+                    xw = xo + i
+                    for j in range(nb):
+                        XR[xw, j] = -ACC[j] * XR[xr, j]
+                # u = Ψ_A^½ W_Aᵀ (y - W_A μ_A)/σ and ||y||² - ||y - W_A μ_A||² from the
+                # prefix's and the root's of the new slot, through the new slot's column
+                # Σ_{i<r} (Wᵀ W)_ci μ_i of W_Aᵀ W_A μ_A
+                for j in range(nb):
+                    ACC[j] = 0.0
+                for i in range(r):
+                    ci = co + node_slots[node, i]
+                    for j in range(nb):
+                        ACC[j] += GM[ci, j]
+                for i in range(r):
+                    pc = node_slots[node, i] * Hp + cs
+                    ui = xo + i
+                    up = po + i
+                    for j in range(nb):
+                        UR[ui, j] = UR[up, j] - PU[pc, j]
+                for j in range(nb):
+                    UR[xr, j] = SPS[cs, j] * (WG[cs, j] - ACC[j])
+                for j in range(nb):
+                    RR[node, j] = RR[par, j] + RR[cs, j] - 2.0 * SMU[cs, j] * ACC[j]
+                # v = X u; the log-likelihood relative to the zero pattern
+                for j in range(nb):
+                    ACC[j] = RR[node, j]
+                for i in range(k):
+                    xi = node_anc[node, i] * gamma
+                    for j in range(nb):
+                        VV[i, j] = XR[xi, j] * UR[xo, j]
+                    for p in range(1, i + 1):
+                        xp = xi + p
+                        up = xo + p
+                        for j in range(nb):
+                            VV[i, j] += XR[xp, j] * UR[up, j]
+                    for j in range(nb):
+                        ACC[j] += VV[i, j] * VV[i, j]
+                row = 1 + H + t
+                for j in range(nb):
+                    LL[row, j] = -0.5 * (LD[node, j] - ACC[j] * inv_s2)
+                for j in range(nb):
+                    LJ[row, j] = LL[row, j] + LPN[node, j]
+                if accumulate:
                     # κ - μ_A = Ψ_A^½ Xᵀ v / σ
                     for i in range(k):
-                        acc = 0.0
-                        for p in range(i, k):
-                            acc += Xt[node, ((p * (p + 1)) >> 1) + i] * v[p]
-                        dzs[t, i] = s[node_slots[t, i]] * acc * inv_sd
-            # -- log marginal at temperature 1 ----------------------------------------------------
+                        xi = xo + i
+                        for j in range(nb):
+                            ACC[j] = XR[xi, j] * VV[r, j]
+                        for p in range(i, r):
+                            xp = node_anc[node, p] * gamma + i
+                            for j in range(nb):
+                                ACC[j] += XR[xp, j] * VV[p, j]
+                        si = node_slots[node, i]
+                        dzo = t * gamma + i
+                        for j in range(nb):
+                            DZ[dzo, j] = SPS[si, j] * ACC[j]
+            # -- log marginals at temperature 1 ---------------------------------------------
+            _column_max(LJ, K, nb, mx)
+            for j in range(nb):
+                sm[j] = 0.0
+            # exp out of place: with aliased input and output LLVM keeps the loop scalar
             for e in range(K):
-                lj[e] = llr[e] + lpr[e]
-            m1 = _max(lj, K)
-            exp_shifted(lj, m1, w, bits, K)
-            sw = 0.0
-            for e in range(K):
-                sw += w[e]
-            log_marginal[n] = m1 + np.log(sw)
+                out = Q[e]
+                exp_rows(LJ[e], mx, out, bits, nb)
+                for j in range(nb):
+                    sm[j] += out[j]
+            for j in range(nb):
+                log_marginal[n0 + j] = mx[j] + np.log(sm[j])
             if not accumulate:
                 continue
             if tempered:
+                # weights at the annealing temperature: beta ll + prior_beta lp
+                for j in range(nb):
+                    LJ[0, j] = 0.0
+                for h in range(H):
+                    lp = prior_beta * logit[h]
+                    for j in range(nb):
+                        LJ[1 + h, j] = beta * LL[1 + h, j] + lp
+                for t in range(Kc):
+                    row = 1 + H + t
+                    node = Hp + t
+                    for j in range(nb):
+                        LJ[row, j] = beta * LL[row, j] + prior_beta * LPN[node, j]
+                _column_max(LJ, K, nb, mx)
+                for j in range(nb):
+                    sm[j] = 0.0
                 for e in range(K):
-                    lj[e] = beta * llr[e] + prior_beta * lpr[e]
-                mb = _max(lj, K)
-                exp_shifted(lj, mb, w, bits, K)
-                sw = 0.0
-                for e in range(K):
-                    sw += w[e]
-            scale = mask[n] / sw
-            # -- moments: singletons ------------------------------------------------------------
-            ms = mean_s[n]
-            mb_row = mean_b[n]
+                    out = Q[e]
+                    exp_rows(LJ[e], mx, out, bits, nb)
+                    for j in range(nb):
+                        sm[j] += out[j]
+            # posterior weights q (times the data selection mask)
+            for j in range(nb):
+                sm[j] = mask[n0 + j] / sm[j]
+            for e in range(K):
+                for j in range(nb):
+                    Q[e, j] *= sm[j]
+            # -- moments: singletons --------------------------------------------------------
             for h in range(H):
-                q1 = w[1 + h] * scale
-                wr = wyn[h] - gmu[h]
-                dz1 = sp[h] * (sp[h] * wr * inv_sd) * inv_a[h] * inv_sd
-                kap = mu[h] + dz1
-                ms[h] = q1 * kap
-                mb_row[h] = q1
+                m_h, g_h = mu[h], gmu[h]
+                f = sp[h] * sp[h] * inv_a[h] * inv_s2
+                lam1 = sp[h] * sp[h] * inv_a[h]
+                qh = 1 + h
+                for j in range(nb):
+                    DR[j] = f * (WYT[h, j] - g_h)  # κ - μ_h
+                for j in range(nb):
+                    MT[h, j] = Q[qh, j] * (m_h + DR[j])
+                for j in range(nb):
+                    MB[h, j] = Q[qh, j]
                 if second:
-                    lam1 = sp[h] * sp[h] * inv_a[h]
-                    b_c[h] += q1
-                    dz_c[h] += q1 * dz1
-                    dz2_c[h] += q1 * (dz1 * dz1 + lam1)
-                    ss_c[h, h] += q1 * (kap * kap + lam1)
-            if Kc == 0:
-                continue
-            # -- moments: table patterns, summed per slot, then scattered through I ---------------
-            for i in range(Hp):
-                s_slot[i] = 0.0
-                b_slot[i] = 0.0
-            if second:
+                    for j in range(nb):
+                        BH[h, j] += Q[qh, j]
+                    for j in range(nb):
+                        DZH[h, j] += Q[qh, j] * DR[j]
+                    for j in range(nb):
+                        DZ2H[h, j] += Q[qh, j] * (DR[j] * DR[j] + lam1)
+                    for j in range(nb):
+                        kap = m_h + DR[j]
+                        SSD[h, j] += Q[qh, j] * (kap * kap + lam1)
+            if Kc > 0:
+                # -- moments: table patterns, summed per slot, then scattered through I -------
+                # Σ q κ = μ Σ q + Σ q (κ - μ) per slot: the first term is added at the end
                 for i in range(Hp):
-                    dz_slot[i] = 0.0
-                    dz2_slot[i] = 0.0
-                    for j in range(Hp):
-                        ss_slot[i, j] = 0.0
-            for t in range(Kc):
-                q = w[1 + H + t] * scale
-                if q == 0.0:
-                    continue
-                k = node_k[t]
-                node = Hp + t
-                for i in range(k):
-                    a = node_slots[t, i]
-                    dzi = dzs[t, i]
-                    kap = m[a] + dzi
-                    b_slot[a] += q
-                    s_slot[a] += q * kap
+                    for j in range(nb):
+                        BS[i, j] = 0.0
+                    for j in range(nb):
+                        DZS[i, j] = 0.0
+                if second:
+                    for i in range(Hp):
+                        for j in range(nb):
+                            DZ2S[i, j] = 0.0
+                    for e in range(Hp * Hp):
+                        for j in range(nb):
+                            SSS[e, j] = 0.0
+                        for j in range(nb):
+                            SAS[e, j] = 0.0
+                for t in range(Kc):
+                    node = Hp + t
+                    k = node_k[node]
+                    row = 1 + H + t
+                    for i in range(k):
+                        a = node_slots[node, i]
+                        dzo = t * gamma + i
+                        for j in range(nb):
+                            BS[a, j] += Q[row, j]
+                        for j in range(nb):
+                            QD[j] = Q[row, j] * DZ[dzo, j]
+                        for j in range(nb):
+                            DZS[a, j] += QD[j]
+                        if second:
+                            for j in range(nb):
+                                DZ2S[a, j] += QD[j] * DZ[dzo, j]
+                            for j in range(nb):
+                                KAP[i, j] = SMU[a, j] + DZ[dzo, j]
+                            for j in range(nb):
+                                QX[i, j] = Q[row, j] * KAP[i, j]
+                            for e in range(i + 1):
+                                ab = a * Hp + node_slots[node, e]
+                                for j in range(nb):
+                                    SSS[ab, j] += QX[i, j] * KAP[e, j]
+                if second:
+                    # Σ_t q_t Ã_t⁻¹ with Ã⁻¹ = Xᵀ X = Σ_p x_p x_pᵀ over the rows of X: row p
+                    # of a pattern is the new row of its ancestor of p + 1 slots, so each
+                    # node adds its new row's outer product once, times the weights of all
+                    # patterns below it (its subtree; children come after their parents)
+                    for i in range(Hp):
+                        for j in range(nb):
+                            QS[i, j] = 0.0
+                    for t in range(Kc):
+                        row = 1 + H + t
+                        node = Hp + t
+                        for j in range(nb):
+                            QS[node, j] = Q[row, j]
+                    for t in range(Kc - 1, -1, -1):
+                        node = Hp + t
+                        par = node_parent[node]
+                        for j in range(nb):
+                            QS[par, j] += QS[node, j]
+                    for node in range(n_nodes):
+                        k = node_k[node]
+                        xo = node * gamma
+                        for i in range(k):
+                            xi = xo + i
+                            for j in range(nb):
+                                QX[i, j] = QS[node, j] * XR[xi, j]
+                        for i in range(k):
+                            ai = node_slots[node, i] * Hp
+                            for e in range(i + 1):
+                                ab = ai + node_slots[node, e]
+                                xe = xo + e
+                                for j in range(nb):
+                                    SAS[ab, j] += QX[i, j] * XR[xe, j]
+            # -- scatter the slot sums through I, write ⟨s⟩ and ⟨b⟩ -----------------------------
+            for j in range(nb):
+                n = n0 + j
+                if Kc > 0:
+                    Idx = I[n]
+                    for i in range(Hp):
+                        a = Idx[i]
+                        MT[a, j] += SMU[i, j] * BS[i, j] + DZS[i, j]
+                        MB[a, j] += BS[i, j]
                     if second:
-                        oi = (i * (i + 1)) >> 1
-                        si = s[a]
-                        dz_slot[a] += q * dzi
-                        dz2_slot[a] += q * (dzi * dzi + si * At[node, oi + i] * si)
-                        for j in range(i + 1):
-                            b = node_slots[t, j]
-                            ss_slot[a, b] += q * (
-                                kap * (m[b] + dzs[t, j]) + si * At[node, oi + j] * s[b]
-                            )
-            Idx = I[n]
-            for i in range(Hp):
-                a = Idx[i]
-                ms[a] += s_slot[i]
-                mb_row[a] += b_slot[i]
-            if second:
-                for i in range(Hp):
-                    a = Idx[i]
-                    b_c[a] += b_slot[i]
-                    dz_c[a] += dz_slot[i]
-                    dz2_c[a] += dz2_slot[i]
-                    for j in range(i):
-                        x = ss_slot[i, j]
-                        ss_c[a, Idx[j]] += x
-                        ss_c[Idx[j], a] += x
-                    ss_c[a, a] += ss_slot[i, i]
+                        for i in range(Hp):
+                            a = Idx[i]
+                            s_i = SSP[i, j]
+                            BH[a, j] += BS[i, j]
+                            DZH[a, j] += DZS[i, j]
+                            DZ2H[a, j] += DZ2S[i, j] + s_i * s_i * SAS[i * Hp + i, j]
+                            for e in range(i):
+                                x = SSS[i * Hp + e, j] + s_i * SAS[i * Hp + e, j] * SSP[e, j]
+                                ss_c[a, Idx[e]] += x
+                                ss_c[Idx[e], a] += x
+                            ss_c[a, a] += SSS[i * Hp + i, j] + s_i * SAS[i * Hp + i, j] * s_i
+                ms = mean_s[n]
+                mbr = mean_b[n]
+                for h in range(H):
+                    ms[h] = MT[h, j]
+                for h in range(H):
+                    mbr[h] = MB[h, j]
+        # the chunk's partial sums over its points
+        if second:
+            for h in range(H):
+                b_part[c, h] = BH[h].sum()
+                dz_part[c, h] = DZH[h].sum()
+                dz2_part[c, h] = DZ2H[h].sum()
+                ss_c[h, h] += SSD[h].sum()
 
 
 # -- preparation (plain NumPy, once per table) --------------------------------------------------
@@ -424,6 +618,51 @@ def pattern_tree(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return parent, slots, k
 
 
+_NODE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _tree_nodes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All nodes of the pattern tree, as the kernel walks it: the H' roots, then the table.
+
+    Parameters
+    ----------
+    table : ndarray of shape (Kc, H')
+        As :func:`pattern_tree`.
+
+    Returns
+    -------
+    parent : ndarray of int64, shape (H' + Kc,)
+        Node of each node's prefix (-1 for the roots).
+    slots : ndarray of int64, shape (H' + Kc, γ)
+        Active slots in ascending order, padded with 0 (root j: the slot j).
+    k : ndarray of int64, shape (H' + Kc,)
+        Number of active slots (1 for the roots).
+    anc : ndarray of int64, shape (H' + Kc, γ)
+        ``anc[n, p]``: the ancestor of node n with p + 1 slots (n itself for p = k - 1),
+        whose new row is row p of n's X = L⁻¹.
+    """
+    key = (np.shape(table), (np.asarray(table) != 0).tobytes())
+    if key in _NODE_CACHE:
+        return _NODE_CACHE[key]
+    parent_t, slots_t, k_t = pattern_tree(table)
+    Kc, gamma = slots_t.shape
+    Hp = np.shape(table)[1]
+    gamma = max(gamma, 1)
+    parent = np.concatenate([np.full(Hp, -1, dtype=np.int64), parent_t])
+    slots = np.zeros((Hp + Kc, gamma), dtype=np.int64)
+    slots[:Hp, 0] = np.arange(Hp)
+    slots[Hp:, : slots_t.shape[1]] = slots_t
+    k = np.concatenate([np.ones(Hp, dtype=np.int64), k_t])
+    anc = np.zeros((Hp + Kc, gamma), dtype=np.int64)
+    anc[:Hp, 0] = np.arange(Hp)
+    for node in range(Hp, Hp + Kc):  # parents come first
+        r = k[node] - 1
+        anc[node, :r] = anc[parent[node], :r]
+        anc[node, r] = node
+    _NODE_CACHE[key] = (parent, slots, k, anc)
+    return parent, slots, k, anc
+
+
 def gsc_estep(
     Y: np.ndarray,
     params: dict[str, np.ndarray],
@@ -478,7 +717,7 @@ def gsc_estep(
     G = np.ascontiguousarray(W.T @ W, dtype=np.float64)
     g = np.diag(G).copy()
     a = 1.0 + psi * g / sigma2
-    parent, slots, k = pattern_tree(batch.table)
+    parent, slots, k, anc = _tree_nodes(batch.table)
     I = np.ascontiguousarray(batch.I, dtype=np.int64)
     accumulate = bool(accumulate or moments_only)
     second = accumulate and not moments_only
@@ -492,12 +731,12 @@ def gsc_estep(
     if B:
         _gsc_kernel(
             WY,
-            yy,
             G,
             I,
             parent,
             slots,
             k,
+            anc,
             mu,
             np.sqrt(psi),
             logit,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["FMA", "exp_rows", "exp_shifted"]
+__all__ = ["FMA", "exp_rows", "exp_shifted", "log_rows"]
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693147180369123816490  # upper bits of ln 2: t * _LN2_HI is exact for |t| < 2^11
@@ -70,3 +70,56 @@ def exp_shifted(x, shift, out, bits, n):  # pragma: no cover - compiled
     scale = bits.view(np.float64)
     for j in range(n):
         out[j] *= scale[j]
+
+
+# log(x) as loops LLVM can vectorise: x = 2^k m with m in [sqrt(2)/2, sqrt(2)) split through
+# the int64 bits of x, then log(m) = log(1 + f) by the minimax polynomial of fdlibm's
+# __ieee754_log (error below 1 ulp before the final rounding).
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+_MANT = 0x000FFFFFFFFFFFFF
+_DBL_MAX = 1.7976931348623157e308
+#: mantissa bits of sqrt(2): mantissas at or above move to [sqrt(2)/2, 1) with k + 1
+_SQRT2_MANT = 0x6A09E667F3BCD
+
+
+@njit(cache=True, inline="always", fastmath=FMA)
+def _log_poly(m, k):  # pragma: no cover - compiled
+    """log(2^k m) for m in [sqrt(2)/2, sqrt(2)) (fdlibm's reduction and polynomial)."""
+    f = m - 1.0
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+    r = t2 + t1
+    hfsq = 0.5 * f * f
+    return k * _LN2_HI - ((hfsq - (s * (hfsq + r) + k * _LN2_LO)) - f)
+
+
+@njit(cache=True, inline="always", fastmath=FMA)
+def log_rows(x, out, bits, expo, n):  # pragma: no cover - compiled
+    """out[:n] = log(x[:n]) for positive normal float64 x (x >= 2.2e-308); +inf stays +inf.
+
+    ``x`` must be a contiguous 1-D float64 array; ``bits`` (int64) and ``expo`` (float64)
+    are scratch of length >= n. ``out`` must differ from ``x``, ``bits`` and ``expo`` (no
+    aliasing: LLVM vectorises). Subnormals, zero, negative values and NaN are not handled
+    (the callers guard their arguments to >= tiny; GSC's pivots are >= 1). Inlined into the
+    caller, whose flags apply: the caller needs ``error_model="numpy"`` (numba's default
+    "python" model checks the division for zero, which keeps the loop scalar).
+    """
+    xb = x.view(np.int64)
+    for j in range(n):
+        h = xb[j]
+        m = h & _MANT
+        up = m >= _SQRT2_MANT
+        expo[j] = ((h >> 52) - 1023 + (1 if up else 0)) * 1.0
+        bits[j] = m | ((1022 if up else 1023) << 52)
+    mant = bits.view(np.float64)
+    for j in range(n):
+        out[j] = _log_poly(mant[j], expo[j]) if x[j] <= _DBL_MAX else x[j]

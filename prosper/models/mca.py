@@ -263,7 +263,9 @@ class MCAModel(TruncatedModel):
         return lm, out
 
     def runs_on(self, backend):
-        return False  # transcendental-bound NumPy E-step; no numba/CuPy kernel yet
+        # the NumPy E-step here is the reference; a backend with an ``mca_estep`` kernel
+        # (numba: prosper.backends.numba_mca) replaces it, the others use it
+        return hasattr(backend, "mca_estep")
 
     def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         """Log marginals (B,) and the local statistics of one batch.
@@ -273,10 +275,27 @@ class MCAModel(TruncatedModel):
 
         Statistics: ``Ay`` (D, H) Σ_n <A_dh> y_dn, ``A`` (D, H) Σ_n <A_dh>, ``counts`` (1,)
         Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points.
+
+        Runs ``backend.mca_estep`` when the backend module has that kernel (numba), else the
+        NumPy code here, which is the reference for that kernel.
         """
+        batch = self.candidates(Y, states, params)
+        kernel = getattr(backend, "mca_estep", None)
+        if kernel is not None:
+            return kernel(
+                Y,
+                params,
+                batch,
+                self.rho(beta),
+                beta,
+                prior_beta,
+                mask,
+                "stats" if accumulate else "lm",
+                self.signed,
+            )
         lm, stats = self._run_chunks(
             Y,
-            self.candidates(Y, states, params),
+            batch,
             params,
             self.rho(beta),
             beta,
@@ -289,6 +308,9 @@ class MCAModel(TruncatedModel):
     def posterior_mean(self, Y, states, params, backend):
         """<s> (B, H) under the truncated posterior at temperature 1 (ρ at T = 1)."""
         batch = self.candidates(Y, states, params)
+        kernel = getattr(backend, "mca_estep", None)
+        if kernel is not None:
+            return kernel(Y, params, batch, self.rho(1.0), 1.0, 1.0, None, "mean", self.signed)[1]
         return self._run_chunks(Y, batch, params, self.rho(1.0), 1.0, 1.0, None, "mean")[1]
 
     def log_joint(self, Y, S, params, beta: float = 1.0):

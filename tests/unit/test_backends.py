@@ -165,6 +165,31 @@ def test_vectorised_exp_matches_libm():
     np.testing.assert_array_equal(y, out)
 
 
+def test_log_rows_matches_numpy():
+    from numba import njit
+
+    @njit(error_model="numpy")
+    def run(x, out, bits, expo):
+        numba_math.log_rows(x, out, bits, expo, x.size)
+
+    rng = np.random.default_rng(11)
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-708.0, 709.0, 20000)),
+            rng.uniform(0.5, 2.0, 20000),
+            [np.finfo(np.float64).tiny, 1.0, 2.0, 0.5, np.sqrt(2.0), np.nextafter(np.sqrt(2.0), 0)],
+            [np.finfo(np.float64).max, 1.0 + 2**-52, 1.0 - 2**-53, np.inf],
+        ]
+    )
+    out = np.empty_like(x)
+    run(x, out, np.empty(x.size, dtype=np.int64), np.empty_like(x))
+    ref = np.log(x)
+    ulps = np.abs(out - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
+    assert ulps[:-1].max() <= 2.0
+    assert out[-9] == 0.0  # log(1) exactly
+    assert out[-1] == np.inf
+
+
 @pytest.mark.parametrize("Hprime", [1, 3, 5])
 def test_preselection_ties_as_numpy(Hprime):
     """Equal scores go to the lower latent on every backend (bars data are full of ties)."""

@@ -3,8 +3,8 @@
 The NumPy E-step (``GSCModel.estep_batch`` without a kernel-bearing backend) is itself
 checked against dense brute force in test_gsc.py; here every output of the kernel (log
 marginals, sy, ss, b, dz, dz2, yy, n, ⟨s⟩, ⟨b⟩) must match it on candidate sets with and
-without preselection, annealing, data masks, float32 data and the edge cases γ = 1 (no
-table), B = 1 and Ψ_h = 0.
+without preselection, annealing, data masks, float32 data, several blocks of points and
+chunks, and the edge cases γ = 1 (no table), B = 1 and Ψ_h = 0.
 """
 
 from __future__ import annotations
@@ -97,6 +97,30 @@ def test_annealing_and_mask(beta, prior_beta):
     # the tempered weights really differ from the untempered ones
     plain = numba_gsc.gsc_estep(Y, params, batch, 1.0, 1.0, mask)[1]
     assert np.abs(plain["b"] - ref[1]["b"]).max() > 1e-3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_several_blocks_and_chunks(threads):
+    # more points than a block (the SIMD dimension of the kernel's scratch), the last block
+    # partial, split over chunks: nothing carries over between blocks or chunks
+    import numba
+
+    N = 2 * numba_gsc._BLOCK + 13
+    model, states, batch, params, Y = _problem(12, 10, 7, 4, N, seed=9)
+    rng = np.random.default_rng(10)
+    mask = rng.uniform(0.0, 1.0, N)
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        for beta, prior_beta, m in [(1.0, 1.0, None), (0.5, 0.7, mask)]:
+            ref = _reference(model, Y, batch, states, params, beta, prior_beta, m, True)
+            _check(*numba_gsc.gsc_estep(Y, params, batch, beta, prior_beta, m), *ref)
+        ref_s, ref_b = model.posterior_moments(Y, batch, params)
+        mean_s, mean_b = numba_gsc.gsc_estep(Y, params, batch, moments_only=True)
+        _close(mean_s, ref_s)
+        _close(mean_b, ref_b)
+    finally:
+        numba.set_num_threads(old)
 
 
 def test_log_marginals_only():

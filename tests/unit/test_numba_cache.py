@@ -17,10 +17,14 @@ pytest.importorskip("numba")
 CHILD = textwrap.dedent(
     """
     import json
-    from prosper.backends import numba_backend as nb, numba_gsc
+    from prosper.backends import numba_backend as nb, numba_gsc, numba_mca
 
     seconds = nb.warmup()
     kernels = {"linear": nb._linear_kernel, "gsc": numba_gsc._gsc_kernel}
+    kernels.update(
+        (name, f) for name, f in vars(numba_mca).items()
+        if name.startswith("_") and name.endswith("_kernel")
+    )
     print(json.dumps({
         "seconds": seconds,
         "hits": {k: sum(f.stats.cache_hits.values()) for k, f in kernels.items()},
