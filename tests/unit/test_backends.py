@@ -183,9 +183,9 @@ def test_log_rows_matches_numpy():
     )
     out = np.empty_like(x)
     run(x, out, np.empty(x.size, dtype=np.int64), np.empty_like(x))
-    ref = np.log(x)
-    ulps = np.abs(out - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
-    assert ulps[:-1].max() <= 2.0
+    ref = np.log(x[:-1])
+    ulps = np.abs(out[:-1] - ref) / np.spacing(np.maximum(np.abs(ref), np.finfo(np.float64).tiny))
+    assert ulps.max() <= 2.0
     assert out[-9] == 0.0  # log(1) exactly
     assert out[-1] == np.inf
 
