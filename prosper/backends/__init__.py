@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -40,20 +41,27 @@ def available_backends() -> list[str]:
     return [name for name in BACKENDS if _try_import(name) is not None]
 
 
-def get_backend(name: str = "auto") -> ModuleType:
+def get_backend(
+    name: str = "auto", supports: Callable[[ModuleType], bool] | None = None
+) -> ModuleType:
     """Return the kernel module of a backend.
 
     Parameters
     ----------
     name : {"auto", "numpy", "numba", "cupy"}
         ``"auto"`` picks CuPy when a GPU is usable, else numba, else NumPy, and logs the choice.
+    supports : callable or None
+        With ``"auto"``: only backends for which ``supports(module)`` is true are chosen
+        (e.g. a model's ``runs_on``, so that GSC on a GPU machine gets numba's kernel rather
+        than CuPy's fallback to NumPy); NumPy when none is.
     """
     if name == "auto":
         for candidate in _AUTO_ORDER:
             module = _try_import(candidate)
-            if module is not None:
+            if module is not None and (supports is None or supports(module)):
                 log.debug("backend='auto' chose %r", candidate)
                 return module
+        return importlib.import_module(BACKENDS["numpy"])
     if name not in BACKENDS:
         raise ValueError(
             f"Unknown backend {name!r}; choose one of 'auto', " + ", ".join(map(repr, BACKENDS))

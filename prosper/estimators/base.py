@@ -161,6 +161,10 @@ class EMEstimator(BaseEstimator):
         backend = get_backend(self.backend)
         seed = self._seed(comm)
         learner = self._make_learner(D, seed, backend)
+        backend = getattr(learner, "backend", backend)
+        if hasattr(backend, "select_device"):
+            # one GPU per rank: local rank modulo the visible devices (collective)
+            backend.select_device(comm)
         writer = None
         if out is not None:
             writer = ResultWriter(
@@ -530,6 +534,9 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _make_learner(self, D: int, seed: int, backend) -> TruncatedEM:
         model = self._make_model(D)
+        if self.backend == "auto" and not model.runs_on(backend):
+            # the best backend that has a kernel for this model, not the best backend
+            backend = get_backend("auto", supports=model.runs_on)
         return TruncatedEM(
             model,
             self._states(model),

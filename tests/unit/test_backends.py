@@ -277,3 +277,38 @@ def test_ranks_on_a_node_share_its_cores():
         check=True,
     )
     assert int(pinned.stdout) == 1
+
+
+def _fake_gpu_backend(calls):
+    """A stand-in for the CuPy backend: linear kernels only (NumPy's), records binding."""
+    import types
+
+    return types.SimpleNamespace(
+        NAME="cupy",
+        AVAILABLE=True,
+        linear_estep=ref.linear_estep,
+        linear_posterior_mean=ref.linear_posterior_mean,
+        select_device=lambda comm: calls.append(comm.size) or 0,
+    )
+
+
+def test_auto_picks_the_best_backend_with_a_kernel_for_the_model(monkeypatch):
+    """On a GPU machine, BSC gets CuPy (bound to a device per rank), GSC and MCA numba."""
+    import prosper.backends as backends
+    from prosper import BSC, GSC, MCA
+    from prosper.data import bars
+
+    calls = []
+    fake = _fake_gpu_backend(calls)
+    real = backends._try_import
+    monkeypatch.setattr(backends, "_try_import", lambda n: fake if n == "cupy" else real(n))
+    assert get_backend("auto") is fake
+    assert get_backend("auto", supports=lambda m: m.NAME == "numpy").NAME == "numpy"
+    for cls, wanted in ((BSC, "cupy"), (GSC, "numba"), (MCA, "numba")):
+        chosen = cls(H=4, backend="auto")._make_learner(9, 0, get_backend("auto")).backend
+        assert chosen is (fake if wanted == "cupy" else nb), cls.__name__
+    data = bars(size=3, n_samples=60, random_state=0)
+    BSC(H=6, n_iter=2, progress=False, random_state=0).fit(data.Y)
+    assert calls == [1]  # select_device ran once, on the one rank
+    GSC(H=6, n_iter=2, progress=False, random_state=0).fit(data.Y)
+    assert calls == [1]  # numba has no device to bind
