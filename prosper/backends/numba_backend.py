@@ -91,6 +91,8 @@ __all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "mca_estep", "w
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
 #: thread's scratch (about 2 K · 32 float64) in L2 for K up to a few thousand states.
 _BLOCK = 64
+#: most latents for which the preselection ranks by O(H²) SIMD compares (see _rank_block)
+_RANK_MAX_H = 48
 
 
 # -- compiled kernels ------------------------------------------------------------------------
@@ -114,6 +116,31 @@ def _softmax_columns(x, n_rows, nb, out, peak, total, bits):  # pragma: no cover
         exp_rows(x[k], peak, row, bits, nb)
         for j in range(nb):
             total[j] += row[j]
+
+
+@njit(cache=True, inline="always")
+def _rank_block(scores, n0, nb, Hp, ST, CNT):  # pragma: no cover - compiled
+    """CNT[h, j] = how many latents beat latent h for point n0 + j (a higher score, or an
+    equal score and a lower index): h is among the H' best exactly when CNT[h, j] < H',
+    the rule of :func:`prosper.solvers.states._top_indices`. ``ST`` is (H, NB) scratch."""
+    H = scores.shape[1]
+    for j in range(nb):
+        row = scores[n0 + j]
+        for h in range(H):
+            ST[h, j] = row[h]
+    for h in range(H):
+        s = ST[h]
+        c = CNT[h]
+        for j in range(nb):
+            c[j] = 0
+        for g in range(h):
+            x = ST[g]
+            for j in range(nb):
+                c[j] += x[j] >= s[j]
+        for g in range(h + 1, H):
+            x = ST[g]
+            for j in range(nb):
+                c[j] += x[j] > s[j]
 
 
 @njit(cache=True, inline="always")
@@ -197,6 +224,9 @@ def _linear_kernel(
     off = 1 + V1 * H
     K = off + R - R1
     tempered = beta != 1.0 or prior_beta != 1.0
+    # up to _RANK_MAX_H latents the preselection ranks a block of points with SIMD compares
+    # (O(H²) per point, no branches); beyond, insertion per point (O(H))
+    ranked = not full and H <= _RANK_MAX_H
     diag = np.empty(H)
     for h in range(H):
         diag[h] = WtW[h, h]
@@ -218,13 +248,17 @@ def _linear_kernel(
         sm = np.empty(NB)
         bits = np.empty(NB, dtype=np.int64)
         top_score = np.empty(Hp)
-        top = np.empty(Hp, dtype=np.int64)
+        top = np.empty(Hp + 1, dtype=np.int64)
+        ST = np.empty((H if ranked else 0, NB))
+        CNT = np.empty((H if ranked else 0, NB), dtype=np.int64)
         ss_c = ss_part[c]
         lo = c * B // n_chunks
         hi = (c + 1) * B // n_chunks
         for n0 in range(lo, hi, NB):
             nb = min(NB, hi - n0)
             # preselection and per-point features, gathered once
+            if ranked:
+                _rank_block(scores, n0, nb, Hp, ST, CNT)
             for j in range(nb):
                 wy = WY[n0 + j]
                 yb[j] = yy[n0 + j]
@@ -233,8 +267,15 @@ def _linear_kernel(
                 if full:
                     for i in range(Hp):
                         top[i] = i
+                elif ranked:
+                    # the chosen latents in ascending order, without branches: every latent
+                    # is written, and the position advances past the chosen ones only
+                    pos = 0
+                    for h in range(H):
+                        top[pos] = h
+                        pos += CNT[h, j] < Hp
                 else:
-                    _top_slots(scores[n0 + j], top_score, top)
+                    _top_slots(scores[n0 + j], top_score, top[:Hp])
                 for i in range(Hp):
                     I[j, i] = top[i]
                     X[i, j] = wy[top[i]]

@@ -190,25 +190,34 @@ def test_log_rows_matches_numpy():
     assert out[-1] == np.inf
 
 
+@pytest.mark.parametrize("size", [3, 26], ids=["H6-ranked", "H52-insertion"])
 @pytest.mark.parametrize("Hprime", [1, 3, 5])
-def test_preselection_ties_as_numpy(Hprime):
-    """Equal scores go to the lower latent on every backend (bars data are full of ties)."""
+def test_preselection_ties_as_numpy(size, Hprime):
+    """Equal scores go to the lower latent on every backend (bars data are full of ties).
+
+    Both selection paths of the kernel: SIMD ranking (H <= 48) and insertion (larger H).
+    """
     from prosper.data.bars import bars_dictionary
 
-    W = bars_dictionary(3, amplitude=1.0)  # 6 bars on 3x3, pairwise overlapping in 1 pixel
-    states = ExpectationTruncation(6, Hprime, min(Hprime, 2), (0.0, 1.0))
-    S = np.array([[1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 1]])
+    W = bars_dictionary(size, amplitude=1.0)  # 2 size bars, pairwise overlapping in 1 pixel
+    H = W.shape[1]
+    states = ExpectationTruncation(H, Hprime, min(Hprime, 2), (0.0, 1.0))
+    S = np.zeros((5, H))
+    S[0, 0] = S[1, 3] = S[3, [0, 1, H - 1]] = S[4, [2, size + 1]] = 1.0
     Y = S @ W.T
     norms = np.linalg.norm(W, axis=0)
-    presel = ((1.0 / norms)[None, :], np.zeros((1, 6)))
+    presel = ((1.0 / norms)[None, :], np.zeros((1, H)))
     scores = (Y @ W) * presel[0]
-    assert any(len(set(row)) < 6 for row in scores)  # the case under test: tied scores
-    args = (Y, W, 0.3, np.log([0.7, 0.3]), states, presel)
+    assert all(len(set(row)) < H for row in scores)  # the case under test: tied scores
+    # a broad posterior (large noise), so that which tied latent is chosen shows in the results
+    args = (Y, W, 20.0, np.log([0.7, 0.3]), states, presel)
     expected = ref.linear_estep(*args, 1.0, 1.0)
     assert_same(expected, nb.linear_estep(*args, 1.0, 1.0), rtol=1e-10)
-    batch = states.select(scores, 4)
-    # the reference picks the lowest tied latents
-    assert batch.I[2].tolist() == list(range(Hprime))
+    np.testing.assert_allclose(
+        nb.linear_posterior_mean(*args), ref.linear_posterior_mean(*args), rtol=0, atol=1e-12
+    )
+    # the reference picks the lowest tied latents (row 2 scores 0 everywhere)
+    assert states.select(scores, 5).I[2].tolist() == list(range(Hprime))
 
 
 def test_registry():
