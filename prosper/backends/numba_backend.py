@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
 from prosper.backends.numba_gsc import gsc_estep
-from prosper.backends.numba_math import FMA, exp_rows
+from prosper.backends.numba_math import FMA, softmax_columns
 from prosper.backends.numba_mca import mca_estep
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
@@ -96,28 +96,6 @@ _RANK_MAX_H = 48
 
 
 # -- compiled kernels ------------------------------------------------------------------------
-@njit(cache=True, inline="always", fastmath=FMA)
-def _softmax_columns(x, n_rows, nb, out, peak, total, bits):  # pragma: no cover - compiled
-    """Per column j < nb of the first ``n_rows`` rows of ``x``: ``peak[j]`` = the max,
-    ``out[:, j]`` = exp(x[:, j] - peak[j]) and ``total[j]`` = their sum.
-
-    ``out`` must not be ``x``: with aliased input and output LLVM keeps the loop scalar.
-    """
-    first = x[0]
-    for j in range(nb):
-        peak[j] = first[j]
-        total[j] = 0.0
-    for k in range(1, n_rows):
-        row = x[k]
-        for j in range(nb):
-            peak[j] = row[j] if row[j] > peak[j] else peak[j]
-    for k in range(n_rows):
-        row = out[k]
-        exp_rows(x[k], peak, row, bits, nb)
-        for j in range(nb):
-            total[j] += row[j]
-
-
 @njit(cache=True, inline="always")
 def _rank_block(scores, n0, nb, Hp, ST, CNT):  # pragma: no cover - compiled
     """CNT[h, j] = how many latents beat latent h for point n0 + j (a higher score, or an
@@ -317,7 +295,7 @@ def _linear_kernel(
                 for j in range(nb):
                     row[j] = c0 - (yb[j] + row[j]) * inv2s2 + lpk
             # log marginals: stable log-sum-exp over the states
-            _softmax_columns(LJ, K, nb, Q, mx, sm, bits)
+            softmax_columns(LJ, K, nb, Q, mx, sm, bits)
             for j in range(nb):
                 log_marginal[n0 + j] = mx[j] + np.log(sm[j])
             if not accumulate:
@@ -331,7 +309,7 @@ def _linear_kernel(
                         continue
                     for j in range(nb):
                         row[j] = beta * (row[j] - lpk) + prior_beta * lpk
-                _softmax_columns(LJ, K, nb, Q, mx, sm, bits)
+                softmax_columns(LJ, K, nb, Q, mx, sm, bits)
             # posterior weights q (times the data selection mask), in place
             for j in range(nb):
                 sm[j] = mask[n0 + j] / sm[j]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["FMA", "exp_rows", "exp_shifted", "log_rows"]
+__all__ = ["FMA", "exp_rows", "exp_shifted", "log_rows", "softmax_columns"]
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693147180369123816490  # upper bits of ln 2: t * _LN2_HI is exact for |t| < 2^11
@@ -70,6 +70,28 @@ def exp_shifted(x, shift, out, bits, n):  # pragma: no cover - compiled
     scale = bits.view(np.float64)
     for j in range(n):
         out[j] *= scale[j]
+
+
+@njit(cache=True, inline="always", fastmath=FMA)
+def softmax_columns(x, n_rows, nb, out, peak, total, bits):  # pragma: no cover - compiled
+    """Per column j < nb of the first ``n_rows`` rows of ``x``: ``peak[j]`` = the max,
+    ``out[:, j]`` = exp(x[:, j] - peak[j]) and ``total[j]`` = their sum.
+
+    ``out`` must not be ``x``: with aliased input and output LLVM keeps the loop scalar.
+    """
+    first = x[0]
+    for j in range(nb):
+        peak[j] = first[j]
+        total[j] = 0.0
+    for k in range(1, n_rows):
+        row = x[k]
+        for j in range(nb):
+            peak[j] = row[j] if row[j] > peak[j] else peak[j]
+    for k in range(n_rows):
+        row = out[k]
+        exp_rows(x[k], peak, row, bits, nb)
+        for j in range(nb):
+            total[j] += row[j]
 
 
 # log(x) as loops LLVM can vectorise: x = 2^k m with m in [sqrt(2)/2, sqrt(2)) split through
