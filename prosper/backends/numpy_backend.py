@@ -84,9 +84,9 @@ def linear_log_joint_parts(
     # singletons, value-major: (B, V-1, H)
     err[:, 1 : 1 + n_single] = (
         (nz**2)[None, :, None] * diag[None, None, :] - 2.0 * nz[None, :, None] * WY[:, None, :]
-    ).reshape(B, -1)
+    ).reshape(B, n_single)
     # multi-latent states over the preselected slots: two GEMMs against the table
-    M_I = WtW[I[:, :, None], I[:, None, :]].reshape(B, -1)
+    M_I = WtW[I[:, :, None], I[:, None, :]].reshape(B, I.shape[1] ** 2)
     multi = err[:, 1 + n_single :]
     np.matmul(M_I, outer.T, out=multi)
     multi -= 2.0 * (np.take_along_axis(WY, I, axis=1) @ table.T)
