@@ -83,6 +83,8 @@ def estep_pass(model, params, states, Y, backend, batch_size, comm=None):
         Yb = Y[start : start + batch_size]
         _, stats = model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, backend)
         total = stats if total is None else {k: total[k] + stats[k] for k in total}
+    if hasattr(backend, "to_host"):  # CuPy: sums on the device, one copy per pass
+        total = backend.to_host(total)
     return total if comm is None else comm.allreduce_arrays(total)
 
 

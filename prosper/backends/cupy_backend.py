@@ -1,7 +1,8 @@
 """CuPy (CUDA) kernels for the E-step of linear models.
 
-Same functions, arguments and results as :mod:`prosper.backends.numpy_backend`: NumPy arrays
-in, NumPy arrays out. One batch runs on the current GPU as
+Same functions and arguments as :mod:`prosper.backends.numpy_backend`, NumPy arrays in; the
+log marginals come back as host arrays, the statistics stay on the device (see below). One
+batch runs on the current GPU as
 
 1. the batch copied to the device through a reused page-locked (pinned) host buffer;
 2. ``Y W`` (cuBLAS); the preselection scores from it, ranked on the host by
@@ -12,13 +13,14 @@ in, NumPy arrays out. One batch runs on the current GPU as
    :func:`prosper.backends.linear_terms.table_coefficients`);
 4. one RawKernel (``cuda/linear_estep.cu``, one thread block per data point): log-joint of
    every state, both log-sum-exps, posterior weights;
-5. the statistics reduced on the device (GEMMs and a scatter-add), packed into one buffer and
-   copied back with a single transfer per batch.
+5. the statistics reduced on the device (GEMMs and a scatter-add) and returned as device
+   arrays: the solver adds them up over the batches on the device and :func:`to_host`
+   copies the sums back in one transfer per pass (per iteration without ET data
+   selection).
 
-The interface returns host arrays per batch, so the statistics cross the bus once per batch
-(a few (D, H) + (H, H) arrays), not once per iteration; use large batches on a GPU
-(``batch_size`` of 10^4 or more). Under MPI call :func:`select_device` once per rank: each
-rank binds to GPU (local rank mod visible devices); the Allreduce stays on host arrays.
+Use large batches on a GPU (``batch_size`` of 10^4 or more). Under MPI each rank binds to
+one GPU (local rank mod visible devices, :func:`select_device`, called by ``fit``); the
+Allreduce stays on host arrays.
 
 Importing this module never requires CuPy: without it, or without a visible CUDA device,
 ``AVAILABLE`` is False and ``get_backend("auto")`` falls back to numba.
@@ -62,6 +64,7 @@ __all__ = [
     "linear_posterior_mean",
     "local_rank",
     "select_device",
+    "to_host",
 ]
 
 #: CUDA source of the per-state kernel, shipped as package data
@@ -324,7 +327,9 @@ def linear_estep(
     log_marginal : ndarray of shape (B,)
         log sum_{s in K_n} p(s, y_n) at temperature 1.
     stats : dict or None
-        float64 host arrays ``sy`` (D, H), ``ss`` (H, H), ``counts`` (V-1,), ``yy``, ``n``.
+        float64 ``sy`` (D, H), ``ss`` (H, H), ``counts`` (V-1,), ``yy``, ``n``, as device
+        arrays (host arrays for an empty batch): sum them over batches on the device and
+        copy the sums back with :func:`to_host`.
     """
     B, D = np.shape(Y)
     H = np.shape(W)[1]
@@ -340,15 +345,31 @@ def linear_estep(
     )
     if ctx is None:
         return log_marginal.get(), None
-    parts = [log_marginal, *_statistics(ctx, H)]
-    # one device-to-host transfer for the whole batch
-    host = cp.concatenate([cp.ravel(p) for p in parts]).get()
-    out, start = [], 0
-    for p in parts:
-        out.append(host[start : start + p.size].reshape(p.shape))
-        start += p.size
-    lm, sy, ss, counts, yy, n = out
-    return lm, {"sy": sy, "ss": ss, "counts": counts, "yy": yy, "n": n}
+    # the statistics stay on the device: the solver adds them up over the batches and
+    # copies the sums back once per pass (to_host)
+    sy, ss, counts, yy, n = _statistics(ctx, H)
+    return log_marginal.get(), {"sy": sy, "ss": ss, "counts": counts, "yy": yy, "n": n}
+
+
+def to_host(stats: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Statistics as float64 host arrays, with one device-to-host transfer for all of them.
+
+    Parameters
+    ----------
+    stats : dict of str to array
+        Device (CuPy) arrays, as :func:`linear_estep` returns them and sums of them; host
+        arrays (an empty batch, or a model without a CuPy kernel) pass through.
+    """
+    on_device = [k for k, v in stats.items() if isinstance(v, cp.ndarray)]
+    out = {k: np.asarray(v, dtype=np.float64) for k, v in stats.items() if k not in on_device}
+    if on_device:
+        host = cp.concatenate([cp.ravel(stats[k]) for k in on_device]).get()
+        start = 0
+        for k in on_device:
+            size, shape = int(stats[k].size), stats[k].shape
+            out[k] = host[start : start + size].reshape(shape)
+            start += size
+    return {k: out[k] for k in stats}
 
 
 def linear_posterior_mean(

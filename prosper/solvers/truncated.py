@@ -144,6 +144,9 @@ class TruncatedEM:
             log_marginal[rows] = lm
             if stats is not None:
                 total = stats if total is None else {k: total[k] + stats[k] for k in total}
+        if total is not None and hasattr(self.backend, "to_host"):
+            # a GPU backend keeps the statistics on the device until the pass is done
+            total = self.backend.to_host(total)
         return log_marginal, total
 
     def estep(self, Y: np.ndarray, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
