@@ -54,7 +54,7 @@ from numba import njit, prange
 
 from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
 from prosper.backends.numba_gsc import gsc_estep
-from prosper.backends.numba_math import FMA, softmax_columns
+from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
@@ -402,7 +402,8 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
     ss = np.zeros((n_chunks, H, H))
     counts = np.zeros((n_chunks, nz.size))
     if B:
-        _linear_kernel(
+        run_kernel(
+            _linear_kernel,
             WY,
             yy,
             WtW,

@@ -57,7 +57,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from prosper.backends.numba_math import FMA, log_rows, softmax_columns
+from prosper.backends.numba_math import FMA, log_rows, run_kernel, softmax_columns
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import CandidateBatch
@@ -704,7 +704,8 @@ def gsc_estep(
     ss_part = np.zeros((n_chunks, H, H) if second else (n_chunks, 0, 0))
     parts = [np.zeros((n_chunks, H) if second else (n_chunks, 0)) for _ in range(3)]
     if B:
-        _gsc_kernel(
+        run_kernel(
+            _gsc_kernel,
             WY,
             G,
             I,

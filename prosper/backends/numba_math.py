@@ -1,4 +1,5 @@
-"""Compiled elementwise helpers shared by the numba kernels (imported only by them).
+"""Compiled elementwise helpers shared by the numba kernels (imported only by them), and
+:func:`run_kernel`, which reports how long a kernel took to compile or load.
 
 exp(x) for x <= 0 as loops LLVM can vectorise (libm's scalar exp cannot be): x = t ln2 + r
 with |r| <= ln2/2, exp(r) by its Taylor series to degree 13 (relative error < 1e-16 before
@@ -9,10 +10,43 @@ result is 0.
 
 from __future__ import annotations
 
+import logging
+import time
+from typing import Any
+
 import numpy as np
 from numba import njit
 
-__all__ = ["FMA", "exp_rows", "exp_shifted", "log_rows", "softmax_columns"]
+__all__ = ["FMA", "exp_rows", "exp_shifted", "log_rows", "run_kernel", "softmax_columns"]
+
+log = logging.getLogger(__name__)
+
+#: kernels whose first call in this process has been reported
+_REPORTED: set[str] = set()
+
+
+def run_kernel(kernel: Any, *args: Any) -> Any:
+    """Call a numba kernel; its first call in a process logs what it cost.
+
+    The first call compiles the kernel (10-30 s, then cached on disk) or loads it from the
+    cache (well under a second): a fit that seems to hang at its start is usually compiling,
+    and the log says so instead of hiding it.
+    """
+    name = kernel.py_func.__name__
+    if name in _REPORTED:
+        return kernel(*args)
+    start = time.perf_counter()
+    out = kernel(*args)
+    _REPORTED.add(name)
+    compiled = sum(kernel.stats.cache_misses.values()) > 0
+    log.info(
+        "numba kernel %s %s in %.1f s",
+        name.strip("_"),
+        "compiled (cached on disk for later runs)" if compiled else "loaded from the disk cache",
+        time.perf_counter() - start,
+    )
+    return out
+
 
 _LOG2E = 1.4426950408889634
 _LN2_HI = 0.693147180369123816490  # upper bits of ln 2: t * _LN2_HI is exact for |t| < 2^11

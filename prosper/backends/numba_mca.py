@@ -60,7 +60,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from prosper.backends.numba_math import FMA, exp_shifted, log_rows
+from prosper.backends.numba_math import FMA, exp_shifted, log_rows, run_kernel
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import CandidateBatch
@@ -465,7 +465,8 @@ def mca_estep(
     A_part = np.zeros((n_chunks, H, Dp))
     Ay_part = np.zeros_like(A_part)
     if B:
-        _mca_kernel(
+        run_kernel(
+            _mca_kernel,
             Y,
             I,
             logW,

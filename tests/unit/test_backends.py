@@ -321,3 +321,16 @@ def test_auto_picks_the_best_backend_with_a_kernel_for_the_model(monkeypatch):
     assert calls == [1]  # select_device ran once, on the one rank
     GSC(H=6, n_iter=2, progress=False, random_state=0).fit(data.Y)
     assert calls == [1]  # numba has no device to bind
+
+
+def test_first_kernel_call_is_reported(monkeypatch, caplog):
+    """Compiling takes seconds: the first call of a kernel says what it cost, later ones not."""
+    monkeypatch.setattr(numba_math, "_REPORTED", set())
+    p = make_problem(VALUE_SETS["binary"], B=8)
+    with caplog.at_level("INFO", logger="prosper.backends.numba_math"):
+        estep(nb, p)
+        estep(nb, p)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("numba kernel linear_kernel ")
+    assert "compiled" in lines[0] or "loaded from the disk cache" in lines[0]
