@@ -162,6 +162,14 @@ class EMEstimator(BaseEstimator):
         seed = self._seed(comm)
         learner = self._make_learner(D, seed, backend)
         backend = getattr(learner, "backend", backend)
+        chosen = comm.allgather(backend.NAME)
+        if len(set(chosen)) > 1:
+            # e.g. "auto" on nodes with and without a GPU: the ranks would compute different
+            # round-off and the GPU ranks would wait in select_device for the others
+            raise ValueError(
+                f"the MPI ranks chose different backends ({', '.join(sorted(set(chosen)))}) "
+                f"for backend={self.backend!r}; set backend= to one that every node has."
+            )
         if hasattr(backend, "select_device"):
             # one GPU per rank: local rank modulo the visible devices (collective)
             backend.select_device(comm)

@@ -334,3 +334,18 @@ def test_first_kernel_call_is_reported(monkeypatch, caplog):
     assert len(lines) == 1, lines
     assert lines[0].startswith("numba kernel linear_kernel ")
     assert "compiled" in lines[0] or "loaded from the disk cache" in lines[0]
+
+
+def test_ranks_that_choose_different_backends_stop_with_a_clear_error(monkeypatch):
+    """backend='auto' on a mix of GPU and CPU nodes: refused before any work, on every rank."""
+    from prosper import BSC
+    from prosper.parallel import Communicator
+
+    real = Communicator.allgather
+
+    def two_nodes(self, value):  # this rank's choice, and a GPU node's
+        return [value, "cupy"] if value in BACKENDS else real(self, value)
+
+    monkeypatch.setattr(Communicator, "allgather", two_nodes)
+    with pytest.raises(ValueError, match=r"ranks chose different backends \(cupy, numba\)"):
+        BSC(H=4, n_iter=1, progress=False).fit(np.random.default_rng(0).random((20, 9)))
