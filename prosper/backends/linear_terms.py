@@ -34,6 +34,10 @@ def preselection_scores(WY: np.ndarray, coef: tuple[np.ndarray, np.ndarray]) -> 
     WY : ndarray of shape (B, H)
     coef : tuple of two ndarrays of shape (V', H)
         Slopes A and offsets C.
+
+    Returns
+    -------
+    ndarray of shape (B, H)
     """
     A, C = coef
     scores = WY * A[0] + C[0]
@@ -43,7 +47,21 @@ def preselection_scores(WY: np.ndarray, coef: tuple[np.ndarray, np.ndarray]) -> 
 
 
 def state_log_prior(value_logp: np.ndarray, H: int, value_counts: np.ndarray) -> np.ndarray:
-    """Log-prior of every candidate state in the order [zero, singletons, table], shape (K,)."""
+    """Log-prior of every candidate state in the order [zero, singletons, table].
+
+    Parameters
+    ----------
+    value_logp : ndarray of shape (V,)
+        log p(s_h = v) of one latent, value 0 first.
+    H : int
+        Number of latents.
+    value_counts : ndarray of shape (Kc, V-1)
+        How often each non-zero value occurs in each table row.
+
+    Returns
+    -------
+    ndarray of shape (K,), K = 1 + (V-1) H + Kc
+    """
     value_logp = np.asarray(value_logp, dtype=np.float64)
     base = H * value_logp[0]
     delta = value_logp[1:] - value_logp[0]
@@ -111,7 +129,6 @@ class TableTerms:
     """
 
     n_slots: int
-    n_pairs: int
     pair_a: np.ndarray
     pair_b: np.ndarray
     parent: np.ndarray
@@ -196,7 +213,6 @@ def _table_terms(table_bytes: bytes, shape: tuple[int, int], values_bytes: bytes
     mom_terms, mom_index, mom_coef = pack(mom)
     return TableTerms(
         n_slots=Hp,
-        n_pairs=pair_a.size,
         pair_a=pair_a.astype(np.int64),
         pair_b=pair_b.astype(np.int64),
         parent=np.array(parent, dtype=np.int64),

@@ -38,8 +38,8 @@ Compilation: the kernels are compiled on first use (about 10-30 s) and cached on
 load them in well under a second. :func:`warmup` compiles them explicitly, e.g. in a short
 single-rank run before a large MPI job so that the ranks do not all compile at once.
 
-float32: ``Y W`` and Σ y <s>ᵀ run at the precision of ``Y``; everything else, including all
-statistics, in float64.
+float32: ``Y W`` runs at the precision of ``Y``; everything else, including Σ y <s>ᵀ and all
+other statistics, in float64.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ _share_cores_between_ranks()
 __all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "mca_estep", "warmup"]
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
-#: thread's scratch (about 2 K · 32 float64) in L2 for K up to a few thousand states.
+#: thread's scratch (about 2 K · 64 float64) in L2 for K up to about a thousand states.
 _BLOCK = 64
 #: most latents for which the preselection ranks by O(H²) SIMD compares (see _rank_block)
 _RANK_MAX_H = 48
@@ -97,7 +97,7 @@ _RANK_MAX_H = 48
 
 # -- compiled kernels ------------------------------------------------------------------------
 @njit(cache=True, inline="always")
-def _rank_block(scores, n0, nb, Hp, ST, CNT):  # pragma: no cover - compiled
+def _rank_block(scores, n0, nb, ST, CNT):  # pragma: no cover - compiled
     """CNT[h, j] = how many latents beat latent h for point n0 + j (a higher score, or an
     equal score and a lower index): h is among the H' best exactly when CNT[h, j] < H',
     the rule of :func:`prosper.solvers.states._top_indices`. ``ST`` is (H, NB) scratch."""
@@ -236,7 +236,7 @@ def _linear_kernel(
             nb = min(NB, hi - n0)
             # preselection and per-point features, gathered once
             if ranked:
-                _rank_block(scores, n0, nb, Hp, ST, CNT)
+                _rank_block(scores, n0, nb, ST, CNT)
             for j in range(nb):
                 wy = WY[n0 + j]
                 yb[j] = yy[n0 + j]
@@ -398,7 +398,7 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
     n_chunks = max(1, min(B, numba.get_num_threads()))
     weights = np.ones(B) if mask is None else np.ascontiguousarray(mask, dtype=np.float64)
     log_marginal = np.empty(B)
-    mean = np.empty((B, H))
+    mean = np.empty((B, H) if accumulate else (0, H))
     ss = np.zeros((n_chunks, H, H))
     counts = np.zeros((n_chunks, nz.size))
     if B:
@@ -520,6 +520,5 @@ def warmup() -> float:
     params = {"W": W, "pi": np.full(3, 0.5), "mu": np.zeros(3), "psi": np.ones(3), "sigma": 1.0}
     batch = states.select(np.zeros((2, 3)), 2)
     gsc_estep(Y, params, batch)
-    for signed in (False, True):
-        mca_estep(Y, {"W": W, "pi": 0.5, "sigma": 1.0}, batch, 2.0, signed=signed)
+    mca_estep(Y, {"W": W, "pi": 0.5, "sigma": 1.0}, batch, 2.0)  # MMCA: same kernel
     return time.perf_counter() - start

@@ -45,12 +45,14 @@ Log-likelihoods are held relative to the zero pattern, -½(D log 2πσ² + ||y||
 is common to all patterns: the large ||y||²/σ² then cancels exactly instead of in round-off,
 so the weights are at least as accurate as the NumPy path's.
 
-float32: ``Y W`` and ``Y·⟨s⟩`` run at the precision of ``Y``; everything else is float64.
+float32: ``Y W`` runs at the precision of ``Y``; everything else, Σ y⟨s⟩ᵀ included, in
+float64.
 Compilation: about 10-30 s on first use, cached on disk (``cache=True``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numba
@@ -68,7 +70,7 @@ PI_MIN, PI_MAX = 1e-5, 1.0 - 1e-5  # as prosper.models.gsc (not imported: no mod
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. A thread's
-#: scratch is about 3 γ + 4 rows of ``_BLOCK`` float64 per tree node (1.8 MB for H' = 8,
+#: scratch is about 3 γ + 7 rows of ``_BLOCK`` float64 per tree node (1.8 MB for H' = 8,
 #: γ = 4), which 64 keeps in L2; 32 and 128 were 10% slower at H' = 8, γ = 4.
 _BLOCK = 64
 
@@ -537,9 +539,6 @@ def _gsc_kernel(
 
 
 # -- preparation (plain NumPy, once per table) --------------------------------------------------
-_TREE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-
 def pattern_tree(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Prefix tree of the table's spike patterns, in an order where parents come first.
 
@@ -568,9 +567,19 @@ def pattern_tree(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         If a row has fewer than 2 spikes or a prefix is missing.
     """
     table = np.asarray(table) != 0
-    key = (table.shape, table.tobytes())
-    if key in _TREE_CACHE:
-        return _TREE_CACHE[key]
+    return _pattern_tree(table.shape, table.tobytes())
+
+
+def _read_only(*arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The arrays, write-protected: cached results are shared by every later call."""
+    for a in arrays:
+        a.setflags(write=False)
+    return arrays
+
+
+@lru_cache(maxsize=16)
+def _pattern_tree(shape: tuple[int, int], data: bytes):
+    table = np.frombuffer(data, dtype=bool).reshape(shape)
     Kc, Hp = table.shape
     counts = table.sum(axis=1).astype(np.int64)
     if Kc and counts.min() < 2:
@@ -589,11 +598,7 @@ def pattern_tree(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
             raise ValueError(f"the prefix {active[:-1]} of table pattern {active} is missing")
         parent[t] = prefix
         node_of[active] = Hp + t
-    _TREE_CACHE[key] = (parent, slots, k)
-    return parent, slots, k
-
-
-_NODE_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    return _read_only(parent, slots, k)
 
 
 def _tree_nodes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -616,9 +621,13 @@ def _tree_nodes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         ``anc[n, p]``: the ancestor of node n with p + 1 slots (n itself for p = k - 1),
         whose new row is row p of n's X = L⁻¹.
     """
-    key = (np.shape(table), (np.asarray(table) != 0).tobytes())
-    if key in _NODE_CACHE:
-        return _NODE_CACHE[key]
+    table = np.asarray(table) != 0
+    return _tree_nodes_cached(table.shape, table.tobytes())
+
+
+@lru_cache(maxsize=16)
+def _tree_nodes_cached(shape: tuple[int, int], data: bytes):
+    table = np.frombuffer(data, dtype=bool).reshape(shape)
     parent_t, slots_t, k_t = pattern_tree(table)
     Kc, gamma = slots_t.shape
     Hp = np.shape(table)[1]
@@ -634,8 +643,7 @@ def _tree_nodes(table: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, 
         r = k[node] - 1
         anc[node, :r] = anc[parent[node], :r]
         anc[node, r] = node
-    _NODE_CACHE[key] = (parent, slots, k, anc)
-    return parent, slots, k, anc
+    return _read_only(parent, slots, k, anc)
 
 
 def gsc_estep(

@@ -31,6 +31,17 @@ def run_kernel(kernel: Any, *args: Any) -> Any:
     The first call compiles the kernel (10-30 s, then cached on disk) or loads it from the
     cache (well under a second): a fit that seems to hang at its start is usually compiling,
     and the log says so instead of hiding it.
+
+    Parameters
+    ----------
+    kernel : numba dispatcher
+        A ``@njit`` function.
+    *args
+        Its arguments.
+
+    Returns
+    -------
+    What the kernel returns.
     """
     name = kernel.py_func.__name__
     if name in _REPORTED:

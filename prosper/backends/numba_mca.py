@@ -174,7 +174,6 @@ def _mca_kernel(
     tempered = beta != 1.0 or prior_beta != 1.0
     n_slot = Hp * Dp
     n_tab = Kc * Dp
-    n_max = max(n_slot, n_tab)
     for c in prange(n_chunks):
         # scratch of this thread: rows of Dp pixels, flat
         y = np.zeros(Dp)
@@ -190,9 +189,9 @@ def _mca_kernel(
         xr = np.empty(Dp)
         ROOT = np.empty(n_tab)  # |t|^(1/rho)
         G = np.empty(n_tab)  # q_k |t|^(1/rho) / |t| (MCA) or |t|^(1/rho) / |t| (MMCA)
-        X = np.empty(n_max)
-        bits = np.empty(n_max, dtype=np.int64)
-        expo = np.empty(n_max)
+        X = np.empty(n_slot)  # exp arguments of the slot rows
+        bits = np.empty(max(n_slot, Dp), dtype=np.int64)
+        expo = np.empty(Dp)
         err = np.empty(K)
         ll = np.empty(K)
         lj = np.empty(K)
@@ -436,6 +435,8 @@ def mca_estep(
         "stats": ``Ay`` (D, H), ``A`` (D, H), ``counts`` (1,), ``err`` and ``n`` (0-d), as
         :meth:`prosper.models.mca.MCAModel.estep_batch`; "mean": <s> (B, H); "lm": None.
     """
+    if what not in _MODES:
+        raise ValueError(f"what must be one of {sorted(_MODES)}; got {what!r}")
     mode = _MODES[what]
     Y = np.ascontiguousarray(Y, dtype=np.float64)
     B, D = Y.shape

@@ -322,7 +322,7 @@ class GSCModel(TruncatedModel):
             M[:, np.arange(Hp), np.arange(Hp)] += 1.0
             GM = GI * mu[I][:, None, :]
             slot_major = [
-                np.ascontiguousarray(a.reshape(B, -1).T)
+                np.ascontiguousarray(a.reshape(B, int(np.prod(a.shape[1:]))).T)
                 for a in (M, GM, np.take_along_axis(WY, I, axis=1), mu[I], sp)
             ]
             logitI = logit[I]
@@ -385,7 +385,8 @@ class GSCModel(TruncatedModel):
         if not second:
             return mean_s, mean_b, None
         Ipair = (I[:, :, None] * H + I[:, None, :]).ravel()
-        ss = np.bincount(Ipair, ss_slot.T.ravel(), minlength=H * H).reshape(H, H)
+        # float even for an empty batch (bincount of nothing is int64)
+        ss = np.bincount(Ipair, ss_slot.T.ravel(), minlength=H * H).reshape(H, H).astype(float)
         ss[np.diag_indices(H)] += np.einsum("bh,bh->h", q1, (mu + dz1) ** 2 + lam1)
         extra = {
             "ss": ss,

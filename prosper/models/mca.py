@@ -260,6 +260,16 @@ class MCAModel(TruncatedModel):
                 out = part if out is None else {k: out[k] + part[k] for k in out}
             elif what == "mean":
                 out = part if out is None else np.concatenate([out, part])
+        if B == 0 and what == "mean":
+            out = np.zeros((0, self.H))
+        elif B == 0 and what == "stats":  # a rank without rows this pass
+            out = {
+                "Ay": np.zeros((self.D, self.H)),
+                "A": np.zeros((self.D, self.H)),
+                "counts": np.zeros(1),
+                "err": np.array(0.0),
+                "n": np.array(0.0),
+            }
         return lm, out
 
     def runs_on(self, backend):

@@ -349,3 +349,23 @@ def test_ranks_that_choose_different_backends_stop_with_a_clear_error(monkeypatc
     monkeypatch.setattr(Communicator, "allgather", two_nodes)
     with pytest.raises(ValueError, match=r"ranks chose different backends \(cupy, numba\)"):
         BSC(H=4, n_iter=1, progress=False).fit(np.random.default_rng(0).random((20, 9)))
+
+
+@pytest.mark.parametrize("name", ["bsc", "tsc", "dsc", "gsc", "mca", "mmca"])
+def test_empty_batch_gives_zero_statistics_on_every_backend(name):
+    """A rank can hold no rows of a pass: every model and backend returns zeros, not errors."""
+    from prosper.estimators import get_estimator_class
+
+    est = get_estimator_class(name)(H=5, Hprime=3, gamma=2)
+    Y = np.random.default_rng(0).random((30, 8)) + 0.5
+    est.set_params(n_iter=1, progress=False, random_state=0).fit(Y)
+    learner = est._learner_for(Y)
+    model, states, params = learner.model, learner.states, learner.params
+    results = {}
+    for backend in (ref, nb):
+        lm, stats = model.estep_batch(Y[:0], states, params, 1.0, 1.0, None, True, backend)
+        assert lm.shape == (0,)
+        assert all(np.all(np.asarray(v) == 0) for v in stats.values())
+        assert model.posterior_mean(Y[:0], states, params, backend).shape == (0, 5)
+        results[backend.NAME] = {k: np.shape(v) for k, v in stats.items()}
+    assert results["numba"] == results["numpy"]
