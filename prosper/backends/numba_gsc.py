@@ -42,8 +42,10 @@ the H' one-slot patterns, which are not states themselves (the singletons over a
 latents are) but roots of the tree.
 
 Log-likelihoods are held relative to the zero pattern, -½(D log 2πσ² + ||y||²/σ²), which
-is common to all patterns: the large ||y||²/σ² then cancels exactly instead of in round-off,
-so the weights are at least as accurate as the NumPy path's.
+is common to all patterns: the large ||y||²/σ² then cancels exactly instead of in round-off.
+Both paths still lose all precision when σ sits at its floor (1e-8) on noiseless data: the
+residuals ||r||²/σ² are then round-off times 1e16, and the two paths' weights of patterns
+that differ only by a near-zero slab disagree (the log marginals and ⟨s⟩ still agree).
 
 float32: ``Y W`` runs at the precision of ``Y``; everything else, Σ y⟨s⟩ᵀ included, in
 float64.
