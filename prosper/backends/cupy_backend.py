@@ -302,34 +302,10 @@ def linear_estep(
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Truncated E-step of a linear Gaussian model (BSC, TSC, DSC) on one batch, on the GPU.
 
-    Parameters
-    ----------
-    Y : ndarray of shape (B, D)
-        float64 or float32 (host memory).
-    W : ndarray of shape (D, H)
-    sigma2 : float
-        Observation noise variance.
-    value_logp : ndarray of shape (V,)
-        Prior log-probability of one latent taking each value (value 0 first).
-    states : ExpectationTruncation
-        The candidate-state sets (H', γ, table of multi-latent states).
-    presel : tuple of two ndarrays of shape (V', H)
-        The model's preselection coefficients: latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
-    beta, prior_beta : float
-        Inverse temperatures of the likelihood and the prior (1 = no annealing).
-    mask : ndarray of shape (B,) or None
-        Weight of each data point in the statistics (ET data selection); None = all 1.
-    accumulate : bool, default=True
-        False skips the statistics (only the log marginals are wanted).
-
-    Returns
-    -------
-    log_marginal : ndarray of shape (B,)
-        log sum_{s in K_n} p(s, y_n) at temperature 1.
-    stats : dict or None
-        float64 ``sy`` (D, H), ``ss`` (H, H), ``counts`` (V-1,), ``yy``, ``n``, as device
-        arrays (host arrays for an empty batch): sum them over batches on the device and
-        copy the sums back with :func:`to_host`.
+    Arguments as :func:`prosper.backends.numpy_backend.linear_estep` (host arrays; ``Y`` may
+    be float32). Returns the log marginals (B,) as a host array and the float64 statistics
+    (``sy``, ``ss``, ``counts``, ``yy``, ``n``) as device arrays (host arrays for an empty
+    batch): sum them over batches on the device and copy the sums back with :func:`to_host`.
     """
     B, D = np.shape(Y)
     H = np.shape(W)[1]

@@ -450,33 +450,9 @@ def linear_estep(
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
     """Truncated E-step of a linear Gaussian model (BSC, TSC, DSC) on one batch.
 
-    Parameters
-    ----------
-    Y : ndarray of shape (B, D)
-        float64 or float32.
-    W : ndarray of shape (D, H)
-    sigma2 : float
-        Observation noise variance.
-    value_logp : ndarray of shape (V,)
-        Prior log-probability of one latent taking each value (value 0 first).
-    states : ExpectationTruncation
-        The candidate-state sets (H', γ, table of multi-latent states).
-    presel : tuple of two ndarrays of shape (V', H)
-        The model's preselection coefficients: latent h scores max_v (A_vh (Wᵀy)_h + C_vh).
-    beta, prior_beta : float
-        Inverse temperatures of the likelihood and the prior (1 = no annealing).
-    mask : ndarray of shape (B,) or None
-        Weight of each data point in the statistics (ET data selection); None = all 1.
-    accumulate : bool, default=True
-        False skips the statistics (only the log marginals are wanted).
-
-    Returns
-    -------
-    log_marginal : ndarray of shape (B,)
-        log sum_{s in K_n} p(s, y_n) at temperature 1 (the free-energy terms).
-    stats : dict or None
-        float64 ``sy`` (D, H) sum y <s>^T, ``ss`` (H, H) sum <s s^T>, ``counts`` (V-1,) sum
-        of <#{h: s_h = v}>, ``yy`` sum ||y||^2, ``n`` number (weight) of points.
+    Arguments and results as :func:`prosper.backends.numpy_backend.linear_estep`, to
+    round-off in float64; ``Y`` may be float32 (``Y W`` then runs in float32, everything
+    else in float64, and the statistics are float64).
     """
     log_marginal, mean, ss, counts, weights, yy = _run(
         Y, W, float(sigma2), value_logp, states, presel, beta, prior_beta, mask, accumulate
