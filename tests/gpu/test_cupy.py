@@ -15,7 +15,14 @@ import pytest
 
 from prosper.backends import cupy_backend as cb
 from prosper.backends import numpy_backend as ref
-from tests.unit.test_backends import FLOAT32_RTOL, VALUE_SETS, assert_same, estep, make_problem
+from tests.unit.test_backends import (
+    FLOAT32_RTOL,
+    VALUE_SETS,
+    annealed_et_fits,
+    assert_same,
+    estep,
+    make_problem,
+)
 
 
 def cupy_estep(module, p, **kw):
@@ -147,20 +154,5 @@ def test_select_device_single_process():
 @gpu
 @pytest.mark.gpu
 def test_bsc_cupy_matches_numpy_end_to_end():
-    from prosper import BSC
-    from prosper.data import bars
-
-    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
-    kw = {
-        "H": 8,
-        "Hprime": 6,
-        "gamma": 3,
-        "n_iter": 5,
-        "batch_size": 128,
-        "random_state": 1,
-        "temperature": [[0, 2.0], [1.0, 1.0]],
-        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
-        "progress": False,
-    }
-    fits = {b: BSC(backend=b, **kw).fit(data.Y) for b in ("numpy", "cupy")}
+    fits = annealed_et_fits(("numpy", "cupy"))
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)

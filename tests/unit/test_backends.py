@@ -59,6 +59,34 @@ def estep(module, p, *, dtype=np.float64, **kw):
     )
 
 
+def annealed_et_fits(backends_to_compare, before_each=None):
+    """Short annealed BSC fits with ET data selection on 4x4 bars, one per backend name.
+
+    ``before_each(name)`` runs before each fit (e.g. to reset a counter).
+    """
+    from prosper import BSC
+    from prosper.data import bars
+
+    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
+    kw = {
+        "H": 8,
+        "Hprime": 6,
+        "gamma": 3,
+        "n_iter": 5,
+        "batch_size": 128,
+        "random_state": 1,
+        "temperature": [[0, 2.0], [1.0, 1.0]],
+        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
+        "progress": False,
+    }
+    fits = {}
+    for name in backends_to_compare:
+        if before_each is not None:
+            before_each(name)
+        fits[name] = BSC(backend=name, **kw).fit(data.Y)
+    return fits
+
+
 def assert_same(expected, actual, rtol):
     """log marginals and statistics agree to ``rtol`` relative to each output's magnitude."""
     lm_ref, st_ref = expected
@@ -231,22 +259,7 @@ def test_registry():
 
 def test_bsc_numba_matches_numpy_end_to_end():
     """A few annealed ET iterations with data selection give the same dictionary."""
-    from prosper import BSC
-    from prosper.data import bars
-
-    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
-    kw = {
-        "H": 8,
-        "Hprime": 6,
-        "gamma": 3,
-        "n_iter": 5,
-        "batch_size": 128,
-        "random_state": 1,
-        "temperature": [[0, 2.0], [1.0, 1.0]],
-        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
-        "progress": False,
-    }
-    fits = {b: BSC(backend=b, **kw).fit(data.Y) for b in ("numpy", "numba")}
+    fits = annealed_et_fits(("numpy", "numba"))
     np.testing.assert_allclose(fits["numba"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(fits["numba"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
     # the run moved away from its start, so agreement is not trivial

@@ -17,7 +17,14 @@ import pytest
 
 from prosper.backends import cupy_backend as cb
 from prosper.backends import numpy_backend as ref
-from tests.unit.test_backends import FLOAT32_RTOL, VALUE_SETS, assert_same, estep, make_problem
+from tests.unit.test_backends import (
+    FLOAT32_RTOL,
+    VALUE_SETS,
+    annealed_et_fits,
+    assert_same,
+    estep,
+    make_problem,
+)
 
 
 def cupy_estep(module, p, **kw):
@@ -129,27 +136,15 @@ def test_host_side_batch_sizes_and_posterior_mean(cupy_on_host, B):
 def test_host_side_bsc_fit_matches_numpy(cupy_on_host, monkeypatch):
     """A short annealed ET fit with data selection through the estimator, backend='cupy'."""
     import prosper.backends as backends
-    from prosper import BSC
-    from prosper.data import bars
 
     real = backends._try_import
     monkeypatch.setattr(cupy_on_host, "AVAILABLE", True)
     monkeypatch.setattr(backends, "_try_import", lambda n: cb if n == "cupy" else real(n))
-    data = bars(size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, random_state=0)
-    kw = {
-        "H": 8,
-        "Hprime": 6,
-        "gamma": 3,
-        "n_iter": 5,
-        "batch_size": 128,
-        "random_state": 1,
-        "temperature": [[0, 2.0], [1.0, 1.0]],
-        "ncut_factor": [[0, 0.5], [1.0, 1.0]],
-        "progress": False,
-    }
-    fits = {"numpy": BSC(backend="numpy", **kw).fit(data.Y)}
-    _DeviceArray.copies = 0
-    fits["cupy"] = BSC(backend="cupy", **kw).fit(data.Y)
+
+    def reset_copies(name):
+        _DeviceArray.copies = 0
+
+    fits = annealed_et_fits(("numpy", "cupy"), before_each=reset_copies)
     # per batch the scores and the log marginals; the statistics once per iteration. Every
     # iteration selects N_cut < N points: a pass for the log marginals, one for the
     # statistics, over 3 batches (300 points in 128s) each
