@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "best_time",
+    "compare_estep_backends",
     "gemm_gflops",
     "machine_info",
     "print_header",
@@ -217,3 +218,40 @@ def print_header(title: str, info: dict[str, Any] | None = None) -> dict[str, An
     if info["thread_env"]:
         print("thread env:", info["thread_env"])
     return info
+
+
+def compare_estep_backends(model, states, params, batches, backend, repeats: int = 3) -> dict:
+    """One E-step pass (statistics, T = 1) of ``model``: its NumPy path against ``backend``.
+
+    Both passes run in this process on the same batches and include the preselection, as
+    in a fit. The first call of the backend (compile, or load from numba's disk cache) is
+    timed on two points before the passes; the two passes' statistics and log marginals
+    are compared (a cheap guard against timing a wrong kernel).
+
+    Returns
+    -------
+    dict
+        ``seconds_numpy``, ``seconds_numba``, ``speedup``, ``seconds_first_call``,
+        ``max_rel_diff`` and ``numba_threads``.
+    """
+    import numba
+
+    def run(be):
+        return [model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, be) for Yb in batches]
+
+    t0 = time.perf_counter()
+    model.estep_batch(batches[0][:2], states, params, 1.0, 1.0, None, True, backend)
+    first_call = time.perf_counter() - t0
+    t_numpy = best_time(lambda: run(None), repeats=repeats)
+    t_numba = best_time(lambda: run(backend), repeats=repeats)
+    (ref_lm, ref), (lm, got) = run(None)[0], run(backend)[0]
+    pairs = [(lm, ref_lm)] + [(got[k], ref[k]) for k in ref]
+    err = max(float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-300)) for a, b in pairs)
+    return {
+        "numba_threads": numba.get_num_threads(),
+        "seconds_numpy": t_numpy,
+        "seconds_numba": t_numba,
+        "speedup": t_numpy / t_numba,
+        "seconds_first_call": first_call,
+        "max_rel_diff": err,
+    }

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_time, gemm_gflops, print_header, write_record
+from _common import compare_estep_backends, gemm_gflops, print_header, write_record
 
 from prosper import GSC
 from prosper.data.spike_slab import align_gsc, gsc_data
@@ -152,8 +152,6 @@ def recovery(args, temperature) -> dict:
 def kernel_comparison(args) -> dict | None:
     """Seconds of one E-step pass, NumPy model path vs numba kernel, same data and batches."""
     try:
-        import numba
-
         from prosper.backends import numba_backend
     except ImportError:
         print("\nnumba is not installed: no kernel comparison")
@@ -176,27 +174,6 @@ def kernel_comparison(args) -> dict | None:
     model = GSCModel(H, D)
     states = ExpectationTruncation(H, Hprime, gamma, model.values)
     batches = [data.Y[start : start + B] for start in range(0, N, B)]
-    # first call: compiles the kernels, or loads them from numba's disk cache
-    first_call = numba_backend.warmup()
-
-    # both passes include the preselection (the same code), as in a fit
-    def numpy_pass():
-        return [model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, None) for Yb in batches]
-
-    def numba_pass():
-        return [
-            model.estep_batch(Yb, states, params, 1.0, 1.0, None, True, numba_backend)
-            for Yb in batches
-        ]
-
-    t_numpy = best_time(numpy_pass, repeats=args.kernel_repeats)
-    t_numba = best_time(numba_pass, repeats=args.kernel_repeats)
-    # the two passes agree (a cheap guard against timing a wrong kernel)
-    ref, got = numpy_pass()[0], numba_pass()[0]
-    err = max(
-        float(np.abs(got[1][k] - ref[1][k]).max() / max(1.0, np.abs(ref[1][k]).max()))
-        for k in ref[1]
-    )
     result = {
         "N": N,
         "D": D,
@@ -205,13 +182,12 @@ def kernel_comparison(args) -> dict | None:
         "gamma": gamma,
         "K": count_states(H, Hprime, gamma, 2),
         "batch_size": B,
-        "numba_threads": numba.get_num_threads(),
-        "seconds_numpy": t_numpy,
-        "seconds_numba": t_numba,
-        "speedup": t_numpy / t_numba,
-        "seconds_first_call": first_call,
-        "max_rel_diff": err,
+        **compare_estep_backends(
+            model, states, params, batches, numba_backend, args.kernel_repeats
+        ),
     }
+    t_numpy, t_numba = result["seconds_numpy"], result["seconds_numba"]
+    first_call, err = result["seconds_first_call"], result["max_rel_diff"]
     print(
         f"\none E-step pass (statistics, no annealing), best of {args.kernel_repeats}, "
         f"numba threads {result['numba_threads']}:"

@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _common import best_time, gemm_gflops, print_header, write_record
+from _common import compare_estep_backends, gemm_gflops, print_header, write_record
 
 from prosper import MCA, MMCA
 from prosper.data import bars
@@ -133,14 +133,10 @@ def kernel_comparison(model: str, n: int, size: int, H: int, config: str, batch:
     π = 2/H, σ = 0.5, T = 1. Both passes include the preselection (the same NumPy code).
     """
     try:
-        import numba
-
-        from prosper.backends import numba_mca
+        from prosper.backends import numba_backend
     except ImportError:
         print("numba is not installed: no kernel comparison")
         return None
-    from types import SimpleNamespace
-
     s = SETTINGS[model]
     Hprime, gamma = (int(v) for v in config.split(":"))
     data = bars(size=size, n_samples=n, signed=s["signed"], combine="max", random_state=0)
@@ -153,25 +149,6 @@ def kernel_comparison(model: str, n: int, size: int, H: int, config: str, batch:
     model_obj = s["cls"]._model_class(H, D)
     states = ExpectationTruncation(H, Hprime, gamma, model_obj.values)
     batches = [data.Y[start : start + batch] for start in range(0, n, batch)]
-    backend = SimpleNamespace(mca_estep=numba_mca.mca_estep, NAME="numba")
-    # first call: compiles the kernel, or loads it from numba's disk cache
-    t0 = time.perf_counter()
-    model_obj.estep_batch(batches[0][:2], states, params, 1.0, 1.0, None, True, backend)
-    first_call = time.perf_counter() - t0
-
-    def run(be):
-        return [
-            model_obj.estep_batch(Yb, states, params, 1.0, 1.0, None, True, be) for Yb in batches
-        ]
-
-    t_numpy = best_time(lambda: run(None), repeats=repeats)
-    t_numba = best_time(lambda: run(backend), repeats=repeats)
-    ref, got = run(None)[0], run(backend)[0]
-    err = max(
-        float(np.abs(got[1][k] - ref[1][k]).max() / max(1e-300, np.abs(ref[1][k]).max()))
-        for k in ref[1]
-    )
-    err = max(err, float(np.abs(got[0] - ref[0]).max() / np.abs(ref[0]).max()))
     result = {
         "model": model,
         "N": n,
@@ -181,13 +158,10 @@ def kernel_comparison(model: str, n: int, size: int, H: int, config: str, batch:
         "gamma": gamma,
         "K": states.n_states,
         "batch_size": batch,
-        "numba_threads": numba.get_num_threads(),
-        "seconds_numpy": t_numpy,
-        "seconds_numba": t_numba,
-        "speedup": t_numpy / t_numba,
-        "seconds_first_call": first_call,
-        "max_rel_diff": err,
+        **compare_estep_backends(model_obj, states, params, batches, numba_backend, repeats),
     }
+    t_numpy, t_numba = result["seconds_numpy"], result["seconds_numba"]
+    first_call, err = result["seconds_first_call"], result["max_rel_diff"]
     print(
         f"| {model} | {n} | {D} | {H} | {Hprime} | {gamma} | {result['K']} | {t_numpy:.3f} | "
         f"{t_numba:.3f} | {result['speedup']:.1f}x | {first_call:.2f} | {err:.1e} |"
