@@ -20,16 +20,11 @@ from tests.unit.test_backends import (
     VALUE_SETS,
     annealed_et_fits,
     assert_same,
+    check_matches_numpy,
+    cupy_estep,
     estep,
     make_problem,
 )
-
-
-def cupy_estep(module, p, **kw):
-    """The CuPy E-step with its statistics copied to the host, as the solver does."""
-    lm, stats = estep(module, p, **kw)
-    return lm, None if stats is None else module.to_host(stats)
-
 
 gpu = pytest.mark.skipif(not cb.AVAILABLE, reason="needs CuPy and a visible CUDA device")
 
@@ -103,17 +98,7 @@ def test_auto_never_picks_cupy_without_a_device():
 @pytest.mark.parametrize("annealed", [False, True], ids=["beta1", "annealed"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 def test_cupy_matches_numpy_float64(values, annealed, masked):
-    p = make_problem(values, seed=len(values))
-    kw = {"beta": 0.4, "prior_beta": 0.7} if annealed else {}
-    if masked:
-        mask = np.random.default_rng(1).random(p["Y"].shape[0])
-        mask[::3] = 0.0
-        kw["mask"] = mask
-    expected = estep(ref, p, **kw)
-    assert_same(expected, cupy_estep(cb, p, **kw), rtol=1e-10)
-    lm, stats = cupy_estep(cb, p, accumulate=False, **kw)
-    assert stats is None
-    np.testing.assert_allclose(lm, expected[0], rtol=1e-12)
+    check_matches_numpy(lambda p, **kw: cupy_estep(cb, p, **kw), values, annealed, masked)
 
 
 @gpu

@@ -22,15 +22,11 @@ from tests.unit.test_backends import (
     VALUE_SETS,
     annealed_et_fits,
     assert_same,
+    check_matches_numpy,
+    cupy_estep,
     estep,
     make_problem,
 )
-
-
-def cupy_estep(module, p, **kw):
-    """The CuPy E-step with its statistics copied to the host, as the solver does."""
-    lm, stats = estep(module, p, **kw)
-    return lm, None if stats is None else module.to_host(stats)
 
 
 class _DeviceArray(np.ndarray):
@@ -96,19 +92,7 @@ def cupy_on_host(monkeypatch):
 @pytest.mark.parametrize("annealed", [False, True], ids=["beta1", "annealed"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 def test_host_side_matches_numpy(cupy_on_host, values, annealed, masked):
-    p = make_problem(values, seed=len(values))
-    kw = {"beta": 0.4, "prior_beta": 0.7} if annealed else {}
-    if masked:
-        mask = np.random.default_rng(1).random(p["Y"].shape[0])
-        mask[::3] = 0.0
-        kw["mask"] = mask
-    expected = estep(ref, p, **kw)
-    actual = cupy_estep(cupy_on_host, p, **kw)
-    assert all(type(v) is np.ndarray for v in actual[1].values())  # host arrays out
-    assert_same(expected, actual, rtol=1e-10)
-    lm, stats = cupy_estep(cupy_on_host, p, accumulate=False, **kw)
-    assert stats is None
-    np.testing.assert_allclose(lm, expected[0], rtol=1e-12)
+    check_matches_numpy(lambda p, **kw: cupy_estep(cupy_on_host, p, **kw), values, annealed, masked)
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
