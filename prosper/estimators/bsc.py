@@ -65,7 +65,7 @@ class BSC(TruncatedEMEstimator):
         Learned prior activation probability.
     sigma_ : float
         Learned noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean free energy per data point of the parameters entering each iteration.
     history_ : dict of str to ndarray
         All per-iteration metrics (timings, temperature, N_cut).

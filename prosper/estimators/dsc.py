@@ -76,7 +76,7 @@ class DSC(TruncatedEMEstimator):
         Learned prior probabilities of the values, in the order of ``values``; sums to 1.
     sigma_ : float
         Learned noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean free energy per data point of the parameters entering each iteration.
     history_ : dict of str to ndarray
         All per-iteration metrics (timings, temperature, N_cut).

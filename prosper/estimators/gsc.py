@@ -84,7 +84,7 @@ class GSC(TruncatedEMEstimator):
         give the same distribution of y, so only W_h μ_h and W_h √Ψ_h are identifiable.
     sigma_ : float
         Learned noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean free energy per data point of the parameters entering each iteration.
     history_ : dict of str to ndarray
         All per-iteration metrics (timings, temperature, N_cut).

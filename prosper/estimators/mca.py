@@ -68,12 +68,12 @@ class MCA(TruncatedEMEstimator):
     Attributes
     ----------
     W_ : ndarray of shape (D, H)
-        Learned causes, W_ >= 1e-4.
+        Learned causes, ``W_ >= 1e-4``.
     pi_ : float
         Learned prior probability of a cause being active.
     sigma_ : float
         Learned noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean free energy per data point of the parameters entering each iteration, with
         that iteration's ρ.
     history_ : dict of str to ndarray
@@ -120,9 +120,10 @@ class MMCA(MCA):
     """Maximum-Magnitude Maximal Causes Analysis learned by truncated EM.
 
     MCA for signed data: binary causes s_h ~ Bernoulli(π) with signed W, and at each pixel
-    the active cause of largest magnitude |W_dh| wins and keeps its sign,
-    y_d ~ N(W_{d h*} , σ²) with h* = argmax_{h: s_h = 1} |W_dh|. States with several causes
-    use the signed ρ-smoothed maximum sign(t_d)|t_d|^(1/ρ), t_d = Σ_h s_h sign(W_dh)|W_dh|^ρ,
+    the active cause of largest magnitude ``|W_dh|`` wins and keeps its sign,
+    ``y_d ~ N(W_{d h*}, σ²)`` with ``h* = argmax_{h: s_h = 1} |W_dh|``. States with several
+    causes use the signed ρ-smoothed maximum ``sign(t_d) |t_d|^(1/ρ)``,
+    ``t_d = Σ_h s_h sign(W_dh) |W_dh|^ρ``,
     with ρ = T'/(T' − 1), T' = max(T, 1.2), ρ <= 35 (ρ = 6 at T = 1). Causes are preselected
     by the smallest ||W_h − y||². The W update is damped by the inertia
     ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the original ProSper MMCA code. A component
@@ -143,10 +144,10 @@ dtype, random_state, comm, callback, progress
     Attributes
     ----------
     W_ : ndarray of shape (D, H)
-        Learned signed causes, |W_| >= 1e-4.
+        Learned signed causes, ``|W_| >= 1e-4``.
     pi_ : float
     sigma_ : float
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
     history_ : dict of str to ndarray
     n_iter_ : int
     n_features_in_ : int

@@ -203,7 +203,7 @@ _COMMON_ATTRS = """
         after :func:`prosper.load`; use ``transform``).
     sigma_ : float
         Learned (or fixed) noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean log evidence per snapshot, log p(y_l | γ, σ²), of the parameters entering each
         iteration (EM never decreases it; the "svd" γ update of KroneckerSBL may).
     history_ : dict of str to ndarray
@@ -315,7 +315,7 @@ class KroneckerSBL(_SBLEstimator):
     Parameters
     ----------
     factors : list of ndarray, Φ_i of shape (m_i, n_i)
-        Φ = ``np.kron(Φ_1, Φ_2, ...)``; Y has m = Π m_i columns and coef_ n = Π n_i, both
+        Φ = ``np.kron(Φ_1, Φ_2, ...)``; Y has m = Π m_i columns and ``coef_`` n = Π n_i, both
         in row-major order. Each Φ_i may have more or fewer rows than columns. In a job
         file: ``factors = {file = "factors.npz", dataset = ["Phi1", "Phi2"]}``.
     method : {"am", "svd"}, default="am"

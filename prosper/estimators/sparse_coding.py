@@ -67,7 +67,7 @@ class SparseCoding(EMEstimator):
     ----------
     W_ : ndarray of shape (D, H)
         Learned dictionary, unit-norm columns.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Minus the mean energy per data point of the codes found in each iteration (under the
         dictionary entering it), so larger is better as for the probabilistic models.
     history_ : dict of str to ndarray

@@ -67,10 +67,10 @@ class TSC(TruncatedEMEstimator):
     W_ : ndarray of shape (D, H)
         Learned dictionary.
     pi_ : float
-        Learned probability that a latent is non-zero (each sign has probability pi_/2).
+        Learned probability that a latent is non-zero (each sign has probability ``pi_ / 2``).
     sigma_ : float
         Learned noise standard deviation.
-    free_energy_ : ndarray of shape (n_iter_,)
+    free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean free energy per data point of the parameters entering each iteration.
     history_ : dict of str to ndarray
         All per-iteration metrics (timings, temperature, N_cut).
@@ -85,7 +85,7 @@ class TSC(TruncatedEMEstimator):
     Notes
     -----
     The σ update uses the new W (the exact M-step); the original ProSper code used the old
-    one. The ET prior correction of π is BSC's, since |s| ~ Binomial(H, π) here too.
+    one. The ET prior correction of π is BSC's, since ``|s| ~ Binomial(H, π)`` here too.
 
     References
     ----------
