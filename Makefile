@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 EXTRAS ?= mpich,plot,data,test
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench docs venv clean
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,5 +32,15 @@ lint: venv
 bench: venv
 	$(BIN)/python benchmarks/bench_bsc.py
 
+# The documentation site, offline, warnings as errors: docs/_build/html/index.html
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS),docs]"
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	$(BIN)/python -m sphinx -W --keep-going -q -b html -d docs/_build/doctrees docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
 clean:
 	rm -rf $(VENV) build *.egg-info bsc_bars.h5 bsc_bars.png .pytest_cache
+	rm -rf docs/_build docs/_gallery_src docs/auto_examples docs/api/generated
