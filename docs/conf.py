@@ -62,7 +62,7 @@ numpydoc_xref_param_type = False
 # (except those in EXECUTE, which finish in seconds): it copies each one into _gallery_src/,
 # turns the first line of its docstring into the page title and adds the figure the example
 # itself writes, stored in _static/gallery/ by gallery_figures.sh. The examples stay untouched.
-EXECUTE: tuple[str, ...] = ()
+EXECUTE: tuple[str, ...] = ("krosbl_example",)
 GALLERY_SRC = DOCS / "_gallery_src"
 FIGURES = DOCS / "_static" / "gallery"
 
