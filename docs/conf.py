@@ -64,6 +64,11 @@ numpydoc_xref_param_type = False
 # itself writes, stored in _static/gallery/ by gallery_figures.sh. The examples stay untouched.
 EXECUTE: tuple[str, ...] = ("krosbl_example",)
 GALLERY_SRC = DOCS / "_gallery_src"
+# how a stored figure was made, where it is not the script's default run
+FIGURE_NOTES = {
+    "gsc_patches": "the quick look ``--n-samples 4000 --H 32 --n-iter 10``: ten iterations "
+    "leave the fields noisy; the default run (20 000 patches, H = 64) learns cleaner ones",
+}
 FIGURES = DOCS / "_static" / "gallery"
 
 GALLERY_HEADER = """\
@@ -114,7 +119,8 @@ def _stage_example(src: Path, dest: Path) -> None:
             "# %%\n"
             "# What the script draws (a stored figure, made by running the script as in\n"
             "# ``docs/gallery_figures.sh``):\n"
-            "#\n"
+            + (f"# {FIGURE_NOTES[src.stem]}.\n" if src.stem in FIGURE_NOTES else "")
+            + "#\n"
             f"# .. image:: /_static/gallery/{figure.name}\n"
             f"#    :alt: figure written by examples/{src.name}\n"
         )
