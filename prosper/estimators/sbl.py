@@ -319,10 +319,22 @@ class KroneckerSBL(_SBLEstimator):
         in row-major order. Each Φ_i may have more or fewer rows than columns. In a job
         file: ``factors = {file = "factors.npz", dataset = ["Phi1", "Phi2"]}``.
     method : {"am", "svd"}, default="am"
-        γ update: "am" minimises the EM objective over Kronecker γ by alternating
-        closed-form factor updates (never decreases the evidence); "svd" takes the
-        non-negative best rank-one approximation of the unstructured update reshaped to an
-        n_1 × … × n_I tensor (higher-order power iteration for I > 2).
+        γ update. "am": each factor entry γ_i[a] is multiplied by Σ s_j / Σ g_j over the
+        entries it scales (s_j = mean_l μ_lj²/γ_j, g_j = 1 - Σ_jj/γ_j; the Kronecker form
+        of MacKay's fixed-point update, see
+        :func:`prosper.models.sbl.fixed_point_update`): unsupported entries shrink
+        geometrically, so a fit takes tens of iterations at 20 dB and more, but the
+        evidence is not guaranteed to rise at every iteration. "svd": the first 10
+        iterations take the non-negative best rank-one approximation of the EM update
+        μ² + diag Σ reshaped to an n_1 × … × n_I tensor (higher-order power iteration for
+        I > 2) without pruning, then continue as "am".
+
+        Which to choose (benchmarks/RESULTS.md, issue #13): at 20 dB and above both reach
+        the same NMSE (within 1 dB of least squares on the true support) and support; "am"
+        needs fewer iterations there. At 0-10 dB "svd" is 1-3 dB more accurate, because
+        its rank-one start spreads γ over whole rows and columns before anything is
+        pruned. Prefer "svd" when the SNR may be low, "am" when it is high or speed
+        matters most.
     block_size : int, list of int or None, default=None
         Block-sparse KroSBL: each γ_i is shared within consecutive blocks of this length
         (one int for every factor or one per factor; it must divide n_i). None: no blocks.

@@ -22,15 +22,25 @@ The log evidence of one snapshot, used as the free energy (EM increases it), is:
 
 (Sylvester's determinant identity and yᵀC⁻¹y = ||y - Φμ||²/σ² + μᵀΓ⁻¹μ, C = σ²I + ΦΓΦᵀ).
 
-The M-step receives S = Σ_l μ_l² summed over all snapshots of all ranks and the residual
-sum R = Σ_l ||y_l - Φμ_l||². With q = S/L + diag(Σ) (L snapshots):
+The M-step receives Σ_l μ_l² summed over all snapshots of all ranks and the residual
+sum R = Σ_l ||y_l - Φμ_l||². With q = mean_l μ_l² + diag(Σ) (L snapshots) and, on the
+active entries, s_j = mean_l μ_lj² / γ_j and g_j = 1 - Σ_jj/γ_j ∈ [0, 1] (how well the data
+determine x_j; Σ_j g_j = tr(ΦΣΦᵀ)/σ²), the evidence is stationary in γ_j where s_j = g_j:
 
-- classic SBL: γ = q;
-- KroSBL "am": minimise Σ_j log γ_j + q_j/γ_j over γ = ⊗ γ_i by exact alternating updates
-  γ_i[a] = mean over the active entries of the other factors of q / Π_{k≠i} γ_k;
+- classic SBL: the EM update γ = q (= γ (s + 1 - g));
+- KroSBL "am": γ = ⊗ γ_i, each factor by the fixed-point (MacKay-type) update of
+  :func:`fixed_point_update`, γ_i[a] ← γ_i[a] · Σ s / Σ g over the slice of entries that
+  γ_i[a] scales (a whole γ_i[a] slice is stationary where these sums agree). Unlike the EM
+  update, whose irrelevant entries decay like 1/t, an entry the data do not support shrinks
+  geometrically, so fits take tens instead of hundreds of iterations. (Earlier versions
+  took the exact EM M-step over Kronecker γ by alternating closed-form factor updates; it
+  never decreases the evidence but needed a median of ~450 iterations on 16×32 factors.)
 - KroSBL "svd": γ = the non-negative best rank-one approximation of q reshaped to an
-  n_1 × … × n_I tensor (SVD for I = 2, higher-order power iteration for I > 2);
-- σ² = (R + L tr(ΦΣΦᵀ)) / (L m), tr(ΦΣΦᵀ) = Σ_k λ_k σ² / (σ² + λ_k).
+  n_1 × … × n_I tensor (SVD for I = 2, higher-order power iteration for I > 2) during the
+  first ``SVD_ITERATIONS`` iterations, without pruning, then the "am" update (see
+  :meth:`KroneckerSBLModel.update_gamma`);
+- σ² = (R + L tr(ΦΣΦᵀ)) / (L m), tr(ΦΣΦᵀ) = Σ_k λ_k σ² / (σ² + λ_k) (the EM update of
+  Tipping 2001, eq. 46 with the EM form of Wipf & Rao 2004).
 
 Block sparsity (He & Joseph's block KroSBL): γ_i is constant on consecutive blocks of
 ``block_sizes[i]`` entries; both updates then act on block sums/means.
@@ -41,6 +51,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +59,7 @@ __all__ = [
     "GaussianPosterior",
     "KroneckerSBLModel",
     "SBLModel",
-    "am_update",
+    "fixed_point_update",
     "kron_matvec",
     "kron_vectors",
     "rank_one_update",
@@ -59,9 +70,12 @@ Params = dict[str, np.ndarray]
 #: σ² is kept above this fraction of the model's signal power per measurement, so that a
 #: noiseless problem cannot drive it to 0 (1/σ² would then amplify round-off).
 SIGMA2_FLOOR = 1e-10
-#: inner sweeps of the alternating (AM) γ update and of the power iteration for I > 2
+#: inner sweeps of the higher-order power iteration (rank-one γ update for I > 2)
 MAX_INNER = 100
 INNER_RTOL = 1e-9
+#: KroSBL "svd": iterations with the rank-one γ update (and no pruning) before the
+#: fixed-point refinement takes over
+SVD_ITERATIONS = 10
 
 
 def kron_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -106,6 +120,9 @@ class GaussianPosterior:
     sigma2 : float
     diag_cov : ndarray of shape (n,)
         diag(Σ) (zero on pruned entries).
+    determined : ndarray of shape (n,)
+        g_j = 1 - Σ_jj/γ_j = γ_j φ_jᵀ C⁻¹ φ_j ∈ [0, 1] (zero on pruned entries), computed
+        without the cancellation of the difference (which loses all digits for small γ_j).
     trace : float
         tr(Φ Σ Φᵀ) = Σ_k λ_k σ² / (σ² + λ_k).
     logdet : float
@@ -116,6 +133,7 @@ class GaussianPosterior:
     scale: np.ndarray
     sigma2: float
     diag_cov: np.ndarray
+    determined: np.ndarray
     trace: float
     logdet: float
 
@@ -127,9 +145,11 @@ class GaussianPosterior:
         """Φ x for rows of X given on the active entries (B, n_active), shape (B, m)."""
         raise NotImplementedError
 
-    def _scatter_diag(self, diag_active: np.ndarray, n: int) -> None:
+    def _scatter_diag(self, diag_active: np.ndarray, determined: np.ndarray, n: int) -> None:
         self.diag_cov = np.zeros(n)
         self.diag_cov[self.index] = diag_active
+        self.determined = np.zeros(n)
+        self.determined[self.index] = np.clip(determined, 0.0, 1.0)
 
 
 class _EigenPosterior(GaussianPosterior):
@@ -173,9 +193,11 @@ class _EigenPosterior(GaussianPosterior):
         # (I + Λ/σ²)^{-1} written as σ²/(σ² + λ): finite for any σ² > 0
         shrink = sigma2 / (sigma2 + lam)
         self.inv = 1.0 / (sigma2 + lam)
-        # diag(U D Uᵀ) = (⊗ U_i∘U_i) d
-        inner = kron_matvec([U * U for U in self.U], shrink[None, :])[0]
-        self._scatter_diag(self.scale**2 * inner, n)
+        # diag(U D Uᵀ) = (⊗ U_i∘U_i) d; Σ_jj/γ_j = diag(U shrink Uᵀ)_j and, as the rows of
+        # U have unit norm, g_j = 1 - Σ_jj/γ_j = diag(U (1 - shrink) Uᵀ)_j
+        squares = [U * U for U in self.U]
+        inner = kron_matvec(squares, np.stack([shrink, lam * self.inv]))
+        self._scatter_diag(self.scale**2 * inner[0], inner[1], n)
         self.trace = float(np.sum(lam * shrink))
         self.logdet = float(np.sum(np.log1p(lam / sigma2)))
 
@@ -215,8 +237,9 @@ class _MeasurementPosterior(GaussianPosterior):
         self.KtV = K.T @ V  # (n_active, m)
         self.V = V
         # diag Σ = γ - γ² diag(Φᵀ C⁻¹ Φ), C = σ² I + ΦΓΦᵀ, and (KᵀV)² C-weighted rows give
-        # γ_j φ_jᵀ C⁻¹ φ_j; clip the round-off of the difference
-        self._scatter_diag(scale**2 * np.maximum(1.0 - (self.KtV**2) @ self.inv, 0.0), n)
+        # g_j = γ_j φ_jᵀ C⁻¹ φ_j; clip the round-off of the difference
+        determined = (self.KtV**2) @ self.inv
+        self._scatter_diag(scale**2 * np.maximum(1.0 - determined, 0.0), determined, n)
         self.trace = float(np.sum(lam * sigma2 * self.inv))
         self.logdet = float(np.sum(np.log1p(lam / sigma2)))
 
@@ -248,8 +271,11 @@ class _SBLBase:
         """γ params with every entry of the full γ equal to ``value``."""
         raise NotImplementedError
 
-    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
-        """New γ params from q = mean_l μ_l² + diag Σ (n,)."""
+    def update_gamma(
+        self, q: np.ndarray, ratios: tuple[np.ndarray, np.ndarray], params: Params, **kwargs: Any
+    ) -> Params:
+        """New γ params from q = mean_l μ_l² + diag Σ (n,) and (s, g) (each (n,), zero on
+        pruned entries); ``kwargs``: ``prune`` (float) and ``iteration`` (int)."""
         raise NotImplementedError
 
     def column_norms2(self) -> np.ndarray:
@@ -324,13 +350,19 @@ class _SBLBase:
         *,
         learn_sigma: bool,
         prune: float,
+        iteration: int = 0,
     ) -> Params:
         """New (γ, σ) from statistics summed over all ``n_total`` snapshots.
 
-        ``post`` is the posterior of ``params`` used in the E-step that gave ``stats``.
+        ``post`` is the posterior of ``params`` used in the E-step that gave ``stats``;
+        ``iteration`` (0-based) selects the phase of KroSBL "svd".
         """
-        q = stats["mu2"] / n_total + post.diag_cov
-        new = self.update_gamma(q, params, prune)
+        mean_mu2 = stats["mu2"] / n_total
+        q = mean_mu2 + post.diag_cov
+        gamma, index = self.gamma(params), post.index
+        s = np.zeros_like(q)
+        s[index] = mean_mu2[index] / gamma[index]
+        new = self.update_gamma(q, (s, post.determined), params, prune=prune, iteration=iteration)
         if learn_sigma:
             sigma2 = (float(stats["resid"]) + n_total * post.trace) / (n_total * self.n_features)
             signal = float(self.column_norms2() @ self.gamma(new)) / self.n_features
@@ -382,9 +414,11 @@ class SBLModel(_SBLBase):
     def init_gamma(self, value: float) -> Params:
         return {"gamma": np.full(self.n_components, value)}
 
-    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
-        # pruned entries have μ_j = Σ_jj = 0, so q_j = 0 keeps them at zero
-        return {"gamma": _prune(q, prune)}
+    def update_gamma(
+        self, q: np.ndarray, ratios: tuple[np.ndarray, np.ndarray], params: Params, **kwargs: Any
+    ) -> Params:
+        # the EM update; pruned entries have μ_j = Σ_jj = 0, so q_j = 0 keeps them at zero
+        return {"gamma": _prune(q, kwargs["prune"])}
 
 
 def _block_sum(v: np.ndarray, block: int) -> np.ndarray:
@@ -410,53 +444,45 @@ def _balance(gammas: list[np.ndarray]) -> list[np.ndarray]:
     return [g * (target / t) for g, t in zip(gammas, tops, strict=True)]
 
 
-def am_update(
-    Q: np.ndarray, gammas: Sequence[np.ndarray], blocks: Sequence[int]
+def fixed_point_update(
+    S: np.ndarray, G: np.ndarray, gammas: Sequence[np.ndarray], blocks: Sequence[int]
 ) -> list[np.ndarray]:
-    """Alternating minimisation of Σ_j log γ_j + Q_j/γ_j over γ = ⊗_i γ_i.
+    """Fixed-point (MacKay-type) update of Kronecker-structured γ = ⊗_i γ_i.
 
-    Each factor in turn gets its exact minimiser given the others, restricted to the active
-    (non-zero) entries: γ_i[a] = Σ_{others active} Q / Π_{k≠i} γ_k / (number of those
-    entries), averaged over the block of a. The objective decreases at every step.
+    With s_j = mean_l μ_lj²/γ_j and g_j = 1 - Σ_jj/γ_j, the derivative of the log evidence
+    along log γ_i[a] is ½ Σ (s_j - g_j) over the entries j of the slice that γ_i[a] scales.
+    Each factor entry (block) is multiplied by the ratio of the two sums, the Kronecker form
+    of MacKay's γ_j ← μ_j²/g_j (Tipping 2001, eq. 45); the overall scale, which every factor
+    would otherwise change by the same global ratio Σ s / Σ g, is changed once. Entries the
+    data do not support shrink geometrically (their ratio stays below 1). Not an EM step:
+    the evidence is not guaranteed to increase at every iteration.
 
     Parameters
     ----------
-    Q : ndarray of shape (n_1, ..., n_I)
-        Unstructured estimate q = mean_l μ_l² + diag Σ, reshaped.
+    S, G : ndarray of shape (n_1, ..., n_I)
+        s and g reshaped (zero on pruned entries).
     gammas : sequence of ndarray of shape (n_i,)
-        Current factors (the start; their zero entries stay zero).
+        Current factors (their zero entries stay zero).
     blocks : sequence of int
-        Block length of each factor (1: no blocks).
+        Block length of each factor (1: no blocks); sums run over whole blocks.
 
     Returns
     -------
     list of ndarray of shape (n_i,)
     """
-    gammas = [np.asarray(g, dtype=np.float64).copy() for g in gammas]
-    active = [g > 0 for g in gammas]
     I = len(gammas)
-    if I == 1:
-        return [np.repeat(_block_sum(Q, blocks[0]) / blocks[0], blocks[0]) * active[0]]
-    counts = [int(a.sum()) for a in active]
-    if min(counts) == 0:
-        return [np.zeros_like(g) for g in gammas]
-    # entries of the other factors that are still active, per factor
-    others = [int(np.prod(counts)) // counts[i] for i in range(I)]
-    inv = [np.where(a, 1.0 / np.where(a, g, 1.0), 0.0) for g, a in zip(gammas, active, strict=True)]
-    for _ in range(MAX_INNER):
-        old = [g / g.max() for g in gammas]
-        for i in range(I):
-            S = _contract_except(Q, inv, i)
-            per_block = _block_sum(S, blocks[i]) / (blocks[i] * others[i])
-            gammas[i] = np.repeat(per_block, blocks[i]) * active[i]
-            inv[i] = np.where(active[i], 1.0 / np.where(active[i], gammas[i], 1.0), 0.0)
-        # the product is invariant to rescaling the factors: compare their shapes
-        change = max(
-            float(np.max(np.abs(g / g.max() - o))) for g, o in zip(gammas, old, strict=True)
-        )
-        if change < INNER_RTOL:
-            break
-    return _balance(gammas)
+    tiny = np.finfo(float).tiny
+    ones = [np.ones(n) for n in S.shape]
+    overall = float(S.sum()) / max(float(G.sum()), tiny)
+    out = []
+    for i, (gamma, b) in enumerate(zip(gammas, blocks, strict=True)):
+        s_i = _block_sum(_contract_except(S, ones, i), b)
+        g_i = _block_sum(_contract_except(G, ones, i), b)
+        # g_i = 0 only where γ underflowed: such an entry is dead
+        ratio = np.where(g_i > 0, s_i / np.where(g_i > 0, g_i, 1.0), 0.0)
+        ratio = np.repeat(ratio, b) / overall ** ((I - 1) / I)
+        out.append(np.asarray(gamma, dtype=np.float64) * ratio)
+    return _balance(out)
 
 
 def rank_one_update(
@@ -520,7 +546,8 @@ class KroneckerSBLModel(_SBLBase):
     factors : sequence of ndarray, Φ_i of shape (m_i, n_i)
         Φ = ``np.kron(Φ_1, Φ_2, ...)``; any m_i (more or fewer rows than columns).
     method : {"am", "svd"}, default="am"
-        γ update: alternating minimisation of the EM objective, or rank-one approximation.
+        γ update: per-factor fixed-point updates (:func:`fixed_point_update`), or
+        ``SVD_ITERATIONS`` rank-one approximations of the EM update followed by them.
     block_sizes : sequence of int or None, default=None
         Length of the blocks of each factor within which γ_i is shared (None: 1).
 
@@ -576,8 +603,22 @@ class KroneckerSBLModel(_SBLBase):
         per = value ** (1.0 / len(self.factors))
         return {f"gamma_{i + 1}": np.full(s[1], per) for i, s in enumerate(self.shapes)}
 
-    def update_gamma(self, q: np.ndarray, params: Params, prune: float) -> Params:
-        Q = q.reshape([s[1] for s in self.shapes])
-        update = am_update if self.method == "am" else rank_one_update
-        gammas = update(Q, self.gamma_factors(params), self.block_sizes)
-        return {f"gamma_{i + 1}": _prune(g, prune) for i, g in enumerate(gammas)}
+    def update_gamma(
+        self, q: np.ndarray, ratios: tuple[np.ndarray, np.ndarray], params: Params, **kwargs: Any
+    ) -> Params:
+        """New factors: by ``method`` and ``iteration``, then pruned.
+
+        "am": :func:`fixed_point_update`. "svd": in iterations below ``SVD_ITERATIONS``,
+        :func:`rank_one_update` of q and no pruning (a rank-one least-squares fit is
+        dominated by the largest entries and can shrink a true but weak row of the support
+        below the pruning threshold, which removed it for good in earlier versions);
+        afterwards as "am".
+        """
+        dims = [s[1] for s in self.shapes]
+        gammas = self.gamma_factors(params)
+        if self.method == "svd" and kwargs["iteration"] < SVD_ITERATIONS:
+            new = rank_one_update(q.reshape(dims), gammas, self.block_sizes)
+            return {f"gamma_{i + 1}": g for i, g in enumerate(new)}
+        S, G = (r.reshape(dims) for r in ratios)
+        new = fixed_point_update(S, G, gammas, self.block_sizes)
+        return {f"gamma_{i + 1}": _prune(g, kwargs["prune"]) for i, g in enumerate(new)}

@@ -116,6 +116,7 @@ class SBLLearner:
             self.n_total,
             learn_sigma=self.learn_sigma,
             prune=self.prune,
+            iteration=iteration,
         )
         new = self.model.gamma(self.params)
         change = float(np.linalg.norm(new - old) / max(np.linalg.norm(old), np.finfo(float).tiny))
