@@ -237,6 +237,15 @@ class SBL(_SBLEstimator):
         Learned prior variances (zero: pruned)."""
         + _COMMON_ATTRS
         + """
+    Notes
+    -----
+    With few snapshots, m < n and a low SNR, the learned σ can collapse: the evidence is
+    then largest with σ far below the true noise and many active γ_j that fit the noise
+    (one snapshot, m = 256, n = 1024, 16 non-zeros, 0 dB: σ ≈ 0.1-0.2× the truth and an
+    NMSE of about +4.5 dB, worse than x̂ = 0; benchmarks/RESULTS.md, issue #13). When the
+    noise level is known, pass ``sigma`` with ``learn_sigma=False``; for Kronecker
+    dictionaries :class:`KroneckerSBL` does not show the collapse.
+
     References
     ----------
     M. E. Tipping. Sparse Bayesian learning and the relevance vector machine. JMLR
@@ -329,12 +338,14 @@ class KroneckerSBL(_SBLEstimator):
         μ² + diag Σ reshaped to an n_1 × … × n_I tensor (higher-order power iteration for
         I > 2) without pruning, then continue as "am".
 
-        Which to choose (benchmarks/RESULTS.md, issue #13): at 20 dB and above both reach
-        the same NMSE (within 1 dB of least squares on the true support) and support; "am"
-        needs fewer iterations there. At 0-10 dB "svd" is 1-3 dB more accurate, because
-        its rank-one start spreads γ over whole rows and columns before anything is
-        pruned. Prefer "svd" when the SNR may be low, "am" when it is high or speed
-        matters most.
+        Which to choose (benchmarks/RESULTS.md, issue #13, two factors, m = n/4, one
+        snapshot): at high SNR (30 dB; 20 dB from n = 4096 on) both reach the NMSE of least
+        squares on the true support and the exact support, and "am" needs 20-35 % fewer
+        iterations. At 0-10 dB "svd" is as accurate or up to 4 dB more accurate and mostly
+        needs fewer iterations (about half at 0 dB), because its rank-one start spreads γ
+        over whole rows and columns before anything is pruned. Neither is fast at 0-10 dB
+        (median 30-180 iterations for "svd", 80-500 for "am"). Prefer "svd" when the SNR
+        may be low, "am" when it is high.
     block_size : int, list of int or None, default=None
         Block-sparse KroSBL: each γ_i is shared within consecutive blocks of this length
         (one int for every factor or one per factor; it must divide n_i). None: no blocks.
