@@ -205,7 +205,8 @@ _COMMON_ATTRS = """
         Learned (or fixed) noise standard deviation.
     free_energy_ : ndarray of shape ``(n_iter_,)``
         Mean log evidence per snapshot, log p(y_l | γ, σ²), of the parameters entering each
-        iteration (EM never decreases it; the "svd" γ update of KroneckerSBL may).
+        iteration (EM, i.e. classic SBL, never decreases it; the fixed-point γ updates of
+        KroneckerSBL may, although they climb to a stationary point).
     history_ : dict of str to ndarray
         Per-iteration metrics: free_energy, gamma_change, sigma, n_active, timings.
     n_iter_ : int
