@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from prosper._version import __version__
-from prosper.exceptions import ConfigError
+from prosper.exceptions import ConfigError, MPIUnavailableError
 
 log = logging.getLogger("prosper.cli")
 
@@ -55,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"prosper {__version__}")
+    debug_help = "show the traceback of an error (also PROSPER_DEBUG=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     fit = sub.add_parser(
@@ -69,6 +73,11 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
     )
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    fit.add_argument(
+        "--allow-symlink",
+        action="store_true",
+        help="accept an --out that is a symbolic link (its target is written); refused otherwise",
+    )
     fit.add_argument(
         "--set",
         dest="overrides",
@@ -97,20 +106,76 @@ def _parser() -> argparse.ArgumentParser:
     plot.add_argument("file", help="HDF5 result file")
     plot.add_argument("-o", "--output", required=True, help="PNG file to write")
 
-    sub.add_parser("models", help="list the models and their parameters")
+    models = sub.add_parser("models", help="list the models and their parameters")
+    for command in (fit, info, plot, models):
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help
+        )
     return parser
 
 
+#: optional modules and the extra that installs them
+_EXTRAS = {
+    "matplotlib": "plot",
+    "sklearn": "data",
+    "PIL": "data",
+    "mpi4py": "mpi",
+    "cupy": "gpu",
+}
+
+
+def _debug_requested(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("PROSPER_DEBUG", "") not in (
+        "",
+        "0",
+    )
+
+
+def _describe(exc: BaseException) -> tuple[int, str]:
+    """Exit status and one-line message for an error that reached the top level.
+
+    Status 2: the input or the environment is at fault (bad job, file or data, a missing
+    optional package); status 1: an internal error (a bug: please report it).
+    """
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        root = exc.name.split(".")[0]
+        if root in _EXTRAS:
+            return 2, (
+                f"this needs the optional package {root!r}, which is not installed: "
+                f"pip install 'prosper[{_EXTRAS[root]}]'"
+            )
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, (ValueError, OSError, ImportError, MPIUnavailableError)):
+        return 2, text
+    if isinstance(exc, MemoryError):
+        return 1, f"out of memory ({text}); lower batch_size or the problem size."
+    return 1, (
+        f"internal error: {type(exc).__name__}: {text} (run again with --debug for the "
+        "traceback, and please report it)"
+    )
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe (``prosper info r.h5 | head``): drop further output silently."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``prosper`` command; returns the exit status."""
+    """Entry point of the ``prosper`` command; returns the exit status.
+
+    Any error is reported in one line on stderr, with exit status 2 for bad input and 1 for
+    internal errors; ``--debug`` (or ``PROSPER_DEBUG=1``) shows the traceback instead.
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "fit":
-        return _fit_command(args)
+    debug = _debug_requested(args)
     try:
+        if args.command == "fit":
+            return _fit_command(args, debug)
         if args.command == "info":
             _info(Path(args.file))
         elif args.command == "plot":
@@ -119,33 +184,78 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {plot_result(args.file, args.output)}")
         else:
             _models()
-    except (ConfigError, ValueError, FileNotFoundError, OSError, ImportError) as exc:
-        print(f"prosper {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 141  # as a shell reports a process ended by SIGPIPE
+    except KeyboardInterrupt:
+        print(f"prosper {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        status, text = _describe(exc)
+        print(f"prosper {args.command}: error: {text}", file=sys.stderr)
+        return status
     return 0
 
 
-def _fit_command(args: argparse.Namespace) -> int:
-    from prosper.parallel import get_comm, install_abort_hook, install_rank_logging
+def _fit_command(args: argparse.Namespace, debug: bool) -> int:
+    from prosper.parallel import AgreedError, get_comm, install_abort_hook, install_rank_logging
 
     comm = get_comm()
     install_rank_logging(comm, getattr(logging, args.log_level))
     install_abort_hook(comm)
+    out = None
     try:
-        _fit(args, comm)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        # user errors: a clear message, no traceback; every rank stops (no rank waits)
-        prefix = f"[rank {comm.rank}] " if comm.size > 1 else ""
-        print(f"{prefix}prosper fit: error: {exc}", file=sys.stderr, flush=True)
-        if comm.size > 1:
-            comm.abort(2)
-        return 2
+        # everything a rank reads before the fit is agreed on, so that a bad job or a bad
+        # shard stops every rank cleanly, with one message
+        config, out = comm.run_agreed(_prepare, args, comm)
+        _fit(args, comm, config, out)
+    except KeyboardInterrupt:
+        if comm.rank == 0:
+            print(_interrupted(args, out), file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        if debug:
+            if comm.size == 1:
+                raise
+            sys.stderr.write(f"[rank {comm.rank}] " + traceback.format_exc())
+        status, text = _describe(exc)
+        if comm.size == 1:
+            print(f"prosper fit: error: {text}", file=sys.stderr, flush=True)
+            return status
+        if isinstance(exc, AgreedError):
+            # every rank raised it together: one message (it names the rank), a clean exit
+            if comm.rank == 0:
+                print(f"prosper fit: error: {text}", file=sys.stderr, flush=True)
+            return status
+        # this rank alone: the others may wait in a collective, so end the job
+        print(f"[rank {comm.rank}] prosper fit: error: {text}", file=sys.stderr, flush=True)
+        comm.abort(status)
     return 0
 
 
-def _fit(args: argparse.Namespace, comm: Any) -> None:
-    from prosper.estimators import get_estimator_class
+def _interrupted(args: argparse.Namespace, out: str | None) -> str:
+    """The line printed after Ctrl-C: where the run stopped and how to continue it."""
+    from prosper.io.results import read_checkpoint
+
+    if out is None:
+        return "prosper fit: interrupted before the run started."
+    try:
+        done = read_checkpoint(out).iteration
+    except (ValueError, OSError, KeyError):
+        return f"prosper fit: interrupted before {out} held a checkpoint; nothing to resume."
+    return (
+        f"prosper fit: interrupted; the run stopped at iteration {done} and {out} is valid: "
+        f"continue it with 'prosper fit {args.job} --out {out} --resume'."
+    )
+
+
+def _prepare(args: argparse.Namespace, comm: Any) -> tuple[Any, str]:
+    """Read the job and check the output file (every rank; errors are agreed on)."""
     from prosper.io.config import read_config
+    from prosper.io.results import output_error
 
     config = read_config(args.job, args.overrides)
     out = args.out or config.output.get("file")
@@ -153,15 +263,38 @@ def _fit(args: argparse.Namespace, comm: Any) -> None:
         raise ConfigError("no output file: pass --out FILE or set [output] file in the job.")
     if "{rank}" in str(out):
         raise ConfigError("--out must not contain {rank}: rank 0 writes one file.")
+    if comm.rank == 0:
+        error = output_error(
+            out, allow_symlink=args.allow_symlink, inputs=_input_paths(args, config, comm)
+        )
+        if error is not None:
+            raise ConfigError(error)
+    return config, str(out)
+
+
+def _input_paths(args: argparse.Namespace, config: Any, comm: Any) -> list[Path]:
+    """The job file and every data file of the job (all ranks' shards)."""
+    paths = [Path(args.job)]
+    if "file" in config.data:
+        path = str(config.data_path())
+        paths += [Path(path.replace("{rank}", str(r))) for r in range(comm.size)]
+    return paths
+
+
+def _fit(args: argparse.Namespace, comm: Any, config: Any, out: str) -> None:
+    from prosper.estimators import get_estimator_class
+
     estimator = get_estimator_class(config.model)(**config.model_params)
     if hasattr(estimator, "progress") and args.progress is not None:
         estimator.progress = args.progress
-    Y, ground_truth = _load_data(config, comm)
+    Y, ground_truth = comm.run_agreed(_load_data, config, comm)
     estimator._fit(
         Y,
         out=out,
         resume=args.resume,
         overwrite=args.overwrite,
+        allow_symlink=args.allow_symlink,
+        input_paths=tuple(_input_paths(args, config, comm)),
         config_text=config.text,
         ground_truth=ground_truth,
     )
@@ -222,13 +355,13 @@ def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
 
 
 def _info(path: Path) -> None:
-    from prosper.io.results import open_result
+    from prosper.io.results import checkpoint_group, open_result
 
     if not path.exists():
         raise FileNotFoundError(f"result file {str(path)!r} does not exist.")
     with open_result(path) as f:
         attrs = dict(f.attrs)
-        done = int(f["checkpoint"].attrs["iteration"]) if "checkpoint" in f else 0
+        done = int(checkpoint_group(f).attrs["iteration"]) if "checkpoint" in f else 0
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else np.zeros(0)
         params = {k: d.shape for k, d in f["params"].items()} if "params" in f else {}
         finished = "model" in f

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "NotFittedError"]
+__all__ = ["ConfigError", "MPIUnavailableError", "NotFittedError"]
 
 
 class ConfigError(ValueError):
@@ -15,3 +15,11 @@ class ConfigError(ValueError):
 
 class NotFittedError(ValueError, AttributeError):
     """An estimator method that needs learned parameters was called before ``fit``."""
+
+
+class MPIUnavailableError(RuntimeError):
+    """The environment shows an MPI launch (several ranks) but mpi4py cannot be loaded.
+
+    Running on regardless would start independent one-rank jobs that race for the same
+    output file, so ProSper stops before any work.
+    """

@@ -17,29 +17,91 @@ from typing import Any
 
 import numpy as np
 
+from prosper.exceptions import MPIUnavailableError
+
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "AgreedError",
     "Communicator",
     "abort_on_exception",
     "get_comm",
     "install_rank_logging",
+    "launched_ranks",
     "row_block",
 ]
 
-_MPI_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS", "HYDRA_CONTROL_FD")
+#: environment variables through which launchers announce the job size or this rank
+_SIZE_ENV = (
+    "PMI_SIZE",
+    "OMPI_COMM_WORLD_SIZE",
+    "PMIX_SIZE",
+    "MPI_LOCALNRANKS",
+    "MV2_COMM_WORLD_SIZE",
+)
+_RANK_ENV = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 _world: Communicator | None = None
 
 
+def _int_env(name: str) -> int | None:
+    try:
+        return int(os.environ[name])
+    except (KeyError, ValueError):
+        return None
+
+
+def launched_ranks() -> str | None:
+    """The environment variable showing that an MPI launcher started several ranks, or None.
+
+    A size above 1 (``PMI_SIZE``, ``OMPI_COMM_WORLD_SIZE``, ...) or a rank above 0
+    (``PMI_RANK``, ``PMIX_RANK``, ...) counts; ``mpiexec -n 1`` does not.
+    """
+    for name in _SIZE_ENV:
+        value = _int_env(name)
+        if value is not None and value > 1:
+            return f"{name}={value}"
+    for name in _RANK_ENV:
+        value = _int_env(name)
+        if value is not None and value > 0:
+            return f"{name}={value}"
+    return None
+
+
 def _load_mpi() -> Any | None:
-    """Import mpi4py.MPI, or return None when no MPI library can be loaded."""
+    """Import mpi4py.MPI, or return None when no MPI library can be loaded.
+
+    Raises
+    ------
+    MPIUnavailableError
+        When the environment shows an MPI launch of several ranks but mpi4py cannot load:
+        each rank would otherwise run the whole job alone.
+    """
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as exc:
-        if any(k in os.environ for k in _MPI_ENV):
-            log.warning("MPI was requested but mpi4py could not load (%s); running serially.", exc)
+        launched = launched_ranks()
+        if launched is not None:
+            raise MPIUnavailableError(
+                f"this process was started by an MPI launcher ({launched}) but mpi4py cannot "
+                f"load ({exc}); install it with pip install 'prosper[mpi]' (or "
+                "'prosper[mpich]'), or run without mpiexec."
+            ) from None
         return None
     return MPI
+
+
+class AgreedError(ValueError):
+    """An input error that every rank raises together (see :meth:`Communicator.agree`).
+
+    Attributes
+    ----------
+    rank : int
+        The rank that found the problem.
+    """
+
+    def __init__(self, message: str, rank: int) -> None:
+        super().__init__(message)
+        self.rank = rank
 
 
 class Communicator:
@@ -110,7 +172,8 @@ class Communicator:
             self.comm.Barrier()
 
     def agree(self, error: str | None) -> None:
-        """Raise the same ``ValueError`` on every rank if any rank reports an error.
+        """Raise the same :class:`AgreedError` (a ``ValueError``) on every rank if any rank
+        reports an error.
 
         Use before work starts so that a rank with bad input cannot leave the others waiting
         in a collective.
@@ -119,7 +182,23 @@ class Communicator:
         for rank, err in enumerate(errors):
             if err:
                 suffix = f" (rank {rank})" if self.size > 1 else ""
-                raise ValueError(err + suffix)
+                raise AgreedError(err + suffix, rank)
+
+    def run_agreed(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        errors: tuple[type[BaseException], ...] = (ValueError, OSError),
+    ) -> Any:
+        """Call ``func(*args)`` on every rank; if it raises one of ``errors`` on any rank,
+        raise the same :class:`AgreedError` on every rank (collective, like :meth:`agree`)."""
+        result, failure = None, None
+        try:
+            result = func(*args)
+        except errors as exc:
+            failure = str(exc) or type(exc).__name__
+        self.agree(failure)
+        return result
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (``MPI_Abort``); exits the process when serial."""

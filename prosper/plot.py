@@ -70,7 +70,7 @@ def _draw_dictionary(ax, W: np.ndarray, title: str) -> None:
 def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     """Write a PNG with the learned dictionary (and the true one, if stored) and the
     free-energy curve of a result file."""
-    from prosper.io.results import open_result
+    from prosper.io.results import checkpoint_group, open_result
 
     output = Path(output)
     if output.suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
@@ -81,9 +81,11 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     with open_result(path) as f:
         model = str(f.attrs.get("model", "?"))
         W = None
-        for group in ("model", "checkpoint"):
-            if group in f and "W" in f[group]:
-                W = np.array(f[group]["W"])
+        groups = [f["model"]] if "model" in f else []
+        groups += [checkpoint_group(f)] if "checkpoint" in f else []
+        for group in groups:
+            if "W" in group:
+                W = np.array(group["W"])
                 break
         truth = np.array(f["ground_truth/W"]) if "ground_truth/W" in f else None
         F = np.array(f["metrics/free_energy"]) if "metrics/free_energy" in f else None

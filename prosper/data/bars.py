@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prosper.utils.validation import Interval, Options, check_random_state, validate_params
+from prosper.utils.validation import (
+    Interval,
+    Options,
+    check_memory,
+    check_random_state,
+    validate_params,
+)
 
 __all__ = ["BarsData", "bars", "bars_dictionary"]
 
@@ -114,6 +120,12 @@ def bars(
             "signed": [bool],
             "combine": [Options(("sum", "max"))],
         },
+    )
+    D, H = size * size, 2 * size
+    check_memory(
+        f"bars(size={size}, n_samples={n_samples})",
+        {"data Y and its noise": 8 * 2 * n_samples * D, "latents S": 8 * n_samples * H},
+        advice="Lower n_samples or size.",
     )
     probs = None
     if values is not None:

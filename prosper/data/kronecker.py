@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from prosper.models.sbl import kron_matvec
-from prosper.utils.validation import Interval, check_random_state, validate_params
+from prosper.utils.validation import Interval, check_memory, check_random_state, validate_params
 
 __all__ = ["KroneckerProblem", "kronecker_problem"]
 
@@ -141,6 +141,17 @@ def kronecker_problem(
             "block": [bool],
             "block_size": [Interval("int", 1, None)],
         },
+    )
+    m_total = int(np.prod([int(m) for m, _ in shapes], dtype=object))
+    n_total = int(np.prod([int(n) for _, n in shapes], dtype=object))
+    check_memory(
+        f"kronecker_problem(shapes={shapes}, n_snapshots={n_snapshots})",
+        {
+            "factors": 8 * sum(int(m) * int(n) for m, n in shapes),
+            "signals X": 8 * 2 * n_total * n_snapshots,
+            "snapshots Y": 8 * 3 * m_total * n_snapshots,
+        },
+        advice="Lower the factor sizes or n_snapshots.",
     )
     shapes = [(int(m), int(n)) for m, n in shapes]
     I = len(shapes)

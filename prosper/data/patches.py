@@ -35,7 +35,13 @@ from pathlib import Path
 
 import numpy as np
 
-from prosper.utils.validation import Interval, Options, check_random_state, validate_params
+from prosper.utils.validation import (
+    Interval,
+    Options,
+    check_memory,
+    check_random_state,
+    validate_params,
+)
 
 __all__ = ["PatchData", "natural_patches", "sample_images"]
 
@@ -163,6 +169,11 @@ def natural_patches(
             "eps": [Interval("real", 0, None, "neither")],
             "dtype": [Options(("float64", "float32"))],
         },
+    )
+    check_memory(
+        f"natural_patches(size={size}, n_samples={n_samples})",
+        {"patches and their whitened copy": 8 * 3 * n_samples * size * size},
+        advice="Lower n_samples or size.",
     )
     rng = check_random_state(random_state)
     images = sample_images()

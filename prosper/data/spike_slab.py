@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from prosper.data.bars import bars_dictionary
-from prosper.utils.validation import Interval, Options, check_random_state, validate_params
+from prosper.utils.validation import (
+    Interval,
+    Options,
+    check_memory,
+    check_random_state,
+    validate_params,
+)
 
 __all__ = ["SpikeSlabData", "align_gsc", "gsc_data"]
 
@@ -121,6 +127,11 @@ def gsc_data(
             "sigma": [Interval("real", 0, None, "left")],
             "dictionary": [Options(("gaussian", "bars"))],
         },
+    )
+    check_memory(
+        f"gsc_data(n_samples={n_samples}, D={D}, H={H})",
+        {"data Y and its noise": 8 * 2 * n_samples * D, "spikes, slabs, S": 8 * 3 * n_samples * H},
+        advice="Lower n_samples, D or H.",
     )
     pi_ = _per_latent(pi, H, "pi", 0.0, 1.0)
     mu_ = _per_latent(mu, H, "mu", -np.inf)

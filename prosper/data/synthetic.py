@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from prosper.utils.validation import Interval, check_random_state, validate_params
+from prosper.utils.validation import Interval, check_memory, check_random_state, validate_params
 
 __all__ = ["SparseDictionaryData", "sparse_dictionary"]
 
@@ -85,6 +85,11 @@ def sparse_dictionary(
             "sparsity": [Interval("int", 1, H)],
             "noise": [Interval("real", 0, None)],
         },
+    )
+    check_memory(
+        f"sparse_dictionary(n_samples={n_samples}, D={D}, H={H})",
+        {"data Y and its noise": 8 * 2 * n_samples * D, "codes": 8 * n_samples * H},
+        advice="Lower n_samples, D or H.",
     )
     rng = check_random_state(random_state)
     W = rng.standard_normal((D, H))

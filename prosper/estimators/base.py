@@ -23,14 +23,16 @@ from prosper.io.results import ResultWriter, encode_params, read_checkpoint, rea
 from prosper.parallel import Communicator, get_comm
 from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import run_em
-from prosper.solvers.states import ExpectationTruncation
+from prosper.solvers.states import ExpectationTruncation, count_states
 from prosper.solvers.truncated import Annealing, TruncatedEM
 from prosper.utils.validation import (
     Interval,
     Options,
     check_data,
     check_is_fitted,
+    check_memory,
     check_random_state,
+    is_memory_size,
     validate_params,
 )
 
@@ -40,7 +42,9 @@ __all__ = ["EMEstimator", "TruncatedEMEstimator"]
 
 DTYPES = ("float64", "float32")
 #: estimator arguments that are not hyper-parameters of the model (not compared on resume)
-RUNTIME_PARAMS = ("comm", "callback", "progress", "backend", "batch_size")
+RUNTIME_PARAMS = ("comm", "callback", "progress", "backend", "batch_size", "max_memory")
+#: bytes of one float64
+_F8 = 8
 
 
 def _schedule_like(value: Any) -> bool:
@@ -77,6 +81,7 @@ class EMEstimator(BaseEstimator):
         "dtype": [_is_dtype],
         "random_state": [None, Interval("int", 0, None), np.random.Generator],
         "progress": [None, bool],
+        "max_memory": [is_memory_size],
     }
     _fitted_names: tuple[str, ...] = ()
     #: rows are independent data points, so N < D hints at transposed data (SBL: snapshots,
@@ -89,6 +94,22 @@ class EMEstimator(BaseEstimator):
 
     def _make_learner(self, D: int, seed: int, backend):
         raise NotImplementedError
+
+    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+        """Estimated bytes of what a fit allocates on one rank, by item (before any of it is
+        allocated); Python ints, so that absurd sizes are compared exactly."""
+        return {}
+
+    #: what to lower when the estimate is too large (appended to the error message)
+    _memory_advice = "Lower batch_size or the model size, or raise max_memory."
+
+    def _check_memory(self, D: int, n_local: int) -> None:
+        check_memory(
+            type(self).__name__,
+            self._memory_needs(D, n_local),
+            max_memory=self.max_memory,
+            advice=self._memory_advice,
+        )
 
     # -- fitting -----------------------------------------------------------------------
     def _validate(self) -> None:
@@ -113,6 +134,7 @@ class EMEstimator(BaseEstimator):
         out: str | os.PathLike | None = None,
         resume: bool = False,
         overwrite: bool = False,
+        allow_symlink: bool = False,
     ) -> EMEstimator:
         """Learn the model from data.
 
@@ -127,12 +149,17 @@ class EMEstimator(BaseEstimator):
             Continue the run stored in ``out`` from its checkpoint.
         overwrite : bool, default=False
             Replace an existing ``out`` file.
+        allow_symlink : bool, default=False
+            Accept an ``out`` that is a symbolic link (its target is written); without it a
+            link is refused, so a link planted in a shared folder cannot redirect the write.
 
         Returns
         -------
         self
         """
-        return self._fit(Y, out=out, resume=resume, overwrite=overwrite)
+        return self._fit(
+            Y, out=out, resume=resume, overwrite=overwrite, allow_symlink=allow_symlink
+        )
 
     def _fit(
         self,
@@ -141,6 +168,8 @@ class EMEstimator(BaseEstimator):
         out=None,
         resume=False,
         overwrite=False,
+        allow_symlink: bool = False,
+        input_paths: tuple = (),
         config_text: str | None = None,
         ground_truth: dict | None = None,
     ) -> EMEstimator:
@@ -158,6 +187,9 @@ class EMEstimator(BaseEstimator):
                 D,
             )
         comm.agree(_error_of(self._check_params, D))
+        # every allocation that grows with H, D, the state count or batch_size is estimated
+        # before any of it is made
+        comm.agree(_error_of(self._check_memory, D, int(Y.shape[0])))
         backend = get_backend(self.backend)
         seed = self._seed(comm)
         learner = self._make_learner(D, seed, backend)
@@ -181,6 +213,8 @@ class EMEstimator(BaseEstimator):
                 attrs=self._file_attrs(config_text, comm, Y),
                 resume=resume,
                 overwrite=overwrite,
+                allow_symlink=allow_symlink,
+                inputs=input_paths,
             )
         elif resume:
             raise ValueError("resume=True needs out= naming the result file to continue.")
@@ -478,6 +512,7 @@ class TruncatedEMEstimator(EMEstimator):
         comm: Any = None,
         callback: Any = None,
         progress: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.H = H
         self.Hprime = Hprime
@@ -495,6 +530,7 @@ class TruncatedEMEstimator(EMEstimator):
         self.comm = comm
         self.callback = callback
         self.progress = progress
+        self.max_memory = max_memory
 
     def _resolved(self) -> tuple[int, int]:
         Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
@@ -532,6 +568,31 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _model_kwargs(self) -> dict[str, Any]:
         return {}
+
+    _memory_advice = (
+        "Lower batch_size, Hprime or gamma (the states per data point grow as "
+        "C(Hprime, gamma)), or H, or raise max_memory."
+    )
+
+    def _bytes_per_state(self, H: int, gamma: int) -> int:
+        """Working bytes per candidate state and data point in a batch (log-joints, weights
+        and, on the generic path, the dense state)."""
+        return _F8 * (H + 6)
+
+    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+        H = int(self.H)
+        Hprime, gamma = self._resolved()
+        V = len(self._model_class(1, 1, **self._model_kwargs()).values)
+        K = count_states(H, Hprime, gamma, V)
+        table_rows = K - 1 - (V - 1) * H
+        B = max(1, min(int(self.batch_size), n_local))
+        return {
+            # W, its statistics, the two checkpoint slots, the trace row and M-step copies
+            "parameters": _F8 * (10 * D * H + 4 * H * H),
+            "state table": _F8 * table_rows * (Hprime + Hprime * Hprime + V),
+            "E-step batch": B * K * self._bytes_per_state(H, gamma) + _F8 * 4 * B * (D + H),
+            "per data point": _F8 * 2 * n_local,
+        }
 
     def _make_model(self, D: int):
         return self._model_class(self.H, D, **self._model_kwargs())

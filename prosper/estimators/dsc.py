@@ -67,6 +67,10 @@ class DSC(TruncatedEMEstimator):
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
         Progress bar on rank 0 (None: only when stderr is a terminal).
+    max_memory : int, str or None, default=None
+        Memory limit per rank for the size check made before any allocation: bytes or a
+        string such as ``"8GB"``; None: the memory available on the machine. A fit whose
+        estimated need exceeds it is refused with the estimate.
 
     Attributes
     ----------
@@ -144,6 +148,7 @@ class DSC(TruncatedEMEstimator):
         comm: Any = None,
         callback: Any = None,
         progress: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.H = H
         self.values = values
@@ -162,6 +167,7 @@ class DSC(TruncatedEMEstimator):
         self.comm = comm
         self.callback = callback
         self.progress = progress
+        self.max_memory = max_memory
 
     def _check_params(self, D: int) -> None:
         check_values(self.values)

@@ -70,6 +70,10 @@ class GSC(TruncatedEMEstimator):
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
         Progress bar on rank 0 (None: only when stderr is a terminal).
+    max_memory : int, str or None, default=None
+        Memory limit per rank for the size check made before any allocation: bytes or a
+        string such as ``"8GB"``; None: the memory available on the machine. A fit whose
+        estimated need exceeds it is refused with the estimate.
 
     Attributes
     ----------
@@ -121,6 +125,10 @@ class GSC(TruncatedEMEstimator):
     _model_name = "gsc"
     #: temperature schedule used when ``temperature`` is None (measured in bench_gsc.py)
     _default_temperature = [[0, 3.0], [0.6, 1.0]]
+
+    def _bytes_per_state(self, H: int, gamma: int) -> int:
+        # the slab's gamma × gamma Cholesky factors and their solves per state and point
+        return 8 * (H + 6 + 5 * gamma * gamma)
 
     def transform(self, Y: Any) -> np.ndarray:
         """Posterior mean ⟨s⟩ = ⟨b ⊙ z⟩ under the truncated posterior.

@@ -64,6 +64,10 @@ class MCA(TruncatedEMEstimator):
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
         Progress bar on rank 0 (None: only when stderr is a terminal).
+    max_memory : int, str or None, default=None
+        Memory limit per rank for the size check made before any allocation: bytes or a
+        string such as ``"8GB"``; None: the memory available on the machine. A fit whose
+        estimated need exceeds it is refused with the estimate.
 
     Attributes
     ----------

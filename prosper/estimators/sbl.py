@@ -195,6 +195,10 @@ _COMMON_DOC = """
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
         Progress bar on rank 0 (None: only when stderr is a terminal).
+    max_memory : int, str or None, default=None
+        Memory limit per rank for the size check made before any allocation: bytes or a
+        string such as ``"8GB"``; None: the memory available on the machine. A fit whose
+        estimated need exceeds it is refused with the estimate.
 """
 
 _COMMON_ATTRS = """
@@ -286,6 +290,7 @@ class SBL(_SBLEstimator):
         comm: Any = None,
         callback: Any = None,
         progress: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.dictionary = dictionary
         self.learn_sigma = learn_sigma
@@ -300,6 +305,7 @@ class SBL(_SBLEstimator):
         self.comm = comm
         self.callback = callback
         self.progress = progress
+        self.max_memory = max_memory
 
     def _check_operator(self, D: int) -> None:
         A = _check_matrix(self.dictionary, "dictionary")
@@ -311,6 +317,16 @@ class SBL(_SBLEstimator):
 
     def _make_model(self) -> SBLModel:
         return SBLModel(np.asarray(self.dictionary, dtype=np.float64))
+
+    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+        m, n = np.shape(self.dictionary)
+        B = max(1, min(int(self.batch_size), n_local))
+        return {
+            # Φ, its active columns, the scaled copy, and an eigendecomposition of the smaller
+            # Gram matrix (m × m or n × n)
+            "operator": 8 * (4 * m * n + 3 * min(m, n) ** 2 + 8 * n),
+            "E-step batch": 8 * 4 * B * (m + n),
+        }
 
 
 class KroneckerSBL(_SBLEstimator):
@@ -407,6 +423,7 @@ class KroneckerSBL(_SBLEstimator):
         comm: Any = None,
         callback: Any = None,
         progress: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.factors = factors
         self.method = method
@@ -423,6 +440,7 @@ class KroneckerSBL(_SBLEstimator):
         self.comm = comm
         self.callback = callback
         self.progress = progress
+        self.max_memory = max_memory
 
     @property
     def _fitted_names(self) -> tuple[str, ...]:
@@ -457,6 +475,19 @@ class KroneckerSBL(_SBLEstimator):
                 raise ValueError(
                     f"block_size {b} must divide n_i; factors[{i}] has n_i={n} columns."
                 )
+
+    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+        shapes = [np.shape(A) for A in self.factors]
+        m = int(np.prod([s[0] for s in shapes], dtype=object))
+        n = int(np.prod([s[1] for s in shapes], dtype=object))
+        B = max(1, min(int(self.batch_size), n_local))
+        return {
+            # the factors, their Gram matrices and eigenvectors; Φ itself is never formed
+            "factors": 8 * sum(4 * a * b + 3 * b * b for a, b in shapes),
+            # γ, diag(Σ), the eigenvalues and scales: vectors of length n
+            "vectors of length n": 8 * 8 * n,
+            "E-step batch": 8 * 6 * B * (m + n),
+        }
 
     def _make_model(self) -> KroneckerSBLModel:
         return KroneckerSBLModel(

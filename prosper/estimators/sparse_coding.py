@@ -62,6 +62,10 @@ class SparseCoding(EMEstimator):
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
         Progress bar on rank 0 (None: only when stderr is a terminal).
+    max_memory : int, str or None, default=None
+        Memory limit per rank for the size check made before any allocation: bytes or a
+        string such as ``"8GB"``; None: the memory available on the machine. A fit whose
+        estimated need exceeds it is refused with the estimate.
 
     Attributes
     ----------
@@ -134,6 +138,7 @@ class SparseCoding(EMEstimator):
         comm: Any = None,
         callback: Any = None,
         progress: bool | None = None,
+        max_memory: int | str | None = None,
     ) -> None:
         self.H = H
         self.penalty = penalty
@@ -150,6 +155,7 @@ class SparseCoding(EMEstimator):
         self.comm = comm
         self.callback = callback
         self.progress = progress
+        self.max_memory = max_memory
 
     def _make_learner(self, D: int, seed: int, backend) -> SparseCodingEM:
         model = SparseCodingModel(self.H, D, self.penalty, float(self.lam))
@@ -157,6 +163,17 @@ class SparseCoding(EMEstimator):
             max_iter=int(self.max_iter), tol=float(self.tol), accelerate=self.solver == "fista"
         )
         return SparseCodingEM(model, options=options, batch_size=int(self.batch_size))
+
+    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+        H = int(self.H)
+        B = max(1, min(int(self.batch_size), n_local))
+        return {
+            # W, its statistics (D × H), the Gram matrix and statistics (H × H), checkpoint
+            "dictionary": 8 * (8 * D * H + 3 * H * H),
+            "warm-start codes": 8 * n_local * H,
+            # FISTA: iterate, previous iterate, momentum point, gradient, residual
+            "FISTA buffers": 8 * (6 * B * H + 2 * B * D),
+        }
 
     def _init_kwargs(self) -> dict[str, Any]:
         return {"init": self.init}

@@ -8,7 +8,10 @@ Layout (DESIGN.md)::
                        parameters *after* that iteration's M-step
     /metrics/<name>    free_energy (of the parameters *entering* the iteration),
                        seconds_estep, seconds_reduce, seconds_mstep, temperature, ...
-    /checkpoint        the parameters to resume from; attrs: iteration (next to run), seed
+    /checkpoint        two slots ``a`` and ``b``, each a complete checkpoint (the parameters to
+                       resume from; attrs: iteration (next to run), seed); the group's attribute
+                       ``active`` names the valid slot and is switched only after the other
+                       slot has been written and flushed (``iteration``/``seed`` mirror it)
     /model/<name>      final parameters (what prosper.load reads); attrs: n_iter
     /ground_truth/...  optional generating parameters (CLI runs on generated data)
 
@@ -16,6 +19,16 @@ The file is opened, appended, flushed and closed once per iteration, never held 
 write mode between iterations, and the checkpoint is updated last: a run killed at any
 moment leaves a file that h5py opens and whose traces are cut back to the checkpoint on
 ``--resume``.
+
+Why two slots rather than write-then-rename of the whole file: the file grows by one row of
+parameters per iteration, so copying it every iteration would cost O(iterations) I/O each
+time; writing the new checkpoint into the idle slot costs the size of the parameters, and the
+switch is one attribute. A kill before the switch leaves the previous slot in force; a kill
+after it, the new one.
+
+Files are never written through a symbolic link unless the caller asks for it
+(``allow_symlink``), never over the job's own input files, and temporary and probe files are
+created exclusively (``tempfile.mkstemp`` in the target folder) with unpredictable names.
 """
 
 from __future__ import annotations
@@ -24,6 +37,8 @@ import datetime
 import json
 import os
 import socket
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +49,14 @@ from prosper._version import __version__
 from prosper.exceptions import ConfigError
 from prosper.parallel import Communicator
 
-__all__ = ["Checkpoint", "ResultWriter", "load", "read_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "ResultWriter",
+    "checkpoint_group",
+    "load",
+    "output_error",
+    "read_checkpoint",
+]
 
 
 def _jsonable(value: Any) -> Any:
@@ -81,24 +103,71 @@ class Checkpoint:
         self.iteration, self.params, self.seed, self.attrs = iteration, params, seed, attrs
 
 
-def _open_error(path: Path) -> str | None:
-    """Why ``path`` cannot be created for writing, or None (checked before any work)."""
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def output_error(
+    path: str | os.PathLike,
+    *,
+    allow_symlink: bool = False,
+    inputs: Iterable[str | os.PathLike] = (),
+) -> str | None:
+    """Why ``path`` cannot be used as a result file, or None (checked before any work).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The result file to create, replace or continue.
+    allow_symlink : bool, default=False
+        Accept a ``path`` that is a symbolic link (its target is then written).
+    inputs : iterable of path-like
+        The job's own input files (data, job file): ``path`` must be none of them, whatever
+        ``overwrite`` says.
+    """
+    path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         return f"output directory {str(parent)!r} does not exist."
     if not parent.is_dir():
         return f"output directory {str(parent)!r} is not a directory."
+    if path.is_symlink() and not allow_symlink:
+        return (
+            f"output file {str(path)!r} is a symbolic link (to {os.readlink(path)!r}); "
+            "ProSper does not write through links unless asked: pass --allow-symlink "
+            "(allow_symlink=True in Python) or give the target's path."
+        )
+    if path.is_dir():
+        return f"output file {str(path)!r} is a directory; give a file name inside it."
+    for source in inputs:
+        if path.exists() and _same_file(path, Path(source)):
+            return (
+                f"output file {str(path)!r} is the job's own input {str(source)!r}; "
+                "choose another output file (--overwrite does not allow this)."
+            )
     if path.exists() and not os.access(path, os.W_OK):
         return f"output file {str(path)!r} is not writable."
-    # a real probe: access() says yes to root even on read-only or virtual file systems
-    probe = path.with_name(path.name + ".probe")
+    # a real probe: access() says yes to root even on read-only or virtual file systems; it
+    # is created exclusively under an unpredictable name, so no planted link is followed
     try:
-        with open(probe, "a"):
-            pass
-        probe.unlink()
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         return f"output directory {str(parent)!r} is not writable ({exc.strerror})."
     return None
+
+
+def checkpoint_group(f: h5py.File) -> h5py.Group:
+    """The valid checkpoint of an open result file (the active slot; older files: the group)."""
+    ck = f["checkpoint"]
+    active = ck.attrs.get("active")
+    if active is None:
+        return ck
+    return ck[str(active.decode() if isinstance(active, bytes) else active)]
 
 
 class ResultWriter:
@@ -115,7 +184,16 @@ class ResultWriter:
     overwrite : bool, default=False
         Replace an existing file; without it (and without ``resume``) an existing file is an
         error, so no result is ever lost by accident.
+    allow_symlink : bool, default=False
+        Accept a ``path`` that is a symbolic link and write its target.
+    inputs : iterable of path-like, default=()
+        The job's input files, which ``path`` must not be.
     """
+
+    #: testing only: called as ``_fault_hook(stage, iteration)`` at points inside the
+    #: checkpoint write ("slot-partial", "slot-written", "switched"), e.g. to kill the
+    #: process there and check that the file still resumes
+    _fault_hook: Callable[[str, int], None] | None = None
 
     def __init__(
         self,
@@ -125,6 +203,8 @@ class ResultWriter:
         attrs: dict[str, Any],
         resume: bool = False,
         overwrite: bool = False,
+        allow_symlink: bool = False,
+        inputs: Iterable[str | os.PathLike] = (),
     ) -> None:
         self.path = Path(path)
         self.comm = comm
@@ -132,7 +212,10 @@ class ResultWriter:
         self.resume = resume
         error = None
         if comm.rank == 0:
-            error = _open_error(self.path)
+            error = output_error(self.path, allow_symlink=allow_symlink, inputs=inputs)
+            if error is None and allow_symlink and self.path.is_symlink():
+                # the link stays; its target is the file (the final rename replaces the target)
+                self.path = Path(os.path.realpath(self.path))
             if resume and overwrite:
                 error = "resume and overwrite exclude each other: continue the file or replace it."
             if error is None and self.path.exists() and not (resume or overwrite):
@@ -157,7 +240,25 @@ class ResultWriter:
         """Create the file with its layout (rank 0) and an initial checkpoint."""
         if not self.active:
             return
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            self._create(tmp, params, seed, ground_truth)
+            _replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _create(
+        self,
+        tmp: Path,
+        params: dict[str, np.ndarray],
+        seed: int,
+        ground_truth: dict[str, np.ndarray] | None,
+    ) -> None:
         with h5py.File(tmp, "w") as f:
             for key, value in self.attrs.items():
                 f.attrs[key] = value
@@ -177,15 +278,58 @@ class ResultWriter:
                 )
             f.create_group("metrics")
             ck = f.create_group("checkpoint")
-            for name, value in params.items():
-                ck.create_dataset(name, data=np.asarray(value, dtype=np.float64))
+            for slot in ("a", "b"):
+                g = ck.create_group(slot)
+                for name, value in params.items():
+                    g.create_dataset(name, data=np.asarray(value, dtype=np.float64))
+                g.attrs["iteration"] = 0
+                g.attrs["seed"] = seed
+            ck.attrs["active"] = "a"
             ck.attrs["iteration"] = 0
             ck.attrs["seed"] = seed
             if ground_truth:
                 gt = f.create_group("ground_truth")
                 for name, value in ground_truth.items():
                     gt.create_dataset(name, data=np.asarray(value))
-        _replace(tmp, self.path)
+
+    def _open(self) -> h5py.File:
+        """Open the result file for appending, never through a link planted since the start."""
+        if self.path.is_symlink():
+            raise ValueError(
+                f"output file {str(self.path)!r} became a symbolic link during the run; "
+                "refusing to write through it."
+            )
+        return h5py.File(self.path, "a")
+
+    def _fault(self, stage: str, iteration: int) -> None:
+        if self._fault_hook is not None:
+            self._fault_hook(stage, iteration)
+
+    def _checkpoint(self, f: h5py.File, iteration: int, params: dict[str, np.ndarray]) -> None:
+        """Write the checkpoint into the idle slot, flush, then switch to it."""
+        ck = f["checkpoint"]
+        if "active" not in ck.attrs:  # a file from before the two slots: write in place
+            for name, value in params.items():
+                ck[name][...] = value
+            ck.attrs["iteration"] = iteration
+            return
+        active = ck.attrs["active"]
+        idle = ck[
+            "b" if str(active.decode() if isinstance(active, bytes) else active) == "a" else "a"
+        ]
+        names = list(params)
+        for i, name in enumerate(names):
+            idle[name][...] = params[name]
+            if i == 0:
+                self._fault("slot-partial", iteration)
+        idle.attrs["iteration"] = iteration
+        idle.attrs["seed"] = ck.attrs["seed"]
+        f.flush()
+        self._fault("slot-written", iteration)
+        ck.attrs["active"] = idle.name.rsplit("/", 1)[-1]
+        ck.attrs["iteration"] = iteration
+        f.flush()
+        self._fault("switched", iteration)
 
     def record(
         self, iteration: int, params: dict[str, np.ndarray], metrics: dict[str, float]
@@ -193,7 +337,7 @@ class ResultWriter:
         """Append one iteration's parameters and metrics, then move the checkpoint."""
         if not self.active:
             return
-        with h5py.File(self.path, "a") as f:
+        with self._open() as f:
             for name, value in params.items():
                 d = f["params"][name]
                 d.resize(iteration + 1, axis=0)
@@ -206,18 +350,14 @@ class ResultWriter:
                 d.resize(iteration + 1, axis=0)
                 d[iteration] = value
             f.flush()
-            ck = f["checkpoint"]
-            for name, value in params.items():
-                ck[name][...] = value
-            ck.attrs["iteration"] = iteration + 1
-            f.flush()
+            self._checkpoint(f, iteration + 1, params)
 
     def rewind(self, iteration: int) -> None:
         """Before resuming: cut the traces back to the checkpoint's ``iteration`` (a killed
         run may have recorded a row after its last checkpoint) and drop the final model."""
         if not self.active:
             return
-        with h5py.File(self.path, "a") as f:
+        with self._open() as f:
             for group in ("params", "metrics"):
                 for d in f[group].values():
                     if d.shape[0] > iteration:
@@ -229,7 +369,7 @@ class ResultWriter:
         """Write the final model (what :func:`load` reads)."""
         if not self.active:
             return
-        with h5py.File(self.path, "a") as f:
+        with self._open() as f:
             if "model" in f:
                 del f["model"]
             g = f.create_group("model")
@@ -256,9 +396,9 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         with h5py.File(path, "r") as f:
             if "checkpoint" not in f:
                 raise ConfigError(f"{str(path)!r} holds no checkpoint; it cannot be resumed.")
-            ck = f["checkpoint"]
+            ck = checkpoint_group(f)
             iteration = int(ck.attrs["iteration"])
-            params = {name: np.array(d) for name, d in ck.items()}
+            params = {name: np.array(d) for name, d in ck.items() if isinstance(d, h5py.Dataset)}
             attrs = dict(f.attrs)
             seed = int(ck.attrs["seed"])
     except OSError as exc:
@@ -313,10 +453,22 @@ def load(path: str | os.PathLike):
                 "continue it with 'prosper fit ... --resume'."
             )
         cls = get_estimator_class(str(f.attrs["model"]))
-        params = decode_params(str(f.attrs["estimator_params"]))
+        try:
+            params = decode_params(str(f.attrs["estimator_params"]))
+        except (KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(
+                f"{str(path)!r} is damaged: its estimator parameters (root attribute "
+                f"'estimator_params') cannot be read ({type(exc).__name__}: {exc})."
+            ) from None
         fitted = {name: np.array(d) for name, d in f["model"].items()}
         model_attrs = dict(f["model"].attrs)
         history = {name: np.array(d) for name, d in f["metrics"].items()}
-    estimator = cls(**params)
-    estimator._set_fitted(fitted, history, model_attrs)
+    try:
+        estimator = cls(**params)
+        estimator._set_fitted(fitted, history, model_attrs)
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ValueError(
+            f"{str(path)!r} is damaged: its stored model does not fit {cls.__name__} "
+            f"({type(exc).__name__}: {exc})."
+        ) from None
     return estimator

@@ -18,7 +18,6 @@ for every point; then truncated EM is exact EM.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 from math import comb
 
@@ -89,6 +88,24 @@ def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
     return top
 
 
+def _extend_subsets(subsets: np.ndarray, n: int) -> np.ndarray:
+    """All (k+1)-subsets of range(n) in lexicographic order from the k-subsets in that order:
+    each subset is followed by every larger index (itertools.combinations order)."""
+    last = subsets[:, -1]
+    counts = n - 1 - last
+    parent = np.repeat(np.arange(subsets.shape[0]), counts)
+    # position of each child within its parent's group: 0, 1, ..., counts - 1
+    starts = np.cumsum(counts) - counts
+    offset = np.arange(parent.size) - np.repeat(starts, counts)
+    return np.concatenate([subsets[parent], (last[parent] + 1 + offset)[:, None]], axis=1)
+
+
+def _value_product(nz: np.ndarray, k: int) -> np.ndarray:
+    """itertools.product(nz, repeat=k) as an array of shape (len(nz)**k, k)."""
+    idx = np.indices((len(nz),) * k).reshape(k, -1).T
+    return nz[idx]
+
+
 class ExpectationTruncation:
     """Preselection-based candidate sets of the ET paper (Lücke & Eggert 2010).
 
@@ -108,6 +125,15 @@ class ExpectationTruncation:
         self.H, self.Hprime, self.gamma = int(H), int(Hprime), int(gamma)
         self.values = np.asarray(values, dtype=np.float64)
         self.full = self.Hprime == self.H
+        # counted before it is built: the table and its outer products hold
+        # rows * H' * (1 + H') floats
+        rows = self.n_states - 1 - (len(self.values) - 1) * self.H
+        if rows * self.Hprime * (1 + self.Hprime) > 2**34:  # 128 GiB of float64
+            raise ValueError(
+                f"the state table for Hprime={self.Hprime}, gamma={self.gamma} would hold {rows} "
+                f"states per data point (about {rows * self.Hprime * (1 + self.Hprime) * 8:.3g} "
+                "bytes with their products); lower Hprime or gamma."
+            )
         self.table = self._build_table()
         # table products used by linear models: outer products of each row, flattened
         self.outer = (self.table[:, :, None] * self.table[:, None, :]).reshape(
@@ -121,15 +147,20 @@ class ExpectationTruncation:
         )
 
     def _build_table(self) -> np.ndarray:
+        """Rows ordered by size k, then subset (lexicographic), then values (first slot
+        slowest), built with array operations only: no Python loop over the rows."""
         nz = self.values[1:]
-        rows = []
+        blocks = [np.zeros((0, self.Hprime))]
+        subsets = np.arange(self.Hprime)[:, None]  # the 1-subsets, lexicographic
         for k in range(2, self.gamma + 1):
-            for subset in itertools.combinations(range(self.Hprime), k):
-                for vals in itertools.product(nz, repeat=k):
-                    row = np.zeros(self.Hprime)
-                    row[list(subset)] = vals
-                    rows.append(row)
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.Hprime)
+            subsets = _extend_subsets(subsets, self.Hprime)
+            vals = _value_product(nz, k)  # (P, k)
+            C, P = subsets.shape[0], vals.shape[0]
+            block = np.zeros((C * P, self.Hprime))
+            rows = np.arange(C * P)[:, None]
+            block[rows, np.repeat(subsets, P, axis=0)] = np.tile(vals, (C, 1))
+            blocks.append(block)
+        return np.concatenate(blocks, axis=0)
 
     @property
     def n_states(self) -> int:

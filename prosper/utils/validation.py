@@ -9,6 +9,7 @@ message from the constraints, so a message can never list an option the code rej
 from __future__ import annotations
 
 import numbers
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,9 +20,12 @@ from prosper.exceptions import NotFittedError
 __all__ = [
     "Interval",
     "Options",
+    "available_memory",
     "check_data",
     "check_is_fitted",
+    "check_memory",
     "check_random_state",
+    "parse_memory",
     "validate_params",
 ]
 
@@ -277,3 +281,126 @@ def _check_local(
             f"{n_features}."
         )
     return arr
+
+
+# -- memory ----------------------------------------------------------------------------------
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_memory(value: Any) -> int | None:
+    """A memory size in bytes from an int/float of bytes or a string such as ``"8 GiB"``.
+
+    Returns None for None. Raises ValueError for anything else.
+    """
+    if value is None:
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        if np.isfinite(value) and value > 0:
+            return int(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number) :]
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = -1.0
+        if unit in _UNITS and np.isfinite(amount) and amount > 0:
+            return int(amount * _UNITS[unit])
+    raise ValueError(
+        f"max_memory must be a number of bytes > 0 or a string such as '8GB' or '512 MiB'; "
+        f"got {value!r}."
+    )
+
+
+def is_memory_size(value: Any) -> bool:
+    """None, a number of bytes > 0 or a string such as '8GB'"""
+    try:
+        parse_memory(value)
+    except ValueError:
+        return False
+    return True
+
+
+def format_bytes(n: float) -> str:
+    """``1234567`` -> ``"1.2 MB"`` (decimal units)."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"  # pragma: no cover
+
+
+def available_memory() -> int | None:
+    """Memory available to a new allocation on this machine, in bytes (None if unknown).
+
+    Reads ``MemAvailable`` from /proc/meminfo (Linux), else the free physical pages.
+    """
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(
+    owner: str, needs: dict[str, float], *, max_memory: Any = None, advice: str = ""
+) -> int:
+    """Refuse a request whose estimated memory exceeds the limit, before anything is allocated.
+
+    Parameters
+    ----------
+    owner : str
+        What asks (named in the message), e.g. ``"BSC"`` or ``"bars(n_samples=...)"``.
+    needs : dict of str to float
+        Estimated bytes per item (e.g. ``{"state table": ..., "E-step batch": ...}``).
+        Python ints are accepted, so sizes beyond 2**63 are compared exactly.
+    max_memory : int, str or None
+        The limit (see :func:`parse_memory`); None: the memory available on this machine.
+    advice : str
+        What to lower, appended to the message.
+
+    Returns
+    -------
+    int
+        The estimate in bytes.
+
+    Raises
+    ------
+    ValueError
+        When the estimate exceeds the limit; the message gives the estimate and its parts.
+    """
+    total = int(sum(int(v) for v in needs.values()))
+    limit = parse_memory(max_memory)
+    source = f"max_memory={max_memory!r}"
+    if limit is None:
+        limit, source = available_memory(), "available on this machine"
+    if limit is None or total <= limit:
+        return total
+    parts = ", ".join(f"{name} {format_bytes(v)}" for name, v in needs.items() if v)
+    raise ValueError(
+        f"{owner} would need about {format_bytes(total)} of memory ({parts}), more than the "
+        f"{format_bytes(limit)} {source}; nothing was allocated." + (f" {advice}" if advice else "")
+    )

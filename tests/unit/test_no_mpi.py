@@ -24,7 +24,7 @@ print("size", get_comm().size, "W", model.W_.shape)
 
 def run(env_extra):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **env_extra)
-    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "HYDRA_CONTROL_FD"):
+    for key in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
         env.pop(key, None)
     env.update(env_extra)
     return subprocess.run(
@@ -39,7 +39,16 @@ def test_serial_without_mpi_library():
     assert "MPI" not in proc.stderr  # silent when nobody asked for MPI
 
 
-def test_says_so_once_when_mpi_was_asked_for():
-    proc = run({"PMI_SIZE": "2"})
+def test_stops_when_a_launcher_asked_for_several_ranks():
+    """Under mpiexec -n 2 without mpi4py, each process would run the whole job alone."""
+    proc = run({"PMI_SIZE": "2", "PMI_RANK": "0"})
+    assert proc.returncode != 0
+    assert proc.stderr.count("started by an MPI launcher (PMI_SIZE=2)") == 1
+    assert "pip install 'prosper[mpi]'" in proc.stderr
+    assert "size 1" not in proc.stdout  # no work was done
+
+
+def test_one_launched_rank_runs_serially():
+    proc = run({"PMI_SIZE": "1", "PMI_RANK": "0"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("MPI was requested but mpi4py could not load") == 1
+    assert "size 1 W (9, 6)" in proc.stdout
