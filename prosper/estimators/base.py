@@ -174,7 +174,7 @@ class EMEstimator(BaseEstimator):
         ground_truth: dict | None = None,
     ) -> EMEstimator:
         comm = self._comm()
-        self._validate()
+        comm.agree(_error_of(self._validate))  # every rank raises, none waits
         Y = check_data(Y, comm=comm, dtype=_dtype_name(self.dtype))
         D = Y.shape[1]
         n_total = comm.allreduce(int(Y.shape[0]))
