@@ -326,6 +326,7 @@ class SBL(_SBLEstimator):
             # Gram matrix (m × m or n × n)
             "operator": 8 * (4 * m * n + 3 * min(m, n) ** 2 + 8 * n),
             "E-step batch": 8 * 4 * B * (m + n),
+            "coef_ (posterior means)": 8 * n_local * n,
         }
 
 
@@ -487,6 +488,7 @@ class KroneckerSBL(_SBLEstimator):
             # γ, diag(Σ), the eigenvalues and scales: vectors of length n
             "vectors of length n": 8 * 8 * n,
             "E-step batch": 8 * 6 * B * (m + n),
+            "coef_ (posterior means)": 8 * n_local * n,
         }
 
     def _make_model(self) -> KroneckerSBLModel:

@@ -120,11 +120,15 @@ BSC(H=6, Hprime=4, gamma=2, n_iter=8, batch_size=64, random_state=3, backend="nu
 """
 
 
+@pytest.fixture(scope="module")
+def full(data):
+    return small().fit(data.Y)
+
+
 @pytest.mark.parametrize(
     ("stage", "kept"), [("slot-partial", 4), ("slot-written", 4), ("switched", 5)]
 )
-def test_kill_inside_the_checkpoint_write_still_resumes(tmp_path, data, stage, kept):
-    full = small().fit(data.Y, out=tmp_path / "full.h5")
+def test_kill_inside_the_checkpoint_write_still_resumes(tmp_path, data, full, stage, kept):
     out = tmp_path / "killed.h5"
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT.format(root=str(ROOT)))

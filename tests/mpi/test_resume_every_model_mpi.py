@@ -19,7 +19,7 @@ import pytest
 from prosper.data.kronecker import kronecker_problem
 from tests.helpers import ROOT, mpiexec_path, run_mpi
 
-pytestmark = pytest.mark.mpi
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
 N_ITER = 30
 BARS = 'generator = "bars"\nsize = 3\nn_samples = 400\nrandom_state = 0\n'
