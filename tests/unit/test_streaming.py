@@ -128,3 +128,23 @@ def test_fit_holds_a_few_batches_of_a_large_memmap(tmp_path, dtype):
         tracemalloc.stop()
     # batches of 500 rows are 128-256 kB; per-row state (log marginals, selection) 0.6 MB
     assert peak < Y.nbytes / 4, f"peak {peak / 1e6:.1f} MB for {Y.nbytes / 1e6:.1f} MB of data"
+
+
+def test_cli_opens_data_files_as_sources(tmp_path):
+    """`prosper fit` hands the fit a source over the rank's rows, not the rows themselves."""
+    from prosper.cli import _load_data
+    from prosper.io.config import read_config
+    from prosper.parallel import get_comm
+
+    Y = _data(40)
+    with h5py.File(tmp_path / "y.h5", "w") as f:
+        f["Y"] = Y
+    np.save(tmp_path / "y.npy", Y)
+    for name in ("y.h5", "y.npy"):
+        job = tmp_path / "job.toml"
+        job.write_text(f'[model]\nname = "bsc"\nH = 2\n[data]\nfile = "{name}"\n')
+        source, truth = _load_data(read_config(job, []), get_comm())
+        with source:
+            assert isinstance(source, DataSource) and truth is None
+            assert source.shape == Y.shape and source.dtype == np.float32
+            np.testing.assert_array_equal(source.read(0, 40), Y)
