@@ -33,7 +33,8 @@ from _common import print_header, write_record
 D, H_TRUE = 256, 64
 JOBS = {
     "bsc": {"name": "bsc", "H": 64, "dtype": "float32"},
-    "sparse_coding": {"name": "sparse_coding", "H": 256, "dtype": "float32"},
+    # max_iter bounds FISTA per row: the run measures memory, not the quality of the codes
+    "sparse_coding": {"name": "sparse_coding", "H": 256, "dtype": "float32", "max_iter": 20},
 }
 
 
@@ -84,6 +85,26 @@ def run_fit(job: Path, out: Path, env: dict[str, str]) -> dict[str, float]:
     }
 
 
+def cpu_per_iteration(data: Path, model: dict, n_iter: int, batch_size: int) -> list[float]:
+    """CPU seconds (this process, one thread) of each iteration of the same fit, run here on
+    the HDF5 dataset: unlike wall time, barely changed by other jobs sharing the cores."""
+    import time
+
+    from prosper.estimators import get_estimator_class
+
+    params = {k: v for k, v in model.items() if k != "name"}
+    marks = []
+
+    def tick(iteration, learner, metrics):
+        marks.append(time.process_time())
+
+    estimator = get_estimator_class(model["name"])(
+        **params, n_iter=n_iter, batch_size=batch_size, random_state=0, callback=tick
+    )
+    estimator.fit(h5py.File(data, "r")["Y"])
+    return list(np.diff(marks))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[200_000, 1_000_000])
@@ -92,6 +113,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/prosper_stream"))
     parser.add_argument("--keep", action="store_true", help="keep the data files")
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="also time each iteration's CPU seconds in this process (one fit more per N)",
+    )
     args = parser.parse_args()
     machine = print_header("bench_streaming: peak memory of prosper fit on HDF5 data")
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -110,6 +136,11 @@ def main() -> None:
             write_job(job, data, JOBS[args.model], args.n_iter, args.batch_size)
             result = run_fit(job, args.workdir / f"{args.model}_{n}_run.h5", env)
             result["n"] = n
+            if args.cpu:
+                # n_iter + 1: the first tick comes after iteration 0
+                cpu = cpu_per_iteration(data, JOBS[args.model], args.n_iter + 1, args.batch_size)
+                result["cpu_s_per_iter"] = cpu
+                print(f"N={n:>9d}  CPU s per iteration 1..{len(cpu)}: {np.round(cpu, 2)}")
             rows.append(result)
             print(
                 f"N={n:>9d}  max RSS {result['max_rss_mib']:7.1f} MiB  "

@@ -2,7 +2,7 @@
 
     for each iteration:
         E-step on this rank's rows, batch by batch -> local sufficient statistics
-        one packed Allreduce        -> global statistics
+        one packed Allreduce                       -> global statistics
         M-step (identical on every rank)
         record (rank 0 writes)
 
