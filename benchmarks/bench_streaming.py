@@ -121,9 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     machine = print_header("bench_streaming: peak memory of prosper fit on HDF5 data")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env.setdefault(var, "1")
+        os.environ.setdefault(var, "1")  # numba reads it on import (in cpu_per_iteration)
+    env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     rows = []
@@ -154,7 +154,11 @@ def main() -> None:
                 path.unlink()
     write_record(
         f"streaming_{args.model}",
-        {"args": {k: str(v) for k, v in vars(args).items()}, "machine": machine, "rows": rows},
+        {
+            "args": {k: str(v) for k, v in vars(args).items() if k != "workdir"},
+            "machine": machine,
+            "rows": rows,
+        },
     )
 
 
