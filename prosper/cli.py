@@ -42,7 +42,8 @@ JOB_HELP = """\
 A job file has three sections:
   [model]   name = "bsc" (see 'prosper models') and the estimator's parameters, e.g. H = 10
   [data]    generator = "bars" with its arguments, or file = "data.h5" (+ dataset = "Y");
-            .npy, .npz and HDF5 files are read rank-locally, one block of rows per rank;
+            .npy and HDF5 files are streamed: each rank reads its own block of rows,
+            batch_size rows at a time (.npz archives are loaded, one block per rank);
             "{rank}" in file names gives each rank its own file (pre-sharded data)
   [output]  file = "run.h5" (or --out)
 Data and array files are found relative to the job file; the output file relative to the
@@ -307,10 +308,15 @@ def _fit(args: argparse.Namespace, comm: Any, config: Any, out: str) -> None:
     )
 
 
-def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
-    """This rank's rows of the job's data, and the generating parameters if known."""
+def _load_data(config: Any, comm: Any) -> tuple[Any, dict | None]:
+    """This rank's rows of the job's data, and the generating parameters if known.
+
+    Data files are not read here: a .npy or HDF5 file gives a DataSource over this rank's
+    block of rows, which the fit reads batch by batch (.npz archives are compressed and are
+    loaded, the rank's block only).
+    """
     from prosper.data import get_generator
-    from prosper.io.sources import dataset_shape, read_rows
+    from prosper.io.sources import dataset_shape, open_source
     from prosper.parallel import row_block
 
     data = dict(config.data)
@@ -347,11 +353,11 @@ def _load_data(config: Any, comm: Any) -> tuple[np.ndarray, dict | None]:
                 "not be read: start one rank per shard (mpiexec -n <number of shards>)."
             )
         path = Path(str(path).replace("{rank}", str(comm.rank)))
-        return read_rows(path, slice(None), dataset), None
+        return open_source(path, dataset), None
     shape = dataset_shape(path, dataset)
     if len(shape) != 2:
         raise ConfigError(f"data in {str(path)!r} must be 2-D (N, D); got shape {shape}.")
-    return read_rows(path, row_block(shape[0], comm), dataset), None
+    return open_source(path, dataset, rows=row_block(shape[0], comm)), None
 
 
 def _info(path: Path) -> None:

@@ -20,6 +20,7 @@ from prosper.base import BaseEstimator
 from prosper.exceptions import ConfigError
 from prosper.io.config import dump_toml
 from prosper.io.results import ResultWriter, encode_params, read_checkpoint, read_history
+from prosper.io.sources import as_source
 from prosper.parallel import Communicator, get_comm
 from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import run_em
@@ -32,6 +33,7 @@ from prosper.utils.validation import (
     check_is_fitted,
     check_memory,
     check_random_state,
+    check_source,
     is_memory_size,
     validate_params,
 )
@@ -140,9 +142,13 @@ class EMEstimator(BaseEstimator):
 
         Parameters
         ----------
-        Y : array-like of shape (N, D)
+        Y : array-like, numpy.memmap, h5py.Dataset or DataSource of shape (N, D)
             Data, one row per data point. Under MPI each rank passes its own rows (rows are
-            contiguous blocks in rank order; see :func:`prosper.parallel.row_block`).
+            contiguous blocks in rank order; see :func:`prosper.parallel.row_block`). The
+            rows are read ``batch_size`` at a time and converted to ``dtype`` block by
+            block, so a memory map, an HDF5 dataset or a
+            :func:`prosper.io.sources.open_source` over a rank's block of a file is streamed
+            from disk: memory is bounded by ``batch_size``, not by N.
         out : str or path-like, optional
             HDF5 result file (written by rank 0, flushed every iteration).
         resume : bool, default=False
@@ -175,7 +181,8 @@ class EMEstimator(BaseEstimator):
     ) -> EMEstimator:
         comm = self._comm()
         comm.agree(_error_of(self._validate))  # every rank raises, none waits
-        Y = check_data(Y, comm=comm, dtype=_dtype_name(self.dtype))
+        # streamed: checked block by block and read batch by batch, never copied whole
+        Y = check_source(Y, comm=comm, dtype=_dtype_name(self.dtype), batch_size=self.batch_size)
         D = Y.shape[1]
         n_total = comm.allreduce(int(Y.shape[0]))
         if self._rows_are_points and n_total < D:
@@ -304,7 +311,7 @@ class EMEstimator(BaseEstimator):
         """Continue from the checkpoint in ``out``; the file is changed only once every check
         has passed, so a refused resume leaves a finished run intact."""
         n_total = comm.allreduce(int(Y.shape[0]))
-        checksum = _data_checksum(Y, comm)
+        checksum = _data_checksum(Y, comm, self.batch_size)
         ckpt, error = None, None
         if comm.rank == 0:
             try:
@@ -382,7 +389,7 @@ class EMEstimator(BaseEstimator):
             "estimator_params": encode_params(params),
             "n_samples": comm.allreduce(int(Y.shape[0])),
             "n_features": Y.shape[1],
-            "data_checksum": _data_checksum(Y, comm),
+            "data_checksum": _data_checksum(Y, comm, self.batch_size),
         }
 
     def _set_fitted(
@@ -402,15 +409,14 @@ class EMEstimator(BaseEstimator):
         return {n: np.asarray(getattr(self, n + "_"), dtype=np.float64) for n in self._fitted_names}
 
 
-def _data_checksum(Y: np.ndarray, comm: Communicator) -> np.ndarray:
+def _data_checksum(Y: Any, comm: Communicator, batch_size: int) -> np.ndarray:
     """Sum and sum of squares of the data over all ranks: a resumed run must see the same
-    data (equal up to the round-off of a different rank count)."""
-    sums = comm.allreduce_arrays(
-        {
-            "sum": np.array(Y.sum(dtype=np.float64)),
-            "sumsq": np.array(np.einsum("nd,nd->", Y, Y, dtype=np.float64)),
-        }
-    )
+    data (equal up to the round-off of a different rank count). Read block by block."""
+    total, total_sq = 0.0, 0.0
+    for _, block in as_source(Y).batches(batch_size):
+        total += float(block.sum(dtype=np.float64))
+        total_sq += float(np.einsum("nd,nd->", block, block, dtype=np.float64))
+    sums = comm.allreduce_arrays({"sum": np.array(total), "sumsq": np.array(total_sq)})
     return np.array([float(sums["sum"]), float(sums["sumsq"])])
 
 

@@ -8,9 +8,16 @@ from typing import Any
 import numpy as np
 
 from prosper.estimators.base import EMEstimator, _dtype_name
+from prosper.io.sources import is_streamable
 from prosper.models.sbl import KroneckerSBLModel, SBLModel, kron_vectors
 from prosper.solvers.sbl import SBLLearner
-from prosper.utils.validation import Interval, Options, check_data, check_is_fitted
+from prosper.utils.validation import (
+    Interval,
+    Options,
+    check_data,
+    check_is_fitted,
+    check_source,
+)
 
 __all__ = ["SBL", "KroneckerSBL"]
 
@@ -57,8 +64,8 @@ def _check_matrix(A: Any, name: str) -> np.ndarray:
 
 def _as_snapshots(Y: Any) -> Any:
     """A 1-D y is one snapshot: (m,) -> (1, m). Anything else is left to check_data."""
-    if isinstance(Y, (str, bytes)) or Y is None:
-        return Y
+    if isinstance(Y, (str, bytes)) or Y is None or is_streamable(Y):
+        return Y  # streamed data are never loaded whole here
     try:
         arr = np.asarray(Y)
     except (TypeError, ValueError):
@@ -121,7 +128,9 @@ class _SBLEstimator(EMEstimator):
     def _fit(self, Y: Any, **kwargs: Any) -> _SBLEstimator:
         Y = _as_snapshots(Y)
         super()._fit(Y, **kwargs)
-        self.coef_ = self._posterior_mean(check_data(Y, dtype=_dtype_name(self.dtype)))
+        self.coef_ = self._posterior_mean(
+            check_source(Y, dtype=_dtype_name(self.dtype), batch_size=self.batch_size)
+        )
         return self
 
     def _n_features_in(self, params: dict[str, np.ndarray]) -> int:

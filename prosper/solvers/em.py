@@ -1,8 +1,8 @@
 """The EM driver shared by every model.
 
     for each iteration:
-        E-step on this rank's rows  -> local sufficient statistics (a dict of arrays)
-        one packed Allreduce        -> global statistics
+        E-step on this rank's rows, batch by batch -> local sufficient statistics
+        one packed Allreduce                       -> global statistics
         M-step (identical on every rank)
         record (rank 0 writes)
 
@@ -25,7 +25,26 @@ from prosper.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EMLearner", "Recorder", "run_em"]
+__all__ = ["EMLearner", "Recorder", "Rows", "run_em"]
+
+
+class Rows(Protocol):
+    """This rank's rows as the learners read them: an in-memory array or a
+    :class:`prosper.io.sources.DataSource`, which streams them from disk.
+
+    Learners read ``Y[a:b]`` (a block of at most ``batch_size`` rows, C-contiguous, in the
+    data's floating dtype) and, for mini-batches, ``Y[index_array]``; they never convert
+    ``Y`` whole (a DataSource refuses ``np.asarray``), so memory stays bounded by the batch
+    size whatever N is.
+    """
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    @property
+    def dtype(self) -> np.dtype: ...
+
+    def __getitem__(self, key: Any) -> np.ndarray: ...
 
 
 class EMLearner(Protocol):
@@ -33,7 +52,7 @@ class EMLearner(Protocol):
 
     params: dict[str, np.ndarray]
 
-    def estep(self, Y: np.ndarray, comm: Communicator, iteration: int) -> dict[str, np.ndarray]: ...
+    def estep(self, Y: Rows, comm: Communicator, iteration: int) -> dict[str, np.ndarray]: ...
 
     def mstep(self, stats: dict[str, np.ndarray], iteration: int) -> dict[str, float]: ...
 
@@ -48,7 +67,7 @@ class Recorder(Protocol):
 
 def run_em(
     learner: EMLearner,
-    Y: np.ndarray,
+    Y: Rows,
     comm: Communicator,
     *,
     n_iter: int,
@@ -63,8 +82,8 @@ def run_em(
     ----------
     learner : EMLearner
         Holds the parameters; ``estep`` returns local sums, ``mstep`` consumes global sums.
-    Y : ndarray of shape (N_local, D)
-        This rank's rows.
+    Y : ndarray or DataSource of shape (N_local, D)
+        This rank's rows; the learner's E-step reads them batch by batch (see :class:`Rows`).
     comm : Communicator
     n_iter : int
         Total number of iterations of the run.

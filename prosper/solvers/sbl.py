@@ -65,9 +65,11 @@ class SBLLearner:
     def initialize(self, Y: np.ndarray, comm: Communicator, rng: np.random.Generator) -> None:
         """Initial γ, σ from the mean snapshot power over all ranks (``rng`` is unused:
         the initialisation is deterministic)."""
-        sums = comm.allreduce_arrays(
-            {"n": np.array(float(Y.shape[0])), "power": np.einsum("lm,lm->", Y, Y, dtype=float)}
-        )
+        power = 0.0
+        for rows in self._batches(Y.shape[0]):  # Y may be streamed: one batch at a time
+            block = Y[rows]
+            power += float(np.einsum("lm,lm->", block, block, dtype=float))
+        sums = comm.allreduce_arrays({"n": np.array(float(Y.shape[0])), "power": np.array(power)})
         self.n_total = round(float(sums["n"]))
         power = float(sums["power"]) / self.n_total
         if not power > 0:

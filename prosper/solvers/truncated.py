@@ -18,6 +18,7 @@ import numpy as np
 from prosper.models.base import Params, TruncatedModel
 from prosper.parallel import Communicator, global_top_mask
 from prosper.solvers.annealing import Schedule
+from prosper.solvers.em import Rows
 from prosper.solvers.states import ExpectationTruncation
 
 log = logging.getLogger(__name__)
@@ -86,21 +87,26 @@ class TruncatedEM:
         self.n_total = 0
 
     # -- set-up ---------------------------------------------------------------------------
-    def initialize(
-        self, Y: np.ndarray, comm: Communicator, rng: np.random.Generator, init: str
-    ) -> None:
-        """Initial parameters from the data moments of all ranks (identical on every rank)."""
-        sums = comm.allreduce_arrays(
-            {"n": np.array(float(Y.shape[0])), "sum": Y.sum(axis=0, dtype=np.float64)}
-        )
+    def initialize(self, Y: Rows, comm: Communicator, rng: np.random.Generator, init: str) -> None:
+        """Initial parameters from the data moments of all ranks (identical on every rank).
+
+        The mean and the variance per dimension are accumulated in float64 over blocks of
+        ``batch_size`` rows (two passes: the variance about the mean, since E[y²] − mean²
+        cancels badly for data with an offset), so no full or centred copy of Y is made.
+        """
+        n_local = int(Y.shape[0])
+        total = np.zeros(Y.shape[1])
+        for rows in self._batches(n_local):
+            total += Y[rows].sum(axis=0, dtype=np.float64)
+        sums = comm.allreduce_arrays({"n": np.array(float(n_local)), "sum": total})
         n = float(sums["n"])
         mean = sums["sum"] / n
-        # second pass about the mean: E[y^2] - mean^2 cancels badly for data with an offset
-        centred = Y - mean.astype(Y.dtype)
-        squares = comm.allreduce_arrays(
-            {"sumsq": np.einsum("nd,nd->d", centred, centred, dtype=np.float64)}
-        )
-        var = squares["sumsq"] / n
+        sumsq = np.zeros(Y.shape[1])
+        for rows in self._batches(n_local):
+            block = Y[rows]
+            centred = block - mean.astype(block.dtype)
+            sumsq += np.einsum("nd,nd->d", centred, centred, dtype=np.float64)
+        var = comm.allreduce_arrays({"sumsq": sumsq})["sumsq"] / n
         self.n_total = round(n)
         self.params = self.model.init_params(mean, var, rng, init)
 
@@ -149,11 +155,12 @@ class TruncatedEM:
             total = self.backend.to_host(total)
         return log_marginal, total
 
-    def estep(self, Y: np.ndarray, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
+    def estep(self, Y: Rows, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """Local sufficient statistics of this rank's rows (summed, not yet reduced).
 
         The returned dict also holds ``free_energy`` (sum of log marginals of all local
-        points at temperature 1) and ``n_cut`` (this rank's selected points).
+        points at temperature 1) and ``n_cut`` (this rank's selected points). ``Y`` is read
+        ``batch_size`` rows at a time (twice with ET data selection).
         """
         beta, prior_beta = self.betas(iteration)
         n_cut = self.n_cut(iteration)
@@ -182,13 +189,13 @@ class TruncatedEM:
             "n_cut": float(stats["n_cut"]),
         }
 
-    def posterior_mean(self, Y: np.ndarray) -> np.ndarray:
+    def posterior_mean(self, Y: Rows) -> np.ndarray:
         """<s> (N, H) for local rows, batch by batch, at temperature 1."""
         out = np.empty((Y.shape[0], self.model.H))
         for rows in self._batches(Y.shape[0]):
             out[rows] = self.model.posterior_mean(Y[rows], self.states, self.params, self.backend)
         return out
 
-    def log_marginals(self, Y: np.ndarray) -> np.ndarray:
+    def log_marginals(self, Y: Rows) -> np.ndarray:
         """log sum_{s in K_n} p(s, y_n) per local row at temperature 1."""
         return self._pass(Y, 1.0, 1.0, None, False)[0]

@@ -25,6 +25,7 @@ __all__ = [
     "check_is_fitted",
     "check_memory",
     "check_random_state",
+    "check_source",
     "parse_memory",
     "validate_params",
 ]
@@ -171,12 +172,13 @@ def check_data(
     dtype: Any = None,
     n_features: int | None = None,
     name: str = "Y",
-) -> np.ndarray:
+    batch_size: int = 1000,
+) -> Any:
     """Validate a data matrix, agreeing on the outcome across MPI ranks.
 
     Parameters
     ----------
-    Y : array-like of shape (N, D)
+    Y : array-like, DataSource, h5py.Dataset or numpy.memmap of shape (N, D)
         Data, one row per data point (each rank passes its own rows).
     comm : prosper.parallel.Communicator or None
         When given, every rank learns whether any rank's data is bad and all raise together
@@ -187,12 +189,22 @@ def check_data(
         Expected D (e.g. ``n_features_in_`` of a fitted model).
     name : str, default="Y"
         Name used in error messages.
+    batch_size : int, default=1000
+        Rows checked at a time when ``Y`` is streamed.
 
     Returns
     -------
-    ndarray of shape (N, D)
-        C-contiguous floating copy or view of ``Y``.
+    ndarray or DataSource of shape (N, D)
+        C-contiguous floating copy or view of an in-memory ``Y``; a streamable ``Y`` (see
+        :func:`prosper.io.sources.is_streamable`) is checked block by block and returned as
+        a :class:`~prosper.io.sources.DataSource` in ``dtype``, never loaded whole.
     """
+    from prosper.io.sources import is_streamable
+
+    if is_streamable(Y):
+        return check_source(
+            Y, comm=comm, dtype=dtype, n_features=n_features, name=name, batch_size=batch_size
+        )
     error = None
     arr = None
     # global row numbers in messages: this rank's rows follow those of the lower ranks
@@ -201,11 +213,98 @@ def check_data(
         arr = _check_local(Y, dtype=dtype, n_features=n_features, name=name, row_offset=offset)
     except ValueError as exc:
         error = str(exc)
+    _agree(comm, error, None if arr is None else arr.shape, name)
+    return arr
+
+
+def check_source(
+    Y: Any,
+    *,
+    comm: Any = None,
+    dtype: Any = None,
+    n_features: int | None = None,
+    name: str = "Y",
+    batch_size: int = 1000,
+) -> Any:
+    """Validate data to be streamed and wrap them in a DataSource, without a full copy.
+
+    Shape, dtype and D are checked from the metadata; finiteness is checked reading
+    ``batch_size`` rows at a time, so memory stays bounded whatever N is. Under MPI the
+    outcome is agreed as in :func:`check_data`.
+
+    Parameters
+    ----------
+    Y : DataSource, h5py.Dataset, numpy.memmap or array-like of shape (N, D)
+        An in-memory array is kept by reference (converted to ``dtype`` block by block).
+    comm, dtype, n_features, name, batch_size
+        As for :func:`check_data`.
+
+    Returns
+    -------
+    DataSource
+        Returns rows in ``dtype`` (float32/float64 kept when None, other numbers as float64).
+    """
+    from prosper.io.sources import as_source
+
+    error = None
+    source = None
+    offset = 0 if comm is None else comm.exscan(_n_rows(Y))
+    try:
+        source = _check_source_local(
+            Y, dtype=dtype, n_features=n_features, name=name, row_offset=offset
+        )
+        # checked in the target dtype: a float64 value beyond float32's range becomes inf
+        source = as_source(source, dtype)
+        _check_finite_blocks(source, name, offset, batch_size)
+    except ValueError as exc:
+        error = str(exc)
+    _agree(comm, error, None if source is None else source.shape, name)
+    return source
+
+
+def _check_source_local(
+    Y: Any, *, dtype: Any, n_features: int | None, name: str, row_offset: int
+) -> Any:
+    import h5py
+
+    from prosper.io.sources import DataSource, as_source
+
+    if isinstance(Y, (DataSource, h5py.Dataset)):
+        stored = Y.stored_dtype if isinstance(Y, DataSource) else Y.dtype
+        shape = Y.shape
+    elif isinstance(Y, np.ndarray):
+        stored, shape = Y.dtype, Y.shape
+    else:
+        # a list or another array-like: converted here (it is in memory already)
+        return as_source(
+            _check_local(Y, dtype=dtype, n_features=n_features, name=name, row_offset=row_offset)
+        )
+    _check_kind(stored, shape, name)
+    if n_features is not None and shape[1] != n_features:
+        raise ValueError(
+            f"{name} has {shape[1]} features (columns) but the model was fitted with {n_features}."
+        )
+    return as_source(Y)
+
+
+def _check_finite_blocks(source: Any, name: str, row_offset: int, batch_size: int) -> None:
+    for rows, block in source.batches(batch_size):
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad = np.argwhere(~finite)[0]
+            raise ValueError(
+                f"{name} contains NaN or infinity (first at row {bad[0] + rows.start + row_offset}"
+                f", column {bad[1]}); remove or impute those values before fitting."
+            )
+
+
+def _agree(comm: Any, error: str | None, shape: tuple | None, name: str) -> None:
+    """Raise ``error`` (or a cross-rank inconsistency) on every rank together."""
     if comm is None:
         if error:
             raise ValueError(error)
-        return arr
-    shape = (-1, -1) if arr is None else arr.shape
+        return
+    shape = (-1, -1) if shape is None else tuple(shape)
     errors = comm.allgather((comm.rank, error, shape))
     bad = [(r, e) for r, e, _ in errors if e]
     if bad:
@@ -227,7 +326,24 @@ def check_data(
             f"{name} has {total} rows in total but rank(s) {empty} received none: use at most "
             f"as many MPI ranks as data points (N={total}, ranks={comm.size})."
         )
-    return arr
+
+
+def _check_kind(dtype: np.dtype, shape: tuple, name: str) -> None:
+    """The dtype and shape checks shared by arrays and streamed data."""
+    if dtype.kind == "O" or not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+        raise ValueError(
+            f"{name} must hold real numbers; got dtype {dtype}. Convert it with "
+            f"np.asarray({name}, dtype=float) first."
+        )
+    if np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{name} must be real-valued; got complex dtype {dtype}.")
+    if len(shape) != 2:
+        raise ValueError(
+            f"{name} must be 2-D with shape (N, D), one row per data point; got shape {shape}."
+            + (" Use Y.reshape(1, -1) for a single data point." if len(shape) == 1 else "")
+        )
+    if shape[1] == 0:
+        raise ValueError(f"{name} has no columns (shape {shape}); D must be at least 1.")
 
 
 def _n_rows(Y: Any) -> int:
@@ -249,22 +365,7 @@ def _check_local(
         arr = np.asarray(Y)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} could not be converted to a numeric array: {exc}") from None
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.bool_)
-    ):
-        raise ValueError(
-            f"{name} must hold real numbers; got dtype {arr.dtype}. Convert it with "
-            f"np.asarray({name}, dtype=float) first."
-        )
-    if np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{name} must be real-valued; got complex dtype {arr.dtype}.")
-    if arr.ndim != 2:
-        raise ValueError(
-            f"{name} must be 2-D with shape (N, D), one row per data point; got shape {arr.shape}."
-            + (" Use Y.reshape(1, -1) for a single data point." if arr.ndim == 1 else "")
-        )
-    if arr.shape[1] == 0:
-        raise ValueError(f"{name} has no columns (shape {arr.shape}); D must be at least 1.")
+    _check_kind(arr.dtype, arr.shape, name)
     if dtype is None:
         dtype = arr.dtype if arr.dtype in (np.float32, np.float64) else np.float64
     arr = np.ascontiguousarray(arr, dtype=dtype)
