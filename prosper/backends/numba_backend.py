@@ -56,6 +56,7 @@ from prosper.backends.linear_terms import preselection_scores, state_log_prior, 
 from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
+from prosper.backends.numba_sparse import sparse_cd
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import ExpectationTruncation
@@ -86,7 +87,14 @@ def _share_cores_between_ranks() -> None:
 
 _share_cores_between_ranks()
 
-__all__ = ["gsc_estep", "linear_estep", "linear_posterior_mean", "mca_estep", "warmup"]
+__all__ = [
+    "gsc_estep",
+    "linear_estep",
+    "linear_posterior_mean",
+    "mca_estep",
+    "sparse_cd",
+    "warmup",
+]
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
 #: thread's scratch (about 2 K · 64 float64) in L2 for K up to about a thousand states.

@@ -325,6 +325,8 @@ class EMEstimator(BaseEstimator):
         ckpt = comm.bcast(ckpt)
         writer.rewind(ckpt.iteration)
         learner.set_params(ckpt.params, n_total)
+        if hasattr(learner, "set_state"):  # state beyond the parameters (online statistics)
+            learner.set_state(ckpt.state)
         # the annealing noise of iteration it is drawn from (seed, it): the stored seed, not
         # the one this call drew, reproduces the uninterrupted run
         learner.seed = ckpt.seed

@@ -12,6 +12,8 @@ Layout (DESIGN.md)::
                        resume from; attrs: iteration (next to run), seed); the group's attribute
                        ``active`` names the valid slot and is switched only after the other
                        slot has been written and flushed (``iteration``/``seed`` mirror it)
+                       each slot's group ``state`` holds the learner's state beyond its
+                       parameters (e.g. SparseCoding's online statistics), where it has any
     /model/<name>      final parameters (what prosper.load reads); attrs: n_iter
     /ground_truth/...  optional generating parameters (CLI runs on generated data)
 
@@ -91,7 +93,8 @@ def decode_params(text: str) -> dict[str, Any]:
 
 
 class Checkpoint:
-    """What ``--resume`` needs: the next iteration, the parameters, the seed."""
+    """What ``--resume`` needs: the next iteration, the parameters, the seed, the learner's
+    state (empty when it has none)."""
 
     def __init__(
         self,
@@ -99,8 +102,10 @@ class Checkpoint:
         params: dict[str, np.ndarray],
         seed: int,
         attrs: dict[str, Any],
+        state: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.iteration, self.params, self.seed, self.attrs = iteration, params, seed, attrs
+        self.state = state or {}
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -305,12 +310,21 @@ class ResultWriter:
         if self._fault_hook is not None:
             self._fault_hook(stage, iteration)
 
-    def _checkpoint(self, f: h5py.File, iteration: int, params: dict[str, np.ndarray]) -> None:
-        """Write the checkpoint into the idle slot, flush, then switch to it."""
+    def _checkpoint(
+        self,
+        f: h5py.File,
+        iteration: int,
+        params: dict[str, np.ndarray],
+        state: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Write the checkpoint (and the learner's state) into the idle slot, flush, then
+        switch to it."""
         ck = f["checkpoint"]
         if "active" not in ck.attrs:  # a file from before the two slots: write in place
             for name, value in params.items():
                 ck[name][...] = value
+            if state:
+                _write_state(ck.require_group("state"), state)
             ck.attrs["iteration"] = iteration
             return
         active = ck.attrs["active"]
@@ -322,6 +336,8 @@ class ResultWriter:
             idle[name][...] = params[name]
             if i == 0:
                 self._fault("slot-partial", iteration)
+        if state:
+            _write_state(idle.require_group("state"), state)
         idle.attrs["iteration"] = iteration
         idle.attrs["seed"] = ck.attrs["seed"]
         f.flush()
@@ -332,9 +348,14 @@ class ResultWriter:
         self._fault("switched", iteration)
 
     def record(
-        self, iteration: int, params: dict[str, np.ndarray], metrics: dict[str, float]
+        self,
+        iteration: int,
+        params: dict[str, np.ndarray],
+        metrics: dict[str, float],
+        state: dict[str, np.ndarray] | None = None,
     ) -> None:
-        """Append one iteration's parameters and metrics, then move the checkpoint."""
+        """Append one iteration's parameters and metrics, then move the checkpoint (with the
+        learner's ``state``, if any)."""
         if not self.active:
             return
         with self._open() as f:
@@ -350,7 +371,7 @@ class ResultWriter:
                 d.resize(iteration + 1, axis=0)
                 d[iteration] = value
             f.flush()
-            self._checkpoint(f, iteration + 1, params)
+            self._checkpoint(f, iteration + 1, params, state)
 
     def rewind(self, iteration: int) -> None:
         """Before resuming: cut the traces back to the checkpoint's ``iteration`` (a killed
@@ -379,6 +400,18 @@ class ResultWriter:
                 g.attrs[key] = value
 
 
+def _write_state(group: h5py.Group, state: dict[str, np.ndarray]) -> None:
+    """Write a learner's state arrays into ``group`` (in place when the shape is kept)."""
+    for name, value in state.items():
+        value = np.asarray(value)
+        if name in group and group[name].shape == value.shape:
+            group[name][...] = value
+        else:
+            if name in group:
+                del group[name]
+            group.create_dataset(name, data=value)
+
+
 def _replace(tmp: Path, final: Path) -> None:
     """Atomically move a closed file into place (fsync first, same directory)."""
     fd = os.open(tmp, os.O_RDONLY)
@@ -399,11 +432,12 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             ck = checkpoint_group(f)
             iteration = int(ck.attrs["iteration"])
             params = {name: np.array(d) for name, d in ck.items() if isinstance(d, h5py.Dataset)}
+            state = {name: np.array(d) for name, d in ck.get("state", {}).items()}
             attrs = dict(f.attrs)
             seed = int(ck.attrs["seed"])
     except OSError as exc:
         raise ConfigError(f"cannot resume from {str(path)!r}: {exc}") from None
-    return Checkpoint(iteration, params, seed, attrs)
+    return Checkpoint(iteration, params, seed, attrs, state)
 
 
 def open_result(path: str | os.PathLike) -> h5py.File:

@@ -9,9 +9,9 @@ and for CEL0 (Soubies, Blanc-Féraud & Aubert 2015) the continuous exact relaxat
 
     ψ(u) = λ − (a_h²/2) (|u| − sqrt(2λ)/a_h)²  for |u| <= sqrt(2λ)/a_h,   λ beyond,
 
-with a_h = ||W_h||. The dictionary is updated from the sums Σ_n y_n s_nᵀ and Σ_n s_n s_nᵀ
-(least squares, the "method of optimal directions"), then its columns are scaled to unit
-norm (MODELS.md section 5; Rentzeperis et al. 2023).
+with a_h = ||W_h||. The dictionary is updated from the statistics A = Σ_n s_n s_nᵀ and
+B = Σ_n y_n s_nᵀ (with forgetting) by block coordinate descent over its unit-norm columns
+(Mairal et al. 2010; MODELS.md section 5).
 
 This module is mathematics only: no loops over iterations, no MPI, no files.
 """
@@ -121,47 +121,53 @@ class SparseCodingModel:
             norms[dead] = np.linalg.norm(W[:, dead], axis=0)
         return W / norms
 
-    def update_dictionary(
-        self, YS: np.ndarray, SS: np.ndarray, W: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Least-squares dictionary from the summed statistics, columns scaled to unit norm.
+    def update_dictionary_bcd(
+        self, A: np.ndarray, B: np.ndarray, W: np.ndarray, spare: np.ndarray
+    ) -> tuple[np.ndarray, int]:
+        """One sweep of block coordinate descent on the atoms (Mairal et al. 2010, alg. 2).
 
-        W_used = (Σ y sᵀ)_used (Σ s sᵀ)_used⁻¹ over the atoms some data point used; atoms no
-        data point used keep their column (their codes are all zero, so the least-squares
-        problem says nothing about them).
+        Minimises ½ tr(Wᵀ W A) − tr(Wᵀ B) over one column at a time on the unit sphere:
+
+            u_h = W_h + (B_h − W A_h) / A_hh,   W_h ← u_h / ||u_h||,
+
+        which is the exact minimiser over W_h (the objective is isotropic in W_h). An atom
+        with A_hh at most 1e-6 times the mean of diag(A) (no recent data point used it) is
+        replaced by ``spare`` (a data residual), one atom per call, so that atoms never die.
 
         Parameters
         ----------
-        YS : ndarray of shape (D, H)
-            Σ_n y_n s_nᵀ over all data points.
-        SS : ndarray of shape (H, H)
-            Σ_n s_n s_nᵀ over all data points.
+        A : ndarray of shape (H, H)
+            Σ s sᵀ with forgetting.
+        B : ndarray of shape (D, H)
+            Σ y sᵀ with forgetting.
         W : ndarray of shape (D, H)
-            Current dictionary.
+            Current dictionary (not modified).
+        spare : ndarray of shape (D,)
+            Replacement for an unused atom (ignored when zero).
 
         Returns
         -------
         W_new : ndarray of shape (D, H)
             Unit-norm columns.
-        scale : ndarray of shape (H,)
-            Norm of each least-squares column before normalisation (1 for kept columns):
-            codes fitted for the least-squares dictionary are ``s * scale`` for ``W_new``.
+        n_replaced : int
         """
-        diag = np.diag(SS)
-        used = diag > 1e-12 * max(float(diag.max(initial=0.0)), 1e-300)
-        W_new = np.array(W, dtype=np.float64)
-        scale = np.ones(self.H)
-        if used.any():
-            sub = SS[np.ix_(used, used)]
-            # a tiny ridge keeps the solve defined when two atoms are used by the same points
-            ridge = 1e-10 * float(np.trace(sub)) / int(used.sum())
-            sol = np.linalg.solve(sub + ridge * np.eye(sub.shape[0]), YS[:, used].T).T
-            norms = np.linalg.norm(sol, axis=0)
-            ok = norms > 0
-            cols = np.flatnonzero(used)[ok]
-            W_new[:, cols] = sol[:, ok] / norms[ok]
-            scale[cols] = norms[ok]
-        return W_new, scale
+        W = np.array(W, dtype=np.float64)
+        diag = np.diagonal(A)
+        floor = 1e-6 * float(diag.mean()) if diag.size else 0.0
+        spare_norm = float(np.linalg.norm(spare))
+        n_replaced = 0
+        for h in range(self.H):
+            if diag[h] > floor and diag[h] > 0:
+                u = W[:, h] + (B[:, h] - W @ A[:, h]) / diag[h]
+            elif n_replaced == 0 and spare_norm > 0 and floor > 0:
+                u = spare
+                n_replaced = 1
+            else:
+                continue
+            norm = float(np.linalg.norm(u))
+            if norm > 1e-12:
+                W[:, h] = u / norm
+        return W, n_replaced
 
     def reconstruct(self, S: np.ndarray, W: np.ndarray) -> np.ndarray:
         """W s for every code, shape (N, D)."""

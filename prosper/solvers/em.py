@@ -61,7 +61,11 @@ class Recorder(Protocol):
     """Receives each finished iteration (e.g. :class:`prosper.io.results.ResultWriter`)."""
 
     def record(
-        self, iteration: int, params: dict[str, np.ndarray], metrics: dict[str, float]
+        self,
+        iteration: int,
+        params: dict[str, np.ndarray],
+        metrics: dict[str, float],
+        state: dict[str, np.ndarray] | None = None,
     ) -> None: ...
 
 
@@ -118,7 +122,10 @@ def run_em(
             for key, value in metrics.items():
                 history.setdefault(key, []).append(float(value))
             if recorder is not None:
-                recorder.record(it, learner.params, metrics)
+                # learners with state beyond their parameters (online statistics) give it
+                # to the checkpoint
+                state = getattr(learner, "checkpoint_state", None)
+                recorder.record(it, learner.params, metrics, state=state() if state else None)
             log.debug("iteration %d: %s", it, metrics)
             bar.update(f"F={metrics.get('free_energy', float('nan')):.4g}")
             if callback is not None and comm.allreduce(bool(callback(it, learner, metrics)), "lor"):

@@ -1,54 +1,77 @@
-"""Alternating MAP dictionary learning for ℓq sparse coding, driven by :func:`run_em`.
+"""Online dictionary learning for ℓq sparse coding (Mairal, Bach, Ponce & Sapiro 2010).
 
-E-like step: on this rank's rows, batch by batch, the MAP codes s_n = argmin E(s; y_n, W) by
-FISTA (:mod:`prosper.solvers.fista`), and the local sums Σ y sᵀ, Σ s sᵀ, the energy, the
-squared residual and the non-zero count. M-step: after the one Allreduce, the least-squares
-dictionary with unit-norm columns (:meth:`SparseCodingModel.update_dictionary`).
+One iteration of :func:`prosper.solvers.em.run_em` is one pass over the data in global
+mini-batches of ``batch_size`` rows. For each mini-batch:
 
-Warm starts. Each rank keeps the codes of its rows from the previous iteration (an
-(N_local, H) array: O(N_local H) memory, e.g. 40 MB for 20 000 patches and 256 atoms, chosen
-over recomputing because after the first iterations most rows then stop within a few FISTA
-steps), rescaled by the M-step's column norms so that W s is unchanged. For ℓ1 FISTA starts
-from them. For the non-convex penalties (ℓ1/2, ℓ0, CEL0) every E-step first solves the ℓ1
-problem with the same λ from the kept codes and then runs the penalty's own FISTA from that
-ℓ1 solution (the ℓ1 → ℓq warm start of Rentzeperis et al. 2023): started from their own
-previous codes, hard and half thresholding keep their support and dictionary learning
-freezes in a poor local minimum (measured: 0 of 24 atoms recovered for ℓ0 on the synthetic
-test problem, against 24 of 24 with the ℓ1 start). Codes without a previous value (first
-iteration, a resumed run, ``encode`` on new data) start from zero; since the ℓ1 problem has
-a unique solution in general, a resumed run differs from an uninterrupted one only within the
-FISTA tolerance.
+1. code its rows under the current dictionary (every rank codes the rows of it that it
+   holds): exact coordinate descent (:func:`coordinate_descent`, compiled by the numba
+   backend) or FISTA, from zero; for the non-convex penalties (ℓ1/2, ℓ0, CEL0) the coder
+   first solves the ℓ1 problem with the same λ and starts the penalty's own descent from
+   that solution (the ℓ1 → ℓq warm start of Rentzeperis et al. 2023);
+2. one Allreduce of the increments Σ s sᵀ (H, H), Σ y sᵀ (D, H) and a spare atom (D,);
+3. the sufficient statistics with forgetting, A ← β_t A + Σ s sᵀ / η and
+   B ← β_t B + Σ y sᵀ / η (β_t → 1, the schedule of scikit-learn's
+   MiniBatchDictionaryLearning, which follows Mairal et al. section 3.4.2);
+4. one sweep of block coordinate descent over the atoms on (A, B), identical on every rank
+   (:meth:`prosper.models.sparse_coding.SparseCodingModel.update_dictionary_bcd`).
 
-The metric ``free_energy`` is minus the mean energy per data point, so that larger is better
-as for the probabilistic models (with unit noise variance it is the log-joint of the MAP code
-up to a constant).
+Mini-batches are global: pass p visits the rows in the order of a permutation of the global
+row indices drawn from (seed, p), whatever the number of ranks, so the learned dictionary
+does not depend on the rank count beyond round-off. Codes are not kept between passes (each
+mini-batch is coded from zero), so the state of the learner is global and small: W, A, B and
+the mini-batch counter, all in the checkpoint; a resumed run repeats the uninterrupted one
+exactly.
+
+Data access goes through :func:`take_rows` (the rows of given local indices, in increasing
+order): the one place where a streamed data source plugs in.
+
+The metric ``free_energy`` of a pass is minus the mean energy of the mini-batches' codes
+under the dictionary each was coded with (the online estimate of the objective, as reported
+by the online learners of SPAMS and scikit-learn); ``SparseCoding.score`` gives the exact
+value.
 """
 
 from __future__ import annotations
 
 import logging
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from prosper.models.sparse_coding import SparseCodingModel
 from prosper.parallel import Communicator
 from prosper.solvers.fista import FISTAOptions, fista, lipschitz_constant
-from prosper.solvers.prox import PROX
+from prosper.solvers.prox import PROX, half_threshold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CodeProblem", "SparseCodingEM"]
+__all__ = ["CodeProblem", "Coder", "OnlineSparseCoding", "coordinate_descent", "take_rows"]
+
+#: coders of :class:`Coder`
+SOLVERS = ("cd", "fista", "ista")
+
+
+def take_rows(Y: Any, idx: np.ndarray) -> np.ndarray:
+    """Rows ``idx`` (local indices, increasing) of this rank's data.
+
+    The learner reads its data only through this function: an in-memory array, a numpy
+    memmap or an h5py Dataset (increasing indices are what h5py needs) all work.
+    """
+    if idx.size and isinstance(Y, np.ndarray):
+        return Y[idx]
+    return np.asarray(Y[idx]) if idx.size else np.asarray(Y[0:0])
 
 
 class CodeProblem:
-    """The coding problem of a batch: min_S ½||Y − S Wᵀ||² + Σ ψ(S), rows independent.
+    """The coding problem of a batch for FISTA: min_S ½||Y − S Wᵀ||² + Σ ψ(S).
 
     Parameters
     ----------
-    Y : ndarray of shape (n, D)
-    W : ndarray of shape (D, H)
+    C : ndarray of shape (n, H)
+        Y W.
     G : ndarray of shape (H, H)
-        WᵀW (shared by all batches of an iteration).
+        WᵀW.
     penalty : str
         Key of :data:`prosper.solvers.prox.PROX`.
     lam : float
@@ -56,9 +79,8 @@ class CodeProblem:
         Atom norms (CEL0).
     """
 
-    def __init__(self, Y, W, G, penalty: str, lam: float, a) -> None:
-        self.B = Y @ W
-        self.G = G
+    def __init__(self, C, G, penalty: str, lam: float, a) -> None:
+        self.B, self.G = C, G
         self.prox = PROX[penalty]
         self.lam, self.a = lam, a
 
@@ -69,29 +91,209 @@ class CodeProblem:
         return self.prox(V, step, self.lam, self.a)
 
 
-class SparseCodingEM:
-    """The learner of ℓq sparse coding for :func:`prosper.solvers.em.run_em`.
+def _coordinate_prox(z: np.ndarray, t: np.ndarray, penalty: str) -> np.ndarray:
+    """Exact minimiser over u of ½(u − z)² + t φ(u) (φ of the coordinate update)."""
+    if penalty == "l1":
+        return np.sign(z) * np.maximum(np.abs(z) - t, 0.0)
+    if penalty == "l1/2":
+        return half_threshold(z, t)
+    # ℓ0, and CEL0: with step 1/a_h² its coordinate minimiser is ℓ0's hard threshold
+    return np.where(np.abs(z) > np.sqrt(2.0 * t), z, 0.0)
+
+
+def coordinate_descent(
+    C0: np.ndarray,
+    G: np.ndarray,
+    S0: np.ndarray,
+    penalty: str,
+    lam: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cyclic coordinate descent on ½||y − W s||² + Σ ψ(s), vectorised over rows.
+
+    The NumPy reference of the numba kernel :func:`prosper.backends.numba_sparse.sparse_cd`
+    (see there for the update). Rows stop independently (largest change of a sweep at most
+    ``tol`` times the largest entry) and leave the active set, so a row's code does not
+    depend on the other rows of its batch.
+
+    Parameters
+    ----------
+    C0 : ndarray of shape (n, H)
+        Y W.
+    G : ndarray of shape (H, H)
+        WᵀW.
+    S0 : ndarray of shape (n, H)
+        Start (not modified).
+    penalty : {"l1", "l1/2", "l0", "cel0"}
+    lam : float
+    max_iter : int
+        Sweeps at most.
+    tol : float
+
+    Returns
+    -------
+    S : ndarray of shape (n, H), float64
+    n_iter : ndarray of int64, shape (n,)
+    """
+    S = np.array(S0, dtype=np.float64)
+    G = np.asarray(G, dtype=np.float64)
+    n, H = S.shape
+    n_iter = np.full(n, max_iter, dtype=np.int64)
+    active = np.arange(n)
+    s = S.copy()
+    c = np.asarray(C0, dtype=np.float64) - s @ G
+    g = np.diagonal(G).copy()
+    ok = g > 0
+    t = lam / np.where(ok, g, 1.0)
+    for it in range(max_iter):
+        if active.size == 0:
+            break
+        dmax = np.zeros(active.size)
+        for h in range(H):
+            old = s[:, h]
+            new = _coordinate_prox(old + c[:, h] / g[h], t[h], penalty) if ok[h] else 0.0 * old
+            d = new - old
+            moved = np.flatnonzero(d)
+            if moved.size:
+                c[moved] -= d[moved, None] * G[h]
+                s[moved, h] = new[moved]
+                np.maximum(dmax, np.abs(d), out=dmax)
+        done = dmax <= tol * np.abs(s).max(axis=1)
+        if done.any():
+            S[active[done]] = s[done]
+            n_iter[active[done]] = it + 1
+            active, s, c = active[~done], s[~done], c[~done]
+    if active.size:
+        S[active] = s
+    return S, n_iter
+
+
+class Coder:
+    """MAP codes of batches of rows under one dictionary.
 
     Parameters
     ----------
     model : SparseCodingModel
-    options : FISTAOptions
-        Inner solver settings (tolerance, iterations, FISTA or ISTA).
-    batch_size : int
-        Rows coded at once (bounds the working memory to O(batch_size (D + H))).
+    solver : {"cd", "fista", "ista"}
+        Exact coordinate descent, or proximal gradient with or without momentum.
+    max_iter : int
+        Sweeps (cd) or iterations (FISTA) at most per row.
+    tol : float
+        Relative change of a row's code at which it stops.
+    backend : module or None
+        A backend with a ``sparse_cd`` kernel (numba) runs coordinate descent compiled;
+        otherwise the NumPy reference runs.
     """
 
-    def __init__(self, model: SparseCodingModel, *, options: FISTAOptions, batch_size: int) -> None:
-        self.model, self.options, self.batch_size = model, options, batch_size
+    def __init__(
+        self,
+        model: SparseCodingModel,
+        *,
+        solver: str = "cd",
+        max_iter: int = 200,
+        tol: float = 1e-4,
+        backend: ModuleType | None = None,
+    ) -> None:
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
+        self.model, self.solver = model, solver
+        self.max_iter, self.tol = int(max_iter), float(tol)
+        self.kernel = getattr(backend, "sparse_cd", None)
+        self.W: np.ndarray | None = None
+
+    def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:
+        """Precompute what every batch under W shares (WᵀW, the step, the atom norms)."""
+        self.W = np.asarray(W).astype(dtype, copy=False)
+        self.G = self.W.T @ self.W
+        self.a = np.sqrt(np.maximum(np.diagonal(self.G), 0.0)).copy()
+        self.L = lipschitz_constant(self.W) if self.solver != "cd" else 0.0
+
+    def _run(self, C, S0, penalty):
+        lam = self.model.lam
+        if self.solver == "cd":
+            if self.kernel is not None:
+                return self.kernel(C, self.G, S0, penalty, lam, self.max_iter, self.tol)
+            return coordinate_descent(C, self.G, S0, penalty, lam, self.max_iter, self.tol)
+        options = FISTAOptions(
+            max_iter=self.max_iter, tol=self.tol, accelerate=self.solver == "fista"
+        )
+        res = fista(CodeProblem(C, self.G, penalty, lam, self.a), S0, L=self.L, options=options)
+        return res.X, res.n_iter
+
+    def code(self, Yb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Codes (n, H) of rows Yb (n, D), at Yb's precision, and the iterations per row."""
+        C = Yb @ self.W.astype(Yb.dtype, copy=False)
+        S = np.zeros((Yb.shape[0], self.model.H), dtype=C.dtype)
+        n_iter = np.zeros(Yb.shape[0], dtype=np.int64)
+        penalty = self.model.penalty
+        if penalty != "l1":
+            S, n_iter = self._run(C, S, "l1")
+        S, more = self._run(C, S, penalty)
+        return S.astype(Yb.dtype, copy=False), n_iter + more
+
+
+class OnlineSparseCoding:
+    """The online learner of ℓq sparse coding for :func:`prosper.solvers.em.run_em`.
+
+    Parameters
+    ----------
+    model : SparseCodingModel
+    coder : Coder
+    batch_size : int
+        Rows of a global mini-batch (each rank codes at most this many at once).
+    seed : int
+        Seed of the per-pass row permutations.
+    """
+
+    def __init__(
+        self, model: SparseCodingModel, coder: Coder, *, batch_size: int, seed: int
+    ) -> None:
+        self.model, self.coder = model, coder
+        self.batch_size, self.seed = int(batch_size), int(seed)
         self.params: dict[str, np.ndarray] = {}
         self.n_total = 0
-        self._codes: np.ndarray | None = None
+        self.reset_state()
+
+    # -- state ----------------------------------------------------------------------------
+    def reset_state(self) -> None:
+        """Empty sufficient statistics and counter (a fresh start)."""
+        H, D = self.model.H, self.model.D
+        self.A = np.zeros((H, H))
+        self.B = np.zeros((D, H))
+        self.n_steps = 0
+        self.n_seen = 0
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """What a resumed run needs besides W: A (H, H), B (D, H), the mini-batch and point
+        counters."""
+        return {
+            "A": self.A.copy(),
+            "B": self.B.copy(),
+            "n_steps": np.array(self.n_steps),
+            "n_seen": np.array(self.n_seen),
+        }
+
+    def set_state(self, state: dict[str, np.ndarray] | None) -> None:
+        """Restore :meth:`checkpoint_state` (None or empty: a fresh start)."""
+        if not state:
+            self.reset_state()
+            return
+        H, D = self.model.H, self.model.D
+        A, B = np.asarray(state["A"], dtype=np.float64), np.asarray(state["B"], dtype=np.float64)
+        if A.shape != (H, H) or B.shape != (D, H):
+            raise ValueError(
+                f"the stored online statistics have shapes A {A.shape}, B {B.shape}; this "
+                f"model needs A {(H, H)}, B {(D, H)}."
+            )
+        self.A, self.B = A.copy(), B.copy()
+        self.n_steps, self.n_seen = int(state["n_steps"]), int(state["n_seen"])
 
     # -- set-up ---------------------------------------------------------------------------
     def initialize(
-        self, Y: np.ndarray, comm: Communicator, rng: np.random.Generator, init: str = "data"
+        self, Y: Any, comm: Communicator, rng: np.random.Generator, init: str = "data"
     ) -> None:
-        """Initial unit-norm dictionary, identical on every rank.
+        """Initial unit-norm dictionary, identical on every rank; empty statistics.
 
         ``init="data"``: H data points drawn at random from all ranks' rows (by global
         index, so the choice does not depend on the rank count); ``"random"``: Gaussian
@@ -105,7 +307,9 @@ class SparseCodingEM:
             offset = comm.exscan(n_local)
             mine = (chosen >= offset) & (chosen < offset + n_local)
             part = np.zeros((D, H))
-            part[:, mine] = Y[chosen[mine] - offset].T
+            local = chosen[mine] - offset
+            uniq = np.unique(local)
+            part[:, np.flatnonzero(mine)] = take_rows(Y, uniq)[np.searchsorted(uniq, local)].T
             W = comm.allreduce_arrays({"W": part})["W"]
             if self.n_total < H:  # repeated rows: break the ties
                 W = W + 1e-3 * np.sqrt(np.mean(W**2)) * rng.standard_normal(W.shape)
@@ -114,39 +318,20 @@ class SparseCodingEM:
         else:
             raise ValueError(f"init must be 'data' or 'random'; got {init!r}.")
         self.params = {"W": self.model.normalize(W, rng)}
-        self._codes = None
+        self.reset_state()
 
     def set_params(self, params: dict[str, np.ndarray], n_total: int) -> None:
-        """Start from a given dictionary (a checkpoint); codes start cold."""
+        """Start from a given dictionary (statistics unchanged: see :meth:`set_state`)."""
         self.params = {"W": np.array(params["W"], dtype=np.float64)}
         self.n_total = int(n_total)
-        self._codes = None
 
     # -- coding ---------------------------------------------------------------------------
     def _batches(self, n: int):
         for start in range(0, n, self.batch_size):
-            yield slice(start, min(start + self.batch_size, n))
+            yield np.arange(start, min(start + self.batch_size, n))
 
-    def _prepare(self, dtype) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        W = self.params["W"].astype(dtype, copy=False)
-        G = W.T @ W
-        a = np.sqrt(np.diagonal(G)).copy()
-        return W, G, lipschitz_constant(W), a
-
-    def _code_batch(self, Yb, W, G, L, a, warm):
-        """Codes of one batch from ``warm`` (None: zeros); non-convex ψ through the ℓ1 solution."""
-        penalty, lam = self.model.penalty, self.model.lam
-        n_iter = 0
-        if warm is None:
-            warm = np.zeros((Yb.shape[0], W.shape[1]), dtype=Yb.dtype)
-        if penalty != "l1":
-            res = fista(CodeProblem(Yb, W, G, "l1", lam, a), warm, L=L, options=self.options)
-            warm, n_iter = res.X, res.n_iter
-        res = fista(CodeProblem(Yb, W, G, penalty, lam, a), warm, L=L, options=self.options)
-        return res.X, res.n_iter + n_iter
-
-    def encode(self, Y: np.ndarray) -> np.ndarray:
-        """MAP codes of local rows under the current dictionary, cold start.
+    def encode(self, Y: Any) -> np.ndarray:
+        """MAP codes of local rows under the current dictionary.
 
         Parameters
         ----------
@@ -156,81 +341,148 @@ class SparseCodingEM:
         -------
         ndarray of shape (N, H)
         """
-        W, G, L, a = self._prepare(Y.dtype)
+        self.coder.set_dictionary(self.params["W"], Y.dtype)
         S = np.empty((Y.shape[0], self.model.H), dtype=Y.dtype)
-        for rows in self._batches(Y.shape[0]):
-            S[rows] = self._code_batch(Y[rows], W, G, L, a, None)[0]
+        for idx in self._batches(Y.shape[0]):
+            S[idx] = self.coder.code(take_rows(Y, idx))[0]
         return S
 
-    def energies(self, Y: np.ndarray) -> np.ndarray:
+    def energies(self, Y: Any) -> np.ndarray:
         """Energy of the MAP code of each local row, shape (N,)."""
-        W, G, L, a = self._prepare(Y.dtype)
+        self.coder.set_dictionary(self.params["W"], Y.dtype)
         out = np.empty(Y.shape[0])
-        for rows in self._batches(Y.shape[0]):
-            S = self._code_batch(Y[rows], W, G, L, a, None)[0]
-            out[rows] = self.model.energy(Y[rows], S, W)
+        W = self.params["W"]
+        for idx in self._batches(Y.shape[0]):
+            Yb = take_rows(Y, idx)
+            out[idx] = self.model.energy(Yb, self.coder.code(Yb)[0], W)
         return out
 
-    # -- one iteration --------------------------------------------------------------------
-    def estep(self, Y: np.ndarray, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
-        """Codes of this rank's rows and their local sums (not yet reduced).
-
-        Returns
-        -------
-        dict
-            ``YS`` (D, H) = Σ y sᵀ, ``SS`` (H, H) = Σ s sᵀ, ``free_energy`` = −Σ energy,
-            ``sq_error`` = Σ ||y − W s||², ``sq_norm`` = Σ ||y||², ``n_nonzero`` = number of
-            non-zero coefficients, ``fista_iter`` = Σ FISTA iterations over rows, ``n`` = rows.
-        """
-        W, G, L, a = self._prepare(Y.dtype)
+    # -- one mini-batch -------------------------------------------------------------------
+    def _code_local(self, Y: Any, idx: np.ndarray, spare_row: int, local: dict) -> dict:
+        """Code rows ``idx``; their increments of A and B, a spare atom, metric sums."""
         H, D = self.model.H, self.model.D
-        cold = self._codes is None or self._codes.shape != (Y.shape[0], H)
-        if cold:
-            self._codes = np.zeros((Y.shape[0], H), dtype=Y.dtype)
-        stats = {
-            "YS": np.zeros((D, H)),
-            "SS": np.zeros((H, H)),
-            "free_energy": np.zeros(()),
-            "sq_error": np.zeros(()),
-            "sq_norm": np.zeros(()),
-            "n_nonzero": np.zeros(()),
-            "fista_iter": np.zeros(()),
-            "n": np.array(float(Y.shape[0])),
-        }
-        for rows in self._batches(Y.shape[0]):
-            Yb = Y[rows]
-            S, n_iter = self._code_batch(Yb, W, G, L, a, None if cold else self._codes[rows])
-            self._codes[rows] = S
-            R = Yb - S @ W.T
-            sq_error = np.einsum("nd,nd->", R, R, dtype=np.float64)
-            pen = self.model.penalty_sum(S, a)
-            stats["YS"] += Yb.T.astype(np.float64) @ S.astype(np.float64)
-            stats["SS"] += S.T.astype(np.float64) @ S.astype(np.float64)
-            stats["free_energy"] -= 0.5 * sq_error + pen
-            stats["sq_error"] += sq_error
-            stats["sq_norm"] += np.einsum("nd,nd->", Yb, Yb, dtype=np.float64)
-            stats["n_nonzero"] += np.count_nonzero(S)
-            stats["fista_iter"] += float(n_iter.sum())
-        return stats
+        inc = {"A": np.zeros((H, H)), "B": np.zeros((D, H)), "spare": np.zeros(D)}
+        for start in range(0, idx.size, self.batch_size):
+            part = idx[start : start + self.batch_size]
+            Yb = take_rows(Y, part)
+            S, n_iter = self.coder.code(Yb)
+            S64, Y64 = S.astype(np.float64, copy=False), Yb.astype(np.float64, copy=False)
+            R = Y64 - S64 @ self.params["W"].T
+            sq_error = np.einsum("nd,nd->n", R, R)
+            inc["A"] += S64.T @ S64
+            inc["B"] += Y64.T @ S64
+            at = np.flatnonzero(part == spare_row)
+            if at.size:
+                # the spare atom: the residual of the mini-batch's first row (its data row
+                # when the row is reconstructed exactly)
+                r = R[at[0]]
+                inc["spare"] += r if np.linalg.norm(r) > 1e-12 else Y64[at[0]]
+            local["energy"] += 0.5 * float(sq_error.sum()) + self.model.penalty_sum(
+                S64, self.coder.a
+            )
+            local["sq_error"] += float(sq_error.sum())
+            local["sq_norm"] += float(np.einsum("nd,nd->", Y64, Y64))
+            local["n_nonzero"] += float(np.count_nonzero(S))
+            local["coder_iter"] += float(n_iter.sum())
+            local["n"] += float(part.size)
+        return inc
 
-    def mstep(self, stats: dict[str, np.ndarray], iteration: int) -> dict[str, float]:
-        """New dictionary from the reduced sums; returns the iteration's metrics.
+    def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
+        """Statistics with forgetting and one BCD sweep; returns the atoms replaced.
 
-        Metrics (of the codes under the dictionary entering the iteration): ``free_energy``
-        (minus the mean energy per data point), ``sparsity`` (fraction of non-zero
-        coefficients), ``rel_error`` (||Y − S Wᵀ||_F / ||Y||_F), ``fista_iter`` (mean FISTA
-        iterations per row) and ``n_unused`` (atoms no data point used).
+        With ``window`` (passes over a data set of that many points) A and B average the
+        codes of about the last ``window`` points: β = 1 − η / min(seen, window), a plain
+        average until one pass is done, so that codes from the first, poor dictionaries are
+        forgotten within a pass. Without (a stream, ``partial_fit``) the schedule of
+        Mairal et al. section 3.4.2: θ = tη for t < η, else η² + t − η; β = (θ + 1 − η)/(θ + 1).
         """
-        n = float(stats["n"])
-        W, scale = self.model.update_dictionary(stats["YS"], stats["SS"], self.params["W"])
+        t = self.n_steps
+        if window is not None:
+            seen = self.n_seen + n_rows
+            beta = 1.0 - n_rows / min(seen, max(window, n_rows))
+        else:
+            eta = self.batch_size
+            theta = (t + 1) * eta if t < eta - 1 else eta * eta + t + 1 - eta
+            beta = max(theta + 1 - n_rows, 0) / (theta + 1)
+        self.A = beta * self.A + inc["A"] / n_rows
+        self.B = beta * self.B + inc["B"] / n_rows
+        self.n_steps += 1
+        self.n_seen += n_rows
+        W, n_replaced = self.model.update_dictionary_bcd(
+            self.A, self.B, self.params["W"], inc["spare"]
+        )
         self.params = {"W": W}
-        if self._codes is not None:
-            # the same reconstruction W s under the normalised columns: a closer warm start
-            self._codes *= scale.astype(self._codes.dtype)
+        return n_replaced
+
+    def partial_step(self, Y: Any, comm: Communicator) -> dict[str, float]:
+        """One online update with all ranks' rows Y as one mini-batch (``partial_fit``).
+
+        Returns the metrics of the step (as :meth:`mstep`).
+        """
+        n_rows = int(comm.allreduce(int(Y.shape[0])))
+        self.coder.set_dictionary(self.params["W"], Y.dtype)
+        local = dict.fromkeys(_METRIC_SUMS, 0.0)
+        idx = np.arange(Y.shape[0])
+        spare_row = 0 if comm.rank == 0 else -1
+        inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
+        replaced = self._update(inc, n_rows, None)
+        stats = comm.allreduce_arrays({k: np.array(v) for k, v in local.items()})
+        stats["n_replaced"] = np.array(float(replaced))
+        return self._metrics(stats)
+
+    # -- one pass (one run_em iteration) --------------------------------------------------
+    def _local_order(self, n_local: int, offset: int, iteration: int):
+        """This rank's local row indices in the pass's global order, and their positions."""
+        perm = np.random.default_rng([self.seed, iteration]).permutation(self.n_total)
+        pos = np.flatnonzero((perm >= offset) & (perm < offset + n_local))
+        return perm, pos, perm[pos] - offset
+
+    def estep(self, Y: Any, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
+        """One pass of online learning over all ranks' rows; returns local metric sums.
+
+        Updates the dictionary once per global mini-batch (one Allreduce each); the sums
+        returned (``energy``, ``sq_error``, ``sq_norm``, ``n_nonzero``, ``coder_iter``,
+        ``n``, ``n_replaced``) are this rank's, for the driver's reduction.
+        """
+        n_local = int(Y.shape[0])
+        offset = comm.exscan(n_local)
+        perm, pos, local_idx = self._local_order(n_local, offset, iteration)
+        local = dict.fromkeys(_METRIC_SUMS, 0.0)
+        replaced = 0
+        eta = self.batch_size
+        for start in range(0, self.n_total, eta):
+            stop = min(start + eta, self.n_total)
+            a, b = np.searchsorted(pos, [start, stop])
+            idx = np.sort(local_idx[a:b])
+            spare_row = int(perm[start]) - offset
+            self.coder.set_dictionary(self.params["W"], Y.dtype)
+            inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
+            replaced += self._update(inc, stop - start, self.n_total)
+        out = {k: np.array(v) for k, v in local.items()}
+        # counted once (the same on every rank): rank 0 reports it
+        out["n_replaced"] = np.array(float(replaced) if comm.rank == 0 else 0.0)
+        return out
+
+    def _metrics(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
+        n = max(float(stats["n"]), 1.0)
         return {
-            "free_energy": float(stats["free_energy"]) / n,
+            "free_energy": -float(stats["energy"]) / n,
             "sparsity": float(stats["n_nonzero"]) / (n * self.model.H),
             "rel_error": float(np.sqrt(stats["sq_error"] / max(float(stats["sq_norm"]), 1e-300))),
-            "fista_iter": float(stats["fista_iter"]) / n,
-            "n_unused": float(np.count_nonzero(np.diag(stats["SS"]) <= 0)),
+            "coder_iter": float(stats["coder_iter"]) / n,
+            "n_replaced": float(stats["n_replaced"]),
         }
+
+    def mstep(self, stats: dict[str, np.ndarray], iteration: int) -> dict[str, float]:
+        """The pass's metrics from the reduced sums (the dictionary is already updated).
+
+        ``free_energy`` (minus the mean energy per data point of the mini-batch codes, each
+        under the dictionary it was coded with), ``sparsity`` (fraction of non-zero
+        coefficients), ``rel_error`` (||Y − S Wᵀ||_F / ||Y||_F of those codes),
+        ``coder_iter`` (mean sweeps or FISTA iterations per row) and ``n_replaced`` (atoms
+        replaced because no recent data point used them).
+        """
+        return self._metrics(stats)
+
+
+_METRIC_SUMS = ("energy", "sq_error", "sq_norm", "n_nonzero", "coder_iter", "n")

@@ -1,0 +1,122 @@
+"""numba kernel for ℓq sparse coding: exact coordinate descent, one data point per row.
+
+Same results as the NumPy reference :func:`prosper.solvers.sparse_coding.coordinate_descent`
+(to round-off): per data point, cyclic sweeps over the atoms h = 0 .. H−1, each setting s_h
+to the exact minimiser of E(s) = ½||y − W s||² + Σ ψ(s) over s_h with the other entries fixed,
+
+    s_h ← prox_{ψ/G_hh}(s_h + c_h / G_hh),   c = Wᵀy − G s,   G = WᵀW,
+
+and c updated by one row of G (O(H)) only when s_h moves. A sweep over a zero entry that
+stays zero costs O(1), so a sweep costs O(H + H · moves): for sparse codes far less than the
+O(H²) of one FISTA iteration. A point stops when the largest change of a sweep is at most
+``tol`` times its largest entry, or after ``max_iter`` sweeps. Points are independent
+(``prange`` over rows), so a point's code does not depend on the other points of its batch.
+
+Penalty codes: 0 ℓ1 (soft threshold), 1 ℓ1/2 (half threshold), 2 ℓ0 and 3 CEL0 (hard
+threshold at sqrt(2λ/G_hh): the coordinate-wise minimiser of the CEL0 energy equals the ℓ0
+one, Soubies et al. 2015).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+__all__ = ["PENALTY_CODES", "sparse_cd"]
+
+#: penalty name -> integer code of the kernel
+PENALTY_CODES = {"l1": 0, "l1/2": 1, "l0": 2, "cel0": 3}
+
+
+@njit(cache=True, inline="always")
+def _prox1(z, t, penalty):  # pragma: no cover - compiled
+    az = abs(z)
+    if penalty == 0:
+        return math.copysign(az - t, z) if az > t else 0.0
+    if penalty == 1:
+        if az <= 1.5 * t ** (2.0 / 3.0):
+            return 0.0
+        arg = 0.25 * t * (3.0 / az) ** 1.5
+        arg = min(1.0, max(-1.0, arg))
+        phi = math.acos(arg)
+        return math.copysign(
+            (2.0 / 3.0) * az * (1.0 + math.cos(2.0 * math.pi / 3.0 - (2.0 / 3.0) * phi)), z
+        )
+    return z if az > math.sqrt(2.0 * t) else 0.0
+
+
+@njit(cache=True, parallel=True)
+def _cd_kernel(C0, G, S, penalty, lam, max_iter, tol, n_iter):  # pragma: no cover - compiled
+    n, H = S.shape
+    for i in prange(n):
+        c = np.empty(H, dtype=np.float64)
+        for h in range(H):
+            c[h] = C0[i, h]
+        for j in range(H):
+            sj = S[i, j]
+            if sj != 0.0:
+                for h in range(H):
+                    c[h] -= sj * G[j, h]
+        n_iter[i] = max_iter
+        for it in range(max_iter):
+            dmax = 0.0
+            smax = 0.0
+            for h in range(H):
+                g = G[h, h]
+                old = S[i, h]
+                if g <= 0.0:
+                    new = 0.0
+                else:
+                    new = _prox1(old + c[h] / g, lam / g, penalty)
+                if new != old:
+                    d = new - old
+                    for k in range(H):
+                        c[k] -= d * G[h, k]
+                    S[i, h] = new
+                    if abs(d) > dmax:
+                        dmax = abs(d)
+                if abs(new) > smax:
+                    smax = abs(new)
+            if dmax <= tol * smax:
+                n_iter[i] = it + 1
+                break
+
+
+def sparse_cd(C0, G, S0, penalty: str, lam: float, max_iter: int, tol: float):
+    """Coordinate-descent codes of a batch (see the module docstring).
+
+    Parameters
+    ----------
+    C0 : ndarray of shape (n, H)
+        Y W, the correlations of the points with the atoms.
+    G : ndarray of shape (H, H)
+        WᵀW.
+    S0 : ndarray of shape (n, H)
+        Start codes (not modified).
+    penalty : {"l1", "l1/2", "l0", "cel0"}
+    lam : float
+    max_iter : int
+        Sweeps at most per point.
+    tol : float
+
+    Returns
+    -------
+    S : ndarray of shape (n, H), float64
+    n_iter : ndarray of int64, shape (n,)
+        Sweeps each point ran.
+    """
+    S = np.array(S0, dtype=np.float64, order="C")
+    n_iter = np.zeros(S.shape[0], dtype=np.int64)
+    _cd_kernel(
+        np.ascontiguousarray(C0, dtype=np.float64),
+        np.ascontiguousarray(G, dtype=np.float64),
+        S,
+        PENALTY_CODES[penalty],
+        float(lam),
+        int(max_iter),
+        float(tol),
+        n_iter,
+    )
+    return S, n_iter
