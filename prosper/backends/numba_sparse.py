@@ -31,24 +31,22 @@ PENALTY_CODES = {"l1": 0, "l1/2": 1, "l0": 2, "cel0": 3}
 
 
 @njit(cache=True, inline="always")
-def _prox1(z, t, penalty):  # pragma: no cover - compiled
-    az = abs(z)
+def _shrink(z, t, penalty):  # pragma: no cover - compiled
+    """The coordinate prox for |z| above the threshold (below it the result is 0)."""
     if penalty == 0:
-        return math.copysign(az - t, z) if az > t else 0.0
+        return z - t if z > 0 else z + t
     if penalty == 1:
-        if az <= 1.5 * t ** (2.0 / 3.0):
-            return 0.0
-        arg = 0.25 * t * (3.0 / az) ** 1.5
-        arg = min(1.0, max(-1.0, arg))
+        az = abs(z)
+        arg = min(1.0, 0.25 * t * (3.0 / az) ** 1.5)
         phi = math.acos(arg)
         return math.copysign(
             (2.0 / 3.0) * az * (1.0 + math.cos(2.0 * math.pi / 3.0 - (2.0 / 3.0) * phi)), z
         )
-    return z if az > math.sqrt(2.0 * t) else 0.0
+    return z
 
 
 @njit(cache=True, parallel=True)
-def _cd_kernel(C0, G, S, penalty, lam, max_iter, tol, n_iter):  # pragma: no cover - compiled
+def _cd_kernel(C0, G, S, penalty, t, thr, max_iter, tol, n_iter):  # pragma: no cover - compiled
     n, H = S.shape
     for i in prange(n):
         c = np.empty(H, dtype=np.float64)
@@ -66,10 +64,11 @@ def _cd_kernel(C0, G, S, penalty, lam, max_iter, tol, n_iter):  # pragma: no cov
             for h in range(H):
                 g = G[h, h]
                 old = S[i, h]
-                if g <= 0.0:
-                    new = 0.0
-                else:
-                    new = _prox1(old + c[h] / g, lam / g, penalty)
+                new = 0.0
+                if g > 0.0:
+                    z = old + c[h] / g
+                    if abs(z) > thr[h]:
+                        new = _shrink(z, t[h], penalty)
                 if new != old:
                     d = new - old
                     for k in range(H):
@@ -108,13 +107,20 @@ def sparse_cd(C0, G, S0, penalty: str, lam: float, max_iter: int, tol: float):
         Sweeps each point ran.
     """
     S = np.array(S0, dtype=np.float64, order="C")
+    G = np.ascontiguousarray(G, dtype=np.float64)
     n_iter = np.zeros(S.shape[0], dtype=np.int64)
+    g = np.diagonal(G)
+    # per atom: the prox parameter t = λ / G_hh and the threshold below which s_h = 0
+    t = float(lam) / np.where(g > 0, g, 1.0)
+    code = PENALTY_CODES[penalty]
+    thr = {0: t, 1: 1.5 * t ** (2.0 / 3.0)}.get(code, np.sqrt(2.0 * t))
     _cd_kernel(
         np.ascontiguousarray(C0, dtype=np.float64),
-        np.ascontiguousarray(G, dtype=np.float64),
+        G,
         S,
-        PENALTY_CODES[penalty],
-        float(lam),
+        code,
+        t,
+        np.ascontiguousarray(thr),
         int(max_iter),
         float(tol),
         n_iter,

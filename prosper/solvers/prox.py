@@ -28,7 +28,7 @@ __all__ = ["PROX", "cel0_threshold", "half_threshold", "hard_threshold", "soft_t
 
 
 def soft_threshold(x, t):
-    """prox of t|u|: sign(x) max(|x| − t, 0).
+    """prox of t|u|: sign(x) max(|x| − t, 0), computed as x − clip(x, −t, t).
 
     Parameters
     ----------
@@ -40,7 +40,7 @@ def soft_threshold(x, t):
     ndarray of x's shape
     """
     xp = get_namespace(x)
-    return xp.sign(x) * xp.maximum(xp.abs(x) - t, 0.0)
+    return x - xp.clip(x, -t, t)
 
 
 def hard_threshold(x, t):
@@ -66,7 +66,10 @@ def half_threshold(x, t):
 
         u = (2/3) x (1 + cos(2π/3 − (2/3) φ(x))),  φ(x) = arccos((t/4) (3/|x|)^{3/2}),
 
-    for |x| > (3/2) t^{2/3}, and 0 below (at the threshold 0 and (2/3) x tie).
+    for |x| > (3/2) t^{2/3}, and 0 below (at the threshold 0 and (2/3) x tie). The
+    trigonometric formula runs only on the entries above the threshold (for sparse codes a
+    small fraction), with (3/|x|)^{3/2} as r sqrt(r) rather than a power. Coordinate descent
+    (:mod:`prosper.backends.numba_sparse`) evaluates it per entry at the cost of ℓ1's prox.
 
     Parameters
     ----------
@@ -81,13 +84,13 @@ def half_threshold(x, t):
     t = xp.asarray(t, dtype=x.dtype)
     ax = xp.abs(x)
     keep = ax > 1.5 * t ** (2.0 / 3.0)
-    # the trigonometric formula only where it applies (sparse codes: a small fraction)
-    ak = ax[keep]
+    xk = x[keep]
     tk = xp.broadcast_to(t, x.shape)[keep] if t.ndim else t
-    phi = xp.arccos(xp.clip(0.25 * tk * (3.0 / ak) ** 1.5, -1.0, 1.0))
+    r = 3.0 / xp.abs(xk)
+    phi = xp.arccos(xp.minimum(0.25 * tk * r * xp.sqrt(r), 1.0))
     out = xp.zeros_like(x)
-    out[keep] = (2.0 / 3.0) * ak * (1.0 + xp.cos(2.0 * math.pi / 3.0 - (2.0 / 3.0) * phi))
-    return xp.sign(x) * out
+    out[keep] = (2.0 / 3.0) * xk * (1.0 + xp.cos(2.0 * math.pi / 3.0 - (2.0 / 3.0) * phi))
+    return out
 
 
 def cel0_threshold(x, t, lam, a):
@@ -99,7 +102,8 @@ def cel0_threshold(x, t, lam, a):
 
     which is continuous and equals x beyond |x| = sqrt(2λ)/a. For t a² >= 1 the penalised
     objective is concave on the inner interval and the minimiser is 0 or
-    sign(x) max(|x|, sqrt(2λ)/a), whichever has the lower objective.
+    sign(x) max(|x|, sqrt(2λ)/a), whichever has the lower objective. When every entry is
+    in the first case (the usual one) only its formula is evaluated.
 
     Parameters
     ----------
@@ -121,6 +125,8 @@ def cel0_threshold(x, t, lam, a):
     ta2 = t * a * a
     root = math.sqrt(2.0 * lam)
     convex = ta2 < 1.0
+    if bool(xp.all(convex)):
+        return xp.sign(x) * xp.minimum(ax, xp.maximum(ax - t * a * root, 0.0) / (1.0 - ta2))
     denom = xp.where(convex, 1.0 - ta2, 1.0)
     u_convex = xp.minimum(ax, xp.maximum(ax - t * a * root, 0.0) / denom)
     edge = root / xp.where(a > 0, a, 1.0)
