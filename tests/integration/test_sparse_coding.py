@@ -25,18 +25,54 @@ def _recovered(W, W_true, threshold=0.95):
     return float(np.mean(cos[rows, cols] > threshold))
 
 
-@pytest.mark.parametrize("penalty,lam", [("l1", 0.2), ("l0", 0.2)])
-def test_recovers_the_generating_dictionary(problem, penalty, lam):
-    model = SparseCoding(
-        H=24, penalty=penalty, lam=lam, n_iter=40, batch_size=2000, random_state=0
-    ).fit(problem.Y)
+@pytest.fixture(scope="module")
+def issue_problem():
+    """The recovery problem of issue #12: D=32, H=48, 3 non-zeros per point, N=4000."""
+    return get_generator("sparse_dictionary")(
+        n_samples=4000, D=32, H=48, sparsity=3, noise=0.05, random_state=0
+    )
+
+
+@pytest.mark.parametrize(
+    "penalty,lam", [("l1", 0.1), ("l0", 0.1), ("cel0", 0.1), ("l1/2", 0.1), ("l0", 0.2)]
+)
+def test_recovers_the_generating_dictionary(issue_problem, penalty, lam):
+    """Every penalty recovers at least 90 % of the atoms (|cos| > 0.95) in 15 passes.
+
+    (The full-batch learner this replaced recovered 15/48 atoms for ℓ0 and 20/48 for CEL0.)
+    """
+    problem = issue_problem
+    model = SparseCoding(H=48, penalty=penalty, lam=lam, n_iter=15, random_state=0)
+    model.fit(problem.Y)
     assert _recovered(model.W_, problem.W) >= 0.9
     np.testing.assert_allclose(np.linalg.norm(model.W_, axis=0), 1.0, rtol=1e-12)
-    # the alternating minimisation lowers the energy (free_energy = −mean energy rises)
+    # online learning lowers the energy (free_energy = −mean energy rises)
     F = model.free_energy_
-    assert F[-1] > F[0] and model.n_iter_ == 40
-    # the codes are sparse, about as sparse as the generating ones (3 of 24)
-    assert 0.08 < model.history_["sparsity"][-1] < 0.25
+    assert F[-1] > F[0] and model.n_iter_ == 15
+    # the codes are sparse, about as sparse as the generating ones (3 of 48)
+    assert 0.04 < model.history_["sparsity"][-1] < 0.2
+    assert model.inner_stats_["A"].shape == (48, 48)
+    assert int(model.inner_stats_["n_steps"]) == 15 * 16  # ceil(4000 / 256) per pass
+
+
+def test_partial_fit_learns_from_a_stream(problem):
+    """partial_fit on successive chunks (one online step each) recovers the dictionary, and
+    continues a fitted model from its statistics."""
+    model = SparseCoding(H=24, lam=0.2, batch_size=100, random_state=0)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        for chunk in np.array_split(rng.permutation(problem.Y.shape[0]), 20):
+            model.partial_fit(problem.Y[chunk])
+    assert model.n_iter_ == 120 and int(model.inner_stats_["n_steps"]) == 120
+    assert _recovered(model.W_, problem.W) >= 0.9
+    # after fit, partial_fit starts from the fitted statistics, not from scratch
+    fitted = SparseCoding(H=24, lam=0.2, n_iter=2, random_state=0).fit(problem.Y)
+    W_before, steps = fitted.W_.copy(), int(fitted.inner_stats_["n_steps"])
+    fitted.partial_fit(problem.Y[:100])
+    assert int(fitted.inner_stats_["n_steps"]) == steps + 1 and fitted.n_iter_ == 3
+    assert 0 < np.abs(fitted.W_ - W_before).max() < 0.2
+    with pytest.raises(ValueError, match="16"):
+        fitted.partial_fit(np.ones((5, 7)))
 
 
 def test_transform_score_and_energy_agree(problem):
@@ -73,15 +109,18 @@ def test_results_file_load_and_resume(problem, tmp_path):
     assert isinstance(loaded, SparseCoding) and loaded.penalty == "l1/2"
     np.testing.assert_array_equal(loaded.W_, full.W_)
     np.testing.assert_allclose(loaded.transform(Y[:10]), full.transform(Y[:10]))
-    for key in ("free_energy", "sparsity", "rel_error", "fista_iter"):
+    for key in ("free_energy", "sparsity", "rel_error", "coder_iter", "n_replaced"):
         assert loaded.history_[key].shape == (6,)
-    # a run stopped after 3 iterations and resumed to 6 follows the uninterrupted one
+    # a run stopped after 3 passes and resumed to 6 repeats the uninterrupted one exactly:
+    # the online statistics A, B and the counters are in the checkpoint
     part = tmp_path / "part.h5"
     stopped = SparseCoding(**kwargs, callback=lambda it, learner, metrics: it == 2).fit(Y, out=part)
     assert stopped.n_iter_ == 3
     resumed = SparseCoding(**kwargs).fit(Y, out=part, resume=True)
     assert resumed.n_iter_ == 6
-    np.testing.assert_allclose(resumed.W_, full.W_, atol=1e-3)
+    np.testing.assert_array_equal(resumed.W_, full.W_)
+    np.testing.assert_array_equal(resumed.free_energy_, full.free_energy_)
+    np.testing.assert_array_equal(resumed.inner_stats_["A"], full.inner_stats_["A"])
 
 
 @pytest.mark.parametrize(
@@ -93,6 +132,7 @@ def test_results_file_load_and_resume(problem, tmp_path):
         ({"H": 0}, "'H' parameter"),
         ({"tol": 0}, "'tol' parameter"),
         ({"solver": "admm"}, "'solver' parameter"),
+        ({"batch_size": 0}, "'batch_size' parameter"),
         ({"max_iter": 0}, "'max_iter' parameter"),
         ({"init": "svd"}, "'init' parameter"),
     ],
