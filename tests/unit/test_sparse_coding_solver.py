@@ -1,0 +1,118 @@
+"""Coders and the online learner of ℓq sparse coding (prosper.solvers.sparse_coding)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from prosper.data import get_generator
+from prosper.models.sparse_coding import PENALTIES, SparseCodingModel, energy
+from prosper.parallel import get_comm
+from prosper.solvers.sparse_coding import Coder, OnlineSparseCoding, coordinate_descent
+from prosper.solvers.prox import PROX
+
+
+@pytest.fixture(scope="module")
+def batch():
+    data = get_generator("sparse_dictionary")(
+        n_samples=300, D=12, H=20, sparsity=3, noise=0.05, random_state=1
+    )
+    W = data.W
+    return data.Y, W, W.T @ W, data.Y @ W
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_coordinate_descent_reaches_a_coordinatewise_minimum(batch, penalty):
+    """At the result no single coordinate can lower the energy: each s_h is the prox of its
+    own coordinate problem (the exact minimiser given the others)."""
+    Y, W, G, C = batch
+    S, n_iter = coordinate_descent(C, G, np.zeros_like(C), penalty, 0.1, 5000, 1e-10)
+    assert n_iter.max() < 5000
+    c = C - S @ G
+    for h in range(G.shape[0]):
+        z = S[:, h] + c[:, h] / G[h, h]
+        if penalty in ("l0", "cel0"):
+            best = np.where(np.abs(z) > np.sqrt(2 * 0.1 / G[h, h]), z, 0.0)
+        else:
+            best = PROX[penalty](z, 1.0 / G[h, h], 0.1)
+        np.testing.assert_allclose(S[:, h], best, atol=1e-7)
+    # and it is a descent method: lower energy than the zero code and the ℓ1 start
+    E = energy(Y, S, W, penalty, 0.1)
+    assert np.all(E <= energy(Y, np.zeros_like(S), W, penalty, 0.1) + 1e-12)
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_numba_kernel_matches_the_numpy_reference(batch, penalty):
+    numba_sparse = pytest.importorskip("prosper.backends.numba_sparse")
+    Y, W, G, C = batch
+    S0 = np.zeros_like(C)
+    S_ref, n_ref = coordinate_descent(C, G, S0, penalty, 0.1, 200, 1e-6)
+    S, n = numba_sparse.sparse_cd(C, G, S0, penalty, 0.1, 200, 1e-6)
+    np.testing.assert_allclose(S, S_ref, rtol=0, atol=1e-10)
+    np.testing.assert_array_equal(n, n_ref)
+
+
+@pytest.mark.parametrize("solver", ["cd", "fista"])
+def test_a_rows_code_does_not_depend_on_its_batch(batch, solver):
+    """Rows stop independently, so coding rows alone or together gives the same codes (what
+    makes the result independent of the number of MPI ranks, up to the round-off of the
+    GEMM Y W, which depends on the number of rows)."""
+    Y, W, G, C = batch
+    coder = Coder(SparseCodingModel(20, 12, "l1/2", 0.1), solver=solver, max_iter=300)
+    coder.set_dictionary(W)
+    together = coder.code(Y)[0]
+    apart = np.concatenate([coder.code(Y[:7])[0], coder.code(Y[7:])[0]])
+    np.testing.assert_allclose(apart, together, rtol=0, atol=1e-12)
+
+
+def test_cd_and_fista_agree_for_l1(batch):
+    Y, W, G, C = batch
+    model = SparseCodingModel(20, 12, "l1", 0.1)
+    codes = {}
+    for solver in ("cd", "fista"):
+        coder = Coder(model, solver=solver, max_iter=5000, tol=1e-12)
+        coder.set_dictionary(W)
+        codes[solver] = coder.code(Y)[0]
+    np.testing.assert_allclose(codes["cd"], codes["fista"], atol=1e-6)
+
+
+def test_bcd_update_minimises_the_surrogate_per_atom():
+    """One BCD sweep lowers ½ tr(WᵀW A) − tr(WᵀB) over unit-norm columns, and an unused atom
+    is replaced by the spare."""
+    rng = np.random.default_rng(0)
+    model = SparseCodingModel(6, 5, "l1", 0.1)
+    S = rng.standard_normal((50, 6)) * (rng.random((50, 6)) < 0.4)
+    S[:, 2] = 0.0  # atom 2 unused
+    Y = rng.standard_normal((50, 5))
+    A, B = S.T @ S, Y.T @ S
+    W = model.normalize(rng.standard_normal((5, 6)), rng)
+
+    def surrogate(W):
+        return 0.5 * np.trace(W.T @ W @ A) - np.trace(W.T @ B)
+
+    spare = rng.standard_normal(5)
+    W_new, n_replaced = model.update_dictionary_bcd(A, B, W, spare)
+    assert n_replaced == 1
+    np.testing.assert_allclose(W_new[:, 2], spare / np.linalg.norm(spare))
+    np.testing.assert_allclose(np.linalg.norm(W_new, axis=0), 1.0)
+    assert surrogate(W_new) < surrogate(W)
+    # the last column, set after all others, is the best unit vector given them
+    h = 5
+    target = B[:, h] - np.delete(W_new, h, axis=1) @ np.delete(A[:, h], h)
+    np.testing.assert_allclose(W_new[:, h], target / np.linalg.norm(target), atol=1e-12)
+
+
+def test_checkpoint_state_round_trip_and_shape_check():
+    model = SparseCodingModel(4, 3, "l1", 0.1)
+    learner = OnlineSparseCoding(model, Coder(model), batch_size=10, seed=0)
+    Y = np.random.default_rng(0).standard_normal((40, 3))
+    learner.initialize(Y, get_comm(None), np.random.default_rng(0), init="random")
+    learner.estep(Y, get_comm(None), 0)
+    state = learner.checkpoint_state()
+    assert int(state["n_steps"]) == 4 and int(state["n_seen"]) == 40
+    other = OnlineSparseCoding(model, Coder(model), batch_size=10, seed=0)
+    other.set_state(state)
+    np.testing.assert_array_equal(other.A, learner.A)
+    with pytest.raises(ValueError, match="A"):
+        OnlineSparseCoding(SparseCodingModel(5, 3, "l1", 0.1), Coder(model), batch_size=10,
+                           seed=0).set_state(state)
