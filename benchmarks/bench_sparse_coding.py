@@ -1,21 +1,31 @@
-"""ℓq sparse coding on whitened natural image patches: sparsity against reconstruction error.
+"""ℓq sparse coding on natural image patches: SPAMS, scikit-learn and ProSper side by side.
 
-For every penalty (ℓ1, ℓ1/2, ℓ0, CEL0) a λ sweep of dictionary learning runs; each gives the
-fraction of non-zero coefficients and the relative reconstruction error ||Y − S Wᵀ||/||Y|| of
-the codes of its last pass. Beside it, scikit-learn's MiniBatchDictionaryLearning with the
-same number of atoms (an α sweep, lasso codes), compared at matched sparsity by linear
-interpolation of each curve, and in seconds per pass over the data.
+The problem of issue #12: 20000 whitened 8x8 patches, 64 atoms, λ = 1, one thread, the
+per-point objective ½||y − W s||² + λ||s||₁. Every learned dictionary is scored the same way:
+exact ℓ1 codes of all points (ProSper's coordinate descent to tol 1e-6), their mean
+objective, sparsity (fraction of non-zeros) and relative error ||Y − S Wᵀ||/||Y||.
 
-    python benchmarks/bench_sparse_coding.py --n-samples 20000 --H 64 --n-iter 10
+1. scikit-learn MiniBatchDictionaryLearning, one pass (batch 256): its objective F_sk is the
+   target; SPAMS trainDL (mode 2, lambda1 = λ, batch 256) after 1/8 .. 2 passes; ProSper
+   SparseCoding (online, batch 256) pass by pass. Time per pass and time to reach F_sk.
+   Runs are interleaved and repeated; the median time is reported.
+2. ℓ0, CEL0 and ℓ1/2 against ℓ1 at matched sparsity: a λ sweep per penalty (3 passes), the
+   relative error of each penalty interpolated at the sparsities of the ℓ1 sweep.
+3. The same ProSper job (ℓ1, λ = 1, 3 passes) on 1 and 2 MPI ranks (one thread each).
 
-Writes benchmarks/results/sparse_coding.json, benchmarks/sparse_coding_tradeoff.png and
-benchmarks/sparse_coding_dictionaries.png.
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_sparse_coding.py
+
+Writes benchmarks/results/sparse_coding.json. Needs scikit-learn and Pillow (the patches);
+SPAMS (``pip install spams-bin``) is compared when it imports.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,235 +33,266 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import gemm_gflops, print_header, write_record
+from _common import print_header, write_record
 
 from prosper import SparseCoding
 from prosper.data.patches import natural_patches
+from prosper.models.sparse_coding import SparseCodingModel, energy
+from prosper.solvers.sparse_coding import Coder
 
+log = logging.getLogger("bench_sparse_coding")
 HERE = Path(__file__).resolve().parent
-DEFAULT_LAMS = {
-    "l1": [0.25, 0.5, 1.0, 2.0],
-    "l1/2": [0.15, 0.3, 0.6, 1.2],
-    "l0": [0.15, 0.3, 0.6, 1.2],
-    "cel0": [0.15, 0.3, 0.6, 1.2],
+SWEEPS = {
+    "l1": [0.5, 1.0, 2.0],
+    "l0": [0.5, 1.0, 2.0],
+    "cel0": [0.5, 1.0, 2.0],
+    "l1/2": [0.3, 0.6, 1.2],
 }
 
 
-def _flops_per_pass(N: int, D: int, H: int, fista_iter: float) -> float:
-    """Y W and the statistics (4 N D H + 2 N H²) plus 2 H² per FISTA iteration and row."""
-    return 4.0 * N * D * H + 2.0 * N * H * H + 2.0 * N * H * H * fista_iter
+def score(Y: np.ndarray, W: np.ndarray, penalty: str = "l1", lam: float = 1.0) -> dict:
+    """Exact codes of all rows under W; mean objective, sparsity, relative error."""
+    from prosper.backends import get_backend
 
-
-def _ours(Y, H, penalty, lam, n_iter, batch_size):
-    t0 = time.perf_counter()
-    model = SparseCoding(
-        H=H, penalty=penalty, lam=lam, n_iter=n_iter, batch_size=batch_size, random_state=0
-    ).fit(Y)
-    total = time.perf_counter() - t0
-    h = model.history_
-    # seconds per pass without the first (cold) one, where FISTA starts from zero
-    per_pass = float(np.mean((h["seconds_estep"] + h["seconds_mstep"])[1:]))
-    fista_iter = float(np.mean(h["fista_iter"][1:]))
-    flops = _flops_per_pass(Y.shape[0], Y.shape[1], H, fista_iter)
-    return model, {
-        "penalty": penalty,
-        "lam": lam,
-        "sparsity": float(h["sparsity"][-1]),
-        "rel_error": float(h["rel_error"][-1]),
-        "free_energy": float(h["free_energy"][-1]),
-        "n_unused": int(h["n_unused"][-1]),
-        "fista_iter_per_point": fista_iter,
-        "seconds_per_pass": per_pass,
-        "seconds_total": total,
-        "gflops_estep": flops / 1e9 / float(np.mean(h["seconds_estep"][1:])),
+    model = SparseCodingModel(W.shape[1], W.shape[0], penalty, lam)
+    coder = Coder(model, max_iter=2000, tol=1e-6, backend=get_backend("auto"))
+    coder.set_dictionary(W)
+    S = np.concatenate([coder.code(Y[i : i + 2000])[0] for i in range(0, Y.shape[0], 2000)])
+    R = Y - S @ W.T
+    return {
+        "objective": float(energy(Y, S, W, penalty, lam).mean()),
+        "sparsity": float(np.count_nonzero(S) / S.size),
+        "rel_error": float(np.linalg.norm(R) / np.linalg.norm(Y)),
     }
 
 
-def _sklearn(Y, H, alpha, n_epochs, batch_size):
+def run_sklearn(Y, H, lam, batch_size):
     from sklearn.decomposition import MiniBatchDictionaryLearning
 
     est = MiniBatchDictionaryLearning(
-        n_components=H,
-        alpha=alpha,
-        max_iter=n_epochs,
-        batch_size=batch_size,
-        transform_algorithm="lasso_cd",
-        transform_alpha=alpha,
-        random_state=0,
+        n_components=H, alpha=lam, max_iter=1, batch_size=batch_size, random_state=0
     )
     t0 = time.perf_counter()
     est.fit(Y)
-    fit_seconds = time.perf_counter() - t0
+    return time.perf_counter() - t0, est.components_.T.copy()
+
+
+def run_spams(Y, H, lam, batch_size, fraction):
+    import spams
+
+    n_steps = max(1, round(fraction * Y.shape[0] / batch_size))
+    X = np.asfortranarray(Y.T)
     t0 = time.perf_counter()
-    S = est.transform(Y)
-    transform_seconds = time.perf_counter() - t0
-    R = Y - S @ est.components_
-    return est, {
-        "alpha": alpha,
-        "sparsity": float(np.count_nonzero(S)) / S.size,
-        "rel_error": float(np.linalg.norm(R) / np.linalg.norm(Y)),
-        "epochs": int(est.n_iter_),
-        "seconds_per_pass": fit_seconds / max(int(est.n_iter_), 1),
-        "seconds_transform": transform_seconds,
+    W = spams.trainDL(
+        X,
+        K=H,
+        lambda1=lam,
+        mode=2,
+        iter=n_steps,
+        batchsize=batch_size,
+        numThreads=1,
+        verbose=False,
+    )
+    return time.perf_counter() - t0, np.array(W)
+
+
+def run_prosper(Y, H, lam, batch_size, n_passes, penalty="l1"):
+    """Seconds after each pass (from the start of fit) and the dictionary then."""
+    marks: list[tuple[float, np.ndarray]] = []
+    t0 = time.perf_counter()
+
+    def callback(it, learner, metrics):
+        marks.append((time.perf_counter() - t0, learner.params["W"].copy()))
+
+    model = SparseCoding(
+        H=H,
+        penalty=penalty,
+        lam=lam,
+        n_iter=n_passes,
+        batch_size=batch_size,
+        random_state=0,
+        callback=callback,
+    )
+    model.fit(Y)
+    return marks, model
+
+
+def time_to(target: float, points: list[tuple[float, float]]) -> float | None:
+    """First time at which the objective is at most target (None: never)."""
+    for seconds, objective in sorted(points):
+        if objective <= target:
+            return seconds
+    return None
+
+
+def part_speed(Y, args) -> dict:
+    have_spams = True
+    try:
+        import spams  # noqa: F401
+    except ImportError:
+        have_spams = False
+        log.warning("SPAMS does not import: comparing with scikit-learn only")
+    fractions = [0.125, 0.25, 0.5, 1.0, 2.0]
+    sk_times, spams_times, ours_times = [], {f: [] for f in fractions}, []
+    W_sk, W_spams, marks = None, {}, None
+    for rep in range(args.repeats):
+        seconds, W_sk = run_sklearn(Y, args.H, args.lam, 256)
+        sk_times.append(seconds)
+        if have_spams:
+            for f in fractions:
+                seconds, W_spams[f] = run_spams(Y, args.H, args.lam, 256, f)
+                spams_times[f].append(seconds)
+        marks, _ = run_prosper(Y, args.H, args.lam, 256, args.passes)
+        ours_times.append([m[0] for m in marks])
+        log.info("repeat %d done", rep)
+    sk = {"seconds_per_pass": float(np.median(sk_times)), **score(Y, W_sk, "l1", args.lam)}
+    target = sk["objective"]
+    spams_rows = []
+    if have_spams:
+        for f in fractions:
+            spams_rows.append(
+                {
+                    "passes": f,
+                    "seconds": float(np.median(spams_times[f])),
+                    **score(Y, W_spams[f], "l1", args.lam),
+                }
+            )
+    ours_rows = []
+    median_marks = np.median(np.array(ours_times), axis=0)
+    for p, (seconds, (_, W)) in enumerate(zip(median_marks, marks, strict=True)):
+        ours_rows.append(
+            {"passes": p + 1, "seconds": float(seconds), **score(Y, W, "l1", args.lam)}
+        )
+    return {
+        "sklearn_one_pass": sk,
+        "spams": spams_rows,
+        "prosper": ours_rows,
+        "seconds_to_sklearn_objective": {
+            "spams": time_to(target, [(r["seconds"], r["objective"]) for r in spams_rows]),
+            "prosper": time_to(target, [(r["seconds"], r["objective"]) for r in ours_rows]),
+        },
     }
 
 
-def _error_at(points, sparsity):
-    """Relative error of a curve at a sparsity by linear interpolation (None outside it)."""
-    pts = sorted((p["sparsity"], p["rel_error"]) for p in points)
-    xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-    if not xs[0] <= sparsity <= xs[-1]:
-        return None
-    return float(np.interp(sparsity, xs, ys))
+def part_penalties(Y, args) -> dict:
+    rows = []
+    for penalty, lams in SWEEPS.items():
+        for lam in lams:
+            _, model = run_prosper(Y, args.H, lam, 256, 3, penalty)
+            h = model.history_
+            rows.append(
+                {
+                    "penalty": penalty,
+                    "lam": lam,
+                    "seconds_per_pass": float(np.median(h["seconds_estep"] + h["seconds_mstep"])),
+                    **score(Y, model.W_, penalty, lam),
+                }
+            )
+            log.info("%s", rows[-1])
+    l1 = sorted((r["sparsity"], r["rel_error"]) for r in rows if r["penalty"] == "l1")
+    matched = []
+    for penalty in ("l0", "cel0", "l1/2"):
+        pts = sorted((r["sparsity"], r["rel_error"]) for r in rows if r["penalty"] == penalty)
+        xs, ys = np.log([p[0] for p in pts]), [p[1] for p in pts]
+        for sparsity, err in l1:
+            if xs[0] <= np.log(sparsity) <= xs[-1]:
+                matched.append(
+                    {
+                        "penalty": penalty,
+                        "sparsity": sparsity,
+                        "l1_error": err,
+                        "error": float(np.interp(np.log(sparsity), xs, ys)),
+                    }
+                )
+    return {"sweeps": rows, "matched_sparsity": matched}
 
 
-def _plots(size, runs, sk_runs, dictionaries) -> list[str]:
+MPI_WORKER = """
+import json, sys, numpy as np
+from prosper import SparseCoding
+from prosper.data.patches import natural_patches
+from prosper.parallel import get_comm, row_block
+comm = get_comm()
+Y = natural_patches(size=8, n_samples=int(sys.argv[1]), random_state=0).Y
+Y = Y[row_block(Y.shape[0], comm)]
+SparseCoding(H=int(sys.argv[2]), lam=1.0, n_iter=1, batch_size=256, random_state=0).fit(Y)
+m = SparseCoding(H=int(sys.argv[2]), lam=1.0, n_iter=3, batch_size=256, random_state=0).fit(Y)
+if comm.rank == 0:
+    print(json.dumps({"seconds_per_pass": float(np.median(m.history_["seconds_estep"])),
+                      "W": m.W_.tolist()}))
+"""
+
+
+def part_mpi(args) -> dict:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    if not mpiexec.exists():
+        return {"skipped": "no mpiexec next to the interpreter"}
+    script = HERE / "results" / "_sc_mpi_worker.py"
+    script.write_text(MPI_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
+    times = {1: [], 2: []}
+    W = {}
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return []
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for penalty in DEFAULT_LAMS:
-        pts = sorted((r["sparsity"], r["rel_error"]) for r in runs if r["penalty"] == penalty)
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", label=f"prosper {penalty}")
-    if sk_runs:
-        pts = sorted((r["sparsity"], r["rel_error"]) for r in sk_runs)
-        ax.plot(*zip(*pts, strict=True), "k^--", label="sklearn MiniBatchDL (lasso)")
-    ax.set_xlabel("fraction of non-zero coefficients")
-    ax.set_ylabel("relative reconstruction error ||Y − SWᵀ|| / ||Y||")
-    ax.set_title(f"whitened {size}×{size} natural patches")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tradeoff = HERE / "sparse_coding_tradeoff.png"
-    fig.savefig(tradeoff, dpi=110)
-    plt.close(fig)
-
-    fig, axes = plt.subplots(1, len(dictionaries), figsize=(3.2 * len(dictionaries), 3.6))
-    for ax, (title, W) in zip(np.atleast_1d(axes), dictionaries.items(), strict=True):
-        H = W.shape[1]
-        cols = int(np.ceil(np.sqrt(H)))
-        rows = int(np.ceil(H / cols))
-        tiles = np.full((rows * (size + 1), cols * (size + 1)), np.nan)
-        for h in range(H):
-            r, c = divmod(h, cols)
-            atom = W[:, h].reshape(size, size)
-            tiles[
-                r * (size + 1) : r * (size + 1) + size, c * (size + 1) : c * (size + 1) + size
-            ] = atom / max(np.abs(atom).max(), 1e-12)
-        ax.imshow(tiles, cmap="gray", vmin=-1, vmax=1)
-        ax.set_title(title, fontsize=9)
-        ax.set_axis_off()
-    fig.tight_layout()
-    dicts = HERE / "sparse_coding_dictionaries.png"
-    fig.savefig(dicts, dpi=110)
-    plt.close(fig)
-    return [str(tradeoff.relative_to(HERE.parent)), str(dicts.relative_to(HERE.parent))]
+        for _ in range(args.repeats):
+            for n in (1, 2):
+                out = subprocess.run(
+                    [
+                        str(mpiexec),
+                        "-n",
+                        str(n),
+                        sys.executable,
+                        str(script),
+                        str(args.n_samples),
+                        str(args.H),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                    timeout=900,
+                )
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                times[n].append(res["seconds_per_pass"])
+                W[n] = np.array(res["W"])
+    finally:
+        script.unlink(missing_ok=True)
+    t1, t2 = float(np.median(times[1])), float(np.median(times[2]))
+    return {
+        "seconds_per_pass_1_rank": t1,
+        "seconds_per_pass_2_ranks": t2,
+        "speedup": t1 / t2,
+        "max_abs_W_difference": float(np.abs(W[1] - W[2]).max()),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=20000)
-    parser.add_argument("--size", type=int, default=8)
     parser.add_argument("--H", type=int, default=64)
-    parser.add_argument("--n-iter", type=int, default=10, help="passes per prosper fit")
-    parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--penalties", nargs="+", default=list(DEFAULT_LAMS))
-    parser.add_argument("--sklearn-alphas", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0])
-    parser.add_argument("--sklearn-epochs", type=int, default=3)
-    parser.add_argument("--sklearn-batch-size", type=int, default=256)
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--passes", type=int, default=4, help="ProSper passes in part 1")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--parts", nargs="+", default=["speed", "penalties", "mpi"])
     args = parser.parse_args(argv)
-
-    info = print_header("l_q sparse coding on natural patches")
-    gemm = gemm_gflops(512)
-    data = natural_patches(size=args.size, n_samples=args.n_samples, random_state=0)
-    Y = data.Y
-    N, D = Y.shape
-    print(f"sizes: N={N}, D={D}, H={args.H}, passes={args.n_iter}, batch={args.batch_size}")
-    print(f"machine GEMM rate (512³, float64): {gemm:.1f} GFLOP/s")
-
-    runs, dictionaries = [], {}
-    header = f"{'penalty':>7} {'lam':>6} {'sparsity':>9} {'rel.err':>8} {'FISTA it':>8} "
-    header += f"{'s/pass':>7} {'GFLOP/s':>8} {'unused':>6}"
-    print(header)
-    for penalty in args.penalties:
-        lams = DEFAULT_LAMS[penalty]
-        for lam in lams:
-            model, rec = _ours(Y, args.H, penalty, lam, args.n_iter, args.batch_size)
-            runs.append(rec)
-            if lam == lams[len(lams) // 2]:
-                dictionaries[f"{penalty}, λ={lam}, sparsity {rec['sparsity']:.3f}"] = model.W_
-            print(
-                f"{penalty:>7} {lam:6.3g} {rec['sparsity']:9.4f} {rec['rel_error']:8.4f} "
-                f"{rec['fista_iter_per_point']:8.1f} {rec['seconds_per_pass']:7.2f} "
-                f"{rec['gflops_estep']:8.2f} {rec['n_unused']:6d}",
-                flush=True,
-            )
-
-    sk_runs = []
-    try:
-        for alpha in args.sklearn_alphas:
-            est, rec = _sklearn(Y, args.H, alpha, args.sklearn_epochs, args.sklearn_batch_size)
-            sk_runs.append(rec)
-            if alpha == args.sklearn_alphas[len(args.sklearn_alphas) // 2]:
-                dictionaries[f"sklearn, α={alpha}, sparsity {rec['sparsity']:.3f}"] = (
-                    est.components_.T
-                )
-            print(
-                f"sklearn alpha={alpha:g}: sparsity {rec['sparsity']:.4f}, rel.err "
-                f"{rec['rel_error']:.4f}, {rec['seconds_per_pass']:.2f} s/pass "
-                f"({rec['epochs']} epochs), transform {rec['seconds_transform']:.2f} s",
-                flush=True,
-            )
-    except ImportError:
-        print("scikit-learn not installed: no comparison (pip install prosper[data])")
-
-    targets = [0.05, 0.075, 0.1, 0.15, 0.2]
-    matched = {}
-    print("relative error at matched sparsity (linear interpolation; - = outside the sweep)")
-    print(f"{'method':>8} " + " ".join(f"{t:>7.2f}" for t in targets))
-    curves = {p: [r for r in runs if r["penalty"] == p] for p in args.penalties}
-    if sk_runs:
-        curves["sklearn"] = sk_runs
-    for name, pts in curves.items():
-        matched[name] = {str(t): _error_at(pts, t) for t in targets}
-        cells = " ".join(
-            f"{v:7.4f}" if v is not None else f"{'-':>7}" for v in matched[name].values()
-        )
-        print(f"{name:>8} {cells}")
-
-    figures = _plots(args.size, runs, sk_runs, dictionaries)
-    path = write_record(
-        "sparse_coding",
-        {
-            "benchmark": "sparse_coding",
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "machine": info,
-            "gemm_gflops": gemm,
-            "sizes": {
-                "N": N,
-                "D": D,
-                "H": args.H,
-                "n_iter": args.n_iter,
-                "batch_size": args.batch_size,
-            },
-            "data": {"generator": "natural_patches", "size": args.size, "method": "zca"},
-            "prosper": runs,
-            "sklearn": sk_runs,
-            "sklearn_settings": {
-                "epochs": args.sklearn_epochs,
-                "batch_size": args.sklearn_batch_size,
-                "transform": "lasso_cd",
-            },
-            "error_at_matched_sparsity": matched,
-            "figures": figures,
-        },
-    )
-    print("record:", path, "figures:", ", ".join(figures))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    info = print_header("l_q sparse coding on natural patches: SPAMS, scikit-learn, ProSper")
+    Y = natural_patches(size=8, n_samples=args.n_samples, random_state=0).Y
+    # compile the numba kernel before anything is timed
+    SparseCoding(H=args.H, lam=args.lam, n_iter=1, random_state=0).fit(Y[:512])
+    record = {"machine": info, "args": vars(args), "load_before": os.getloadavg()}
+    if "speed" in args.parts:
+        record["speed"] = part_speed(Y, args)
+        log.info("%s", json.dumps(record["speed"], indent=1))
+    if "penalties" in args.parts:
+        record["penalties"] = part_penalties(Y, args)
+        log.info("%s", json.dumps(record["penalties"]["matched_sparsity"], indent=1))
+    if "mpi" in args.parts:
+        record["mpi"] = part_mpi(args)
+        log.info("%s", record["mpi"])
+    record["load_after"] = os.getloadavg()
+    path = write_record("sparse_coding", record)
+    log.info("wrote %s", path)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def main() -> None:
     )
     Y = data.Y[row_block(data.Y.shape[0], comm)]
     for penalty, lam in [("l1", 0.2), ("l0", 0.2), ("l1/2", 0.1), ("cel0", 0.1)]:
-        model = SparseCoding(H=24, penalty=penalty, lam=lam, n_iter=40, random_state=0).fit(Y)
+        model = SparseCoding(H=24, penalty=penalty, lam=lam, n_iter=15, random_state=0).fit(Y)
         cos = np.abs(model.W_.T @ data.W)
         rows, cols = linear_sum_assignment(-cos)
         log.info(
@@ -48,7 +48,7 @@ def main() -> None:
         log.warning("skipping the natural patches: %s", exc)
         return
     Y = patches.Y[row_block(patches.Y.shape[0], comm)]
-    model = SparseCoding(H=64, penalty="l0", lam=0.3, n_iter=20, random_state=1).fit(Y)
+    model = SparseCoding(H=64, penalty="l0", lam=0.3, n_iter=5, random_state=1).fit(Y)
     log.info(
         "patches, l0: sparsity %.3f, relative error %.3f, score %.4f",
         model.history_["sparsity"][-1],

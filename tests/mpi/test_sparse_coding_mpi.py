@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import h5py
-
 import numpy as np
 import pytest
 
