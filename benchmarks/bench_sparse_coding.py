@@ -227,7 +227,7 @@ def part_mpi(args) -> dict:
     mpiexec = Path(sys.executable).parent / "mpiexec"
     if not mpiexec.exists():
         return {"skipped": "no mpiexec next to the interpreter"}
-    script = HERE / "results" / "_sc_mpi_worker.py"
+    script = HERE / "results" / f"_{args.name}_mpi_worker.py"
     script.write_text(MPI_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=4, help="ProSper passes in part 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["speed", "penalties", "mpi"])
+    parser.add_argument("--name", default="sparse_coding", help="results/<name>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     info = print_header("l_q sparse coding on natural patches: SPAMS, scikit-learn, ProSper")
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         record["mpi"] = part_mpi(args)
         log.info("%s", record["mpi"])
     record["load_after"] = os.getloadavg()
-    path = write_record("sparse_coding", record)
+    path = write_record(args.name, record)
     log.info("wrote %s", path)
 
 
