@@ -15,7 +15,7 @@ objective, sparsity (fraction of non-zeros) and relative error ||Y − S Wᵀ||/
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_sparse_coding.py
 
-Writes benchmarks/results/sparse_coding.json. Needs scikit-learn and Pillow (the patches);
+Writes benchmarks/results/<name>.json (default sparse_coding_online.json). Needs scikit-learn and Pillow (the patches);
 SPAMS (``pip install spams-bin``) is compared when it imports.
 """
 
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=4, help="ProSper passes in part 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["speed", "penalties", "mpi"])
-    parser.add_argument("--name", default="sparse_coding", help="results/<name>.json")
+    parser.add_argument("--name", default="sparse_coding_online", help="results/<name>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     info = print_header("l_q sparse coding on natural patches: SPAMS, scikit-learn, ProSper")
