@@ -46,7 +46,9 @@ class SparseCoding(EMEstimator):
     H : int, default=64
         Number of atoms (dictionary elements).
     penalty : {"l1", "l1/2", "l0", "cel0"}, default="l1"
-        Sparsity penalty.
+        Sparsity penalty. With ``solver="cd"``, "cel0" gives the same codes as "l0": the
+        coordinate-wise minimiser of the CEL0 energy is ℓ0's hard threshold (the two differ
+        with the proximal-gradient solvers).
     lam : float, default=0.1
         Penalty weight λ > 0 (larger: sparser codes).
     n_iter : int, default=10
