@@ -15,8 +15,9 @@ objective, sparsity (fraction of non-zeros) and relative error ||Y − S Wᵀ||/
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_sparse_coding.py
 
-Writes benchmarks/results/<name>.json (default sparse_coding_online.json). Needs scikit-learn and Pillow (the patches);
-SPAMS (``pip install spams-bin``) is compared when it imports.
+Writes benchmarks/results/<name>.json (default sparse_coding_online.json). Needs
+scikit-learn and Pillow (the patches); SPAMS (``pip install spams-bin``, or the ``bench``
+extra) is compared when it imports.
 """
 
 from __future__ import annotations
