@@ -42,7 +42,7 @@ MODELS = {
         'factors = {file = "ops.npz", dataset = ["Phi1", "Phi2"]}\n',
         'file = "ops.npz"\ndataset = "Y"\n',
     ),
-    # "sparse_coding": ("H = 12\nbatch_size = 64\nlam = 0.1\n", BARS),
+    "sparse_coding": ("H = 12\nbatch_size = 64\nlam = 0.1\n", BARS),
 }
 
 
