@@ -71,7 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("job", help="TOML job file")
     fit.add_argument("--out", "-o", help="HDF5 result file (default: [output] file)")
     fit.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its last checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint; a larger n_iter (e.g. "
+        "--set model.n_iter=400) extends a finished run",
     )
     fit.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     fit.add_argument(
@@ -89,15 +92,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.add_argument(
         "--log-level",
-        default="INFO",
+        default=None,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="default: INFO",
+        help="default: INFO (WARNING with --quiet)",
     )
     fit.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar on rank 0 (default: only on a terminal)",
+        help="progress bar on rank 0 (default: a bar on a terminal, otherwise a log line "
+        "with iteration, free energy and time left every 30 s)",
+    )
+    fit.add_argument(
+        "--quiet",
+        "-q",
+        action="store_true",
+        help="no progress bar or progress lines, only warnings and errors",
     )
 
     info = sub.add_parser("info", help="summarise a result file")
@@ -205,7 +215,10 @@ def _fit_command(args: argparse.Namespace, debug: bool) -> int:
     from prosper.parallel import AgreedError, get_comm, install_abort_hook, install_rank_logging
 
     comm = get_comm()
-    install_rank_logging(comm, getattr(logging, args.log_level))
+    if args.quiet:
+        args.progress = False
+    level = args.log_level or ("WARNING" if args.quiet else "INFO")
+    install_rank_logging(comm, getattr(logging, level))
     install_abort_hook(comm)
     out = None
     try:

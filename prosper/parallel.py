@@ -200,6 +200,15 @@ class Communicator:
         self.agree(failure)
         return result
 
+    def node_allgather(self, value: Any) -> list:
+        """Gather a small Python object from the ranks on this node (shared memory), in rank
+        order; ``[value]`` when serial."""
+        if self.size == 1:
+            return [value]
+        if getattr(self, "_node", None) is None:
+            self._node = self.comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+        return self._node.allgather(value)
+
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (``MPI_Abort``); exits the process when serial."""
         if self.size > 1:

@@ -92,13 +92,23 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> Path:
         T = np.array(f["metrics/temperature"]) if "metrics/temperature" in f else None
         n_cut = np.array(f["metrics/n_cut"]) if "metrics/n_cut" in f else None
         n_samples = int(f.attrs.get("n_samples", 0))
+        gamma, grid = _learned_gamma(f)
+        support = _true_support(f)
     panels = [p for p in (W, truth) if p is not None and np.ndim(p) == 2]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 4), squeeze=False)
+    n_gamma = 0 if gamma is None else 1 + (grid is not None and gamma.size == grid[0] * grid[1])
+    n_panels = len(panels) + n_gamma + 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(4 * n_panels, 4), squeeze=False)
     axes = axes[0]
     if W is not None and np.ndim(W) == 2:
         _draw_dictionary(axes[0], W, f"learned W ({model})")
     if truth is not None and np.ndim(truth) == 2:
         _draw_dictionary(axes[len(panels) - 1], truth, "true W")
+    if gamma is not None:
+        _draw_gamma(axes[len(panels)], gamma, support)
+        if n_gamma == 2:
+            image = axes[len(panels) + 1].imshow(gamma.reshape(grid), cmap="viridis")
+            axes[len(panels) + 1].set_title(f"estimated γ as a {grid[0]} x {grid[1]} grid")
+            fig.colorbar(image, ax=axes[len(panels) + 1], shrink=0.8)
     ax = axes[-1]
     if F is not None and len(F):
         ax.plot(np.arange(len(F)), F)
@@ -129,3 +139,46 @@ def plot_result(path: str | os.PathLike, output: str | os.PathLike) -> Path:
     fig.savefig(output, dpi=100)
     plt.close(fig)
     return output
+
+
+def _true_support(f) -> np.ndarray | None:
+    """Indices of the true non-zero rows, when the file stores the generating problem."""
+    for name in ("support", "gamma"):
+        key = f"ground_truth/{name}"
+        if key in f:
+            value = np.array(f[key])
+            if value.dtype == bool or name == "gamma":
+                return np.flatnonzero(value)
+            return value.astype(int).ravel()
+    return None
+
+
+def _learned_gamma(f) -> tuple[np.ndarray | None, tuple[int, int] | None]:
+    """γ of an SBL result (KroneckerSBL: γ_1 ⊗ γ_2 ⊗ ..., with the grid shape for two
+    factors), or (None, None)."""
+    if "model" not in f:
+        return None, None
+    g = f["model"]
+    if "gamma" in g:
+        return np.array(g["gamma"]).ravel(), None
+    factors = [np.array(g[f"gamma_{k}"]) for k in range(1, 10) if f"gamma_{k}" in g]
+    if not factors or any(a.ndim != 1 for a in factors):
+        return None, None
+    gamma = factors[0]
+    for a in factors[1:]:
+        gamma = np.kron(gamma, a)
+    grid = (factors[0].size, factors[1].size) if len(factors) == 2 else None
+    return gamma, grid
+
+
+def _draw_gamma(ax, gamma: np.ndarray, support: np.ndarray | None) -> None:
+    """γ of every dictionary column (pruned ones are 0), the true support marked."""
+    index = np.arange(gamma.size)
+    ax.vlines(index, 0, gamma, color="tab:blue", linewidth=1)
+    ax.plot(index[gamma > 0], gamma[gamma > 0], "o", color="tab:blue", markersize=3)
+    if support is not None and support.size:
+        ax.plot(support, np.zeros(support.size), "x", color="tab:red", label="true support")
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("dictionary column")
+    ax.set_ylabel("γ")
+    ax.set_title(f"estimated γ ({int(np.count_nonzero(gamma))} of {gamma.size} kept)")

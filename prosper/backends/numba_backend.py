@@ -25,13 +25,9 @@ No (B, K, H) state tensor and no (B, K) array is formed: the scratch of one thre
 O(K · ``_BLOCK``). Every chunk writes its own partial sums of the statistics, which are added
 up afterwards; each point's posterior mean goes to its own row.
 
-Threads: numba uses ``NUMBA_NUM_THREADS`` threads (default: all cores) or what
-``numba.set_num_threads`` sets at run time, BLAS its own (``OMP_NUM_THREADS``,
-``OPENBLAS_NUM_THREADS``). Under MPI, threads × ranks per node should equal the cores of the
-node, e.g. ``OMP_NUM_THREADS=8 NUMBA_NUM_THREADS=8 mpiexec -n 4`` on 32 cores. When
-``NUMBA_NUM_THREADS`` is not set and the launcher tells how many ranks share the node
-(``MPI_LOCALNRANKS``, ``OMPI_COMM_WORLD_LOCAL_SIZE``, ``SLURM_NTASKS_PER_NODE``), each rank
-takes its share of the cores by itself.
+Threads: during a fit :mod:`prosper.threads` gives the kernels this rank's share of the
+node's cores and BLAS one thread (unless ``NUMBA_NUM_THREADS`` or ``OMP_NUM_THREADS`` etc.
+are set); :func:`numba_threads` sets them by hand.
 
 Compilation: the kernels are compiled on first use (about 10-30 s) and cached on disk
 (``cache=True``: ``__pycache__`` next to this file, or ``NUMBA_CACHE_DIR``); later processes
@@ -44,8 +40,10 @@ other statistics, in float64.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numba
@@ -65,27 +63,21 @@ if TYPE_CHECKING:  # annotations only: kernels never import solvers
 NAME = "numba"
 AVAILABLE = True
 
-#: launcher variables giving the number of MPI ranks on this node (MPICH/hydra, Open MPI,
-#: Slurm)
-_LOCAL_SIZE_ENV = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE")
 
+@contextlib.contextmanager
+def numba_threads(n: int) -> Iterator[int]:
+    """Run the block with ``n`` numba threads (at most ``NUMBA_NUM_THREADS``), then restore.
 
-def _share_cores_between_ranks() -> None:
-    """Give each of k ranks on a node 1/k of its cores, unless NUMBA_NUM_THREADS is set.
-
-    Without this every rank starts one thread per core, and k ranks oversubscribe the node
-    k-fold, which made E-steps 7-20x slower in benchmarks/results/backends.md.
+    :mod:`prosper.threads` decides ``n`` per MPI rank; use this only to override it.
     """
-    if "NUMBA_NUM_THREADS" in os.environ:
-        return
-    for key in _LOCAL_SIZE_ENV:
-        value = os.environ.get(key, "")
-        if value.isdigit() and int(value) > 1:
-            numba.set_num_threads(max(1, numba.config.NUMBA_NUM_THREADS // int(value)))
-            return
+    old = numba.get_num_threads()
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        numba.set_num_threads(old)
 
-
-_share_cores_between_ranks()
 
 __all__ = [
     "gsc_estep",
@@ -93,6 +85,7 @@ __all__ = [
     "linear_posterior_mean",
     "mca_estep",
     "sparse_cd",
+    "numba_threads",
     "warmup",
 ]
 
@@ -489,6 +482,25 @@ def linear_posterior_mean(
     Arguments as for :func:`linear_estep`.
     """
     return _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)[1]
+
+
+def needs_compiling() -> bool:
+    """Whether a kernel is neither loaded in this process nor in the on-disk cache, so that
+    the first E-step will compile it (the estimator then says so before it starts)."""
+    from prosper.backends import numba_gsc, numba_mca
+
+    kernels = [_linear_kernel, numba_gsc._gsc_kernel]
+    kernels += [numba_mca._mca_kernel]
+    for kernel in kernels:
+        if kernel.overloads:
+            continue
+        try:
+            index = kernel._cache._cache_file._index_path
+        except AttributeError:  # another numba's internals: say nothing rather than guess
+            return False
+        if not os.path.exists(index):
+            return True
+    return False
 
 
 def warmup() -> float:

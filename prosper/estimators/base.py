@@ -7,6 +7,7 @@ constraints. :class:`TruncatedEMEstimator` adds what all discrete-latent models 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import run_em
 from prosper.solvers.states import ExpectationTruncation, count_states
 from prosper.solvers.truncated import Annealing, TruncatedEM
+from prosper.threads import rank_threads
 from prosper.utils.validation import (
     Interval,
     Options,
@@ -43,6 +45,13 @@ log = logging.getLogger(__name__)
 __all__ = ["EMEstimator", "TruncatedEMEstimator"]
 
 DTYPES = ("float64", "float32")
+#: σ below this fraction of the data's RMS is reported as collapsed (degenerate fit)
+SIGMA_FLOOR = 1e-4
+#: ET data selection keeping fewer than this share of the points (or fewer than H) is reported
+NCUT_FRACTION = 0.25
+#: a dictionary element whose total |<s_h>| is below this fraction of the most used one's is
+#: reported as unused
+UNUSED_FRACTION = 1e-6
 #: estimator arguments that are not hyper-parameters of the model (not compared on resume)
 RUNTIME_PARAMS = ("comm", "callback", "progress", "backend", "batch_size", "max_memory")
 #: bytes of one float64
@@ -132,6 +141,7 @@ class EMEstimator(BaseEstimator):
     def fit(
         self,
         Y: Any,
+        y: Any = None,
         *,
         out: str | os.PathLike | None = None,
         resume: bool = False,
@@ -149,6 +159,9 @@ class EMEstimator(BaseEstimator):
             block, so a memory map, an HDF5 dataset or a
             :func:`prosper.io.sources.open_source` over a rank's block of a file is streamed
             from disk: memory is bounded by ``batch_size``, not by N.
+        y : None
+            Ignored: the models are unsupervised (accepted so that estimators sit in a
+            scikit-learn ``Pipeline`` or ``GridSearchCV``).
         out : str or path-like, optional
             HDF5 result file (written by rank 0, flushed every iteration).
         resume : bool, default=False
@@ -162,10 +175,37 @@ class EMEstimator(BaseEstimator):
         Returns
         -------
         self
+
+        Notes
+        -----
+        ``resume=True`` with a larger ``n_iter`` than the stored run extends it (schedules
+        given as fractions then span the new length; the file's ``extensions`` attribute
+        records it); any other change of hyper-parameters is refused. Degenerate outcomes
+        (σ collapsed, ET data selection down to a handful of points, unused dictionary
+        elements) are logged as warnings and kept in ``warnings_`` and in the file. Threads
+        per rank are set for the duration of the fit by :mod:`prosper.threads`.
         """
         return self._fit(
             Y, out=out, resume=resume, overwrite=overwrite, allow_symlink=allow_symlink
         )
+
+    def fit_transform(self, Y: Any, y: Any = None, **fit_params: Any) -> np.ndarray:
+        """Fit to ``Y``, then return ``transform(Y)``.
+
+        Parameters
+        ----------
+        Y : array-like of shape (N, D)
+        y : None
+            Ignored.
+        **fit_params
+            ``out``, ``resume``, ``overwrite`` as for :meth:`fit`.
+
+        Returns
+        -------
+        ndarray of shape (N, H)
+            The latents of ``Y`` under the fitted model (see ``transform``).
+        """
+        return self.fit(Y, y, **fit_params).transform(Y)
 
     def _fit(
         self,
@@ -225,6 +265,10 @@ class EMEstimator(BaseEstimator):
             )
         elif resume:
             raise ValueError("resume=True needs out= naming the result file to continue.")
+        if ground_truth:
+            # compared with /model, so stored in the same gauge
+            with contextlib.suppress(KeyError, ValueError):
+                ground_truth = self._canonical(learner, dict(ground_truth))
         start = 0
         if resume:
             start, seed = self._resume(out, learner, writer, comm, Y)
@@ -232,6 +276,7 @@ class EMEstimator(BaseEstimator):
             learner.initialize(Y, comm, np.random.default_rng(seed), **self._init_kwargs())
             if writer is not None:
                 writer.start(learner.params, seed, ground_truth)
+        has_kernel = getattr(getattr(learner, "model", None), "runs_on", lambda _: True)(backend)
         log.info(
             "%s: N=%d over %d rank(s), D=%d, %d iterations from %d, backend %s",
             type(self).__name__,
@@ -241,32 +286,88 @@ class EMEstimator(BaseEstimator):
             self.n_iter,
             start,
             backend.NAME
-            if getattr(getattr(learner, "model", None), "runs_on", lambda _: True)(backend)
+            if has_kernel
             else f"numpy (the model's own E-step: {backend.NAME} has no kernel for it)",
         )
-        history = run_em(
-            learner,
-            Y,
-            comm,
-            n_iter=self.n_iter,
-            start=start,
-            recorder=writer,
-            callback=self._stop_callback(),
-            progress=self.progress,
-        )
+        if backend.NAME == "numba" and has_kernel and comm.rank == 0:
+            from prosper.backends.numba_backend import needs_compiling
+
+            if needs_compiling():
+                log.info("compiling kernels (once, about a minute; cached for later runs)")
+        with rank_threads(comm, backend.NAME if has_kernel else "numpy"):
+            history = run_em(
+                learner,
+                Y,
+                comm,
+                n_iter=self.n_iter,
+                start=start,
+                recorder=writer,
+                callback=self._stop_callback(),
+                progress=self.progress,
+            )
         if resume and writer.active:
             # the whole run's trace, not only the iterations after the checkpoint
             history = {k: list(v) for k, v in read_history(out).items()}
         history = comm.bcast(history)
         n_done = len(history.get("free_energy", []))
-        self._set_fitted(
-            learner.params, history, {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
-        )
+        final = self._canonical(learner, learner.params)
+        attrs = {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
+        self._set_fitted(final, history, attrs)
+        with rank_threads(comm, backend.NAME if has_kernel else "numpy"):
+            found = self._degenerate(Y, comm, learner.n_total, history)
+        if comm.rank == 0:
+            for text in found:
+                log.warning("%s: %s", type(self).__name__, text)
+        self.warnings_ = found
         if writer is not None:
-            writer.finish(
-                learner.params, {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
-            )
+            writer.finish(final, {**attrs, "warnings": json.dumps(found)})
         return self
+
+    def _degenerate(
+        self, Y: np.ndarray, comm: Communicator, n_total: int, history: dict[str, Any]
+    ) -> list[str]:
+        """What looks degenerate in the finished fit (one sentence each; collective).
+
+        σ at its floor (the model reproduces the data exactly), ET data selection keeping only
+        a handful of points, dictionary elements that no data point uses.
+        """
+        found = []
+        sums = comm.allreduce_arrays({"sumsq": np.array(np.einsum("nd,nd->", Y, Y))})
+        rms = float(np.sqrt(sums["sumsq"] / (n_total * Y.shape[1])))
+        sigma = getattr(self, "sigma_", None)
+        if isinstance(sigma, float) and rms > 0 and sigma < SIGMA_FLOOR * rms:
+            found.append(
+                f"sigma collapsed to {sigma:.3g} (data RMS {rms:.3g}): the model reproduces "
+                "every data point exactly, so the free energy is meaningless. Use fewer "
+                f"latents H or more data points (N={n_total})."
+            )
+        n_cut = history.get("n_cut", [])
+        few = max(NCUT_FRACTION * n_total, int(getattr(self, "H", 0) or 0))
+        if len(n_cut) and n_cut[-1] < min(n_total, few):
+            found.append(
+                f"ET data selection kept only {int(n_cut[-1])} of {n_total} data points in the "
+                "last iteration, so the M-step learned from a handful of points (the "
+                "truncated posterior misses most of the probability mass); use a larger "
+                "Hprime/gamma, lower ncut_factor, or check that the model suits the data."
+            )
+        W = getattr(self, "W_", None)
+        if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[1] > 1:
+            usage = comm.allreduce_arrays(
+                {"u": np.abs(np.asarray(self.transform(Y), dtype=np.float64)).sum(axis=0)}
+            )["u"]
+            unused = np.flatnonzero(usage <= UNUSED_FRACTION * max(float(usage.max()), 1e-300))
+            if unused.size:
+                found.append(
+                    f"{unused.size} of {W.shape[1]} dictionary elements are unused (no data "
+                    f"point's code uses columns {unused.tolist()[:20]} of W); fewer latents H "
+                    "would give the same fit."
+                )
+        return found
+
+    def _canonical(self, learner, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The learned parameters in the model's documented gauge (see
+        :meth:`prosper.models.base.TruncatedModel.canonical_params`)."""
+        return params
 
     def _init_kwargs(self) -> dict[str, Any]:
         return {}
@@ -324,6 +425,24 @@ class EMEstimator(BaseEstimator):
         comm.agree(error)
         ckpt = comm.bcast(ckpt)
         writer.rewind(ckpt.iteration)
+        stored_n = json.loads(str(ckpt.attrs.get("estimator_params", "{}"))).get("n_iter")
+        if isinstance(stored_n, int) and self.n_iter > stored_n:
+            log.info(
+                "extending %s from n_iter=%d to %d (schedules given as fractions now span the "
+                "new length)",
+                out,
+                stored_n,
+                self.n_iter,
+            )
+            writer.extend(stored_n, self.n_iter, ckpt.iteration)
+        elif ckpt.iteration >= self.n_iter:
+            log.info(
+                "%s already holds all %d iterations: nothing to do (pass a larger n_iter, "
+                "e.g. --set model.n_iter=%d, to extend the run)",
+                out,
+                ckpt.iteration,
+                2 * ckpt.iteration,
+            )
         learner.set_params(ckpt.params, n_total)
         if hasattr(learner, "set_state"):  # state beyond the parameters (online statistics)
             learner.set_state(ckpt.state)
@@ -354,10 +473,16 @@ class EMEstimator(BaseEstimator):
         differ = sorted(
             k
             for k in set(stored_text) | set(mine_text)
-            if k not in RUNTIME_PARAMS
+            if k not in (*RUNTIME_PARAMS, "n_iter")
             and json.dumps(stored_text.get(k), sort_keys=True)
             != json.dumps(mine_text.get(k), sort_keys=True)
         )
+        stored_n = stored_text.get("n_iter")
+        if not differ and isinstance(stored_n, int) and self.n_iter < stored_n:
+            return (
+                f"cannot resume: n_iter={self.n_iter} is smaller than the stored run's "
+                f"n_iter={stored_n}; a run can be extended (a larger n_iter), not shortened."
+            )
         if differ:
             return (
                 "cannot resume: the configuration differs from the stored run in "
@@ -405,6 +530,7 @@ class EMEstimator(BaseEstimator):
         self.n_iter_ = int(attrs.get("n_iter", len(self.free_energy_)))
         self.n_features_in_ = self._n_features_in(params)
         self.seed_ = int(attrs.get("seed", 0))
+        self.warnings_ = list(json.loads(str(attrs.get("warnings", "[]"))))
 
     def _fitted_params(self) -> dict[str, np.ndarray]:
         check_is_fitted(self, tuple(n + "_" for n in self._fitted_names))
@@ -627,6 +753,9 @@ class TruncatedEMEstimator(EMEstimator):
     def _init_kwargs(self) -> dict[str, Any]:
         return {"init": self.init}
 
+    def _canonical(self, learner, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return learner.model.canonical_params(params)
+
     @property
     def _fitted_names(self) -> tuple[str, ...]:
         return self._model_class.param_names
@@ -651,9 +780,9 @@ class TruncatedEMEstimator(EMEstimator):
         ndarray of shape (N, H)
         """
         Y = self._check_input(Y)
-        return self._learner_for(Y).posterior_mean(Y)
+        return self._learner_for(Y).posterior_mean(Y).astype(Y.dtype, copy=False)
 
-    def score(self, Y: Any) -> float:
+    def score(self, Y: Any, y: Any = None) -> float:
         """Mean free energy per data point (the truncated log-likelihood bound).
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.

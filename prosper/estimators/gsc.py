@@ -69,7 +69,8 @@ class GSC(TruncatedEMEstimator):
     callback : callable or None, default=None
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
-        Progress bar on rank 0 (None: only when stderr is a terminal).
+        Progress on rank 0: a bar (True), nothing (False), or by default a bar on a
+        terminal and a log line every 30 s otherwise.
     max_memory : int, str or None, default=None
         Memory limit per rank for the size check made before any allocation: bytes or a
         string such as ``"8GB"``; None: the memory available on the machine. A fit whose
@@ -78,7 +79,9 @@ class GSC(TruncatedEMEstimator):
     Attributes
     ----------
     W_ : ndarray of shape (D, H)
-        Learned dictionary.
+        Learned dictionary, in the unit-norm gauge: every column has Euclidean norm 1 (or 0
+        if unused) and μ_h, Ψ_h carry the scale (also in the result file's ``/model``;
+        :meth:`prosper.models.gsc.GSCModel.canonical_params`).
     pi_ : ndarray of shape (H,)
         Learned spike probabilities.
     mu_ : ndarray of shape (H,)

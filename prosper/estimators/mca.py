@@ -63,7 +63,8 @@ class MCA(TruncatedEMEstimator):
     callback : callable or None, default=None
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
-        Progress bar on rank 0 (None: only when stderr is a terminal).
+        Progress on rank 0: a bar (True), nothing (False), or by default a bar on a
+        terminal and a log line every 30 s otherwise.
     max_memory : int, str or None, default=None
         Memory limit per rank for the size check made before any allocation: bytes or a
         string such as ``"8GB"``; None: the memory available on the machine. A fit whose

@@ -167,7 +167,7 @@ class _SBLEstimator(EMEstimator):
         """
         return self._posterior_mean(self._check_input(Y))
 
-    def score(self, Y: Any) -> float:
+    def score(self, Y: Any, y: Any = None) -> float:
         """Mean log evidence log p(y_l | γ, σ²) per snapshot.
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.
@@ -203,7 +203,8 @@ _COMMON_DOC = """
     callback : callable or None, default=None
         ``callback(iteration, learner, metrics)``; returning True stops the run.
     progress : bool or None, default=None
-        Progress bar on rank 0 (None: only when stderr is a terminal).
+        Progress on rank 0: a bar (True), nothing (False), or by default a bar on a
+        terminal and a log line every 30 s otherwise.
     max_memory : int, str or None, default=None
         Memory limit per rank for the size check made before any allocation: bytes or a
         string such as ``"8GB"``; None: the memory available on the machine. A fit whose

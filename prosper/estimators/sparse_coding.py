@@ -81,7 +81,8 @@ class SparseCoding(EMEstimator):
     callback : callable or None, default=None
         ``callback(iteration, learner, metrics)`` after each pass; returning True stops.
     progress : bool or None, default=None
-        Progress bar on rank 0 (None: only when stderr is a terminal).
+        Progress on rank 0: a bar (True), nothing (False), or by default a bar on a
+        terminal and a log line every 30 s otherwise.
     max_memory : int, str or None, default=None
         Memory limit per rank for the size check made before any allocation: bytes or a
         string such as ``"8GB"``; None: the memory available on the machine. A fit whose
@@ -288,7 +289,7 @@ class SparseCoding(EMEstimator):
         ndarray of shape (N, H)
         """
         Y = self._check_input(Y)
-        return self._learner_for(Y).encode(Y)
+        return self._learner_for(Y).encode(Y).astype(Y.dtype, copy=False)
 
     def energy(self, Y: Any) -> np.ndarray:
         """Energy ½||y − W s||² + Σ ψ(s) of each data point at its MAP code.
@@ -304,7 +305,7 @@ class SparseCoding(EMEstimator):
         Y = self._check_input(Y)
         return self._learner_for(Y).energies(Y)
 
-    def score(self, Y: Any) -> float:
+    def score(self, Y: Any, y: Any = None) -> float:
         """Minus the mean energy per data point (larger is better, like ``free_energy_``).
 
         Under MPI this is collective: every rank passes its rows and gets the global mean.

@@ -84,15 +84,32 @@ def _parse_value(value: str) -> Any:
         return value  # a bare word is a string
 
 
-def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> None:
-    """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings)."""
+def apply_overrides(doc: dict[str, Any], overrides: list[str]) -> dict[tuple[str, str], str]:
+    """Apply ``section.key=value`` overrides (values in TOML syntax; bare words are strings).
+
+    Returns each overridden (section, key) with its ``--set`` text, so that an unknown key
+    is reported against the option that gave it, not against the job file.
+    """
+    given = {}
     for item in overrides:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             raise ConfigError(f"--set expects section.key=value, e.g. model.H=12; got {item!r}.")
         dotted, value = item.split("=", 1)
         section, key = dotted.strip().split(".", 1)
-        check_keys("the job file's sections", [section], SECTIONS)
+        check_keys(f"--set {item}", [section], SECTIONS)
         doc.setdefault(section, {})[key.strip()] = _parse_value(value.strip())
+        given[(section, key.strip())] = item
+    return given
+
+
+def _check_section(
+    where: str, section: str, keys: Any, valid: list[str], given: dict[tuple[str, str], str]
+) -> None:
+    """check_keys, naming ``--set ...`` for keys that came from the command line."""
+    for key in keys:
+        if (section, key) in given:
+            check_keys(f"--set {given[(section, key)]}", [key], valid)
+    check_keys(where, keys, valid)
 
 
 def read_config(path: str | os.PathLike, overrides: list[str] | None = None) -> JobConfig:
@@ -129,7 +146,7 @@ def parse_config(
                 f"{name}: [{section}] must be a table of keys, e.g.\n[{section}]\nkey = value; "
                 f"got {section} = {doc[section]!r}."
             )
-    apply_overrides(doc, overrides or [])
+    given = apply_overrides(doc, overrides or [])
     model = dict(doc.get("model", {}))
     if "name" not in model:
         raise ConfigError(f"{name}: [model] needs a name, one of {sorted(ESTIMATORS)}.")
@@ -137,7 +154,11 @@ def parse_config(
     check_keys(f"{name} [model] name", [model_name], list(ESTIMATORS))
     cls = get_estimator_class(model_name)
     valid = [p for p in cls._get_param_names() if p not in NOT_CONFIGURABLE]
-    check_keys(f"{name} [model]", model, valid)
+    _check_section(f"{name} [model]", "model", model, valid, given)
+    files = [v for v in model.values() if isinstance(v, dict)] + [dict(doc.get("data", {}))]
+    for value in files:
+        if "file" in value and "{rank}" not in str(value["file"]):
+            _check_exists(base_dir / str(value["file"]), text)
     model = {k: _resolve_arrays(v, base_dir, f"[model] {k}") for k, v in model.items()}
 
     data = dict(doc.get("data", {}))
@@ -150,11 +171,12 @@ def parse_config(
         gen = str(data["generator"])
         check_keys(f"{name} [data] generator", [gen], list(GENERATORS))
         params = list(inspect.signature(get_generator(gen)).parameters)
-        check_keys(f"{name} [data] (generator {gen!r})", data, ["generator", *params])
+        where = f"{name} [data] (generator {gen!r})"
+        _check_section(where, "data", data, ["generator", *params], given)
     else:
-        check_keys(f"{name} [data]", data, FILE_DATA_KEYS)
+        _check_section(f"{name} [data]", "data", data, list(FILE_DATA_KEYS), given)
     output = dict(doc.get("output", {}))
-    check_keys(f"{name} [output]", output, OUTPUT_KEYS)
+    _check_section(f"{name} [output]", "output", output, list(OUTPUT_KEYS), given)
     canonical = dump_toml(
         {
             "model": {"name": model_name, **dict(doc.get("model", {}))},
@@ -163,6 +185,24 @@ def parse_config(
         }
     )
     return JobConfig(model_name, model, data, output, canonical, base_dir)
+
+
+def _check_exists(path: Path, text: str) -> None:
+    """A missing input file whose maker a comment of the job file names
+    (``#   python make_data.py   # writes data.npz``): the error quotes that command. Other
+    missing files are reported where they are read."""
+    if path.exists():
+        return
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("#"):
+            continue
+        command, _, note = line.lstrip("#").partition("#")
+        if path.name in note and command.strip():
+            raise ConfigError(
+                f"data file {str(path)!r} does not exist; the job file says it is made by: "
+                f"{command.strip()}"
+            )
 
 
 def _resolve_arrays(value: Any, base_dir: Path, where: str) -> Any:

@@ -14,6 +14,7 @@ Layout (DESIGN.md)::
                        slot has been written and flushed (``iteration``/``seed`` mirror it)
                        each slot's group ``state`` holds the learner's state beyond its
                        parameters (e.g. SparseCoding's online statistics), where it has any
+    (root attr)        extensions: JSON list of n_iter extensions by --resume (from, to, at)
     /model/<name>      final parameters (what prosper.load reads); attrs: n_iter
     /ground_truth/...  optional generating parameters (CLI runs on generated data)
 
@@ -385,6 +386,19 @@ class ResultWriter:
                         d.resize(iteration, axis=0)
             if "model" in f:
                 del f["model"]
+
+    def extend(self, old_n_iter: int, new_n_iter: int, iteration: int) -> None:
+        """Record that a resumed run continues to a larger ``n_iter``: the root attributes
+        take this run's configuration, and ``extensions`` (JSON list) keeps each change."""
+        if not self.active:
+            return
+        with h5py.File(self.path, "a") as f:
+            for key in ("config", "estimator_params"):
+                if key in self.attrs:
+                    f.attrs[key] = self.attrs[key]
+            done = json.loads(str(f.attrs.get("extensions", "[]")))
+            done.append({"from_n_iter": old_n_iter, "to_n_iter": new_n_iter, "at": iteration})
+            f.attrs["extensions"] = json.dumps(done)
 
     def finish(self, params: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
         """Write the final model (what :func:`load` reads)."""

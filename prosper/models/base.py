@@ -143,6 +143,14 @@ class TruncatedModel(ABC):
     def perturb(self, params: Params, scale: float, rng: np.random.Generator) -> Params:
         """Annealing noise of relative size ``scale``, then clip parameters to their domain."""
 
+    def canonical_params(self, params: Params) -> Params:
+        """The same model in its documented gauge (where parameters trade scale).
+
+        Models whose likelihood is unchanged by rescaling latents against dictionary columns
+        (GSC) return the parameters in one fixed gauge; the others return them unchanged.
+        """
+        return params
+
     def initial_W(
         self, mean: np.ndarray, var: np.ndarray, rng: np.random.Generator, init: str
     ) -> np.ndarray:

@@ -487,6 +487,24 @@ class GSCModel(TruncatedModel):
         lp = b @ np.log(pi) + (1.0 - b) @ np.log1p(-pi)
         return ll, lp
 
+    def canonical_params(self, params):
+        """Unit-norm dictionary columns: W_h ← W_h / c_h, μ_h ← c_h μ_h, Ψ_h ← c_h² Ψ_h with
+        c_h = ||W_h||.
+
+        y = Σ_h W_h b_h z_h is unchanged when W_h is multiplied by c and z_h ~ N(μ_h, Ψ_h)
+        divided by c, so EM can end in any of these gauges; this one makes μ and Ψ the
+        scale of each latent's contribution to the data. Columns of zero norm are left as
+        they are. π and σ do not change.
+        """
+        norms = np.linalg.norm(params["W"], axis=0)
+        c = np.where(norms > 0, norms, 1.0)
+        return {
+            **params,
+            "W": params["W"] / c,
+            "mu": params["mu"] * c,
+            "psi": params["psi"] * c**2,
+        }
+
     # -- M-step -------------------------------------------------------------------------
     def mstep(self, stats, params, gamma):
         """Closed-form updates (Sheikh et al. 2014, section 3), σ² with the new W.

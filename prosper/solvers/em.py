@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from prosper.parallel import Communicator
-from prosper.progress import ProgressBar
+from prosper.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def run_em(
         ``callback(iteration, learner, metrics)``; returning True stops the run (on every
         rank: the decision is agreed by a reduction).
     progress : bool or None
-        Progress bar on rank 0; None shows it only when stderr is a terminal.
+        On rank 0: True a progress bar, False nothing, None a bar on a terminal and
+        otherwise a log line every 30 s (:class:`prosper.progress.Progress`).
 
     Returns
     -------
@@ -108,7 +109,7 @@ def run_em(
         ``seconds_estep``, ``seconds_reduce``, ``seconds_mstep`` and the learner's own.
     """
     history: dict[str, list[float]] = {}
-    bar = ProgressBar(n_iter, start=start, enabled=progress if comm.rank == 0 else False)
+    bar = Progress(n_iter, start=start, enabled=progress if comm.rank == 0 else False)
     try:
         for it in range(start, n_iter):
             t0 = time.perf_counter()
@@ -127,7 +128,7 @@ def run_em(
                 state = getattr(learner, "checkpoint_state", None)
                 recorder.record(it, learner.params, metrics, state=state() if state else None)
             log.debug("iteration %d: %s", it, metrics)
-            bar.update(f"F={metrics.get('free_energy', float('nan')):.4g}")
+            bar.update(metrics.get("free_energy", float("nan")))
             if callback is not None and comm.allreduce(bool(callback(it, learner, metrics)), "lor"):
                 log.info("stopped after iteration %d (converged, or the callback asked)", it)
                 break

@@ -361,6 +361,11 @@ def _check_local(
         raise ValueError(
             f"{name} must be a 2-D numeric array of shape (N, D); got {type(Y).__name__}."
         )
+    if type(Y).__module__.startswith("scipy.sparse"):
+        raise ValueError(
+            f"{name} is a scipy.sparse matrix; sparse input is not supported (the models work "
+            f"on dense rows): pass {name}.toarray()."
+        )
     try:
         arr = np.asarray(Y)
     except (TypeError, ValueError) as exc:
