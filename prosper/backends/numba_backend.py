@@ -84,8 +84,8 @@ __all__ = [
     "linear_estep",
     "linear_posterior_mean",
     "mca_estep",
-    "sparse_cd",
     "numba_threads",
+    "sparse_cd",
     "warmup",
 ]
 

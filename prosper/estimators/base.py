@@ -332,8 +332,13 @@ class EMEstimator(BaseEstimator):
         a handful of points, dictionary elements that no data point uses.
         """
         found = []
-        sums = comm.allreduce_arrays({"sumsq": np.array(np.einsum("nd,nd->", Y, Y))})
-        rms = float(np.sqrt(sums["sumsq"] / (n_total * Y.shape[1])))
+        source = as_source(Y)
+        batch = int(getattr(self, "batch_size", 1000) or 1000)
+        sumsq = sum(
+            float(np.einsum("nd,nd->", b, b, dtype=np.float64)) for _, b in source.batches(batch)
+        )
+        sums = comm.allreduce_arrays({"sumsq": np.array(sumsq)})
+        rms = float(np.sqrt(sums["sumsq"] / (n_total * source.n_features)))
         sigma = getattr(self, "sigma_", None)
         if isinstance(sigma, float) and rms > 0 and sigma < SIGMA_FLOOR * rms:
             found.append(
@@ -352,9 +357,10 @@ class EMEstimator(BaseEstimator):
             )
         W = getattr(self, "W_", None)
         if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[1] > 1:
-            usage = comm.allreduce_arrays(
-                {"u": np.abs(np.asarray(self.transform(Y), dtype=np.float64)).sum(axis=0)}
-            )["u"]
+            local = np.zeros(W.shape[1])
+            for _, b in source.batches(batch):
+                local += np.abs(np.asarray(self.transform(b), dtype=np.float64)).sum(axis=0)
+            usage = comm.allreduce_arrays({"u": local})["u"]
             unused = np.flatnonzero(usage <= UNUSED_FRACTION * max(float(usage.max()), 1e-300))
             if unused.size:
                 found.append(
