@@ -224,7 +224,7 @@ class SparseCoding(EMEstimator):
             self.__dict__.pop("_learner", None)
         return self
 
-    def partial_fit(self, Y: Any) -> SparseCoding:
+    def partial_fit(self, Y: Any, y: Any = None) -> SparseCoding:
         """One online update with Y as one mini-batch (the first call initialises W).
 
         As scikit-learn's ``MiniBatchDictionaryLearning.partial_fit``: the codes of Y enter
@@ -236,6 +236,8 @@ class SparseCoding(EMEstimator):
         Parameters
         ----------
         Y : array-like of shape (n, D)
+        y : None
+            Ignored (scikit-learn compatibility).
 
         Returns
         -------
@@ -272,8 +274,11 @@ class SparseCoding(EMEstimator):
 
     def _learner_for(self, Y: np.ndarray) -> OnlineSparseCoding:
         self._validate()
+        fitting = self.__dict__.get("_learner")  # a fit in progress keeps its learner
         learner = self._make_learner(Y.shape[1], getattr(self, "seed_", 0))
         self.__dict__.pop("_learner", None)
+        if fitting is not None:
+            self._learner = fitting
         learner.set_params(self._fitted_params(), Y.shape[0])
         return learner
 
