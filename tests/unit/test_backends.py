@@ -282,41 +282,6 @@ def test_bsc_numba_matches_numpy_end_to_end():
     assert np.ptp(fits["numba"].free_energy_) > 0.1
 
 
-def test_ranks_on_a_node_share_its_cores():
-    """Under a launcher that says k ranks share the node, each rank uses cores // k threads."""
-    import os
-    import subprocess
-    import sys
-
-    code = "import numba, prosper.backends.numba_backend; print(numba.get_num_threads())"
-    env = {k: v for k, v in os.environ.items() if k != "NUMBA_NUM_THREADS"}
-    cores = int(
-        subprocess.run(
-            [sys.executable, "-c", "import numba; print(numba.config.NUMBA_NUM_THREADS)"],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
-    shared = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "MPI_LOCALNRANKS": "2"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert int(shared.stdout) == max(1, cores // 2)
-    pinned = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**env, "MPI_LOCALNRANKS": "2", "NUMBA_NUM_THREADS": "1"},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert int(pinned.stdout) == 1
-
-
 def _fake_gpu_backend(calls):
     """A stand-in for the CuPy backend: linear kernels only (NumPy's), records binding."""
     import types

@@ -39,7 +39,7 @@ def test_check_memory_gives_the_estimate():
         (BSC(H=10**9), "BSC would need about"),
         (BSC(H=40, Hprime=40, gamma=40), "state table"),
         (GSC(H=30, Hprime=30, gamma=30), "GSC would need about"),
-        (SparseCoding(H=10**10), "warm-start codes"),
+        (SparseCoding(H=10**10), "SparseCoding would need about .*dictionary"),
         (BSC(H=6, max_memory="1kB"), "max_memory='1kB'"),
         (SBL(dictionary=np.ones((9, 4)), max_memory=100), "SBL would need about"),
         (KroneckerSBL(factors=[np.ones((3, 2)), np.ones((3, 2))], max_memory=100), "factors"),
