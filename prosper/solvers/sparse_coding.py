@@ -297,7 +297,8 @@ class OnlineSparseCoding:
 
         ``init="data"``: H data points drawn at random from all ranks' rows (by global
         index, so the choice does not depend on the rank count); ``"random"``: Gaussian
-        columns. Both are scaled to unit norm.
+        columns; ``"svd"``: the data's leading principal directions, then Gaussian columns
+        (:meth:`_principal_atoms`). All are scaled to unit norm.
         """
         n_local = int(Y.shape[0])
         self.n_total = int(comm.allreduce(n_local))
@@ -315,10 +316,35 @@ class OnlineSparseCoding:
                 W = W + 1e-3 * np.sqrt(np.mean(W**2)) * rng.standard_normal(W.shape)
         elif init == "random":
             W = rng.standard_normal((D, H))
+        elif init == "svd":
+            W = self._principal_atoms(Y, comm, rng)
         else:
-            raise ValueError(f"init must be 'data' or 'random'; got {init!r}.")
+            raise ValueError(f"init must be 'data', 'random' or 'svd'; got {init!r}.")
         self.params = {"W": self.model.normalize(W, rng)}
         self.reset_state()
+
+    def _principal_atoms(self, Y: Any, comm: Communicator, rng: np.random.Generator):
+        """The leading eigenvectors of YᵀY (all ranks' rows, streamed), then random atoms.
+
+        The start of scikit-learn's MiniBatchDictionaryLearning (an SVD of the data): on
+        whitened patches one pass from it reaches an objective that random or data-point
+        atoms do not reach in four (benchmarks/RESULTS.md). Atoms beyond min(H, D) are
+        Gaussian. The second moment is a sum over rows, so the start does not depend on the
+        rank count beyond round-off; each eigenvector's sign is fixed by its largest entry,
+        so that round-off cannot flip it either.
+        """
+        D, H = self.model.D, self.model.H
+        C = np.zeros((D, D))
+        for idx in self._batches(int(Y.shape[0])):
+            Yb = take_rows(Y, idx).astype(np.float64, copy=False)
+            C += Yb.T @ Yb
+        C = comm.allreduce_arrays({"C": C})["C"]
+        k = min(H, D)
+        V = np.linalg.eigh(C)[1][:, ::-1][:, :k]
+        V = V * np.sign(V[np.argmax(np.abs(V), axis=0), np.arange(k)])
+        W = rng.standard_normal((D, H))
+        W[:, :k] = V
+        return W
 
     def set_params(self, params: dict[str, np.ndarray], n_total: int) -> None:
         """Start from a given dictionary (statistics unchanged: see :meth:`set_state`)."""

@@ -134,7 +134,7 @@ def test_results_file_load_and_resume(problem, tmp_path):
         ({"solver": "admm"}, "'solver' parameter"),
         ({"batch_size": 0}, "'batch_size' parameter"),
         ({"max_iter": 0}, "'max_iter' parameter"),
-        ({"init": "svd"}, "'init' parameter"),
+        ({"init": "pca"}, "'init' parameter"),
     ],
 )
 def test_bad_parameters_raise(kwargs, match):

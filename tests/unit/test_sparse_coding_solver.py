@@ -117,3 +117,22 @@ def test_checkpoint_state_round_trip_and_shape_check():
         OnlineSparseCoding(
             SparseCodingModel(5, 3, "l1", 0.1), Coder(model), batch_size=10, seed=0
         ).set_state(state)
+
+
+def test_svd_start_is_the_principal_directions_then_random_atoms():
+    # data with principal axes along the coordinates, variances 25 .. 0.25; model H = 8 > D = 5
+    rng = np.random.default_rng(3)
+    Y = rng.standard_normal((600, 5)) * np.array([5.0, 4.0, 3.0, 2.0, 0.5])
+    model = SparseCodingModel(8, 5, "l1", 0.1)
+    learner = OnlineSparseCoding(model, Coder(model), batch_size=64, seed=0)
+    learner.initialize(Y, get_comm(None), np.random.default_rng(0), init="svd")
+    W = learner.params["W"]
+    np.testing.assert_allclose(np.linalg.norm(W, axis=0), 1.0, atol=1e-12)
+    # the first five atoms are the axes in order of variance, each with a positive sign
+    np.testing.assert_allclose(W[:, :5], np.eye(5), atol=0.1)
+    # the other three are random, not repeats of the principal directions
+    assert np.abs(W[:, :5].T @ W[:, 5:]).max() < 0.99
+    # streamed in batches of 64 rows: the same start as from one batch
+    whole = OnlineSparseCoding(model, Coder(model), batch_size=600, seed=0)
+    whole.initialize(Y, get_comm(None), np.random.default_rng(0), init="svd")
+    np.testing.assert_allclose(whole.params["W"], W, atol=1e-12)
