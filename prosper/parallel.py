@@ -156,6 +156,13 @@ class Communicator:
         """Gather a small Python object from every rank, in rank order."""
         return [value] if self.size == 1 else self.comm.allgather(value)
 
+    def gather(self, value: Any, root: int = 0) -> list | None:
+        """Gather a Python object (e.g. an array) from every rank to ``root``, in rank order;
+        None on the other ranks."""
+        if self.size == 1:
+            return [value]
+        return self.comm.gather(value, root=root)
+
     def bcast(self, value: Any, root: int = 0) -> Any:
         """Broadcast a small Python object from ``root``."""
         return value if self.size == 1 else self.comm.bcast(value, root=root)

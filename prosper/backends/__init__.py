@@ -1,7 +1,10 @@
 """E-step kernels behind one interface: ``backend="auto" | "numpy" | "numba" | "cupy"``.
 
 Each backend module exposes the same kernel functions with the same signatures; the NumPy
-backend is the reference the others are tested against. Only this package imports numba or
+backend is the reference the others are tested against. Kernels of the generic E-step over
+explicit states are declared in each module's ``KERNELS`` registry (name -> function with the
+NumPy reference's signature and results); models look them up there, so a backend without a
+compiled version of a kernel lists the NumPy one. Only this package imports numba or
 cupy, and only when the backend is asked for.
 """
 

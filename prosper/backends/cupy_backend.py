@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from prosper.backends import numpy_backend
 from prosper.backends.linear_terms import (
     preselection_scores,
     state_log_prior,
@@ -59,6 +60,7 @@ except Exception:  # no cupy, no driver, no device: CuPy raises several types he
 
 __all__ = [
     "AVAILABLE",
+    "KERNELS",
     "KERNEL_FILE",
     "linear_estep",
     "linear_posterior_mean",
@@ -66,6 +68,10 @@ __all__ = [
     "select_device",
     "to_host",
 ]
+
+#: kernels for the generic E-step over explicit states: the NumPy reference's for now (on
+#: the host; a CUDA version belongs to the GPU work)
+KERNELS = dict(numpy_backend.KERNELS)
 
 #: CUDA source of the per-state kernel, shipped as package data
 KERNEL_FILE = "cuda/linear_estep.cu"

@@ -55,6 +55,12 @@ from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
 from prosper.backends.numba_sparse import sparse_cd
+from prosper.backends.numba_states import (
+    evo_children,
+    evo_select,
+    linear_state_log_joint,
+    linear_state_stats,
+)
 
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import ExpectationTruncation
@@ -80,6 +86,7 @@ def numba_threads(n: int) -> Iterator[int]:
 
 
 __all__ = [
+    "KERNELS",
     "gsc_estep",
     "linear_estep",
     "linear_posterior_mean",
@@ -88,6 +95,14 @@ __all__ = [
     "sparse_cd",
     "warmup",
 ]
+
+#: the kernels this backend offers for the generic E-step (see :func:`prosper.backends.kernel`)
+KERNELS = {
+    "linear_state_log_joint": linear_state_log_joint,
+    "linear_state_stats": linear_state_stats,
+    "evo_select": evo_select,
+    "evo_children": evo_children,
+}
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
 #: thread's scratch (about 2 K · 64 float64) in L2 for K up to about a thousand states.
@@ -487,10 +502,11 @@ def linear_posterior_mean(
 def needs_compiling() -> bool:
     """Whether a kernel is neither loaded in this process nor in the on-disk cache, so that
     the first E-step will compile it (the estimator then says so before it starts)."""
-    from prosper.backends import numba_gsc, numba_mca
+    from prosper.backends import numba_gsc, numba_mca, numba_states
 
-    kernels = [_linear_kernel, numba_gsc._gsc_kernel]
-    kernels += [numba_mca._mca_kernel]
+    kernels = [_linear_kernel, numba_gsc._gsc_kernel, numba_mca._mca_kernel]
+    kernels += [numba_states._log_joint, numba_states._stats]
+    kernels += [numba_states._select, numba_states._children]
     for kernel in kernels:
         if kernel.overloads:
             continue
@@ -517,4 +533,11 @@ def warmup() -> float:
     batch = states.select(np.zeros((2, 3)), 2)
     gsc_estep(Y, params, batch)
     mca_estep(Y, {"W": W, "pi": 0.5, "sigma": 1.0}, batch, 2.0)  # MMCA: same kernel
+    X = np.zeros((2, 2, 3), dtype=np.uint8)
+    values = np.arange(2.0)
+    linear_state_log_joint(np.zeros((2, 3)), np.eye(3), np.zeros(2), X, values, logp, 1.0, 2)
+    linear_state_stats(X, np.ones((2, 2)), values)
+    keys = np.ones((3, 2), dtype=np.uint64)
+    evo_select(X, np.zeros((2, 2)), np.zeros((2, 2)), keys, 1)
+    evo_children(X, np.zeros((2, 2)), np.ones((2, 3)), 1, np.arange(2), 1, 1, 1)
     return time.perf_counter() - start

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from prosper.backends.evolution import REFERENCE
 from prosper.backends.linear_terms import preselection_scores, state_log_prior
 
 if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
@@ -19,7 +20,14 @@ if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
 NAME = "numpy"
 AVAILABLE = True
 
-__all__ = ["linear_candidates", "linear_estep", "linear_posterior_mean"]
+__all__ = [
+    "KERNELS",
+    "linear_candidates",
+    "linear_estep",
+    "linear_posterior_mean",
+    "linear_state_log_joint",
+    "linear_state_stats",
+]
 
 
 def linear_candidates(
@@ -221,3 +229,84 @@ def _linear_stats(Y, q, batch, outer, value_counts, yy, mask) -> dict[str, np.nd
         "yy": np.array(float(weight @ yy)),
         "n": np.array(float(weight.sum())),
     }
+
+
+# -- explicit states (evolutionary state sets) ----------------------------------------------
+def linear_state_log_joint(
+    WY: np.ndarray,
+    WtW: np.ndarray,
+    yy: np.ndarray,
+    X: np.ndarray,
+    values: np.ndarray,
+    value_logp: np.ndarray,
+    sigma2: float,
+    D: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log-likelihood and log-prior of explicit states of a linear Gaussian model.
+
+    ||y - Ws||² = ||y||² - 2 sᵀ(Wᵀy) + sᵀ(WᵀW)s for every state of every point.
+
+    Parameters
+    ----------
+    WY : ndarray of shape (B, H)
+        Wᵀy of each point.
+    WtW : ndarray of shape (H, H)
+    yy : ndarray of shape (B,)
+        ||y||² of each point.
+    X : ndarray of uint8, shape (B, K, H)
+        States as indices into ``values``.
+    values : ndarray of shape (V,)
+    value_logp : ndarray of shape (V,)
+        log p(s_h = v) of one latent.
+    sigma2 : float
+    D : int
+
+    Returns
+    -------
+    ll, lp : ndarray of shape (B, K)
+    """
+    S = values[X]
+    quad = np.einsum("bkh,bkh->bk", S @ WtW, S)
+    err = yy[:, None] - 2.0 * np.einsum("bkh,bh->bk", S, WY.astype(np.float64)) + quad
+    ll = -err / (2.0 * sigma2) - 0.5 * D * np.log(2.0 * np.pi * sigma2)
+    return ll, value_logp[X].sum(axis=2)
+
+
+def linear_state_stats(
+    X: np.ndarray, q: np.ndarray, values: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior moments of explicit states weighted by q.
+
+    Parameters
+    ----------
+    X : ndarray of uint8, shape (B, K, H)
+    q : ndarray of shape (B, K)
+        Posterior weights (times the data-selection weight of the point).
+    values : ndarray of shape (V,)
+
+    Returns
+    -------
+    mean : ndarray of shape (B, H)
+        Σ_k q_k s_k per point.
+    ss : ndarray of shape (H, H)
+        Σ_b Σ_k q_bk s_k s_kᵀ.
+    counts : ndarray of shape (V-1,)
+        Σ_b Σ_k q_bk #{h: s_h = v} per non-zero value v.
+    """
+    S = values[X]
+    B, K, H = S.shape
+    mean = np.einsum("bk,bkh->bh", q, S)
+    scaled = (S * np.sqrt(q)[:, :, None]).reshape(B * K, H)
+    # Σ q #{h: s_h = v} for each non-zero value v (V is small: a loop over values)
+    nonzero = range(1, len(values))
+    per_value = np.stack([np.count_nonzero(np.equal(X, v), axis=2) for v in nonzero], axis=-1)
+    counts = np.einsum("bk,bkv->v", q, per_value)
+    return mean, scaled.T @ scaled, counts
+
+
+#: the kernels this backend offers, by name (see :func:`prosper.backends.kernel`)
+KERNELS = {
+    "linear_state_log_joint": linear_state_log_joint,
+    "linear_state_stats": linear_state_stats,
+    **REFERENCE,
+}

@@ -25,6 +25,7 @@ from prosper.io.sources import as_source
 from prosper.parallel import Communicator, get_comm
 from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import run_em
+from prosper.solvers.evolutionary import EvolutionaryStates, SearchSettings
 from prosper.solvers.states import ExpectationTruncation, count_states
 from prosper.solvers.truncated import Annealing, TruncatedEM
 from prosper.threads import rank_threads
@@ -598,6 +599,11 @@ class TruncatedEMEstimator(EMEstimator):
         "H": [Interval("int", 1, None)],
         "Hprime": [None, Interval("int", 1, None)],
         "gamma": [None, Interval("int", 1, None)],
+        "states": [Options(("et", "evo", "full"))],
+        "n_states": [None, Interval("int", 1, None)],
+        "n_parents": [None, Interval("int", 1, None)],
+        "n_children": [None, Interval("int", 1, None)],
+        "n_generations": [None, Interval("int", 1, None)],
         "init": [Options(("data", "random"))],
         "temperature": [_schedule_like],
         "anneal_prior": [None, bool],
@@ -637,8 +643,13 @@ class TruncatedEMEstimator(EMEstimator):
         self,
         H: int = 10,
         *,
+        states: str = "et",
         Hprime: int | None = None,
         gamma: int | None = None,
+        n_states: int | None = None,
+        n_parents: int | None = None,
+        n_children: int | None = None,
+        n_generations: int | None = None,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -655,8 +666,13 @@ class TruncatedEMEstimator(EMEstimator):
         max_memory: int | str | None = None,
     ) -> None:
         self.H = H
+        self.states = states
         self.Hprime = Hprime
         self.gamma = gamma
+        self.n_states = n_states
+        self.n_parents = n_parents
+        self.n_children = n_children
+        self.n_generations = n_generations
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.temperature = temperature
@@ -672,12 +688,50 @@ class TruncatedEMEstimator(EMEstimator):
         self.progress = progress
         self.max_memory = max_memory
 
+    #: defaults of the evolutionary search (measured in benchmarks/bench_states.py)
+    _default_search = {"n_states": 32, "n_parents": 4, "n_children": 4, "n_generations": 2}
+
     def _resolved(self) -> tuple[int, int]:
+        """(H', γ) of the ET state set; (H, H) for full enumeration and explicit states."""
+        if self.states != "et":
+            return self.H, self.H
         Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
         gamma = min(Hprime, 4) if self.gamma is None else self.gamma
         return Hprime, gamma
 
+    def _search(self) -> SearchSettings:
+        """The evolutionary search's settings, defaults filled in."""
+        given = {name: getattr(self, name) for name in self._default_search}
+        return SearchSettings(
+            **{k: self._default_search[k] if v is None else int(v) for k, v in given.items()}
+        )
+
     def _check_params(self, D: int) -> None:
+        if self.states != "et":
+            given = [n for n in ("Hprime", "gamma") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(
+                    f"{' and '.join(given)} set the ET preselection; they do not apply to "
+                    f"states={self.states!r} (use states='et', or drop them)."
+                )
+        if self.states != "evo":
+            given = [n for n in self._default_search if getattr(self, n) is not None]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set the evolutionary search; they apply to "
+                    f"states='evo' only (got states={self.states!r})."
+                )
+        if self.states == "evo":
+            if not self._model_class.supports_explicit_states():
+                raise ValueError(
+                    f"states='evo' is not available for {type(self).__name__} yet; use "
+                    "states='et' or 'full'."
+                )
+            if self.ncut_factor is not None:
+                raise ValueError(
+                    "ncut_factor (ET data selection) applies to states='et' and 'full' only; "
+                    "drop it for states='evo'."
+                )
         Hprime, gamma = self._resolved()
         if Hprime > self.H:
             raise ValueError(f"Hprime must be <= H (={self.H}); got Hprime={Hprime}.")
@@ -694,8 +748,9 @@ class TruncatedEMEstimator(EMEstimator):
         temperature.check("temperature", self.n_iter, 1.0)
         noise = Schedule.parse(self.noise, "noise", 0.0)
         noise.check("noise", self.n_iter, 0.0)
+        default_ncut = 0.0 if self.states == "evo" else self._default_ncut
         ncut = Schedule.parse(
-            self._default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
+            default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
         )
         ncut.check("ncut_factor", self.n_iter, 0.0, 1.0)
         default_prior = (
@@ -721,6 +776,19 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
         H = int(self.H)
+        if self.states == "evo":
+            search = self._search()
+            B = max(1, min(int(self.batch_size), n_local))
+            K = search.n_states + search.n_parents * search.n_children
+            return {
+                "parameters": _F8 * (10 * D * H + 4 * H * H),
+                # one byte per latent, state and local row, plus the checkpoint's gathered copy
+                # on rank 0 (bits for binary latents)
+                "evolutionary states": n_local * search.n_states * H * 2,
+                # the search's dense index states, hashes and log-joints of a batch
+                "E-step batch": B * K * (H * 17 + 8 * 8) + _F8 * 4 * B * (D + H),
+                "per data point": _F8 * 2 * n_local,
+            }
         Hprime, gamma = self._resolved()
         V = len(self._model_class(1, 1, **self._model_kwargs()).values)
         K = count_states(H, Hprime, gamma, V)
@@ -737,7 +805,9 @@ class TruncatedEMEstimator(EMEstimator):
     def _make_model(self, D: int):
         return self._model_class(self.H, D, **self._model_kwargs())
 
-    def _states(self, model) -> ExpectationTruncation:
+    def _states(self, model, seed: int) -> ExpectationTruncation | EvolutionaryStates:
+        if self.states == "evo":
+            return EvolutionaryStates(self.H, model.values, self._search(), seed)
         Hprime, gamma = self._resolved()
         return ExpectationTruncation(self.H, Hprime, gamma, model.values)
 
@@ -748,7 +818,7 @@ class TruncatedEMEstimator(EMEstimator):
             backend = get_backend("auto", supports=model.runs_on)
         return TruncatedEM(
             model,
-            self._states(model),
+            self._states(model, seed),
             self._schedules(),
             n_iter=self.n_iter,
             batch_size=self.batch_size,

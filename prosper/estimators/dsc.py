@@ -28,6 +28,11 @@ class DSC(TruncatedEMEstimator):
         Number of latents (dictionary elements).
     values : sequence of float, default=(0, 1, 2)
         The value set Φ: at least two distinct finite numbers, one of them 0.
+    states : {"et", "evo", "full"}, default="et"
+        Candidate states per data point: ``"et"`` Expectation Truncation (the Hprime
+        preselected latents, states with up to gamma of them active); ``"evo"`` evolutionary
+        states (n_states states per point, kept across iterations and improved by a genetic
+        search on the log-joint: for large H); ``"full"`` all states (exact EM, small H).
     Hprime : int or None, default=None
         Latents preselected per data point; None means min(H, 8). Hprime = gamma = H gives
         exact EM over all V^H states (V = len(values)).
@@ -35,6 +40,10 @@ class DSC(TruncatedEMEstimator):
         Maximal number of simultaneously non-zero latents in a candidate state; None means
         min(Hprime, 4). A data point has 1 + (V-1)H + sum_{k=2..gamma} C(Hprime, k) (V-1)^k
         states.
+    n_states, n_parents, n_children, n_generations : int or None, default=None
+        ``states="evo"`` only: states kept per data point (None: 32), parents drawn per
+        generation (4), children per parent (4) and generations per E-step (2). The states
+        take n_states · H bytes per data point on the rank that holds it.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -134,8 +143,13 @@ class DSC(TruncatedEMEstimator):
         H: int = 10,
         *,
         values: Any = (0, 1, 2),
+        states: str = "et",
         Hprime: int | None = None,
         gamma: int | None = None,
+        n_states: int | None = None,
+        n_parents: int | None = None,
+        n_children: int | None = None,
+        n_generations: int | None = None,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -153,8 +167,13 @@ class DSC(TruncatedEMEstimator):
     ) -> None:
         self.H = H
         self.values = values
+        self.states = states
         self.Hprime = Hprime
         self.gamma = gamma
+        self.n_states = n_states
+        self.n_parents = n_parents
+        self.n_children = n_children
+        self.n_generations = n_generations
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.temperature = temperature

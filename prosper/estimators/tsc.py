@@ -22,12 +22,21 @@ class TSC(TruncatedEMEstimator):
     ----------
     H : int, default=10
         Number of latents (dictionary elements).
+    states : {"et", "evo", "full"}, default="et"
+        Candidate states per data point: ``"et"`` Expectation Truncation (the Hprime
+        preselected latents, states with up to gamma of them active); ``"evo"`` evolutionary
+        states (n_states states per point, kept across iterations and improved by a genetic
+        search on the log-joint: for large H); ``"full"`` all states (exact EM, small H).
     Hprime : int or None, default=None
         Latents preselected per data point; None means min(H, 8). Hprime = gamma = H gives
         exact EM over all 3^H states.
     gamma : int or None, default=None
         Maximal number of simultaneously non-zero latents in a candidate state; None means
         min(Hprime, 4). A data point has 1 + 2H + sum_{k=2..gamma} C(Hprime, k) 2^k states.
+    n_states, n_parents, n_children, n_generations : int or None, default=None
+        ``states="evo"`` only: states kept per data point (None: 32), parents drawn per
+        generation (4), children per parent (4) and generations per E-step (2). The states
+        take n_states · H bytes per data point on the rank that holds it.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000

@@ -436,6 +436,44 @@ def _replace(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+class StoredRows:
+    """A per-row block of a checkpoint's learner state, read rank by rank on resume.
+
+    Parameters
+    ----------
+    path : str
+        The result file.
+    name : str
+        The dataset's path in the file.
+    """
+
+    def __init__(self, path: str, name: str) -> None:
+        self.path, self.name = path, name
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (global indices) of the stored block."""
+        with h5py.File(self.path, "r") as f:
+            d = f[self.name]
+            if stop > d.shape[0]:
+                raise ValueError(
+                    f"{self.path!r}: the stored {self.name} holds {d.shape[0]} rows; this run "
+                    f"needs rows {start}..{stop - 1}."
+                )
+            return d[start:stop]
+
+
+def _read_state(path: Path, group: h5py.Group | dict) -> dict[str, Any]:
+    """A checkpoint's learner state: arrays, and :class:`StoredRows` for ``rows/<name>``."""
+    state: dict[str, Any] = {}
+    for name, item in group.items():
+        if isinstance(item, h5py.Group):  # per-row blocks stay in the file
+            for sub, d in item.items():
+                state[f"{name}/{sub}"] = StoredRows(str(path), d.name)
+        else:
+            state[name] = np.array(item)
+    return state
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read the checkpoint of a result file (read-only; see :meth:`ResultWriter.rewind`)."""
     path = Path(path)
@@ -446,7 +484,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
             ck = checkpoint_group(f)
             iteration = int(ck.attrs["iteration"])
             params = {name: np.array(d) for name, d in ck.items() if isinstance(d, h5py.Dataset)}
-            state = {name: np.array(d) for name, d in ck.get("state", {}).items()}
+            state = _read_state(path, ck.get("state", {}))
             attrs = dict(f.attrs)
             seed = int(ck.attrs["seed"])
     except OSError as exc:

@@ -2,15 +2,25 @@
 
 A model is its mathematics only: it holds shapes and fixed settings, takes parameters as a
 dict of arrays, and never loops over iterations, talks to other ranks or touches files.
-The solver calls, per iteration: :meth:`estep_batch` for every batch (the model picks the
-candidate states of the batch, :meth:`candidates`, itself, so that a backend can share the
-preselection's GEMM with the E-step), then :meth:`mstep` with the statistics summed over
-all ranks.
+The solver calls, per iteration, one of two E-step paths for every batch, then
+:meth:`mstep` with the statistics summed over all ranks:
+
+- ET preselection and full enumeration: :meth:`estep_batch`, the model's fused E-step (the
+  model picks the candidate states of the batch, :meth:`candidates`, itself, so that a
+  backend can share the preselection's GEMM with the E-step);
+- explicit per-row states (the evolutionary state set): the solver owns the E-step and asks
+  the model only for what is its own: :meth:`state_scorer` (preselection scores that guide
+  the search, and the log-joint of given states), :meth:`state_stats` (sufficient
+  statistics from posterior weights over given states) and :meth:`mstep`.
+
+A model for the second path needs no more than :meth:`log_joint` and :meth:`state_stats`;
+see "Adding a model" in the documentation.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
@@ -27,6 +37,8 @@ if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
 __all__ = ["LinearTruncatedModel", "TruncatedModel", "binomial_truncation"]
 
 Params = dict[str, np.ndarray]
+#: (ll, lp) of index states (B, K, H): log-likelihood and log-prior, each (B, K)
+StateLogJoint = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def binomial_truncation(H: int, gamma: int, p_active: float) -> tuple[float, float]:
@@ -108,7 +120,10 @@ class TruncatedModel(ABC):
         scores = None if states.full else self.preselection_scores(Y, params)
         return states.select(scores, Y.shape[0])
 
-    @abstractmethod
+    #: whether :meth:`estep_batch` is a fused E-step for the ET state set (else the solver
+    #: runs the generic E-step over the explicit candidate states)
+    fused_estep: bool = False
+
     def estep_batch(
         self,
         Y: np.ndarray,
@@ -122,12 +137,76 @@ class TruncatedModel(ABC):
     ) -> tuple[np.ndarray, dict[str, np.ndarray] | None]:
         """Log marginals (B,) over the candidate states and, if asked, the local statistics.
 
-        The candidate states of the batch are chosen here (:meth:`candidates`).
+        The fused E-step of a model that sets :attr:`fused_estep`; the candidate states of the
+        batch are chosen here (:meth:`candidates`).
         """
+        raise NotImplementedError(f"{type(self).__name__} has no fused E-step")
 
     @abstractmethod
     def mstep(self, stats: dict[str, np.ndarray], params: Params, gamma: int) -> Params:
-        """New parameters from statistics summed over all data points of all ranks."""
+        """New parameters from statistics summed over all data points of all ranks.
+
+        ``gamma`` is the ET cap on active latents; explicit state sets pass H, for which the
+        ET corrections of the prior updates vanish.
+        """
+
+    # -- the generic E-step over explicit states -----------------------------------------
+    def state_scorer(
+        self, Y: np.ndarray, params: Params, backend: ModuleType
+    ) -> tuple[np.ndarray | None, StateLogJoint]:
+        """What the evolutionary search needs for a batch.
+
+        Returns
+        -------
+        scores : ndarray of shape (B, H) or None
+            Preselection scores (larger = latent more likely active) that guide the search's
+            flips; None for uniform flips.
+        log_joint : callable
+            ``log_joint(X)`` for index states X (B, K, H) (indices into :attr:`values`)
+            returns the log-likelihood and the log-prior, each (B, K).
+
+        This generic version evaluates :meth:`log_joint` on the dense states; models with a
+        backend kernel override it.
+        """
+        values = self.values
+        return self.preselection_scores(Y, params), lambda X: self.log_joint(Y, values[X], params)
+
+    def state_stats(
+        self,
+        Y: np.ndarray,
+        X: np.ndarray,
+        q: np.ndarray,
+        weight: np.ndarray,
+        params: Params,
+        backend: ModuleType,
+    ) -> dict[str, np.ndarray]:
+        """Local sufficient statistics from posterior weights over explicit states.
+
+        Parameters
+        ----------
+        Y : ndarray of shape (B, D)
+        X : ndarray of uint8, shape (B, K, H)
+            States as indices into :attr:`values`.
+        q : ndarray of shape (B, K)
+            Posterior weights of the states, already multiplied by ``weight``.
+        weight : ndarray of shape (B,)
+            Weight of each data point (1, or 0/1 under data selection).
+        params : dict
+        backend : module
+
+        Returns
+        -------
+        dict
+            The statistics :meth:`mstep` reads, summed over the batch.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no statistics for explicit states (states='evo')"
+        )
+
+    @classmethod
+    def supports_explicit_states(cls) -> bool:
+        """Whether :meth:`state_stats` is implemented (the evolutionary state set works)."""
+        return cls.state_stats is not TruncatedModel.state_stats
 
     @abstractmethod
     def truncated_mass(self, params: Params, gamma: int) -> float:
@@ -193,6 +272,7 @@ class LinearTruncatedModel(TruncatedModel):
     """
 
     param_names = ("W", "pi", "sigma")
+    fused_estep = True
 
     @abstractmethod
     def value_log_prior(self, params: Params) -> np.ndarray:
@@ -251,6 +331,31 @@ class LinearTruncatedModel(TruncatedModel):
             mask=mask,
             accumulate=accumulate,
         )
+
+    def state_scorer(self, Y, params, backend):
+        W = params["W"].astype(Y.dtype, copy=False)
+        WY = Y @ W  # shared by the proposal scores and the log-joints
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        WtW = params["W"].T @ params["W"]
+        logp, sigma2 = self.value_log_prior(params), self.sigma2(params)
+        run = backend.KERNELS["linear_state_log_joint"]
+        values = self.values
+
+        def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return run(WY, WtW, yy, X, values, logp, sigma2, self.D)
+
+        return preselection_scores(WY, self.preselection_coefficients(params)), log_joint
+
+    def state_stats(self, Y, X, q, weight, params, backend):
+        mean, ss, counts = backend.KERNELS["linear_state_stats"](X, q, self.values)
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        return {
+            "sy": Y.T.astype(np.float64) @ mean,
+            "ss": ss,
+            "counts": counts,
+            "yy": np.array(float(weight @ yy)),
+            "n": np.array(float(weight.sum())),
+        }
 
     def posterior_mean(self, Y, states, params, backend):
         return backend.linear_posterior_mean(

@@ -231,6 +231,8 @@ class GSCModel(TruncatedModel):
     (tests/unit/test_gsc.py).
     """
 
+    fused_estep = True
+
     name = "gsc"
     param_names = ("W", "pi", "mu", "psi", "sigma")
     anneal_prior_default = True

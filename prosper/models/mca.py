@@ -62,6 +62,8 @@ class MCAModel(TruncatedModel):
         Number of observed dimensions.
     """
 
+    fused_estep = True
+
     name = "mca"
     param_names = ("W", "pi", "sigma")
     #: MCA tempers the whole joint (prior and likelihood), as the original MCA_ET code

@@ -58,7 +58,13 @@ class EMLearner(Protocol):
 
 
 class Recorder(Protocol):
-    """Receives each finished iteration (e.g. :class:`prosper.io.results.ResultWriter`)."""
+    """Receives each finished iteration (e.g. :class:`prosper.io.results.ResultWriter`).
+
+    ``state`` is what the learner's ``checkpoint_state()`` returns: arrays a resumed run
+    needs besides the parameters. An entry named ``rows/<name>`` is a block of per-row state
+    in global row order (on rank 0); on resume the learner's ``set_state`` receives for it an
+    object whose ``read(start, stop)`` returns the rows of one rank.
+    """
 
     def record(
         self,

@@ -58,6 +58,13 @@ class CandidateBatch:
         """Non-zero values in singleton order, shape (V-1,)."""
         return self.values[1:]
 
+    def indices(self) -> np.ndarray:
+        """All states explicitly as indices into ``values``, shape (B, K, H), uint8 (the
+        form of the generic E-step over explicit states)."""
+        table = np.argmax(self.table[:, :, None] == self.values[None, None, :], axis=2)
+        batch = CandidateBatch(self.I, table, np.arange(len(self.values)), self.H)
+        return batch.dense().astype(np.uint8)
+
     def dense(self) -> np.ndarray:
         """All states explicitly, shape (B, K, H), dtype of ``values``."""
         B, H = self.I.shape[0], self.H

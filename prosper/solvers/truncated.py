@@ -5,6 +5,13 @@ log marginals and local sufficient statistics. With ET data selection (N_cut < N
 two passes: the first ranks all points of all ranks by their log marginal (a distributed
 selection of scalars, no data moves), the second accumulates the statistics of the chosen
 points. Memory is bounded by ``batch_size``, plus one float per local data point.
+
+With an evolutionary state set (:class:`prosper.solvers.evolutionary.EvolutionaryStates`)
+the solver runs the E-step itself over explicit per-row states: the set's search improves
+each row's S states on the model's log-joint, then tempered posterior weights, the log
+marginal at T=1 and the model's statistics from those weights
+(:meth:`prosper.models.base.TruncatedModel.state_stats`). The states of this rank's rows
+(N_local · S · H bytes) persist across iterations and go to the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ from types import ModuleType
 
 import numpy as np
 
+from prosper.backends.numpy_backend import log_normalise
 from prosper.models.base import Params, TruncatedModel
 from prosper.parallel import Communicator, global_top_mask
 from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import Rows
+from prosper.solvers.evolutionary import EvolutionaryStates
 from prosper.solvers.states import ExpectationTruncation
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,7 @@ class TruncatedEM:
     Parameters
     ----------
     model : TruncatedModel
-    states : ExpectationTruncation
+    states : ExpectationTruncation or EvolutionaryStates
     annealing : Annealing
     n_iter : int
         Length of the run (schedules given as fractions refer to it).
@@ -68,23 +77,33 @@ class TruncatedEM:
     seed : int
         Seed of the annealing noise: iteration ``it`` draws from ``default_rng([seed, it])``,
         so a resumed run draws exactly what the uninterrupted run drew.
+    search_rounds : int, default=20
+        Evolutionary states only: E-step searches run at the fitted parameters on new data
+        (``transform``, ``score``) before their posterior is read, since new rows start
+        without the states that training built over its iterations.
     """
 
     def __init__(
         self,
         model: TruncatedModel,
-        states: ExpectationTruncation,
+        states: ExpectationTruncation | EvolutionaryStates,
         annealing: Annealing,
         *,
         n_iter: int,
         batch_size: int,
         backend: ModuleType,
         seed: int,
+        search_rounds: int = 20,
     ) -> None:
         self.model, self.states, self.annealing = model, states, annealing
         self.n_iter, self.batch_size, self.backend, self.seed = n_iter, batch_size, backend, seed
+        self.search_rounds = int(search_rounds)
         self.params: Params = {}
         self.n_total = 0
+        self.evolutionary = isinstance(states, EvolutionaryStates)
+        # the stored states of a resumed run, read for this rank's rows once it knows them
+        self._stored_states = None
+        self._comm: Communicator | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def initialize(self, Y: Rows, comm: Communicator, rng: np.random.Generator, init: str) -> None:
@@ -123,7 +142,7 @@ class TruncatedEM:
 
     def n_cut(self, iteration: int) -> int:
         factor = self.annealing.ncut_factor(iteration, self.n_iter)
-        if factor <= 0:
+        if factor <= 0 or self.evolutionary:
             return self.n_total
         A = self.model.truncated_mass(self.params, self.states.gamma)
         return max(1, int(np.floor(self.n_total * (1.0 - (1.0 - A) * factor))))
@@ -132,21 +151,100 @@ class TruncatedEM:
         for start in range(0, n, self.batch_size):
             yield slice(start, min(start + self.batch_size, n))
 
-    def _pass(self, Y, beta, prior_beta, mask, accumulate):
+    # -- evolutionary states ----------------------------------------------------------------
+    def _attach_rows(self, n_local: int, comm: Communicator) -> None:
+        """Hold the states of this rank's rows (collective on the first E-step)."""
+        if self._comm is not None:
+            return
+        self._comm = comm
+        offset = comm.exscan(n_local)
+        self.states.attach(n_local, offset)
+        if self._stored_states is not None:
+            self.states.restore(self._stored_states.read(offset, offset + n_local))
+            self._stored_states = None
+
+    def _explicit_batch(self, Y, X, rows, iteration, beta, prior_beta, weight, accumulate, fresh):
+        """Search, posterior and statistics of one batch over explicit states.
+
+        Returns the new states, the log marginals (B,) at T=1 and the statistics (or None).
+        """
+        scores, log_joint = self.model.state_scorer(Y, self.params, self.backend)
+        X, ll, lp = self.states.evolve(
+            X, log_joint, scores, rows, iteration, fresh, self.backend.KERNELS
+        )
+        return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
+
+    def _posterior(self, Y, X, ll, lp, beta, prior_beta, weight, accumulate):
+        """Log marginals at T=1 and (if asked) the model's statistics from the tempered
+        posterior over explicit states X (B, K, H) with log-likelihoods and log-priors."""
+        log_marginal, q = log_normalise(ll + lp)
+        if not accumulate:
+            return log_marginal, None
+        if beta != 1.0 or prior_beta != 1.0:
+            q = log_normalise(beta * ll + prior_beta * lp)[1]
+        q *= weight[:, None]
+        return log_marginal, self.model.state_stats(Y, X, q, weight, self.params, self.backend)
+
+    def _generic_batch(self, Y, beta, prior_beta, mask, accumulate):
+        """The E-step of a batch over the ET candidate states for a model without a fused
+        E-step: its log-joint and statistics over the explicit states."""
+        X = self.model.candidates(Y, self.states, self.params).indices()
+        ll, lp = self.model.state_scorer(Y, self.params, self.backend)[1](X)
+        weight = np.ones(Y.shape[0]) if mask is None else mask.astype(np.float64)
+        return self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate)
+
+    def checkpoint_state(self) -> dict[str, np.ndarray]:
+        """The evolutionary states of all rows, gathered to rank 0 in global row order
+        (collective; empty for stateless state sets and on the other ranks)."""
+        if not self.evolutionary or self._comm is None:
+            return {}
+        blocks = self._comm.gather(self.states.packed())
+        if blocks is None:
+            return {}
+        # "rows/..." marks a block of rows in global order: on resume each rank reads its own
+        return {"rows/evo_states": np.concatenate(blocks, axis=0)}
+
+    def set_state(self, state: dict | None) -> None:
+        """Restore :meth:`checkpoint_state`: this rank's rows are read at its first E-step."""
+        if self.evolutionary and state and "rows/evo_states" in state:
+            self._stored_states = state["rows/evo_states"]
+
+    def _pass(self, Y, beta, prior_beta, mask, accumulate, iteration=0):
         """One sweep over the local batches: log marginals and summed statistics."""
         log_marginal = np.empty(Y.shape[0])
         total: dict[str, np.ndarray] | None = None
         for rows in self._batches(Y.shape[0]):
-            lm, stats = self.model.estep_batch(
-                Y[rows],
-                self.states,
-                self.params,
-                beta,
-                prior_beta,
-                None if mask is None else mask[rows],
-                accumulate,
-                self.backend,
-            )
+            if self.evolutionary:
+                st = self.states
+                global_rows = np.arange(rows.start, rows.stop) + st.offset
+                weight = np.ones(rows.stop - rows.start) if mask is None else mask[rows]
+                st.X[rows], lm, stats = self._explicit_batch(
+                    Y[rows],
+                    st.X[rows],
+                    global_rows,
+                    iteration,
+                    beta,
+                    prior_beta,
+                    weight.astype(np.float64),
+                    accumulate,
+                    st.fresh[rows],
+                )
+                st.fresh[rows] = False
+            elif not self.model.fused_estep:
+                lm, stats = self._generic_batch(
+                    Y[rows], beta, prior_beta, None if mask is None else mask[rows], accumulate
+                )
+            else:
+                lm, stats = self.model.estep_batch(
+                    Y[rows],
+                    self.states,
+                    self.params,
+                    beta,
+                    prior_beta,
+                    None if mask is None else mask[rows],
+                    accumulate,
+                    self.backend,
+                )
             log_marginal[rows] = lm
             if stats is not None:
                 total = stats if total is None else {k: total[k] + stats[k] for k in total}
@@ -164,8 +262,10 @@ class TruncatedEM:
         """
         beta, prior_beta = self.betas(iteration)
         n_cut = self.n_cut(iteration)
+        if self.evolutionary:
+            self._attach_rows(int(Y.shape[0]), comm)
         if n_cut >= self.n_total:
-            log_marginal, stats = self._pass(Y, beta, prior_beta, None, True)
+            log_marginal, stats = self._pass(Y, beta, prior_beta, None, True, iteration)
             mask = None
         else:
             log_marginal, _ = self._pass(Y, beta, prior_beta, None, False)
@@ -189,13 +289,47 @@ class TruncatedEM:
             "n_cut": float(stats["n_cut"]),
         }
 
+    def _searched(self, Y: np.ndarray, rows: slice):
+        """States of new rows: initialised, then ``search_rounds`` E-step searches at T=1.
+
+        Returns the states (B, S, H) and their log-joints (B, S).
+        """
+        st = self.states
+        B = rows.stop - rows.start
+        index = np.arange(rows.start, rows.stop)
+        scores, log_joint = self.model.state_scorer(Y, self.params, self.backend)
+        X = np.zeros((B, st.n_states, st.H), dtype=np.uint8)
+        fresh = np.ones(B, dtype=bool)
+        for r in range(max(1, self.search_rounds)):
+            X, ll, lp = st.evolve(
+                X, log_joint, scores, index, r, fresh if r == 0 else None, self.backend.KERNELS
+            )
+        return X, ll + lp
+
     def posterior_mean(self, Y: Rows) -> np.ndarray:
-        """<s> (N, H) for local rows, batch by batch, at temperature 1."""
+        """<s> (N, H) for local rows, batch by batch, at temperature 1.
+
+        With evolutionary states the rows are new data: their states are searched first
+        (``search_rounds``), keyed by their index in ``Y``.
+        """
         out = np.empty((Y.shape[0], self.model.H))
         for rows in self._batches(Y.shape[0]):
-            out[rows] = self.model.posterior_mean(Y[rows], self.states, self.params, self.backend)
+            if self.evolutionary:
+                X, lj = self._searched(Y[rows], rows)
+                q = log_normalise(lj)[1]
+                out[rows] = np.einsum("bk,bkh->bh", q, self.states.values[X])
+            else:
+                out[rows] = self.model.posterior_mean(
+                    Y[rows], self.states, self.params, self.backend
+                )
         return out
 
     def log_marginals(self, Y: Rows) -> np.ndarray:
-        """log sum_{s in K_n} p(s, y_n) per local row at temperature 1."""
-        return self._pass(Y, 1.0, 1.0, None, False)[0]
+        """log sum_{s in K_n} p(s, y_n) per local row at temperature 1 (new rows searched
+        first with evolutionary states, as in :meth:`posterior_mean`)."""
+        if not self.evolutionary:
+            return self._pass(Y, 1.0, 1.0, None, False)[0]
+        out = np.empty(Y.shape[0])
+        for rows in self._batches(Y.shape[0]):
+            out[rows] = log_normalise(self._searched(Y[rows], rows)[1])[0]
+        return out

@@ -1,0 +1,230 @@
+"""Evolutionary candidate states for truncated EM (TV-EM).
+
+Each data point keeps a set K_n of S states across iterations (Guiraud, Drefs & Lücke 2018;
+the tvo library). Every E-step first re-scores K_n with the current parameters, then runs a
+few generations of a genetic search on the log-joint and keeps the S best *distinct* states
+of old and new, so the free energy Σ_n log Σ_{s∈K_n} p(s, y_n) never decreases from one
+E-step to the next at fixed parameters. The cost per point is that of the log-joints of the
+S + n_parents · n_children states scored per generation, independent of C(H', γ): this is
+what makes H in the hundreds feasible.
+
+One generation, per data point (all points of a batch at once, as array operations):
+
+1. parents: ``n_parents`` draws from K_n, fitness-proportional with fitness
+   log p(s, y) − min_{K_n} log p(s, y) + 1 (the tvo "fitparents" rule);
+2. children: ``n_children`` mutations of each parent, each one move drawn uniformly: *add*
+   (an inactive latent takes a random non-zero value), *remove* (a random active latent
+   becomes 0), *swap* (both), and for more than one non-zero value *change* (an active
+   latent takes another non-zero value). The latent to add is drawn half of the time
+   uniformly and half of the time from the softmax of the model's preselection scores for
+   the point, among the inactive latents, so that the search proposes the latents that
+   explain the point, as ET's preselection does, without restricting the states to them;
+3. selection: the S states with the largest log-joint among K_n and the children, duplicates
+   removed (by a 64-bit Zobrist hash of the state).
+
+States are stored per data point as value indices (``uint8``, 0 = the zero value) in an
+array of shape (N_local, S, H) on the rank that holds the rows: N_local · S · H bytes.
+The search draws its randomness from a counter-based generator keyed by (seed, iteration,
+global row index, generation), so the states of a row do not depend on how many ranks share
+the data nor on the batch it falls in, and a resumed run continues exactly.
+
+When fewer than S distinct states exist (at the start, or for small H), the free slots hold
+duplicates whose log-likelihood is marked −inf: they carry no posterior weight.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from prosper.backends.evolution import (
+    REFERENCE,
+    inverse_cdf,
+    proposal,
+    stream_key,
+    uniforms,
+    zobrist_keys,
+)
+
+__all__ = ["EvolutionaryStates", "SearchSettings"]
+
+#: (ll, lp) of index states (B, K, H): log-likelihood and log-prior, each (B, K)
+LogJoint = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Settings of the evolutionary search.
+
+    Attributes
+    ----------
+    n_states : int
+        S, states kept per data point.
+    n_parents : int
+        Parents drawn per data point and generation.
+    n_children : int
+        Children (mutations) per parent.
+    n_generations : int
+        Generations per E-step.
+    """
+
+    n_states: int
+    n_parents: int
+    n_children: int
+    n_generations: int
+
+    @property
+    def n_scored(self) -> int:
+        """States whose log-joint an E-step computes per data point."""
+        return self.n_states + self.n_generations * self.n_parents * self.n_children
+
+
+class EvolutionaryStates:
+    """Per-row candidate sets improved by evolutionary search (see the module docstring).
+
+    Parameters
+    ----------
+    H : int
+        Number of latents.
+    values : array-like of shape (V,)
+        Latent values, the first being 0.
+    settings : SearchSettings
+    seed : int
+        Seed of the search (with the iteration and the global row index).
+    """
+
+    def __init__(self, H: int, values, settings: SearchSettings, seed: int) -> None:
+        self.H = int(H)
+        self.values = np.asarray(values, dtype=np.float64)
+        self.settings = settings
+        self.seed = int(seed)
+        self.keys = zobrist_keys(self.H, len(self.values))
+        self.X = np.zeros((0, settings.n_states, self.H), dtype=np.uint8)
+        self.offset = 0
+        self.fresh = np.zeros(0, dtype=bool)
+        if len(self.values) > 255:
+            raise ValueError(f"at most 255 latent values; got {len(self.values)}.")
+
+    # -- what every state set answers -----------------------------------------------------
+    kind = "evo"
+    full = False
+
+    @property
+    def gamma(self) -> int:
+        """No cap on the active latents: the M-step's truncation corrections vanish."""
+        return self.H
+
+    @property
+    def n_states(self) -> int:
+        return self.settings.n_states
+
+    # -- storage --------------------------------------------------------------------------
+    def attach(self, n_local: int, offset: int) -> None:
+        """Hold the states of ``n_local`` rows whose global indices start at ``offset``."""
+        self.X = np.zeros((int(n_local), self.settings.n_states, self.H), dtype=np.uint8)
+        self.fresh = np.ones(int(n_local), dtype=bool)
+        self.offset = int(offset)
+
+    def packed(self) -> np.ndarray:
+        """The local states for a checkpoint: bits for binary latents, else value indices."""
+        if len(self.values) == 2:
+            return np.packbits(self.X, axis=-1)
+        return self.X
+
+    def unpack(self, data: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`packed` for a block of rows."""
+        if len(self.values) == 2:
+            return np.unpackbits(np.asarray(data, dtype=np.uint8), axis=-1, count=self.H)
+        return np.asarray(data, dtype=np.uint8)
+
+    def restore(self, data: np.ndarray) -> None:
+        """Set the local states from a checkpoint block (:meth:`packed` form)."""
+        X = self.unpack(data)
+        if X.shape != self.X.shape:
+            raise ValueError(
+                f"the stored evolutionary states have shape {X.shape}; this run needs "
+                f"{self.X.shape} (rows, n_states, H)."
+            )
+        self.X[...] = X
+        self.fresh[...] = False
+
+    # -- the search -----------------------------------------------------------------------
+    def initial(self, rows: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+        """First states of a batch (B, S, H): the zero state, then one or two active latents
+        drawn from the proposal (duplicates are removed by the first selection)."""
+        B, S, H = len(rows), self.settings.n_states, self.H
+        X = np.zeros((B, S, H), dtype=np.uint8)
+        if S == 1:
+            return X
+        u = uniforms(stream_key(self.seed, -1, 0), rows, 4 * (S - 1)).reshape(B, S - 1, 4)
+        cdf = np.cumsum(proposal(scores, H, B), axis=1)
+        first = np.minimum(inverse_cdf(cdf, u[..., 0] * cdf[:, -1:]), H - 1)
+        second = np.minimum((u[..., 1] * H).astype(np.int64), H - 1)
+        nz = len(self.values) - 1
+        b = np.arange(B)[:, None]
+        k = np.arange(1, S)[None, :]
+        X[b, k, first] = 1 + (u[..., 2] * nz).astype(np.int64)
+        two = u[..., 3] < 0.5
+        second_value = np.minimum(1 + (u[..., 3] * 2 * nz).astype(np.int64), nz)
+        X[b, k, second] = np.where(two, second_value, X[b, k, second])
+        return X
+
+    def evolve(
+        self,
+        X: np.ndarray,
+        log_joint: LogJoint,
+        scores: np.ndarray | None,
+        rows: np.ndarray,
+        iteration: int,
+        fresh: np.ndarray | None = None,
+        kernels: dict | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One E-step's search for a batch.
+
+        Parameters
+        ----------
+        X : ndarray of uint8, shape (B, S, H)
+            Current states (value indices); rows marked ``fresh`` are initialised first.
+        log_joint : callable
+            (ll, lp) of index states (B, K, H) under the current parameters.
+        scores : ndarray of shape (B, H) or None
+            The model's preselection scores (guide the flips), or None for uniform flips.
+        rows : ndarray of int, shape (B,)
+            Global row indices (key the randomness).
+        iteration : int
+        fresh : ndarray of bool, shape (B,) or None
+        kernels : dict or None
+            A backend's ``KERNELS``: its ``evo_select`` and ``evo_children`` do the
+            bookkeeping (None: the NumPy reference).
+
+        Returns
+        -------
+        X, ll, lp
+            The new states (B, S, H) and their log-likelihoods and log-priors (B, S), best
+            first; duplicates have ll = −inf.
+        """
+        st = self.settings
+        kernels = REFERENCE if kernels is None else kernels
+        select, children_of = kernels["evo_select"], kernels["evo_children"]
+        nz = len(self.values) - 1
+        if fresh is not None and fresh.any():
+            X = X.copy()
+            X[fresh] = self.initial(rows[fresh], None if scores is None else scores[fresh])
+        ll, lp = log_joint(X)
+        X, ll, lp = select(X, ll, lp, self.keys, st.n_states)
+        weights = proposal(scores, self.H, X.shape[0])
+        rows = np.asarray(rows, dtype=np.int64)
+        for g in range(st.n_generations):
+            key = stream_key(self.seed, iteration, 1 + g)
+            children = children_of(X, ll + lp, weights, key, rows, st.n_parents, st.n_children, nz)
+            cll, clp = log_joint(children)
+            X, ll, lp = select(
+                np.concatenate([X, children], axis=1),
+                np.concatenate([ll, cll], axis=1),
+                np.concatenate([lp, clp], axis=1),
+                self.keys,
+                st.n_states,
+            )
+        return X, ll, lp
