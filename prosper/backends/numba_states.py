@@ -34,13 +34,14 @@ def _log_joint(WY, WtW, yy, X, values, value_logp, inv2s2, const):  # pragma: no
         val = np.empty(H)
         for k in range(K):
             m = 0
-            prior = 0.0
+            # the log-prior from the active latents only: H log p(0) + Σ (log p(v) - log p(0))
+            prior = H * value_logp[0]
             for h in range(H):
                 v = X[b, k, h]
-                prior += value_logp[v]
                 if v != 0:
                     idx[m] = h
                     val[m] = values[v]
+                    prior += value_logp[v] - value_logp[0]
                     m += 1
             lin = 0.0
             quad = 0.0
@@ -137,7 +138,9 @@ def _select(X, ll, lp, keys, n_keep, n_chunks, table_bits):  # pragma: no cover 
             for k in range(K):
                 acc = np.uint64(0)
                 for h in range(H):
-                    acc += keys[h, X[b, k, h]]
+                    v = X[b, k, h]
+                    if v != 0:  # key[h, 0] is 0: zeros add nothing
+                        acc += keys[h, v]
                 # a duplicate of an earlier state (the first copy stays) gets ll = -inf
                 row_ll[k] = ll[b, k]
                 slot = (acc * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - table_bits)
@@ -219,7 +222,6 @@ def _children(X, lj, proposal, key, rows, P, C, nz):  # pragma: no cover - compi
         for k in range(S):
             total += (lj[b, k] - low + 1.0) if np.isfinite(lj[b, k]) else 0.0
             fcdf[k] = total
-        cum = np.empty(H)
         for i in range(P):
             parent = min(_count_le(fcdf, u[i] * fcdf[S - 1]), S - 1)
             for j in range(C):
@@ -245,14 +247,27 @@ def _children(X, lj, proposal, key, rows, P, C, nz):  # pragma: no cover - compi
                             break
                         seen += 1
                 remove = move == 1 or move == 2
-                acc = 0.0
-                for h in range(H):
-                    if out[b, c, h] == 0 or (remove and h == h_off):
-                        acc += proposal[b, h] * 1.0
-                    else:
-                        acc += proposal[b, h] * 0.0
-                    cum[h] = acc
-                h_on = min(_count_le(cum, u[base_u + 1] * cum[H - 1]), H - 1)
+                h_on = 0
+                if move == 0 or move == 2:
+                    # the proposal's mass over the inactive latents, summed in the reference's
+                    # order, then the first latent whose running sum passes u times it
+                    acc = 0.0
+                    for h in range(H):
+                        if out[b, c, h] == 0 or (remove and h == h_off):
+                            acc += proposal[b, h] * 1.0
+                        else:
+                            acc += proposal[b, h] * 0.0
+                    target = u[base_u + 1] * acc
+                    acc = 0.0
+                    h_on = H - 1
+                    for h in range(H):
+                        if out[b, c, h] == 0 or (remove and h == h_off):
+                            acc += proposal[b, h] * 1.0
+                        else:
+                            acc += proposal[b, h] * 0.0
+                        if acc > target:
+                            h_on = h
+                            break
                 value = min(1 + int(u[base_u + 3] * nz), nz)
                 current = np.int64(out[b, c, h_off])
                 if remove:

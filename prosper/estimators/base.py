@@ -240,6 +240,8 @@ class EMEstimator(BaseEstimator):
         comm.agree(_error_of(self._check_memory, D, int(Y.shape[0])))
         backend = get_backend(self.backend)
         seed = self._seed(comm)
+        if not resume:
+            seed = self._chosen_seed(Y, comm, D, seed)
         learner = self._make_learner(D, seed, backend)
         backend = getattr(learner, "backend", backend)
         chosen = comm.allgather(backend.NAME)
@@ -315,7 +317,7 @@ class EMEstimator(BaseEstimator):
         attrs = {"n_iter": n_done, "n_samples": learner.n_total, "seed": seed}
         self._set_fitted(final, history, attrs)
         with rank_threads(comm, backend.NAME if has_kernel else "numpy"):
-            found = self._degenerate(Y, comm, learner.n_total, history)
+            found = self._degenerate(Y, comm, learner.n_total, history, learner)
         if comm.rank == 0:
             for text in found:
                 log.warning("%s: %s", type(self).__name__, text)
@@ -325,7 +327,12 @@ class EMEstimator(BaseEstimator):
         return self
 
     def _degenerate(
-        self, Y: np.ndarray, comm: Communicator, n_total: int, history: dict[str, Any]
+        self,
+        Y: np.ndarray,
+        comm: Communicator,
+        n_total: int,
+        history: dict[str, Any],
+        learner: Any = None,
     ) -> list[str]:
         """What looks degenerate in the finished fit (one sentence each; collective).
 
@@ -359,8 +366,9 @@ class EMEstimator(BaseEstimator):
         W = getattr(self, "W_", None)
         if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[1] > 1:
             local = np.zeros(W.shape[1])
-            for _, b in source.batches(batch):
-                local += np.abs(np.asarray(self.transform(b), dtype=np.float64)).sum(axis=0)
+            codes = self._training_codes(learner)
+            for rows, b in source.batches(batch):
+                local += np.abs(np.asarray(codes(rows, b), dtype=np.float64)).sum(axis=0)
             usage = comm.allreduce_arrays({"u": local})["u"]
             unused = np.flatnonzero(usage <= UNUSED_FRACTION * max(float(usage.max()), 1e-300))
             if unused.size:
@@ -370,6 +378,15 @@ class EMEstimator(BaseEstimator):
                     "would give the same fit."
                 )
         return found
+
+    def _chosen_seed(self, Y: Any, comm: Communicator, D: int, seed: int) -> int:
+        """The seed of the run to record (estimators with restarts choose among several)."""
+        return seed
+
+    def _training_codes(self, learner: Any):
+        """``codes(rows, block)``: the latents of a block of this rank's training rows under
+        the fitted model (for the checks at the end of a fit)."""
+        return lambda rows, block: self.transform(block)
 
     def _canonical(self, learner, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The learned parameters in the model's documented gauge (see
@@ -600,6 +617,7 @@ class TruncatedEMEstimator(EMEstimator):
         "Hprime": [None, Interval("int", 1, None)],
         "gamma": [None, Interval("int", 1, None)],
         "states": [Options(("et", "evo", "full"))],
+        "n_init": [Interval("int", 1, None)],
         "n_states": [None, Interval("int", 1, None)],
         "n_parents": [None, Interval("int", 1, None)],
         "n_children": [None, Interval("int", 1, None)],
@@ -650,6 +668,7 @@ class TruncatedEMEstimator(EMEstimator):
         n_parents: int | None = None,
         n_children: int | None = None,
         n_generations: int | None = None,
+        n_init: int = 1,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -673,6 +692,7 @@ class TruncatedEMEstimator(EMEstimator):
         self.n_parents = n_parents
         self.n_children = n_children
         self.n_generations = n_generations
+        self.n_init = n_init
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.temperature = temperature
@@ -707,30 +727,28 @@ class TruncatedEMEstimator(EMEstimator):
         )
 
     def _check_params(self, D: int) -> None:
+        # settings of the other state sets are ignored (as scikit-learn ignores the
+        # parameters of an unused option), with a warning, so that a job file switches with
+        # one key: --set model.states=evo
+        ignored = []
         if self.states != "et":
-            given = [n for n in ("Hprime", "gamma") if getattr(self, n) is not None]
-            if given:
-                raise ValueError(
-                    f"{' and '.join(given)} set the ET preselection; they do not apply to "
-                    f"states={self.states!r} (use states='et', or drop them)."
-                )
+            ignored += [n for n in ("Hprime", "gamma") if getattr(self, n) is not None]
+        if self.states == "evo" and self.ncut_factor is not None:
+            ignored.append("ncut_factor")
         if self.states != "evo":
-            given = [n for n in self._default_search if getattr(self, n) is not None]
-            if given:
-                raise ValueError(
-                    f"{', '.join(given)} set the evolutionary search; they apply to "
-                    f"states='evo' only (got states={self.states!r})."
-                )
+            ignored += [n for n in self._default_search if getattr(self, n) is not None]
+        if ignored:
+            log.warning(
+                "%s: %s do(es) not apply to states=%r and is ignored.",
+                type(self).__name__,
+                ", ".join(ignored),
+                self.states,
+            )
         if self.states == "evo":
             if not self._model_class.supports_explicit_states():
                 raise ValueError(
                     f"states='evo' is not available for {type(self).__name__} yet; use "
                     "states='et' or 'full'."
-                )
-            if self.ncut_factor is not None:
-                raise ValueError(
-                    "ncut_factor (ET data selection) applies to states='et' and 'full' only; "
-                    "drop it for states='evo'."
                 )
         Hprime, gamma = self._resolved()
         if Hprime > self.H:
@@ -748,9 +766,8 @@ class TruncatedEMEstimator(EMEstimator):
         temperature.check("temperature", self.n_iter, 1.0)
         noise = Schedule.parse(self.noise, "noise", 0.0)
         noise.check("noise", self.n_iter, 0.0)
-        default_ncut = 0.0 if self.states == "evo" else self._default_ncut
         ncut = Schedule.parse(
-            default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
+            self._default_ncut if self.ncut_factor is None else self.ncut_factor, "ncut_factor", 0.0
         )
         ncut.check("ncut_factor", self.n_iter, 0.0, 1.0)
         default_prior = (
@@ -828,6 +845,58 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _init_kwargs(self) -> dict[str, Any]:
         return {"init": self.init}
+
+    def _chosen_seed(self, Y: Any, comm: Communicator, D: int, seed: int) -> int:
+        """With ``n_init > 1``: fit from ``n_init`` initialisations (without a result file)
+        and return the seed of the one with the best final free energy; the caller then runs
+        that one again, recording it, so the file and the fitted model are those of a single
+        run with that seed (which a resume continues).
+
+        Restart 0 uses ``seed`` itself; restart i the seed drawn from (seed, i), so the choice
+        does not depend on the number of ranks.
+        """
+        if self.n_init == 1:
+            return seed
+        seeds = [seed] + [
+            int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 2)
+            for i in range(1, self.n_init)
+        ]
+        scores = []
+        for i, s in enumerate(seeds):
+            learner = self._make_learner(D, s, get_backend(self.backend))
+            learner.initialize(Y, comm, np.random.default_rng(s), **self._init_kwargs())
+            with rank_threads(comm, learner.backend.NAME):
+                history = run_em(
+                    learner,
+                    Y,
+                    comm,
+                    n_iter=self.n_iter,
+                    callback=self._stop_callback(),
+                    progress=False,
+                )
+            scores.append(float(history["free_energy"][-1]))
+            log.info(
+                "%s: initialisation %d of %d (seed %d): free energy %.6g per point",
+                type(self).__name__,
+                i + 1,
+                self.n_init,
+                s,
+                scores[-1],
+            )
+        best = int(np.argmax(scores))
+        log.info(
+            "%s: keeping initialisation %d; fitting it again to record it",
+            type(self).__name__,
+            best + 1,
+        )
+        return seeds[best]
+
+    def _training_codes(self, learner: Any):
+        if learner is not None and learner.evolutionary:
+            # the states the fit kept for these rows, re-scored at the final parameters (a
+            # fresh search, as transform makes, would cost many E-steps)
+            return learner.kept_posterior_mean
+        return super()._training_codes(learner)
 
     def _canonical(self, learner, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return learner.model.canonical_params(params)

@@ -44,6 +44,10 @@ class DSC(TruncatedEMEstimator):
         ``states="evo"`` only: states kept per data point (None: 32), parents drawn per
         generation (4), children per parent (4) and generations per E-step (2). The states
         take n_states · H bytes per data point on the rank that holds it.
+    n_init : int, default=1
+        Fits from this many initialisations (seeds drawn from ``random_state``) and keeps
+        the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
+        one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -150,6 +154,7 @@ class DSC(TruncatedEMEstimator):
         n_parents: int | None = None,
         n_children: int | None = None,
         n_generations: int | None = None,
+        n_init: int = 1,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -174,6 +179,7 @@ class DSC(TruncatedEMEstimator):
         self.n_parents = n_parents
         self.n_children = n_children
         self.n_generations = n_generations
+        self.n_init = n_init
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.temperature = temperature

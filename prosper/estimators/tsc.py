@@ -37,6 +37,10 @@ class TSC(TruncatedEMEstimator):
         ``states="evo"`` only: states kept per data point (None: 32), parents drawn per
         generation (4), children per parent (4) and generations per E-step (2). The states
         take n_states · H bytes per data point on the rank that holds it.
+    n_init : int, default=1
+        Fits from this many initialisations (seeds drawn from ``random_state``) and keeps
+        the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
+        one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000

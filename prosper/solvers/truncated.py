@@ -306,6 +306,14 @@ class TruncatedEM:
             )
         return X, ll + lp
 
+    def kept_posterior_mean(self, rows: slice, Y: np.ndarray) -> np.ndarray:
+        """<s> (B, H) of a block of this rank's training rows over the states the fit kept for
+        them, at the current parameters (evolutionary states only; no new search)."""
+        X = self.states.X[rows]
+        ll, lp = self.model.state_scorer(Y, self.params, self.backend)[1](X)
+        q = log_normalise(ll + lp)[1]
+        return np.einsum("bk,bkh->bh", q, self.states.values[X])
+
     def posterior_mean(self, Y: Rows) -> np.ndarray:
         """<s> (N, H) for local rows, batch by batch, at temperature 1.
 

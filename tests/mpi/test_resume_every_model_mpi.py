@@ -43,13 +43,19 @@ MODELS = {
         'file = "ops.npz"\ndataset = "Y"\n',
     ),
     "sparse_coding": ("H = 12\nbatch_size = 64\nlam = 0.1\n", BARS),
+    # evolutionary states: the per-row states are checkpointed and read back rank by rank
+    "bsc+evo": (
+        'H = 6\nstates = "evo"\nn_states = 8\nbatch_size = 64\nnoise = [[0, 0.02], [0.5, 0.0]]\n',
+        BARS,
+    ),
 }
 
 
 def write_job(path, name: str) -> None:
     model, data = MODELS[name]
+    model_name = name.split("+")[0]  # "bsc+evo" is BSC with other settings
     path.write_text(
-        f'[model]\nname = "{name}"\nn_iter = {N_ITER}\nrandom_state = 1\nbackend = "numpy"\n'
+        f'[model]\nname = "{model_name}"\nn_iter = {N_ITER}\nrandom_state = 1\nbackend = "numpy"\n'
         f"{model}\n[data]\n{data}"
     )
 
