@@ -58,6 +58,7 @@ from prosper.backends.numba_sparse import sparse_cd
 from prosper.backends.numba_states import (
     evo_children,
     evo_select,
+    linear_search,
     linear_state_log_joint,
     linear_state_stats,
 )
@@ -92,16 +93,23 @@ __all__ = [
     "linear_posterior_mean",
     "mca_estep",
     "numba_threads",
+    "select_device",
     "sparse_cd",
+    "to_host",
     "warmup",
 ]
 
-#: the kernels this backend offers for the generic E-step (see :func:`prosper.backends.kernel`)
+#: the kernels this backend offers by name (models and solvers look them up here)
 KERNELS = {
     "linear_state_log_joint": linear_state_log_joint,
     "linear_state_stats": linear_state_stats,
     "evo_select": evo_select,
     "evo_children": evo_children,
+    "linear_search": linear_search,
+    # fused E-steps of the model families (see the models' runs_on)
+    "gsc_estep": gsc_estep,
+    "mca_estep": mca_estep,
+    "sparse_cd": sparse_cd,
 }
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
@@ -506,7 +514,7 @@ def needs_compiling() -> bool:
 
     kernels = [_linear_kernel, numba_gsc._gsc_kernel, numba_mca._mca_kernel]
     kernels += [numba_states._log_joint, numba_states._stats]
-    kernels += [numba_states._select, numba_states._children]
+    kernels += [numba_states._select, numba_states._children, numba_states._linear_search]
     for kernel in kernels:
         if kernel.overloads:
             continue
@@ -540,4 +548,30 @@ def warmup() -> float:
     keys = np.ones((3, 2), dtype=np.uint64)
     evo_select(X, np.zeros((2, 2)), np.zeros((2, 2)), keys, 1)
     evo_children(X, np.zeros((2, 2)), np.ones((2, 3)), 1, np.arange(2), 1, 1, 1)
+    linear_search(
+        X,
+        np.zeros((2, 3)),
+        np.eye(3),
+        np.zeros(2),
+        values,
+        logp,
+        1.0,
+        2,
+        np.ones((2, 3)),
+        keys,
+        [1],
+        np.arange(2),
+        1,
+        1,
+    )
     return time.perf_counter() - start
+
+
+def to_host(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Statistics on the host: already there on this backend (the GPU backend moves them)."""
+    return stats
+
+
+def select_device(comm=None) -> int:
+    """No device to choose on this backend (the GPU backend binds each rank to a GPU)."""
+    return -1

@@ -21,7 +21,13 @@ from numba import njit, prange
 
 from prosper.backends.evolution import GOLDEN, M1, M2
 
-__all__ = ["evo_children", "evo_select", "linear_state_log_joint", "linear_state_stats"]
+__all__ = [
+    "evo_children",
+    "evo_select",
+    "linear_search",
+    "linear_state_log_joint",
+    "linear_state_stats",
+]
 
 
 @njit(cache=True, parallel=True)
@@ -37,12 +43,12 @@ def _log_joint(WY, WtW, yy, X, values, value_logp, inv2s2, const):  # pragma: no
             # the log-prior from the active latents only: H log p(0) + Σ (log p(v) - log p(0))
             prior = H * value_logp[0]
             for h in range(H):
+                # branch-free: sparse random states would mispredict a branch per latent
                 v = X[b, k, h]
-                if v != 0:
-                    idx[m] = h
-                    val[m] = values[v]
-                    prior += value_logp[v] - value_logp[0]
-                    m += 1
+                idx[m] = h
+                val[m] = values[v]
+                prior += value_logp[v] - value_logp[0]  # adds an exact 0 for v = 0
+                m += v != 0
             lin = 0.0
             quad = 0.0
             for i in range(m):
@@ -117,79 +123,8 @@ def linear_state_stats(X, q, values):
 
 
 # -- the evolutionary search's bookkeeping (same choices as prosper.backends.evolution) -----
-@njit(cache=True, parallel=True)
-def _select(X, ll, lp, keys, n_keep, n_chunks, table_bits):  # pragma: no cover - compiled
-    B, K, H = X.shape
-    size = 1 << table_bits
-    mask = np.uint64(size - 1)
-    out_X = np.empty((B, n_keep, H), dtype=np.uint8)
-    out_ll = np.empty((B, n_keep))
-    out_lp = np.empty((B, n_keep))
-    step = (B + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        key = np.empty(K)
-        row_ll = np.empty(K)
-        order = np.empty(K, dtype=np.int64)
-        # open-addressing set of the hashes seen in this row
-        seen = np.empty(size, dtype=np.uint64)
-        used = np.zeros(size, dtype=np.bool_)
-        for b in range(c * step, min(B, (c + 1) * step)):
-            used[:] = False
-            for k in range(K):
-                acc = np.uint64(0)
-                for h in range(H):
-                    v = X[b, k, h]
-                    if v != 0:  # key[h, 0] is 0: zeros add nothing
-                        acc += keys[h, v]
-                # a duplicate of an earlier state (the first copy stays) gets ll = -inf
-                row_ll[k] = ll[b, k]
-                slot = (acc * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - table_bits)
-                while used[slot]:
-                    if seen[slot] == acc:
-                        row_ll[k] = -np.inf
-                        break
-                    slot = (slot + np.uint64(1)) & mask
-                if not used[slot]:
-                    used[slot] = True
-                    seen[slot] = acc
-                key[k] = -(row_ll[k] + lp[b, k])
-                # stable insertion into the order by key (ties keep the lower index first)
-                i = k
-                while i > 0 and key[order[i - 1]] > key[k]:
-                    order[i] = order[i - 1]
-                    i -= 1
-                order[i] = k
-            for i in range(n_keep):
-                k = order[i]
-                out_ll[b, i] = row_ll[k]
-                out_lp[b, i] = lp[b, k]
-                for h in range(H):
-                    out_X[b, i, h] = X[b, k, h]
-    return out_X, out_ll, out_lp
-
-
-def evo_select(X, ll, lp, keys, n_keep):
-    """The best distinct states of each row (see :func:`prosper.backends.evolution.evo_select`)."""
-    return _select(
-        np.ascontiguousarray(X),
-        np.ascontiguousarray(ll, dtype=np.float64),
-        np.ascontiguousarray(lp, dtype=np.float64),
-        keys,
-        int(n_keep),
-        max(1, min(numba.get_num_threads(), X.shape[0])),
-        max(4, int(2 * X.shape[1] - 1).bit_length()),
-    )
-
-
-@njit(cache=True)
-def _count_le(cdf, value):  # pragma: no cover - compiled
-    n = 0
-    for i in range(cdf.shape[0]):
-        if cdf[i] <= value:
-            n += 1
-    return n
-
-
+# Row functions shared by the stand-alone kernels (generic path: any model's log-joint runs
+# between them) and the fused search of linear models, so both make the same choices.
 _GOLDEN = np.uint64(GOLDEN)
 _M1 = np.uint64(M1)
 _M2 = np.uint64(M2)
@@ -202,81 +137,187 @@ def _mix(x):  # pragma: no cover - compiled
     return x ^ (x >> np.uint64(31))
 
 
+@njit(cache=True)
+def _count_le(cdf, value):  # pragma: no cover - compiled
+    n = 0
+    for i in range(cdf.shape[0]):
+        if cdf[i] <= value:
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def _select_row(X, ll, lp, keys, n_keep, out_X, out_ll, out_lp, scratch, order, seen, used):
+    """The n_keep best distinct states of one row (X (K, H)) into out_*."""
+    K, H = X.shape
+    size = seen.shape[0]
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    mask = np.uint64(size - 1)
+    used[:] = False
+    for k in range(K):
+        acc = np.uint64(0)
+        for h in range(H):
+            acc += keys[h, X[k, h]]  # key[h, 0] is 0: zeros add nothing (no branch)
+        # a duplicate of an earlier state (the first copy stays) gets ll = -inf; the hashes
+        # seen so far are kept in an open-addressing set
+        row_ll = ll[k]
+        slot = (acc * _GOLDEN) >> shift
+        while used[slot]:
+            if seen[slot] == acc:
+                row_ll = -np.inf
+                break
+            slot = (slot + np.uint64(1)) & mask
+        if not used[slot]:
+            used[slot] = True
+            seen[slot] = acc
+        scratch[k, 0] = row_ll
+        scratch[k, 1] = -(row_ll + lp[k])
+        # stable insertion by the sort key (ties keep the lower index first)
+        i = k
+        while i > 0 and scratch[order[i - 1], 1] > scratch[k, 1]:
+            order[i] = order[i - 1]
+            i -= 1
+        order[i] = k
+    for i in range(n_keep):
+        k = order[i]
+        out_ll[i] = scratch[k, 0]
+        out_lp[i] = lp[k]
+        for h in range(H):
+            out_X[i, h] = X[k, h]
+
+
+def _table_size(K: int) -> int:
+    """Slots of the per-row hash set: a power of two >= 2K."""
+    return 1 << max(4, int(2 * K - 1).bit_length())
+
+
+@njit(cache=True, parallel=True)
+def _select(X, ll, lp, keys, n_keep, n_chunks, size):  # pragma: no cover - compiled
+    B, K, H = X.shape
+    out_X = np.empty((B, n_keep, H), dtype=np.uint8)
+    out_ll = np.empty((B, n_keep))
+    out_lp = np.empty((B, n_keep))
+    step = (B + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        scratch = np.empty((K, 2))
+        order = np.empty(K, dtype=np.int64)
+        seen = np.empty(size, dtype=np.uint64)
+        used = np.zeros(size, dtype=np.bool_)
+        for b in range(c * step, min(B, (c + 1) * step)):
+            _select_row(
+                X[b],
+                ll[b],
+                lp[b],
+                keys,
+                n_keep,
+                out_X[b],
+                out_ll[b],
+                out_lp[b],
+                scratch,
+                order,
+                seen,
+                used,
+            )
+    return out_X, out_ll, out_lp
+
+
+def evo_select(X, ll, lp, keys, n_keep):
+    """The best distinct states of each row (see :func:`prosper.backends.evolution.evo_select`)."""
+    return _select(
+        np.ascontiguousarray(X),
+        np.ascontiguousarray(ll, dtype=np.float64),
+        np.ascontiguousarray(lp, dtype=np.float64),
+        keys,
+        int(n_keep),
+        max(1, min(numba.get_num_threads(), X.shape[0])),
+        _table_size(X.shape[1]),
+    )
+
+
+@njit(cache=True)
+def _children_row(X, lj, proposal, key, row, P, C, nz, out, u, fcdf):  # pragma: no cover
+    """Children of one row's states X (S, H) into out (P C, H)."""
+    S, H = X.shape
+    n_u = P + 4 * P * C
+    n_moves = 4 if nz > 1 else 3
+    base = _mix(np.uint64(row) * _GOLDEN ^ key)
+    for j in range(n_u):
+        u[j] = np.float64(_mix(base + np.uint64(j + 1) * _GOLDEN) >> np.uint64(11)) * 2.0**-53
+    low = np.inf
+    for k in range(S):
+        if np.isfinite(lj[k]) and lj[k] < low:
+            low = lj[k]
+    total = 0.0
+    for k in range(S):
+        total += (lj[k] - low + 1.0) if np.isfinite(lj[k]) else 0.0
+        fcdf[k] = total
+    for i in range(P):
+        parent = min(_count_le(fcdf[:S], u[i] * fcdf[S - 1]), S - 1)
+        for j in range(C):
+            c = i * C + j
+            base_u = P + 4 * c
+            n_active = 0
+            for h in range(H):
+                out[c, h] = X[parent, h]
+                n_active += X[parent, h] != 0
+            move = min(int(u[base_u] * n_moves), n_moves - 1)
+            if n_active == 0 and move != 0:
+                move = 0
+            if n_active == H and move == 0:
+                move = 1
+            rank = min(int(u[base_u + 2] * n_active), max(n_active - 1, 0))
+            h_off = 0
+            seen = 0
+            for h in range(H):
+                if out[c, h] != 0:
+                    if seen == rank:
+                        h_off = h
+                        break
+                    seen += 1
+            remove = move == 1 or move == 2
+            h_on = 0
+            if move == 0 or move == 2:
+                # the proposal's mass over the inactive latents, summed in the reference's
+                # order, then the first latent whose running sum passes u times it
+                acc = 0.0
+                for h in range(H):
+                    if out[c, h] == 0 or (remove and h == h_off):
+                        acc += proposal[h] * 1.0
+                    else:
+                        acc += proposal[h] * 0.0
+                target = u[base_u + 1] * acc
+                acc = 0.0
+                h_on = H - 1
+                for h in range(H):
+                    if out[c, h] == 0 or (remove and h == h_off):
+                        acc += proposal[h] * 1.0
+                    else:
+                        acc += proposal[h] * 0.0
+                    if acc > target:
+                        h_on = h
+                        break
+            value = min(1 + int(u[base_u + 3] * nz), nz)
+            current = np.int64(out[c, h_off])
+            if remove:
+                out[c, h_off] = 0
+            elif move == 3:
+                step = min(1 + int(u[base_u + 3] * (nz - 1)), max(nz - 1, 1))
+                out[c, h_off] = 1 + (current - 1 + step) % nz
+            if move == 0 or move == 2:
+                out[c, h_on] = value
+
+
 @njit(cache=True, parallel=True)
 def _children(X, lj, proposal, key, rows, P, C, nz):  # pragma: no cover - compiled
     B, S, H = X.shape
     out = np.empty((B, P * C, H), dtype=np.uint8)
-    n_u = P + 4 * P * C
-    n_moves = 4 if nz > 1 else 3
     for b in prange(B):
-        u = np.empty(n_u)
-        base = _mix(np.uint64(rows[b]) * _GOLDEN ^ key)
-        for j in range(n_u):
-            u[j] = np.float64(_mix(base + np.uint64(j + 1) * _GOLDEN) >> np.uint64(11)) * 2.0**-53
-        low = np.inf
-        for k in range(S):
-            if np.isfinite(lj[b, k]) and lj[b, k] < low:
-                low = lj[b, k]
+        u = np.empty(P + 4 * P * C)
         fcdf = np.empty(S)
-        total = 0.0
-        for k in range(S):
-            total += (lj[b, k] - low + 1.0) if np.isfinite(lj[b, k]) else 0.0
-            fcdf[k] = total
-        for i in range(P):
-            parent = min(_count_le(fcdf, u[i] * fcdf[S - 1]), S - 1)
-            for j in range(C):
-                c = i * C + j
-                base_u = P + 4 * c
-                n_active = 0
-                for h in range(H):
-                    out[b, c, h] = X[b, parent, h]
-                    if X[b, parent, h] != 0:
-                        n_active += 1
-                move = min(int(u[base_u] * n_moves), n_moves - 1)
-                if n_active == 0 and move != 0:
-                    move = 0
-                if n_active == H and move == 0:
-                    move = 1
-                rank = min(int(u[base_u + 2] * n_active), max(n_active - 1, 0))
-                h_off = 0
-                seen = 0
-                for h in range(H):
-                    if out[b, c, h] != 0:
-                        if seen == rank:
-                            h_off = h
-                            break
-                        seen += 1
-                remove = move == 1 or move == 2
-                h_on = 0
-                if move == 0 or move == 2:
-                    # the proposal's mass over the inactive latents, summed in the reference's
-                    # order, then the first latent whose running sum passes u times it
-                    acc = 0.0
-                    for h in range(H):
-                        if out[b, c, h] == 0 or (remove and h == h_off):
-                            acc += proposal[b, h] * 1.0
-                        else:
-                            acc += proposal[b, h] * 0.0
-                    target = u[base_u + 1] * acc
-                    acc = 0.0
-                    h_on = H - 1
-                    for h in range(H):
-                        if out[b, c, h] == 0 or (remove and h == h_off):
-                            acc += proposal[b, h] * 1.0
-                        else:
-                            acc += proposal[b, h] * 0.0
-                        if acc > target:
-                            h_on = h
-                            break
-                value = min(1 + int(u[base_u + 3] * nz), nz)
-                current = np.int64(out[b, c, h_off])
-                if remove:
-                    out[b, c, h_off] = 0
-                elif move == 3:
-                    step = min(1 + int(u[base_u + 3] * (nz - 1)), max(nz - 1, 1))
-                    out[b, c, h_off] = 1 + (current - 1 + step) % nz
-                if move == 0 or move == 2:
-                    out[b, c, h_on] = value
+        _children_row(X[b], lj[b], proposal[b], key, rows[b], P, C, nz, out[b], u, fcdf)
     return out
 
 
@@ -292,4 +333,149 @@ def evo_children(X, lj, proposal, key, rows, n_parents, n_children, n_nonzero):
         int(n_parents),
         int(n_children),
         int(n_nonzero),
+    )
+
+
+# -- the fused search of linear models ------------------------------------------------------
+@njit(cache=True)
+def _row_log_joint(x, WY, WtW, yy, values, value_logp, inv2s2, const, idx, val):  # pragma: no cover
+    """(ll, lp) of one state x (H,) of a linear model (the arithmetic of _log_joint)."""
+    H = x.shape[0]
+    m = 0
+    prior = H * value_logp[0]
+    for h in range(H):
+        # branch-free, as in _log_joint
+        v = x[h]
+        idx[m] = h
+        val[m] = values[v]
+        prior += value_logp[v] - value_logp[0]
+        m += v != 0
+    lin = 0.0
+    quad = 0.0
+    for i in range(m):
+        hi = idx[i]
+        vi = val[i]
+        lin += vi * WY[hi]
+        row = 0.0
+        for j in range(i):
+            row += WtW[hi, idx[j]] * val[j]
+        quad += vi * (2.0 * row + vi * WtW[hi, hi])
+    return const - (yy - 2.0 * lin + quad) * inv2s2, prior
+
+
+@njit(cache=True, parallel=True)
+def _linear_search(
+    X,
+    WY,
+    WtW,
+    yy,
+    values,
+    value_logp,
+    inv2s2,
+    const,
+    proposal,
+    keys,
+    gen_keys,
+    rows,
+    P,
+    C,
+    nz,
+    n_chunks,
+    size,
+):  # pragma: no cover - compiled
+    B, S, H = X.shape
+    PC = P * C
+    K = S + PC
+    out_X = np.empty((B, S, H), dtype=np.uint8)
+    out_ll = np.empty((B, S))
+    out_lp = np.empty((B, S))
+    step = (B + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        buf = np.empty((K, H), dtype=np.uint8)
+        bll = np.empty(K)
+        blp = np.empty(K)
+        lj = np.empty(S)
+        scratch = np.empty((K, 2))
+        order = np.empty(K, dtype=np.int64)
+        seen = np.empty(size, dtype=np.uint64)
+        used = np.zeros(size, dtype=np.bool_)
+        idx = np.empty(H, dtype=np.int64)
+        val = np.empty(H)
+        u = np.empty(P + 4 * PC)
+        fcdf = np.empty(S)
+        for b in range(c * step, min(B, (c + 1) * step)):
+            kX, kll, klp = out_X[b], out_ll[b], out_lp[b]
+            # re-score the kept states at the current parameters, then keep them sorted
+            for k in range(S):
+                for h in range(H):
+                    buf[k, h] = X[b, k, h]
+                bll[k], blp[k] = _row_log_joint(
+                    buf[k], WY[b], WtW, yy[b], values, value_logp, inv2s2, const, idx, val
+                )
+            _select_row(
+                buf[:S], bll[:S], blp[:S], keys, S, kX, kll, klp, scratch, order, seen, used
+            )
+            for g in range(gen_keys.shape[0]):
+                for k in range(S):
+                    lj[k] = kll[k] + klp[k]
+                _children_row(kX, lj, proposal[b], gen_keys[g], rows[b], P, C, nz, buf[S:], u, fcdf)
+                for k in range(S, K):
+                    bll[k], blp[k] = _row_log_joint(
+                        buf[k], WY[b], WtW, yy[b], values, value_logp, inv2s2, const, idx, val
+                    )
+                for k in range(S):
+                    bll[k] = kll[k]
+                    blp[k] = klp[k]
+                    for h in range(H):
+                        buf[k, h] = kX[k, h]
+                _select_row(buf, bll, blp, keys, S, kX, kll, klp, scratch, order, seen, used)
+    return out_X, out_ll, out_lp
+
+
+def linear_search(
+    X,
+    WY,
+    WtW,
+    yy,
+    values,
+    value_logp,
+    sigma2,
+    D,
+    proposal,
+    keys,
+    gen_keys,
+    rows,
+    n_parents,
+    n_children,
+):
+    """One E-step's evolutionary search of a linear model, all generations fused per row.
+
+    The same states as :meth:`prosper.solvers.evolutionary.EvolutionaryStates.evolve` with
+    :func:`linear_state_log_joint` and the bookkeeping kernels above, without forming the
+    (B, K, H) arrays of a generation: each row's states stay in the thread's cache.
+
+    Returns
+    -------
+    X, ll, lp
+        As ``evolve``: states (B, S, H), log-likelihoods and log-priors (B, S).
+    """
+    K = X.shape[1] + n_parents * n_children
+    return _linear_search(
+        np.ascontiguousarray(X),
+        np.ascontiguousarray(WY, dtype=np.float64),
+        np.ascontiguousarray(WtW, dtype=np.float64),
+        np.ascontiguousarray(yy, dtype=np.float64),
+        np.asarray(values, dtype=np.float64),
+        np.asarray(value_logp, dtype=np.float64),
+        1.0 / (2.0 * float(sigma2)),
+        -0.5 * int(D) * np.log(2.0 * np.pi * float(sigma2)),
+        np.ascontiguousarray(proposal, dtype=np.float64),
+        keys,
+        np.asarray(gen_keys, dtype=np.uint64),
+        np.ascontiguousarray(rows, dtype=np.int64),
+        int(n_parents),
+        int(n_children),
+        len(values) - 1,
+        max(1, min(numba.get_num_threads(), X.shape[0])),
+        _table_size(K),
     )

@@ -27,6 +27,8 @@ __all__ = [
     "linear_posterior_mean",
     "linear_state_log_joint",
     "linear_state_stats",
+    "select_device",
+    "to_host",
 ]
 
 
@@ -304,9 +306,19 @@ def linear_state_stats(
     return mean, scaled.T @ scaled, counts
 
 
-#: the kernels this backend offers, by name (see :func:`prosper.backends.kernel`)
+#: the kernels this backend offers by name (models and solvers look them up here)
 KERNELS = {
     "linear_state_log_joint": linear_state_log_joint,
     "linear_state_stats": linear_state_stats,
     **REFERENCE,
 }
+
+
+def to_host(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Statistics on the host: already there on this backend (the GPU backend moves them)."""
+    return stats
+
+
+def select_device(comm=None) -> int:
+    """No device to choose on this backend (the GPU backend binds each rank to a GPU)."""
+    return -1

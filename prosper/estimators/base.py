@@ -252,9 +252,9 @@ class EMEstimator(BaseEstimator):
                 f"the MPI ranks chose different backends ({', '.join(sorted(set(chosen)))}) "
                 f"for backend={self.backend!r}; set backend= to one that every node has."
             )
-        if hasattr(backend, "select_device"):
-            # one GPU per rank: local rank modulo the visible devices (collective)
-            backend.select_device(comm)
+        # one GPU per rank: local rank modulo the visible devices (collective; a no-op on
+        # the CPU backends)
+        backend.select_device(comm)
         writer = None
         if out is not None:
             writer = ResultWriter(

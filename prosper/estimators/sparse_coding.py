@@ -190,7 +190,7 @@ class SparseCoding(EMEstimator):
         model = SparseCodingModel(self.H, D, self.penalty, float(self.lam))
         if self.backend == "auto":
             # the best backend with a coding kernel (numba), else NumPy
-            backend = get_backend("auto", supports=lambda m: hasattr(m, "sparse_cd"))
+            backend = get_backend("auto", supports=lambda m: "sparse_cd" in m.KERNELS)
         elif backend is None:
             backend = get_backend(self.backend)
         coder = Coder(

@@ -171,6 +171,19 @@ class TruncatedModel(ABC):
         values = self.values
         return self.preselection_scores(Y, params), lambda X: self.log_joint(Y, values[X], params)
 
+    def state_search(self, Y: np.ndarray, params: Params, backend: ModuleType):
+        """A backend's fused evolutionary search for this model, or None (the generic search
+        over :meth:`state_scorer`'s log-joint runs instead).
+
+        Returns
+        -------
+        None or (scores, search)
+            ``scores`` as :meth:`state_scorer`'s; ``search(X, proposal, keys, gen_keys, rows,
+            n_parents, n_children)`` returns what
+            :meth:`prosper.solvers.evolutionary.EvolutionaryStates.evolve` returns.
+        """
+        return None
+
     def state_stats(
         self,
         Y: np.ndarray,
@@ -345,6 +358,37 @@ class LinearTruncatedModel(TruncatedModel):
             return run(WY, WtW, yy, X, values, logp, sigma2, self.D)
 
         return preselection_scores(WY, self.preselection_coefficients(params)), log_joint
+
+    def state_search(self, Y, params, backend):
+        search = backend.KERNELS.get("linear_search")
+        if search is None:
+            return None
+        W = params["W"].astype(Y.dtype, copy=False)
+        WY = Y @ W
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        WtW = params["W"].T @ params["W"]
+        logp, sigma2 = self.value_log_prior(params), self.sigma2(params)
+        values, D = self.values, self.D
+
+        def fused(X, proposal, keys, gen_keys, rows, n_parents, n_children):
+            return search(
+                X,
+                WY,
+                WtW,
+                yy,
+                values,
+                logp,
+                sigma2,
+                D,
+                proposal,
+                keys,
+                gen_keys,
+                rows,
+                n_parents,
+                n_children,
+            )
+
+        return preselection_scores(WY, self.preselection_coefficients(params)), fused
 
     def state_stats(self, Y, X, q, weight, params, backend):
         mean, ss, counts = backend.KERNELS["linear_state_stats"](X, q, self.values)

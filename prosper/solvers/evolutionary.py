@@ -180,6 +180,7 @@ class EvolutionaryStates:
         iteration: int,
         fresh: np.ndarray | None = None,
         kernels: dict | None = None,
+        search: Callable | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One E-step's search for a batch.
 
@@ -198,6 +199,9 @@ class EvolutionaryStates:
         kernels : dict or None
             A backend's ``KERNELS``: its ``evo_select`` and ``evo_children`` do the
             bookkeeping (None: the NumPy reference).
+        search : callable or None
+            A model's fused search (:meth:`prosper.models.base.TruncatedModel.state_search`)
+            that makes the same choices in one compiled pass; ``log_joint`` is then unused.
 
         Returns
         -------
@@ -212,10 +216,13 @@ class EvolutionaryStates:
         if fresh is not None and fresh.any():
             X = X.copy()
             X[fresh] = self.initial(rows[fresh], None if scores is None else scores[fresh])
-        ll, lp = log_joint(X)
-        X, ll, lp = select(X, ll, lp, self.keys, st.n_states)
         weights = proposal(scores, self.H, X.shape[0])
         rows = np.asarray(rows, dtype=np.int64)
+        if search is not None:
+            gen_keys = [stream_key(self.seed, iteration, 1 + g) for g in range(st.n_generations)]
+            return search(X, weights, self.keys, gen_keys, rows, st.n_parents, st.n_children)
+        ll, lp = log_joint(X)
+        X, ll, lp = select(X, ll, lp, self.keys, st.n_states)
         for g in range(st.n_generations):
             key = stream_key(self.seed, iteration, 1 + g)
             children = children_of(X, ll + lp, weights, key, rows, st.n_parents, st.n_children, nz)

@@ -199,7 +199,7 @@ class Coder:
             raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
         self.model, self.solver = model, solver
         self.max_iter, self.tol = int(max_iter), float(tol)
-        self.kernel = getattr(backend, "sparse_cd", None)
+        self.kernel = None if backend is None else backend.KERNELS.get("sparse_cd")
         self.W: np.ndarray | None = None
 
     def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:

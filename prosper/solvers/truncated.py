@@ -168,11 +168,22 @@ class TruncatedEM:
 
         Returns the new states, the log marginals (B,) at T=1 and the statistics (or None).
         """
+        X, ll, lp = self._search(Y, X, rows, iteration, fresh)
+        return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
+
+    def _search(self, Y, X, rows, iteration, fresh):
+        """The state set's search for a batch: the model's fused search where its backend has
+        one, else the generic search over the model's log-joint."""
+        fused = self.model.state_search(Y, self.params, self.backend)
+        if fused is not None:
+            scores, search = fused
+            return self.states.evolve(
+                X, None, scores, rows, iteration, fresh, self.backend.KERNELS, search
+            )
         scores, log_joint = self.model.state_scorer(Y, self.params, self.backend)
-        X, ll, lp = self.states.evolve(
+        return self.states.evolve(
             X, log_joint, scores, rows, iteration, fresh, self.backend.KERNELS
         )
-        return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
 
     def _posterior(self, Y, X, ll, lp, beta, prior_beta, weight, accumulate):
         """Log marginals at T=1 and (if asked) the model's statistics from the tempered
@@ -248,7 +259,7 @@ class TruncatedEM:
             log_marginal[rows] = lm
             if stats is not None:
                 total = stats if total is None else {k: total[k] + stats[k] for k in total}
-        if total is not None and hasattr(self.backend, "to_host"):
+        if total is not None:
             # a GPU backend keeps the statistics on the device until the pass is done
             total = self.backend.to_host(total)
         return log_marginal, total
@@ -297,13 +308,10 @@ class TruncatedEM:
         st = self.states
         B = rows.stop - rows.start
         index = np.arange(rows.start, rows.stop)
-        scores, log_joint = self.model.state_scorer(Y, self.params, self.backend)
         X = np.zeros((B, st.n_states, st.H), dtype=np.uint8)
         fresh = np.ones(B, dtype=bool)
         for r in range(max(1, self.search_rounds)):
-            X, ll, lp = st.evolve(
-                X, log_joint, scores, index, r, fresh if r == 0 else None, self.backend.KERNELS
-            )
+            X, ll, lp = self._search(Y, X, index, r, fresh if r == 0 else None)
         return X, ll + lp
 
     def kept_posterior_mean(self, rows: slice, Y: np.ndarray) -> np.ndarray:

@@ -283,14 +283,19 @@ def test_bsc_numba_matches_numpy_end_to_end():
 
 
 def _fake_gpu_backend(calls):
-    """A stand-in for the CuPy backend: linear kernels only (NumPy's), records binding."""
+    """A stand-in for the CuPy backend: linear kernels only (NumPy's), records binding.
+
+    It has the interface every backend declares: the fused linear E-step, ``KERNELS``,
+    ``to_host`` and ``select_device``."""
     import types
 
     return types.SimpleNamespace(
         NAME="cupy",
         AVAILABLE=True,
+        KERNELS=dict(ref.KERNELS),
         linear_estep=ref.linear_estep,
         linear_posterior_mean=ref.linear_posterior_mean,
+        to_host=ref.to_host,
         select_device=lambda comm: calls.append(comm.size) or 0,
     )
 

@@ -302,3 +302,36 @@ def test_n_init_keeps_the_best_initialisation(bars_data, tmp_path):
     import prosper
 
     np.testing.assert_allclose(prosper.load(tmp_path / "best.h5").W_, best.W_)
+
+
+@pytest.mark.parametrize("model_class", [BSCModel, TSCModel])
+def test_fused_linear_search_makes_the_generic_search_s_choices(model_class):
+    """numba's fused search of a linear model returns the states of the generic search
+    (NumPy bookkeeping and log-joints) over several E-steps."""
+    from prosper.backends import get_backend
+
+    rng = np.random.default_rng(4)
+    H, D, B = 12, 9, 40
+    model = model_class(H, D)
+    params = {"W": 2 * rng.normal(size=(D, H)), "pi": np.asarray(0.2), "sigma": np.asarray(0.6)}
+    Y, _ = model.sample(B, params, rng)
+    rows = np.arange(B) + 77
+    results = []
+    for backend in ("numpy", "numba"):
+        states = EvolutionaryStates(H, model.values, SETTINGS, seed=9)
+        kernels = get_backend(backend)
+        X = np.zeros((B, SETTINGS.n_states, H), dtype=np.uint8)
+        for it in range(4):
+            fused = model.state_search(Y, params, kernels)
+            assert (fused is None) == (backend == "numpy")
+            if fused is None:
+                scores, log_joint = model.state_scorer(Y, params, kernels)
+                X, ll, lp = states.evolve(X, log_joint, scores, rows, it, np.full(B, it == 0))
+            else:
+                X, ll, lp = states.evolve(
+                    X, None, fused[0], rows, it, np.full(B, it == 0), kernels.KERNELS, fused[1]
+                )
+        results.append((X, ll, lp))
+    np.testing.assert_array_equal(results[1][0], results[0][0])
+    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10)
+    np.testing.assert_allclose(results[1][2], results[0][2], rtol=1e-10)

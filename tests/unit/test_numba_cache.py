@@ -24,7 +24,7 @@ CHILD = textwrap.dedent(
     kernels = {"linear": nb._linear_kernel, "gsc": numba_gsc._gsc_kernel}
     kernels.update(
         (name, getattr(numba_states, name))
-        for name in ("_log_joint", "_stats", "_select", "_children")
+        for name in ("_log_joint", "_stats", "_select", "_children", "_linear_search")
     )
     kernels.update(
         (name, f) for name, f in vars(numba_mca).items()
