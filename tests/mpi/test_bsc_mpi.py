@@ -93,7 +93,7 @@ def test_evolutionary_states_do_not_depend_on_the_ranks(job_dir):
     for n, backend in ((1, "numpy"), (2, "numba"), (3, "numba")):
         (job_dir / f"evo_{n}.toml").write_text(EVO_JOB.format(backend=backend))
         out = job_dir / f"evo{n}.h5"
-        run_mpi(n, ["prosper", "fit", f"evo_{n}.toml", "--out", str(out)], cwd=job_dir)
+        run_mpi(n, ["prosper", "fit", f"evo_{n}.toml", "--out", str(out)], cwd=job_dir, timeout=300)
         runs[n] = prosper.load(out)
         with h5py.File(out, "r") as f:
             ck = f["checkpoint"][f["checkpoint"].attrs["active"]]

@@ -90,7 +90,17 @@ def killed_run(job, out, kill_after: int) -> int:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    with h5py.File(out, "r") as f:
+    # the killed ranks release the file's lock when the kernel has reaped them, which on a
+    # loaded machine may be a moment after the launcher is gone
+    for _ in range(150):
+        try:
+            f = h5py.File(out, "r")
+            break
+        except BlockingIOError:
+            time.sleep(0.2)
+    else:
+        raise AssertionError(f"{out} is still locked 30 s after the kill")
+    with f:
         assert "model" not in f, "the run finished before the kill: raise N_ITER"
         return int(f["checkpoint"].attrs["iteration"])
 
