@@ -93,6 +93,10 @@ class _SBLEstimator(EMEstimator):
     def _check_operator(self, D: int) -> None:
         raise NotImplementedError
 
+    def _anderson_memory(self) -> int:
+        """Iterates the learner's Anderson acceleration uses (0: none)."""
+        return 0
+
     # -- EMEstimator hooks ----------------------------------------------------------------
     def _check_params(self, D: int) -> None:
         self._check_operator(D)
@@ -109,6 +113,8 @@ class _SBLEstimator(EMEstimator):
             learn_sigma=self.learn_sigma,
             sigma=self.sigma,
             prune=self.prune,
+            memory=self._anderson_memory(),
+            tol=self.tol,
         )
 
     def _stopping(self, user: Any):
@@ -179,8 +185,8 @@ _COMMON_DOC = """
     learn_sigma : bool, default=True
         Learn the noise level σ by EM; False keeps ``sigma`` fixed.
     sigma : float or None, default=None
-        Initial (``learn_sigma=True``) or fixed noise standard deviation. None starts at the
-        noise of a 10 dB signal-to-noise ratio (and needs ``learn_sigma=True``).
+        Initial (``learn_sigma=True``) or fixed noise standard deviation. None starts at
+        {sigma0} (and needs ``learn_sigma=True``).
     prune : float in [0, 1), default=1e-3
         γ entries below ``prune`` times the largest entry{per} are set to zero for good
         (0: never prune).
@@ -244,7 +250,9 @@ class SBL(_SBLEstimator):
         Φ; the posterior works in the m × m space when m < n and in the n × n space
         otherwise, so the cost per iteration is O(min(m, n)² max(m, n)).
 """
-        + _COMMON_DOC.replace("{per}", "")
+        + _COMMON_DOC.replace("{per}", "").replace(
+            "{sigma0}", "the noise of a 10 dB signal-to-noise ratio"
+        )
         + """
     Attributes
     ----------
@@ -377,8 +385,16 @@ class KroneckerSBL(_SBLEstimator):
     block_size : int, list of int or None, default=None
         Block-sparse KroSBL: each γ_i is shared within consecutive blocks of this length
         (one int for every factor or one per factor; it must divide n_i). None: no blocks.
+    anderson_memory : int, default=5
+        Anderson acceleration of the fixed-point updates (of "am", and of "svd" after its
+        rank-one phase) from the last ``anderson_memory`` + 1 iterates, in log coordinates of
+        γ_i and σ², guarded by the evidence: an extrapolation that lowers it is replaced by
+        the plain update (one iteration lost). It reaches the same fixed point in about half
+        the iterations. 0: plain updates.
 """
-        + _COMMON_DOC.replace("{per}", " of its factor")
+        + _COMMON_DOC.replace("{per}", " of its factor").replace(
+            "{sigma0}", "σ² = mean_l ||y_l||² / m, as if the snapshots were all noise"
+        )
         + """
     Attributes
     ----------
@@ -414,6 +430,7 @@ class KroneckerSBL(_SBLEstimator):
         "factors": [_is_factors],
         "method": [Options(("am", "svd"))],
         "block_size": [None, Interval("int", 1, None), _is_block_list],
+        "anderson_memory": [Interval("int", 0, None)],
     }
 
     def __init__(
@@ -422,6 +439,7 @@ class KroneckerSBL(_SBLEstimator):
         *,
         method: str = "am",
         block_size: int | list[int] | None = None,
+        anderson_memory: int = 5,
         learn_sigma: bool = True,
         sigma: float | None = None,
         prune: float = 1e-3,
@@ -439,6 +457,7 @@ class KroneckerSBL(_SBLEstimator):
         self.factors = factors
         self.method = method
         self.block_size = block_size
+        self.anderson_memory = anderson_memory
         self.learn_sigma = learn_sigma
         self.sigma = sigma
         self.prune = prune
@@ -456,6 +475,9 @@ class KroneckerSBL(_SBLEstimator):
     @property
     def _fitted_names(self) -> tuple[str, ...]:
         return (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
+
+    def _anderson_memory(self) -> int:
+        return int(self.anderson_memory)
 
     def _block_sizes(self) -> list[int]:
         I = len(self.factors)
