@@ -4,6 +4,8 @@
         [--trials 10 10 4 2] [--sparsity 4] [--dense-max 1024] [--dense-speed-max 4096]
         [--dense-speed-snrs 20] [--block-trials 10] [--quick]
 
+"KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``).
+
 Problems (issue #13): two Gaussian unit-norm-column factors Φ_i of n_i/2 × n_i, i.e.
 n = n_i² unknowns and m = n/4 measurements, a sparsity × sparsity Kronecker support
 (16 non-zeros by default), one snapshot, i.i.d. N(0, 1) values. For every n and SNR,
@@ -44,7 +46,7 @@ from prosper import SBL, KroneckerSBL
 from prosper.data.kronecker import kronecker_problem
 
 log = logging.getLogger("bench_krosbl")
-METHODS = ("oracle", "KroSBL-AM", "KroSBL-SVD", "SBL", "OMP")
+METHODS = ("oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL", "OMP")
 HERE = Path(__file__).resolve().parent
 
 
@@ -92,9 +94,10 @@ def run_method(name: str, p, block: int | None = None) -> dict:
         if name == "SBL":
             est = SBL(dictionary=p.dictionary)
         else:
-            est = KroneckerSBL(
-                factors=p.factors, method=name.split("-")[1].lower(), block_size=block
-            )
+            # "KroSBL-AM plain": the fixed-point updates without Anderson acceleration
+            method = name.split("-")[1].split()[0].lower()
+            memory = {"anderson_memory": 0} if name.endswith("plain") else {}
+            est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **memory)
         est.fit(p.Y)
         x, support, iterations = est.coef_[0], est.gamma_ > 0, est.n_iter_
     seconds = time.perf_counter() - start
@@ -205,7 +208,7 @@ def plot(table, sizes, snrs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "xosd^", strict=True))
+    markers = dict(zip(METHODS, "xo+sd^", strict=True))
     fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.6), squeeze=False)
     for ax, n_i in zip(axes[0], sizes, strict=True):
         for m in METHODS:
@@ -226,7 +229,7 @@ def plot(table, sizes, snrs):
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in ("KroSBL-AM", "KroSBL-SVD", "SBL"):
+    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL"):
         for ax, key in zip(axes, ("iterations_median", "seconds_median"), strict=True):
             pts = [
                 (n_i * n_i, float(np.median([table[str(n_i)][s][m][key] for s in snrs])))
@@ -280,7 +283,7 @@ def main() -> None:
         n = n_i * n_i
         table[str(n_i)] = {}
         for snr in args.snrs:
-            methods = ["oracle", "KroSBL-AM", "KroSBL-SVD"]
+            methods = ["oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD"]
             if n <= args.dense_max:
                 methods += ["SBL", "OMP"]
             row = accuracy(n_i, snr, count, args.sparsity, methods, 1000)

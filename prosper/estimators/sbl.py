@@ -187,9 +187,9 @@ _COMMON_DOC = """
     sigma : float or None, default=None
         Initial (``learn_sigma=True``) or fixed noise standard deviation. None starts at
         {sigma0} (and needs ``learn_sigma=True``).
-    prune : float in [0, 1), default=1e-3
+    prune : float in [0, 1), default={prune0}
         γ entries below ``prune`` times the largest entry{per} are set to zero for good
-        (0: never prune).
+        (0: never prune).{prune_note}
     tol : float or None, default=1e-6
         Stop when the relative change ||γ_new - γ|| / ||γ|| of an iteration falls below
         ``tol`` (γ is the same on every rank, so all ranks stop together; it stands for the
@@ -250,9 +250,10 @@ class SBL(_SBLEstimator):
         Φ; the posterior works in the m × m space when m < n and in the n × n space
         otherwise, so the cost per iteration is O(min(m, n)² max(m, n)).
 """
-        + _COMMON_DOC.replace("{per}", "").replace(
-            "{sigma0}", "the noise of a 10 dB signal-to-noise ratio"
-        )
+        + _COMMON_DOC.replace("{per}", "")
+        .replace("{prune0}", "1e-3")
+        .replace("{prune_note}", "")
+        .replace("{sigma0}", "the noise of a 10 dB signal-to-noise ratio")
         + """
     Attributes
     ----------
@@ -392,9 +393,16 @@ class KroneckerSBL(_SBLEstimator):
         the plain update (one iteration lost). It reaches the same fixed point in about half
         the iterations. 0: plain updates.
 """
-        + _COMMON_DOC.replace("{per}", " of its factor").replace(
-            "{sigma0}", "σ² = mean_l ||y_l||² / m, as if the snapshots were all noise"
+        + _COMMON_DOC.replace("{per}", " of its factor")
+        .replace("{prune0}", "3e-3")
+        .replace(
+            "{prune_note}",
+            " The threshold acts on each factor, so on γ it is prune^I\n"
+            "        (about 1e-5 for two factors). Raise it for fewer spurious rows at low\n"
+            "        SNR, lower it when true rows may be hundreds of times weaker than the\n"
+            "        strongest.",
         )
+        .replace("{sigma0}", "σ² = 0.3 · mean_l ||y_l||² / m (an SNR of about 4 dB)")
         + """
     Attributes
     ----------
@@ -442,7 +450,7 @@ class KroneckerSBL(_SBLEstimator):
         anderson_memory: int = 5,
         learn_sigma: bool = True,
         sigma: float | None = None,
-        prune: float = 1e-3,
+        prune: float = 3e-3,
         tol: float | None = 1e-6,
         n_iter: int = 500,
         batch_size: int = 1000,

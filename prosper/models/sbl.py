@@ -76,6 +76,10 @@ INNER_RTOL = 1e-9
 #: KroSBL "svd": iterations with the rank-one γ update (and no pruning) before the
 #: fixed-point refinement takes over
 SVD_ITERATIONS = 10
+#: KroSBL "svd": fixed-point iterations after the rank-one phase before pruning starts (the
+#: rank-one fit can shrink a weak true row far below its fixed-point value; these
+#: iterations restore it)
+SVD_UNPRUNED_REFINEMENT = 5
 
 
 def kron_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -286,6 +290,10 @@ class _SBLBase:
         """Whether the γ update of ``iteration`` is the fixed-point map that
         :meth:`log_coordinates` describes (and a solver may extrapolate)."""
         return False
+
+    def prune_threshold(self, prune: float, iteration: int) -> float:
+        """The pruning threshold in force at ``iteration``."""
+        return prune
 
     def log_coordinates(self, params: Params, active: Sequence[np.ndarray]) -> np.ndarray:
         """The parameters as a vector of log coordinates on the ``active`` entries."""
@@ -580,13 +588,14 @@ class KroneckerSBLModel(_SBLBase):
     Notes
     -----
     Parameters are ``gamma_1 .. gamma_I`` (each (n_i,), balanced to equal maxima) and
-    ``sigma``. Without a given σ, σ² starts at the mean power per measurement
-    (``initial_noise_fraction`` = 1: everything is noise), from which the fixed-point updates
-    reach the same or a better NMSE in fewer iterations than from the noise of a 10 dB SNR
-    (benchmarks/RESULTS.md, 2026-12-02).
+    ``sigma``. Without a given σ, σ² starts at 0.3 × the mean power per measurement
+    (``initial_noise_fraction``; classic SBL starts at 0.1, the noise of a 10 dB SNR): from
+    there the fixed-point updates reach the same or a better NMSE than from 0.1 (fewer
+    noise entries survive at low SNR), while 1.0 (all noise) ended at worse stationary
+    points in some high-SNR problems (benchmarks/RESULTS.md, 2026-12-02).
     """
 
-    initial_noise_fraction = 1.0
+    initial_noise_fraction = 0.3
 
     def __init__(
         self,
@@ -695,7 +704,8 @@ class KroneckerSBLModel(_SBLBase):
         :func:`rank_one_update` of q and no pruning (a rank-one least-squares fit is
         dominated by the largest entries and can shrink a true but weak row of the support
         below the pruning threshold, which removed it for good in earlier versions);
-        afterwards as "am".
+        afterwards as "am", pruning only after ``SVD_UNPRUNED_REFINEMENT`` more iterations
+        (:meth:`prune_threshold`).
         """
         dims = [s[1] for s in self.shapes]
         gammas = self.gamma_factors(params)
@@ -704,4 +714,13 @@ class KroneckerSBLModel(_SBLBase):
             return {f"gamma_{i + 1}": g for i, g in enumerate(new)}
         S, G = (r.reshape(dims) for r in ratios)
         new = fixed_point_update(S, G, gammas, self.block_sizes)
-        return {f"gamma_{i + 1}": _prune(g, kwargs["prune"]) for i, g in enumerate(new)}
+        prune = self.prune_threshold(kwargs["prune"], kwargs["iteration"])
+        return {f"gamma_{i + 1}": _prune(g, prune) for i, g in enumerate(new)}
+
+    def prune_threshold(self, prune: float, iteration: int) -> float:
+        """The pruning threshold in force at ``iteration`` (0-based): ``prune``, but 0 for
+        "svd" during its rank-one phase and the ``SVD_UNPRUNED_REFINEMENT`` fixed-point
+        iterations after it."""
+        if self.method == "svd" and iteration < SVD_ITERATIONS + SVD_UNPRUNED_REFINEMENT:
+            return 0.0
+        return prune

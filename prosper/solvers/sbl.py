@@ -52,10 +52,8 @@ class _Anderson:
     re-expressed on the entries still active after pruning.
     """
 
-    def __init__(
-        self, model: KroneckerSBLModel, memory: int, prune: float, learn_sigma: bool
-    ) -> None:
-        self.model, self.memory, self.prune, self.learn_sigma = model, memory, prune, learn_sigma
+    def __init__(self, model: KroneckerSBLModel, memory: int, learn_sigma: bool) -> None:
+        self.model, self.memory, self.learn_sigma = model, memory, learn_sigma
         self.reset()
 
     def reset(self) -> None:
@@ -68,7 +66,7 @@ class _Anderson:
     def clear_history(self) -> None:
         self.points, self.images = [], []
 
-    def step(self, point: Params, image: Params) -> Params:
+    def step(self, point: Params, image: Params, prune: float) -> Params:
         """Record (θ, G(θ)) and return the next point: G(θ) while the history is short,
         else the Anderson combination."""
         self.fallback = image
@@ -89,7 +87,7 @@ class _Anderson:
             self.extrapolated = False
             self.clear_history()
             return image
-        out = self.model.from_log_coordinates(vector, active, self.prune)
+        out = self.model.from_log_coordinates(vector, active, prune)
         if not self.learn_sigma:  # a fixed σ stays bit for bit what it was
             out["sigma"] = image["sigma"]
         return out
@@ -173,7 +171,7 @@ class SBLLearner:
         self.n_total = 0
         self._posterior: GaussianPosterior | None = None
         self._anderson = (
-            _Anderson(model, memory, prune, learn_sigma)
+            _Anderson(model, memory, learn_sigma)
             if memory > 0 and isinstance(model, KroneckerSBLModel)
             else None
         )
@@ -270,7 +268,8 @@ class SBLLearner:
         if acc is not None:
             acc.accepted_free_energy = free_energy
             if self.model.fixed_point_phase(iteration) and change >= self.tol:
-                plain = acc.step(self.params, plain)
+                prune = self.model.prune_threshold(self.prune, iteration)
+                plain = acc.step(self.params, plain, prune)
             else:
                 acc.extrapolated = False
         self.params = plain
