@@ -295,9 +295,29 @@ class _SBLBase:
         """The pruning threshold in force at ``iteration``."""
         return prune
 
-    def log_coordinates(self, params: Params, active: Sequence[np.ndarray]) -> np.ndarray:
-        """The parameters as a vector of log coordinates on the ``active`` entries."""
+    def log_parameters(self, params: Params) -> list[np.ndarray]:
+        """Logs of the parameters (-inf on pruned entries), the input of
+        :meth:`gauge_coordinates`."""
         raise NotImplementedError
+
+    def gauge_coordinates(
+        self, logs: Sequence[np.ndarray], active: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """The parameters given by :meth:`log_parameters` as a vector of log coordinates
+        on the ``active`` entries."""
+        raise NotImplementedError
+
+    def log_coordinates(self, params: Params, active: Sequence[np.ndarray]) -> np.ndarray:
+        """``gauge_coordinates(log_parameters(params), active)``."""
+        return self.gauge_coordinates(self.log_parameters(params), active)
+
+    def expected_power(self, params: Params) -> float:
+        """E||Φx||² = Σ_j ||φ_j||² γ_j under the prior of ``params``."""
+        return float(self.column_norms2() @ self.gamma(params))
+
+    def n_active(self, params: Params) -> int:
+        """Number of non-zero entries of γ."""
+        return int(np.count_nonzero(self.gamma(params)))
 
     def from_log_coordinates(
         self, vector: np.ndarray, active: Sequence[np.ndarray], prune: float
@@ -399,7 +419,7 @@ class _SBLBase:
         new = self.update_gamma(q, (s, post.determined), params, prune=prune, iteration=iteration)
         if learn_sigma:
             sigma2 = (float(stats["resid"]) + n_total * post.trace) / (n_total * self.n_features)
-            signal = float(self.column_norms2() @ self.gamma(new)) / self.n_features
+            signal = self.expected_power(new) / self.n_features
             sigma2 = max(sigma2, SIGMA2_FLOOR * signal, np.finfo(np.float64).tiny)
             new["sigma"] = np.array(np.sqrt(sigma2))
         else:
@@ -611,6 +631,7 @@ class KroneckerSBLModel(_SBLBase):
         self.n_features = int(np.prod([s[0] for s in self.shapes]))
         self.n_components = int(np.prod([s[1] for s in self.shapes]))
         self._grams = [A.T @ A for A in self.factors]
+        self._factor_norms2 = [np.einsum("mn,mn->n", A, A) for A in self.factors]
         self.param_names = (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
 
     def gamma_factors(self, params: Params) -> list[np.ndarray]:
@@ -637,7 +658,15 @@ class KroneckerSBLModel(_SBLBase):
         return _EigenPosterior(factors, grams, scales, sigma2, index, self.n_components)
 
     def column_norms2(self) -> np.ndarray:
-        return kron_vectors([np.einsum("mn,mn->n", A, A) for A in self.factors])
+        return kron_vectors(self._factor_norms2)
+
+    def expected_power(self, params: Params) -> float:
+        # Σ_j ||φ_j||² γ_j factorises over the Kronecker factors
+        factors = zip(self._factor_norms2, self.gamma_factors(params), strict=True)
+        return float(np.prod([c @ g for c, g in factors]))
+
+    def n_active(self, params: Params) -> int:
+        return int(np.prod([np.count_nonzero(g) for g in self.gamma_factors(params)]))
 
     def fixed_point_phase(self, iteration: int) -> bool:
         return self.method == "am" or iteration >= SVD_ITERATIONS
@@ -645,7 +674,14 @@ class KroneckerSBLModel(_SBLBase):
     def active_factors(self, params: Params) -> list[np.ndarray]:
         return [g > 0 for g in self.gamma_factors(params)]
 
-    def log_coordinates(self, params: Params, active: Sequence[np.ndarray]) -> np.ndarray:
+    def log_parameters(self, params: Params) -> list[np.ndarray]:
+        with np.errstate(divide="ignore"):
+            logs = [np.log(g) for g in self.gamma_factors(params)]
+        return [*logs, np.array([2.0 * np.log(float(params["sigma"]))])]
+
+    def gauge_coordinates(
+        self, logs: Sequence[np.ndarray], active: Sequence[np.ndarray]
+    ) -> np.ndarray:
         """Gauge-free log coordinates of (γ_1, …, γ_I, σ²) on the ``active`` entries.
 
         γ = ⊗ γ_i does not change when γ_1 is multiplied by c and γ_2 divided by c, so each
@@ -655,22 +691,22 @@ class KroneckerSBLModel(_SBLBase):
 
         Parameters
         ----------
-        params : dict
+        logs : sequence of ndarray
+            :meth:`log_parameters`: log γ_i of shape (n_i,), then log σ² of shape (1,).
         active : sequence of ndarray of bool, shape (n_i,)
-            Entries to describe; they must be non-zero in ``params``.
+            Entries to describe; they must be non-zero (finite logs).
 
         Returns
         -------
         ndarray of shape (Σ_i a_i + 2,)
         """
         parts, scale = [], 0.0
-        for g, a in zip(self.gamma_factors(params), active, strict=True):
-            logs = np.log(g[a])
-            mean = float(logs.mean()) if logs.size else 0.0
-            parts.append(logs - mean)
+        for log_gamma, a in zip(logs[:-1], active, strict=True):
+            values = log_gamma[a]
+            mean = float(values.mean()) if values.size else 0.0
+            parts.append(values - mean)
             scale += mean
-        sigma2 = float(params["sigma"]) ** 2
-        return np.concatenate([*parts, [scale, np.log(sigma2)]])
+        return np.concatenate([*parts, [scale], logs[-1]])
 
     def from_log_coordinates(
         self, vector: np.ndarray, active: Sequence[np.ndarray], prune: float

@@ -59,25 +59,32 @@ class _Anderson:
     def reset(self) -> None:
         self.points: list[Params] = []  # θ_k
         self.images: list[Params] = []  # G(θ_k)
+        self._logs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []  # their logs
         self.fallback: Params | None = None
         self.accepted_free_energy = -np.inf
         self.extrapolated = False
 
     def clear_history(self) -> None:
-        self.points, self.images = [], []
+        self.points, self.images, self._logs = [], [], []
+
+    def _append(self, point: Params, image: Params) -> None:
+        logs = (self.model.log_parameters(point), self.model.log_parameters(image))
+        keep = self.memory + 1
+        self.points = [*self.points, point][-keep:]
+        self.images = [*self.images, image][-keep:]
+        self._logs = [*self._logs, logs][-keep:]
 
     def step(self, point: Params, image: Params, prune: float) -> Params:
         """Record (θ, G(θ)) and return the next point: G(θ) while the history is short,
         else the Anderson combination."""
         self.fallback = image
-        self.points = [*self.points, point][-(self.memory + 1) :]
-        self.images = [*self.images, image][-(self.memory + 1) :]
+        self._append(point, image)
         self.extrapolated = len(self.points) >= 2
         if not self.extrapolated:
             return image
         active = self.model.active_factors(image)
-        theta = np.array([self.model.log_coordinates(p, active) for p in self.points])
-        images = np.array([self.model.log_coordinates(p, active) for p in self.images])
+        theta = np.array([self.model.gauge_coordinates(t, active) for t, _ in self._logs])
+        images = np.array([self.model.gauge_coordinates(g, active) for _, g in self._logs])
         residuals = images - theta
         d_res = np.diff(residuals, axis=0).T  # (length, k)
         d_img = np.diff(images, axis=0).T
@@ -117,8 +124,11 @@ class _Anderson:
         }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
-        self.points = [self._unpack(v) for v in np.asarray(state["anderson_points"])]
-        self.images = [self._unpack(v) for v in np.asarray(state["anderson_images"])]
+        self.clear_history()
+        points = [self._unpack(v) for v in np.asarray(state["anderson_points"])]
+        images = [self._unpack(v) for v in np.asarray(state["anderson_images"])]
+        for point, image in zip(points, images, strict=True):
+            self._append(point, image)
         fallback = np.asarray(state["anderson_fallback"])
         self.fallback = self._unpack(fallback) if fallback.size else None
         self.accepted_free_energy = float(state["anderson_free_energy"])
@@ -252,8 +262,8 @@ class SBLLearner:
             self.params = acc.fallback
             acc.extrapolated = False
             acc.clear_history()
-            new = self.model.gamma(self.params)
-            return self._metrics(free_energy, _relative_change(new, old), new, rejected=True)
+            change = _relative_change(self.model.gamma(self.params), old)
+            return self._metrics(free_energy, change, rejected=True)
         plain = self.model.mstep(
             stats,
             self.params,
@@ -263,8 +273,7 @@ class SBLLearner:
             prune=self.prune,
             iteration=iteration,
         )
-        new = self.model.gamma(plain)
-        change = _relative_change(new, old)
+        change = _relative_change(self.model.gamma(plain), old)
         if acc is not None:
             acc.accepted_free_energy = free_energy
             if self.model.fixed_point_phase(iteration) and change >= self.tol:
@@ -273,16 +282,14 @@ class SBLLearner:
             else:
                 acc.extrapolated = False
         self.params = plain
-        return self._metrics(free_energy, change, self.model.gamma(plain), rejected=False)
+        return self._metrics(free_energy, change, rejected=False)
 
-    def _metrics(
-        self, free_energy: float, change: float, gamma: np.ndarray, *, rejected: bool
-    ) -> dict[str, float]:
+    def _metrics(self, free_energy: float, change: float, *, rejected: bool) -> dict[str, float]:
         return {
             "free_energy": free_energy,
             "gamma_change": change,
             "sigma": float(self.params["sigma"]),
-            "n_active": float(np.count_nonzero(gamma)),
+            "n_active": float(self.model.n_active(self.params)),
             "rejected": float(rejected),
         }
 

@@ -222,6 +222,25 @@ def test_one_factor_krosbl_am_is_mackays_update(shape, rng):
     assert est.sigma_**2 == pytest.approx(sigma2, rel=1e-7)
 
 
+def test_log_coordinates_ignore_the_factor_gauge_and_invert(rng):
+    model = KroneckerSBLModel([rng.standard_normal((4, 6)), rng.standard_normal((3, 5))])
+    params = {"gamma_1": rng.uniform(0.5, 2, 6), "gamma_2": rng.uniform(0.5, 2, 5)}
+    params["gamma_2"][[1, 3]] = 0.0
+    params["sigma"] = np.array(0.3)
+    rescaled = {**params, "gamma_1": 4.0 * params["gamma_1"], "gamma_2": params["gamma_2"] / 4}
+    active = model.active_factors(params)
+    v = model.log_coordinates(params, active)
+    assert v.shape == (6 + 3 + 2,)
+    np.testing.assert_allclose(model.log_coordinates(rescaled, active), v, atol=1e-12)
+    back = model.from_log_coordinates(v, active, prune=0.0)
+    np.testing.assert_allclose(model.gamma(back), model.gamma(params), rtol=1e-12)
+    assert float(back["sigma"]) == pytest.approx(0.3, rel=1e-12)
+    assert model.expected_power(params) == pytest.approx(
+        model.column_norms2() @ model.gamma(params), rel=1e-12
+    )
+    assert model.n_active(params) == np.count_nonzero(model.gamma(params)) == 18
+
+
 def test_anderson_reaches_the_plain_fixed_point_in_fewer_iterations():
     """The extrapolation changes the path, not the stationary point it stops at."""
     plain_its, fast_its = 0, 0
