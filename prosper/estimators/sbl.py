@@ -373,16 +373,14 @@ class KroneckerSBL(_SBLEstimator):
         evidence is not guaranteed to rise at every iteration. "svd": the first 10
         iterations take the non-negative best rank-one approximation of the EM update
         μ² + diag Σ reshaped to an n_1 × … × n_I tensor (higher-order power iteration for
-        I > 2) without pruning, then continue as "am".
+        I > 2) without pruning, then continue as "am" (pruning from 5 iterations later).
 
-        Which to choose (benchmarks/RESULTS.md, issue #13, two factors, m = n/4, one
-        snapshot): at high SNR (30 dB; 20 dB from n = 4096 on) both reach the NMSE of least
-        squares on the true support and the exact support, and "am" needs 20-35 % fewer
-        iterations. At 0-10 dB "svd" is as accurate or up to 4 dB more accurate and mostly
-        needs fewer iterations (about half at 0 dB), because its rank-one start spreads γ
-        over whole rows and columns before anything is pruned. Neither is fast at 0-10 dB
-        (median 30-180 iterations for "svd", 80-500 for "am"). Prefer "svd" when the SNR
-        may be low, "am" when it is high.
+        Which to choose (the SBL guide of the docs; benchmarks/RESULTS.md): at high SNR
+        both reach the NMSE of least squares on the true support, "am" in fewer
+        iterations; at 0-10 dB "svd" is as accurate or more accurate and needs fewer
+        iterations, because its rank-one start spreads γ over whole rows and columns
+        before anything is pruned. Prefer "svd" when the SNR may be low, "am" when it is
+        high.
     block_size : int, list of int or None, default=None
         Block-sparse KroSBL: each γ_i is shared within consecutive blocks of this length
         (one int for every factor or one per factor; it must divide n_i). None: no blocks.
