@@ -48,8 +48,8 @@ class _Anderson:
     """Anderson extrapolation of a fixed-point map from its last ``memory`` + 1 iterates,
     guarded by the log evidence (see the module docstring).
 
-    The history holds full-length log coordinates (NaN on pruned entries), so that it can be
-    re-expressed on the entries still active after pruning.
+    The history holds the logs of whole parameter vectors (-inf on pruned entries), so that
+    it can be re-expressed on the entries still active after pruning.
     """
 
     def __init__(self, model: KroneckerSBLModel, memory: int, learn_sigma: bool) -> None:
