@@ -4,6 +4,8 @@
         [--trials 10 10 4 2] [--sparsity 4] [--dense-max 1024] [--dense-speed-max 4096]
         [--dense-speed-snrs 20] [--block-trials 10] [--quick]
 
+"KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``).
+
 Problems (issue #13): two Gaussian unit-norm-column factors Φ_i of n_i/2 × n_i, i.e.
 n = n_i² unknowns and m = n/4 measurements, a sparsity × sparsity Kronecker support
 (16 non-zeros by default), one snapshot, i.i.d. N(0, 1) values. For every n and SNR,
@@ -44,7 +46,7 @@ from prosper import SBL, KroneckerSBL
 from prosper.data.kronecker import kronecker_problem
 
 log = logging.getLogger("bench_krosbl")
-METHODS = ("oracle", "KroSBL-AM", "KroSBL-SVD", "SBL", "OMP")
+METHODS = ("oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL", "OMP")
 HERE = Path(__file__).resolve().parent
 
 
@@ -92,9 +94,10 @@ def run_method(name: str, p, block: int | None = None) -> dict:
         if name == "SBL":
             est = SBL(dictionary=p.dictionary)
         else:
-            est = KroneckerSBL(
-                factors=p.factors, method=name.split("-")[1].lower(), block_size=block
-            )
+            # "KroSBL-AM plain": the fixed-point updates without Anderson acceleration
+            method = name.split("-")[1].split()[0].lower()
+            memory = {"anderson_memory": 0} if name.endswith("plain") else {}
+            est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **memory)
         est.fit(p.Y)
         x, support, iterations = est.coef_[0], est.gamma_ > 0, est.n_iter_
     seconds = time.perf_counter() - start
@@ -156,6 +159,28 @@ def block_experiment(trials, snrs):
     return out
 
 
+def speed(n_i: int, snr: float, repeats: int) -> dict:
+    """Whole-fit seconds of dense SBL and KroSBL on one problem, interleaved, ``repeats``
+    times (median), after one warm-up fit of each."""
+    p = kronecker_problem([(n_i // 2, n_i)] * 2, sparsity=4, snr_db=snr, random_state=1000)
+    names = ("SBL", "KroSBL-AM", "KroSBL-SVD")
+    times: dict[str, list[float]] = {m: [] for m in names}
+    iterations = {}
+    for rep in range(repeats + 1):
+        for name in names:
+            run = run_method(name, p)
+            iterations[name] = run["iterations"]
+            if rep:  # the first round warms up
+                times[name].append(run["seconds"])
+    out = {
+        m: {"seconds_median": float(np.median(t)), "iterations": iterations[m]}
+        for m, t in times.items()
+    }
+    for m in names[1:]:
+        out[m]["dense_over_this"] = out["SBL"]["seconds_median"] / out[m]["seconds_median"]
+    return out
+
+
 def markdown(record: dict) -> str:
     """Tables of a record: per n, one row per SNR and method."""
     lines = []
@@ -194,6 +219,17 @@ def markdown(record: dict) -> str:
                 f"| {float(snr):g} | {m} | {r['nmse_mean_db']:.1f} / {r['nmse_median_db']:.1f} "
                 f"| {r['exact_support']:.2f} | {r['iterations_median']:.0f} |"
             )
+    for key, row in record.get("speed", {}).items():
+        lines += [
+            "",
+            f"Whole fits on one problem ({key}), interleaved, median of the repeats:",
+            "",
+            "| method | iterations | s per fit | dense SBL / this |",
+            "|---|---:|---:|---:|",
+        ]
+        for m, r in row.items():
+            ratio = f"{r['dense_over_this']:.0f}×" if "dense_over_this" in r else "–"
+            lines.append(f"| {m} | {r['iterations']} | {r['seconds_median']:.3f} | {ratio} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,7 +241,7 @@ def plot(table, sizes, snrs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "xosd^", strict=True))
+    markers = dict(zip(METHODS, "xo+sd^", strict=True))
     fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.6), squeeze=False)
     for ax, n_i in zip(axes[0], sizes, strict=True):
         for m in METHODS:
@@ -226,7 +262,7 @@ def plot(table, sizes, snrs):
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in ("KroSBL-AM", "KroSBL-SVD", "SBL"):
+    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL"):
         for ax, key in zip(axes, ("iterations_median", "seconds_median"), strict=True):
             pts = [
                 (n_i * n_i, float(np.median([table[str(n_i)][s][m][key] for s in snrs])))
@@ -255,6 +291,14 @@ def main() -> None:
     parser.add_argument("--dense-speed-max", type=int, default=4096)
     parser.add_argument("--dense-speed-snrs", type=float, nargs="+", default=[20.0])
     parser.add_argument("--block-trials", type=int, default=10)
+    parser.add_argument(
+        "--speed-repeats",
+        type=int,
+        default=3,
+        help="interleaved whole-fit timings of dense SBL and KroSBL at --dense-speed-max "
+        "(each --dense-speed-snrs), repeated this often (0: none)",
+    )
+    parser.add_argument("--speed-only", action="store_true", help="only the interleaved timings")
     parser.add_argument("--quick", action="store_true", help="2 trials, n <= 1024 (smoke)")
     parser.add_argument(
         "--from-json", type=Path, help="only redo the plots and tables of a saved record"
@@ -276,11 +320,38 @@ def main() -> None:
     info = print_header("KroSBL benchmark")
     t0 = time.perf_counter()
     table: dict[str, dict] = {}
+    timings: dict[str, dict] = {}
+    if args.speed_repeats:
+        n_i = round(args.dense_speed_max**0.5)
+        for snr in args.dense_speed_snrs:
+            key = f"n = {n_i * n_i}, {snr:g} dB"
+            timings[key] = speed(n_i, snr, args.speed_repeats)
+            for m, r in timings[key].items():
+                log.info(
+                    "speed %s %-10s %.3f s/fit (%d it)",
+                    key,
+                    m,
+                    r["seconds_median"],
+                    r["iterations"],
+                )
+    if args.speed_only:
+        record = {
+            "benchmark": "krosbl_speed",
+            "command": " ".join(sys.argv),
+            "machine": info,
+            "speed": timings,
+            "table": {},
+            "block": {},
+        }
+        path = write_record("krosbl_speed", record)
+        print(markdown(record))
+        log.info("wrote %s", path)
+        return
     for n_i, count in zip(args.sizes, trials, strict=True):
         n = n_i * n_i
         table[str(n_i)] = {}
         for snr in args.snrs:
-            methods = ["oracle", "KroSBL-AM", "KroSBL-SVD"]
+            methods = ["oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD"]
             if n <= args.dense_max:
                 methods += ["SBL", "OMP"]
             row = accuracy(n_i, snr, count, args.sparsity, methods, 1000)
@@ -324,6 +395,7 @@ def main() -> None:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "table": table,
         "block": blocks,
+        "speed": timings,
         "seconds_total": elapsed,
     }
     path = write_record("krosbl" + ("_quick" if args.quick else ""), record)

@@ -93,6 +93,10 @@ class _SBLEstimator(EMEstimator):
     def _check_operator(self, D: int) -> None:
         raise NotImplementedError
 
+    def _anderson_memory(self) -> int:
+        """Iterates the learner's Anderson acceleration uses (0: none)."""
+        return 0
+
     # -- EMEstimator hooks ----------------------------------------------------------------
     def _check_params(self, D: int) -> None:
         self._check_operator(D)
@@ -109,6 +113,8 @@ class _SBLEstimator(EMEstimator):
             learn_sigma=self.learn_sigma,
             sigma=self.sigma,
             prune=self.prune,
+            memory=self._anderson_memory(),
+            tol=self.tol,
         )
 
     def _stopping(self, user: Any):
@@ -179,11 +185,11 @@ _COMMON_DOC = """
     learn_sigma : bool, default=True
         Learn the noise level σ by EM; False keeps ``sigma`` fixed.
     sigma : float or None, default=None
-        Initial (``learn_sigma=True``) or fixed noise standard deviation. None starts at the
-        noise of a 10 dB signal-to-noise ratio (and needs ``learn_sigma=True``).
-    prune : float in [0, 1), default=1e-3
+        Initial (``learn_sigma=True``) or fixed noise standard deviation. None starts at
+        {sigma0} (and needs ``learn_sigma=True``).
+    prune : float in [0, 1), default={prune0}
         γ entries below ``prune`` times the largest entry{per} are set to zero for good
-        (0: never prune).
+        (0: never prune).{prune_note}
     tol : float or None, default=1e-6
         Stop when the relative change ||γ_new - γ|| / ||γ|| of an iteration falls below
         ``tol`` (γ is the same on every rank, so all ranks stop together; it stands for the
@@ -245,6 +251,9 @@ class SBL(_SBLEstimator):
         otherwise, so the cost per iteration is O(min(m, n)² max(m, n)).
 """
         + _COMMON_DOC.replace("{per}", "")
+        .replace("{prune0}", "1e-3")
+        .replace("{prune_note}", "")
+        .replace("{sigma0}", "the noise of a 10 dB signal-to-noise ratio")
         + """
     Attributes
     ----------
@@ -364,21 +373,34 @@ class KroneckerSBL(_SBLEstimator):
         evidence is not guaranteed to rise at every iteration. "svd": the first 10
         iterations take the non-negative best rank-one approximation of the EM update
         μ² + diag Σ reshaped to an n_1 × … × n_I tensor (higher-order power iteration for
-        I > 2) without pruning, then continue as "am".
+        I > 2) without pruning, then continue as "am" (pruning from 5 iterations later).
 
-        Which to choose (benchmarks/RESULTS.md, issue #13, two factors, m = n/4, one
-        snapshot): at high SNR (30 dB; 20 dB from n = 4096 on) both reach the NMSE of least
-        squares on the true support and the exact support, and "am" needs 20-35 % fewer
-        iterations. At 0-10 dB "svd" is as accurate or up to 4 dB more accurate and mostly
-        needs fewer iterations (about half at 0 dB), because its rank-one start spreads γ
-        over whole rows and columns before anything is pruned. Neither is fast at 0-10 dB
-        (median 30-180 iterations for "svd", 80-500 for "am"). Prefer "svd" when the SNR
-        may be low, "am" when it is high.
+        Which to choose (the SBL guide of the docs; benchmarks/RESULTS.md): at high SNR
+        both reach the NMSE of least squares on the true support, "am" in fewer
+        iterations; at 0-10 dB "svd" is as accurate or more accurate and needs fewer
+        iterations, because its rank-one start spreads γ over whole rows and columns
+        before anything is pruned. Prefer "svd" when the SNR may be low, "am" when it is
+        high.
     block_size : int, list of int or None, default=None
         Block-sparse KroSBL: each γ_i is shared within consecutive blocks of this length
         (one int for every factor or one per factor; it must divide n_i). None: no blocks.
+    anderson_memory : int, default=5
+        Anderson acceleration of the fixed-point updates (of "am", and of "svd" after its
+        rank-one phase) from the last ``anderson_memory`` + 1 iterates, in log coordinates of
+        γ_i and σ², guarded by the evidence: an extrapolation that lowers it is replaced by
+        the plain update (one iteration lost). It reaches the same fixed point in about half
+        the iterations. 0: plain updates.
 """
         + _COMMON_DOC.replace("{per}", " of its factor")
+        .replace("{prune0}", "3e-3")
+        .replace(
+            "{prune_note}",
+            " The threshold acts on each factor, so on γ it is prune^I\n"
+            "        (about 1e-5 for two factors). Raise it for fewer spurious rows at low\n"
+            "        SNR, lower it when true rows may be hundreds of times weaker than the\n"
+            "        strongest.",
+        )
+        .replace("{sigma0}", "σ² = 0.3 · mean_l ||y_l||² / m (an SNR of about 4 dB)")
         + """
     Attributes
     ----------
@@ -414,6 +436,7 @@ class KroneckerSBL(_SBLEstimator):
         "factors": [_is_factors],
         "method": [Options(("am", "svd"))],
         "block_size": [None, Interval("int", 1, None), _is_block_list],
+        "anderson_memory": [Interval("int", 0, None)],
     }
 
     def __init__(
@@ -422,9 +445,10 @@ class KroneckerSBL(_SBLEstimator):
         *,
         method: str = "am",
         block_size: int | list[int] | None = None,
+        anderson_memory: int = 5,
         learn_sigma: bool = True,
         sigma: float | None = None,
-        prune: float = 1e-3,
+        prune: float = 3e-3,
         tol: float | None = 1e-6,
         n_iter: int = 500,
         batch_size: int = 1000,
@@ -439,6 +463,7 @@ class KroneckerSBL(_SBLEstimator):
         self.factors = factors
         self.method = method
         self.block_size = block_size
+        self.anderson_memory = anderson_memory
         self.learn_sigma = learn_sigma
         self.sigma = sigma
         self.prune = prune
@@ -456,6 +481,9 @@ class KroneckerSBL(_SBLEstimator):
     @property
     def _fitted_names(self) -> tuple[str, ...]:
         return (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
+
+    def _anderson_memory(self) -> int:
+        return int(self.anderson_memory)
 
     def _block_sizes(self) -> list[int]:
         I = len(self.factors)
