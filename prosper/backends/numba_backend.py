@@ -54,6 +54,7 @@ from prosper.backends.linear_terms import preselection_scores, state_log_prior, 
 from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
+from prosper.backends.numba_mca_states import mca_state_log_joint, mca_state_stats
 from prosper.backends.numba_sparse import sparse_cd
 from prosper.backends.numba_states import (
     evo_children,
@@ -110,6 +111,8 @@ KERNELS = {
     "gsc_estep": gsc_estep,
     "mca_estep": mca_estep,
     "sparse_cd": sparse_cd,
+    "mca_state_log_joint": mca_state_log_joint,
+    "mca_state_stats": mca_state_stats,
 }
 
 #: data points per block: the SIMD dimension of the kernel's scratch arrays. 64 keeps a
@@ -545,6 +548,7 @@ def warmup() -> float:
     values = np.arange(2.0)
     linear_state_log_joint(np.zeros((2, 3)), np.eye(3), np.zeros(2), X, values, logp, 1.0, 2)
     linear_state_stats(X, np.ones((2, 2)), values)
+    mca_state_stats(Y, X, np.ones((2, 2)), W, 2.0, False)
     keys = np.ones((3, 2), dtype=np.uint64)
     evo_select(X, np.zeros((2, 2)), np.zeros((2, 2)), keys, 1)
     evo_children(X, np.zeros((2, 2)), np.ones((2, 3)), 1, np.arange(2), 1, 1, 1)

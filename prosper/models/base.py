@@ -51,6 +51,10 @@ def binomial_truncation(H: int, gamma: int, p_active: float) -> tuple[float, flo
     B : float
         E[|s| 1{|s| <= gamma}] = sum_{k<=gamma} k C(H,k) p^k (1-p)^(H-k).
     """
+    if gamma >= H:
+        # no truncation: exactly 1, so that ET data selection keeps every point (a sum of
+        # the pmf can fall below 1 by round-off, and that by a different amount per run)
+        return 1.0, float(H * p_active)
     k = np.arange(gamma + 1)
     pmf = binom.pmf(k, H, p_active)
     return float(pmf.sum()), float(k @ pmf)
@@ -152,9 +156,12 @@ class TruncatedModel(ABC):
 
     # -- the generic E-step over explicit states -----------------------------------------
     def state_scorer(
-        self, Y: np.ndarray, params: Params, backend: ModuleType
+        self, Y: np.ndarray, params: Params, backend: ModuleType, beta: float = 1.0
     ) -> tuple[np.ndarray | None, StateLogJoint]:
         """What the evolutionary search needs for a batch.
+
+        ``beta`` is the iteration's inverse temperature, for models whose log-joint depends
+        on it (MCA's ρ); the others ignore it.
 
         Returns
         -------
@@ -192,6 +199,7 @@ class TruncatedModel(ABC):
         weight: np.ndarray,
         params: Params,
         backend: ModuleType,
+        beta: float = 1.0,
     ) -> dict[str, np.ndarray]:
         """Local sufficient statistics from posterior weights over explicit states.
 
@@ -206,6 +214,8 @@ class TruncatedModel(ABC):
             Weight of each data point (1, or 0/1 under data selection).
         params : dict
         backend : module
+        beta : float, default=1.0
+            The iteration's inverse temperature (as for :meth:`state_scorer`).
 
         Returns
         -------
@@ -215,6 +225,14 @@ class TruncatedModel(ABC):
         raise NotImplementedError(
             f"{type(self).__name__} has no statistics for explicit states (states='evo')"
         )
+
+    def state_mean(self, Y: np.ndarray, X: np.ndarray, q: np.ndarray, params: Params) -> np.ndarray:
+        """Posterior mean <s> (B, H) from weights q (B, K) over index states X (B, K, H).
+
+        The latents' values weighted by q; models whose latents are more than the state
+        (GSC's slab) override it.
+        """
+        return np.einsum("bk,bkh->bh", q, self.values[X])
 
     @classmethod
     def supports_explicit_states(cls) -> bool:
@@ -345,7 +363,7 @@ class LinearTruncatedModel(TruncatedModel):
             accumulate=accumulate,
         )
 
-    def state_scorer(self, Y, params, backend):
+    def state_scorer(self, Y, params, backend, beta=1.0):
         W = params["W"].astype(Y.dtype, copy=False)
         WY = Y @ W  # shared by the proposal scores and the log-joints
         yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
@@ -390,7 +408,7 @@ class LinearTruncatedModel(TruncatedModel):
 
         return preselection_scores(WY, self.preselection_coefficients(params)), fused
 
-    def state_stats(self, Y, X, q, weight, params, backend):
+    def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         mean, ss, counts = backend.KERNELS["linear_state_stats"](X, q, self.values)
         yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
         return {

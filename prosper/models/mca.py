@@ -325,6 +325,145 @@ class MCAModel(TruncatedModel):
             return kernel(Y, params, batch, self.rho(1.0), 1.0, 1.0, None, "mean", self.signed)[1]
         return self._run_chunks(Y, batch, params, self.rho(1.0), 1.0, 1.0, None, "mean")[1]
 
+    # -- explicit states (evolutionary state sets, the generic E-step) ----------------------
+    def _explicit_terms(self, Y: np.ndarray, X: np.ndarray, W: np.ndarray, rho: float) -> dict:
+        """W̄ and the quantities of A_dh for explicit binary states of a chunk of rows.
+
+        The work is done on each state's active latents only: ``idx`` (B, K, m) lists them,
+        padded with the index H of an extra column with log|W| = −∞ (so it adds nothing to
+        t_d) and W = 0. The shift M_bkd is the largest log|W_dh| among the active latents
+        of the state, which keeps t_d in [1, m] (MCA) whatever the range of W.
+
+        Parameters
+        ----------
+        Y : ndarray of shape (B, D)
+        X : ndarray of uint8, shape (B, K, H)
+        W : ndarray of shape (D, H), in the model's domain
+        rho : float
+
+        Returns
+        -------
+        dict with ``idx`` (B, K, m), ``size`` (B, K), ``err`` (B, K) ||y − W̄(s)||², and
+        ``L`` (B, K, m, D) log|W_dh| − M, ``t_abs``, ``root`` (B, K, D) as in
+        :meth:`_smooth_max`.
+        """
+        H, D = self.H, self.D
+        active = X != 0
+        size = active.sum(axis=2)
+        m = max(1, int(size.max(initial=0)))
+        # a stable sort puts each state's active latents first, in increasing order
+        order = np.argsort(~active, axis=2, kind="stable")[..., :m]
+        idx = np.where(np.take_along_axis(active, order, axis=2), order, H)
+        logW = np.vstack([np.log(np.abs(W)).T, np.full((1, D), -np.inf)])
+        L = logW[idx]  # (B, K, m, D)
+        M = L.max(axis=2)
+        M = np.where(np.isfinite(M), M, 0.0)  # the zero state
+        L -= M[:, :, None, :]
+        E = np.exp(rho * L)
+        if self.signed:
+            E *= np.vstack([np.sign(W).T, np.zeros((1, D))])[idx]
+        t = E.sum(axis=2)
+        t_abs = np.maximum(np.abs(t), _TINY)
+        root = np.power(t_abs, 1.0 / rho)
+        smooth = root * np.exp(M)
+        if self.signed:
+            smooth *= np.sign(t)
+        # exact maximum for |s| <= 1: the single active column (or 0)
+        exact = np.vstack([W.T, np.zeros((1, D))])[idx[..., 0]]
+        Wbar = np.where((size >= 2)[..., None], smooth, exact)
+        resid = Y[:, None, :] - Wbar
+        err = np.einsum("bkd,bkd->bk", resid, resid)
+        return {"idx": idx, "size": size, "err": err, "L": L, "t_abs": t_abs, "root": root}
+
+    def _explicit_responsibility(self, terms: dict, rho: float) -> np.ndarray:
+        """A_dh(s) of the active latents of explicit states, (B, K, m, D) (0 in padding).
+
+        The same A as the fused E-step (:meth:`_responsibility`): 1 for a singleton's
+        latent; for |s| >= 2, MCA: (W_dh / W̄_d^ρ)^(ρ−1); MMCA: min(1, |W_dh| /
+        |W̄_d^ρ|)^(ρ−1).
+        """
+        L, size, idx = terms["L"], terms["size"], terms["idx"]
+        if self.signed:
+            log_rel = np.log(terms["t_abs"]) / rho  # log|W̄_d| − M
+            A = np.exp((1.0 - rho) * np.maximum(log_rel[:, :, None, :] - L, 0.0))
+        else:
+            A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
+        single = (idx < self.H)[..., None].astype(np.float64)
+        return np.where((size >= 2)[:, :, None, None], A, single)
+
+    def _explicit_rows(self, X: np.ndarray) -> int:
+        """Rows per chunk so that the (rows, K, m, D) arrays stay below CHUNK_ELEMENTS."""
+        m = max(1, int((X != 0).sum(axis=2).max(initial=0)))
+        return max(1, CHUNK_ELEMENTS // max(1, X.shape[1] * m * self.D))
+
+    def state_scorer(self, Y, params, backend, beta=1.0):
+        """Preselection scores and the log-joint of explicit states at the ρ of ``beta``.
+
+        The log-joint works on the active latents of each state (O(K m D) per data point for
+        states with m active causes) in row chunks of bounded memory; it equals
+        :meth:`log_joint` and the fused E-step's log-joints. A backend whose ``KERNELS``
+        has ``mca_state_log_joint`` (numba) runs it; the NumPy code here is its reference.
+        """
+        rho = self.rho(beta)
+        Y = np.asarray(Y, dtype=np.float64)
+        W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
+        sigma2, pi = float(params["sigma"]) ** 2, float(params["pi"])
+        const = -0.5 * self.D * np.log(2.0 * np.pi * sigma2)
+
+        kernel = getattr(backend, "KERNELS", {}).get("mca_state_log_joint")
+
+        def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            B, K = X.shape[:2]
+            if kernel is not None:
+                ll = const - kernel(Y, X, W, rho, self.signed) / (2.0 * sigma2)
+            else:
+                ll = np.empty((B, K))
+                step = self._explicit_rows(X)
+                for start in range(0, B, step):
+                    rows = slice(start, min(start + step, B))
+                    err = self._explicit_terms(Y[rows], X[rows], W, rho)["err"]
+                    ll[rows] = const - err / (2.0 * sigma2)
+            size = (X != 0).sum(axis=2)
+            lp = size * np.log(pi) + (self.H - size) * np.log1p(-pi)
+            return ll, lp
+
+        return self.preselection_scores(Y, params), log_joint
+
+    def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
+        """The statistics of :meth:`estep_batch` (``Ay``, ``A``, ``counts``, ``err``, ``n``)
+        from posterior weights ``q`` (B, K) over explicit states X (B, K, H), at the ρ of
+        ``beta``."""
+        rho = self.rho(beta)
+        H, D = self.H, self.D
+        Y = np.asarray(Y, dtype=np.float64)
+        W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
+        n = np.array(float(np.sum(weight)))
+        kernel = getattr(backend, "KERNELS", {}).get("mca_state_stats")
+        if kernel is not None:
+            A, Ay, counts, err = kernel(Y, X, q, W, rho, self.signed)
+            return {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
+        A_sum, Ay_sum = np.zeros((H + 1) * D), np.zeros((H + 1) * D)
+        counts = err = 0.0
+        step = self._explicit_rows(X)
+        for start in range(0, X.shape[0], step):
+            rows = slice(start, min(start + step, X.shape[0]))
+            terms = self._explicit_terms(Y[rows], X[rows], W, rho)
+            qr = q[rows]
+            QA = self._explicit_responsibility(terms, rho) * qr[:, :, None, None]
+            flat = (terms["idx"][..., None] * D + np.arange(D)).ravel()
+            A_sum += np.bincount(flat, QA.ravel(), minlength=(H + 1) * D)
+            QA *= Y[rows, None, None, :]
+            Ay_sum += np.bincount(flat, QA.ravel(), minlength=(H + 1) * D)
+            counts += float(np.sum(qr * terms["size"]))
+            err += float(np.sum(qr * terms["err"]))
+        return {
+            "Ay": Ay_sum[: H * D].reshape(H, D).T.copy(),
+            "A": A_sum[: H * D].reshape(H, D).T.copy(),
+            "counts": np.array([counts]),
+            "err": np.array(err),
+            "n": n,
+        }
+
     def log_joint(self, Y, S, params, beta: float = 1.0):
         """Reference log p(y|s) and log p(s) of explicit binary states (B, K, H).
 

@@ -168,10 +168,10 @@ class TruncatedEM:
 
         Returns the new states, the log marginals (B,) at T=1 and the statistics (or None).
         """
-        X, ll, lp = self._search(Y, X, rows, iteration, fresh)
+        X, ll, lp = self._search(Y, X, rows, iteration, fresh, beta)
         return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
 
-    def _search(self, Y, X, rows, iteration, fresh):
+    def _search(self, Y, X, rows, iteration, fresh, beta=1.0):
         """The state set's search for a batch: the model's fused search where its backend has
         one, else the generic search over the model's log-joint."""
         fused = self.model.state_search(Y, self.params, self.backend)
@@ -180,7 +180,7 @@ class TruncatedEM:
             return self.states.evolve(
                 X, None, scores, rows, iteration, fresh, self.backend.KERNELS, search
             )
-        scores, log_joint = self.model.state_scorer(Y, self.params, self.backend)
+        scores, log_joint = self.model.state_scorer(Y, self.params, self.backend, beta)
         return self.states.evolve(
             X, log_joint, scores, rows, iteration, fresh, self.backend.KERNELS
         )
@@ -194,13 +194,14 @@ class TruncatedEM:
         if beta != 1.0 or prior_beta != 1.0:
             q = log_normalise(beta * ll + prior_beta * lp)[1]
         q *= weight[:, None]
-        return log_marginal, self.model.state_stats(Y, X, q, weight, self.params, self.backend)
+        stats = self.model.state_stats(Y, X, q, weight, self.params, self.backend, beta)
+        return log_marginal, stats
 
     def _generic_batch(self, Y, beta, prior_beta, mask, accumulate):
         """The E-step of a batch over the ET candidate states for a model without a fused
         E-step: its log-joint and statistics over the explicit states."""
         X = self.model.candidates(Y, self.states, self.params).indices()
-        ll, lp = self.model.state_scorer(Y, self.params, self.backend)[1](X)
+        ll, lp = self.model.state_scorer(Y, self.params, self.backend, beta)[1](X)
         weight = np.ones(Y.shape[0]) if mask is None else mask.astype(np.float64)
         return self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate)
 
@@ -320,7 +321,7 @@ class TruncatedEM:
         X = self.states.X[rows]
         ll, lp = self.model.state_scorer(Y, self.params, self.backend)[1](X)
         q = log_normalise(ll + lp)[1]
-        return np.einsum("bk,bkh->bh", q, self.states.values[X])
+        return self.model.state_mean(Y, X, q, self.params)
 
     def posterior_mean(self, Y: Rows) -> np.ndarray:
         """<s> (N, H) for local rows, batch by batch, at temperature 1.
@@ -333,7 +334,7 @@ class TruncatedEM:
             if self.evolutionary:
                 X, lj = self._searched(Y[rows], rows)
                 q = log_normalise(lj)[1]
-                out[rows] = np.einsum("bk,bkh->bh", q, self.states.values[X])
+                out[rows] = self.model.state_mean(Y[rows], X, q, self.params)
             else:
                 out[rows] = self.model.posterior_mean(
                     Y[rows], self.states, self.params, self.backend
