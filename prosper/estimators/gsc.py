@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import logsumexp
 
 from prosper.estimators.base import TruncatedEMEstimator
 from prosper.models.gsc import GSCModel
@@ -182,6 +183,12 @@ class GSC(TruncatedEMEstimator):
         for start in range(0, Y.shape[0], self.batch_size):
             rows = slice(start, min(start + self.batch_size, Y.shape[0]))
             Yb = Y[rows]
+            if learner.evolutionary:
+                # new rows: their states are searched first, as in the solver's transform
+                X, lj = learner._searched(Yb, rows)
+                q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
+                mean_s[rows], mean_b[rows] = model.state_moments(Yb, X, q, params)
+                continue
             mean_s[rows], mean_b[rows] = model.posterior_moments(
                 Yb, model.candidates(Yb, states, params), params, learner.backend
             )

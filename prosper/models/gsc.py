@@ -63,6 +63,8 @@ def spike_count_masses(pi: np.ndarray, gamma: int) -> tuple[float, np.ndarray]:
     """
     pi = np.asarray(pi, dtype=np.float64)
     H = pi.size
+    if gamma >= H:  # no truncation: exactly 1 (see prosper.models.base.binomial_truncation)
+        return 1.0, np.ones(H)
 
     def pmf(p: np.ndarray) -> np.ndarray:
         # distribution of the number of active spikes, cut at gamma, for each row of p
@@ -464,6 +466,149 @@ class GSCModel(TruncatedModel):
 
     def posterior_mean(self, Y, states, params, backend):
         return self.posterior_moments(Y, self.candidates(Y, states, params), params, backend)[0]
+
+    # -- explicit states (evolutionary state sets, the generic E-step) ----------------------
+    #: (rows, K, m, m) floats per working array of the explicit-state E-step
+    explicit_chunk_elements = 1 << 20
+
+    def _explicit_terms(
+        self, WY: np.ndarray, yy: np.ndarray, X: np.ndarray, params: Params, moments: bool
+    ) -> dict:
+        """log p(y | b) and the slab posterior of explicit spike patterns, (rows, K, ...).
+
+        Each pattern is reduced to its active latents ``idx`` (B, K, m), padded with an
+        index H whose Ψ^½ = μ = 0 and Wᵀ y = 0 (a row of the identity in Ã, no
+        contribution), so the m×m systems of all patterns are one batched Cholesky
+        factorisation; the forms are those of the module docstring.
+
+        Parameters
+        ----------
+        WY : ndarray of shape (B, H)
+        yy : ndarray of shape (B,)
+        X : ndarray of uint8, shape (B, K, H)
+        params : dict
+        moments : bool
+            Also return κ − μ_A (``dz``, (B, K, m)) and Λ (``lam``, (B, K, m, m)).
+        """
+        H = self.H
+        W = params["W"]
+        sigma2 = float(params["sigma"]) ** 2
+        active = X != 0
+        m = max(1, int(active.sum(axis=2).max(initial=0)))
+        order = np.argsort(~active, axis=2, kind="stable")[..., :m]
+        idx = np.where(np.take_along_axis(active, order, axis=2), order, H)
+        G = np.zeros((H + 1, H + 1))
+        G[:H, :H] = W.T @ W
+        sp = np.append(np.sqrt(np.maximum(params["psi"], 0.0)), 0.0)[idx]  # (B, K, m)
+        mu = np.append(params["mu"], 0.0)[idx]
+        wy = np.take_along_axis(
+            np.hstack([WY, np.zeros((WY.shape[0], 1))])[:, None, :], idx, axis=2
+        )
+        GA = G[idx[..., :, None], idx[..., None, :]]  # (B, K, m, m)
+        wr = wy - np.einsum("bkij,bkj->bki", GA, mu)  # W_Aᵀ (y − W_A μ_A)
+        rr = yy[:, None] - np.einsum("bki,bki->bk", mu, wy + wr)  # ||y − W_A μ_A||²
+        u = sp * wr / np.sqrt(sigma2)
+        At = sp[..., :, None] * GA * sp[..., None, :] / sigma2
+        At += np.eye(m)
+        L = np.linalg.cholesky(At)
+        v = np.linalg.solve(L, u[..., None])[..., 0]
+        logdet = 2.0 * np.log(np.diagonal(L, axis1=-2, axis2=-1)).sum(axis=-1)
+        quad = (rr - np.einsum("bki,bki->bk", v, v)) / sigma2
+        out = {"idx": idx, "ll": -0.5 * (self.D * (LOG_2PI + np.log(sigma2)) + logdet + quad)}
+        if moments:
+            inv = np.linalg.inv(At)
+            out["mu"] = mu
+            out["dz"] = sp * np.einsum("bkij,bkj->bki", inv, u) / np.sqrt(sigma2)
+            out["lam"] = sp[..., :, None] * inv * sp[..., None, :]
+        return out
+
+    def _explicit_rows(self, X: np.ndarray) -> int:
+        """Rows per chunk so that the (rows, K, m, m) arrays stay bounded."""
+        m = max(1, int((X != 0).sum(axis=2).max(initial=0)))
+        return max(1, self.explicit_chunk_elements // max(1, X.shape[1] * m * m))
+
+    def state_scorer(self, Y, params, backend, beta=1.0):
+        """Preselection scores (the singletons' log-likelihoods) and the log-joint of explicit
+        spike patterns, computed on each pattern's active latents: O(K m³) per data point
+        after the one Wᵀ y (equal to :meth:`log_joint` to round-off)."""
+        W = params["W"]
+        WY = (Y @ W.astype(Y.dtype, copy=False)).astype(np.float64)
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        pi = np.clip(params["pi"], PI_MIN, PI_MAX)
+        logit, lp0 = np.log(pi) - np.log1p(-pi), float(np.log1p(-pi).sum())
+        scores = _singletons(WY, yy, np.einsum("dh,dh->h", W, W), params, self.D)[0]
+
+        def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            B, K = X.shape[:2]
+            ll = np.empty((B, K))
+            step = self._explicit_rows(X)
+            for start in range(0, B, step):
+                rows = slice(start, min(start + step, B))
+                ll[rows] = self._explicit_terms(WY[rows], yy[rows], X[rows], params, False)["ll"]
+            return ll, lp0 + (X != 0) @ logit
+
+        return scores, log_joint
+
+    def state_moments(
+        self, Y: np.ndarray, X: np.ndarray, q: np.ndarray, params: Params
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """⟨s⟩ and ⟨b⟩ (B, H) from weights q (B, K) over explicit spike patterns X (B, K, H)."""
+        H, B = self.H, X.shape[0]
+        WY = (Y @ params["W"].astype(Y.dtype, copy=False)).astype(np.float64)
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        mean_s = np.zeros((B, H + 1))
+        step = self._explicit_rows(X)
+        for start in range(0, B, step):
+            rows = slice(start, min(start + step, B))
+            t = self._explicit_terms(WY[rows], yy[rows], X[rows], params, True)
+            r = np.arange(start, rows.stop)[:, None, None]
+            np.add.at(mean_s, (r, t["idx"]), q[rows][..., None] * (t["mu"] + t["dz"]))
+        mean_b = np.einsum("bk,bkh->bh", q, (X != 0).astype(np.float64))
+        return mean_s[:, :H], np.minimum(mean_b, 1.0)
+
+    def state_mean(self, Y, X, q, params):
+        """⟨s⟩ = ⟨b ⊙ z⟩ (B, H) over explicit spike patterns, the slab posterior included."""
+        return self.state_moments(Y, X, q, params)[0]
+
+    def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
+        """The statistics of :meth:`estep_batch` (``sy``, ``b``, ``ss``, ``dz``, ``dz2``,
+        ``yy``, ``n``) from posterior weights ``q`` (B, K) over explicit spike patterns."""
+        H = self.H
+        W = params["W"]
+        WY = (Y @ W.astype(Y.dtype, copy=False)).astype(np.float64)
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        B = X.shape[0]
+        mean_s = np.zeros((B, H + 1))
+        b = np.zeros(H + 1)
+        ss = np.zeros((H + 1) * (H + 1))
+        dz_sum, dz2_sum = np.zeros(H + 1), np.zeros(H + 1)
+        step = self._explicit_rows(X)
+        for start in range(0, B, step):
+            rows = slice(start, min(start + step, B))
+            t = self._explicit_terms(WY[rows], yy[rows], X[rows], params, True)
+            idx, qr = t["idx"], q[rows][..., None]  # (b, K, 1)
+            kappa = t["mu"] + t["dz"]
+            r = np.arange(idx.shape[0])[:, None, None]
+            np.add.at(mean_s, (r, idx), qr * kappa)
+            flat = idx.ravel()
+            qa = np.broadcast_to(qr, idx.shape).ravel()
+            b += np.bincount(flat, qa, minlength=H + 1)
+            dz_sum += np.bincount(flat, (qr * t["dz"]).ravel(), minlength=H + 1)
+            var = np.diagonal(t["lam"], axis1=-2, axis2=-1)
+            dz2_sum += np.bincount(flat, (qr * (t["dz"] ** 2 + var)).ravel(), minlength=H + 1)
+            second = qr[..., None] * (kappa[..., :, None] * kappa[..., None, :] + t["lam"])
+            pair = idx[..., :, None] * (H + 1) + idx[..., None, :]
+            ss += np.bincount(pair.ravel(), second.ravel(), minlength=(H + 1) ** 2)
+        # the padding index H collected the padding's weights only: dropped below
+        return {
+            "sy": Y.T.astype(np.float64) @ mean_s[:, :H],
+            "b": b[:H],
+            "ss": ss.reshape(H + 1, H + 1)[:H, :H].copy(),
+            "dz": dz_sum[:H],
+            "dz2": dz2_sum[:H],
+            "yy": np.array(float(weight @ yy)),
+            "n": np.array(float(np.sum(weight))),
+        }
 
     def log_joint(self, Y, S, params):
         """Reference log p(y | b) and log p(b) of explicit spike patterns S (B, K, H).
