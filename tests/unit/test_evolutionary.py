@@ -12,6 +12,7 @@ from prosper import BSC, DSC, MCA, TSC
 from prosper.backends import evolution as reference
 from prosper.backends import numpy_backend
 from prosper.data import bars
+from prosper.models.base import TruncatedModel
 from prosper.models.bsc import BSCModel
 from prosper.models.tsc import TSCModel
 from prosper.solvers.evolutionary import EvolutionaryStates, SearchSettings
@@ -250,11 +251,21 @@ def test_full_enumeration_is_exact_em(bars_data):
     np.testing.assert_allclose(a.W_, b.W_, rtol=1e-12)
 
 
+class _NoExplicitModel(BSCModel):
+    """A model without statistics for explicit states (every shipped model has them)."""
+
+    state_stats = TruncatedModel.state_stats
+
+
+class _NoExplicit(BSC):
+    _model_class = _NoExplicitModel
+
+
 def test_model_without_explicit_statistics_says_so(bars_data):
-    if MCA._model_class.supports_explicit_states():
-        pytest.skip("MCA has explicit-state statistics")
-    with pytest.raises(ValueError, match="not available for MCA"):
-        MCA(H=8, states="evo", n_iter=2).fit(bars_data.Y)
+    assert MCA._model_class.supports_explicit_states()
+    assert not _NoExplicitModel.supports_explicit_states()
+    with pytest.raises(ValueError, match="not available for _NoExplicit"):
+        _NoExplicit(H=8, states="evo", n_iter=2).fit(bars_data.Y)
 
 
 class _PlainBSCModel(BSCModel):
