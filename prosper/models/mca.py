@@ -410,7 +410,7 @@ class MCAModel(TruncatedModel):
         sigma2, pi = float(params["sigma"]) ** 2, float(params["pi"])
         const = -0.5 * self.D * np.log(2.0 * np.pi * sigma2)
 
-        kernel = getattr(backend, "KERNELS", {}).get("mca_state_log_joint")
+        kernel = backend.KERNELS.get("mca_state_log_joint")
 
         def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             B, K = X.shape[:2]
@@ -438,7 +438,7 @@ class MCAModel(TruncatedModel):
         Y = np.asarray(Y, dtype=np.float64)
         W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
         n = np.array(float(np.sum(weight)))
-        kernel = getattr(backend, "KERNELS", {}).get("mca_state_stats")
+        kernel = backend.KERNELS.get("mca_state_stats")
         if kernel is not None:
             A, Ay, counts, err = kernel(Y, X, q, W, rho, self.signed)
             return {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
