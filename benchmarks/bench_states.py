@@ -1,0 +1,496 @@
+"""Which state set, search sizes and annealing schedule find the bars? (issue #11, 3 and 4)
+
+    python benchmarks/bench_states.py grid [--sizes 5 10] [--pis 1 2] [--ns 2000 10000]
+        [--seeds 0-19] [--configs evo et ...] [--workers 2]
+    python benchmarks/bench_states.py summary [--configs ...]
+    python benchmarks/bench_states.py ttq [--seeds 0-5] [--configs evo32 et32] [--workers 2]
+    python benchmarks/bench_states.py list
+
+``grid`` fits BSC on bars of the given sizes (size 5, 10, 16: H = 10, 20, 32) with
+π = k/H for each k of ``--pis``, N data points, amplitude 10 and σ = 2 (the issue's
+problem), once per seed and configuration (a state set with its sizes and an annealing
+schedule: ``list`` prints them). Each run writes one JSON line to
+``benchmarks/results/states_grid.jsonl``; runs already in the file are skipped, so an
+interrupted grid resumes. Per run it records whether every generating bar has a learned
+column with cosine > 0.9 after an optimal assignment, the exact log-likelihood per point of
+the learned and of the generating parameters on 300 held-out points (all 2^H states, for
+H <= 20), the seconds of the fit and the median seconds per E-step.
+
+``summary`` prints, per grid point and configuration, the recovery rate and the median gap
+of the exact log-likelihood to the generating parameters' on the successful runs.
+
+``ttq`` measures the time to quality on 10x10 bars (N=5000): after every iteration the
+exact log-likelihood on the held-out points is evaluated (its time not counted) and the run
+stops once it is within 0.5 nats per point of the generating parameters'. Lines go to
+``benchmarks/results/states_ttq.jsonl``.
+
+Workers are separate processes with one thread each (OMP_NUM_THREADS=1,
+NUMBA_NUM_THREADS=1), at most ``--workers`` at a time.
+"""
+
+from __future__ import annotations
+
+import os
+
+# one thread per worker process: set before numpy and numba are imported
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import multiprocessing  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+from scipy.optimize import linear_sum_assignment  # noqa: E402
+
+log = logging.getLogger("bench_states")
+
+RESULTS = Path(os.environ.get("PROSPER_BENCH_RESULTS", Path(__file__).parent / "results"))
+AMPLITUDE = 10.0
+SIGMA = 2.0
+N_TEST = 300
+#: exact log-likelihoods are computed up to this H (2^H states)
+H_EXACT = 20
+
+# Every configuration spells out all its settings, so a row means the same thing whatever
+# the estimators' defaults become. "T a->b over f, prior" tempers prior and likelihood,
+# "lik" the likelihood only.
+_T5 = {"temperature": [[0, 5.0], [0.8, 1.0]], "anneal_prior": True}
+_T3L = {"temperature": [[0, 3.0], [0.6, 1.0]], "anneal_prior": False}
+_T2L = {"temperature": [[0, 2.0], [0.6, 1.0]], "anneal_prior": False}
+_T1 = {"temperature": 1.0}
+_ET = {"states": "et", "Hprime": 8, "gamma": 4}
+_ET32 = {"states": "et", "Hprime": 5, "gamma": 5}
+
+
+def _evo(S: int, parents: int, children: int, generations: int) -> dict[str, Any]:
+    return {
+        "states": "evo",
+        "n_states": S,
+        "n_parents": parents,
+        "n_children": children,
+        "n_generations": generations,
+    }
+
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # ET H'=8, gamma=4 (163 states per point: BSC's default sizes)
+    "et-T5p": {**_ET, **_T5},
+    "et-T3l": {**_ET, **_T3L},
+    "et-T1": {**_ET, **_T1},
+    # evolutionary: S states, parents, children per parent, generations per E-step
+    "evo32-4-4-2-T5p": {**_evo(32, 4, 4, 2), **_T5},
+    "evo32-4-4-2-T3l": {**_evo(32, 4, 4, 2), **_T3L},
+    "evo32-4-4-2-T2l": {**_evo(32, 4, 4, 2), **_T2L},
+    "evo32-4-4-2-T1": {**_evo(32, 4, 4, 2), **_T1},
+    "evo32-8-4-2-T3l": {**_evo(32, 8, 4, 2), **_T3L},
+    "evo32-4-4-4-T3l": {**_evo(32, 4, 4, 4), **_T3L},
+    "evo64-4-4-2-T3l": {**_evo(64, 4, 4, 2), **_T3L},
+    "evo64-8-4-2-T3l": {**_evo(64, 8, 4, 2), **_T3L},
+    "evo64-8-4-2-T5p": {**_evo(64, 8, 4, 2), **_T5},
+    "evo16-4-4-2-T3l": {**_evo(16, 4, 4, 2), **_T3L},
+    # time to quality at 32 states per point for both sets (ET: H'=5, gamma=5 = 2^5 states)
+    "ttq-evo32": {**_evo(32, 4, 4, 2), **_T3L},
+    "ttq-et32": {**_ET32, **_T3L},
+    "ttq-et163": {**_ET, **_T3L},
+}
+
+
+# ----------------------------------------------------------------------------------------
+# measurements
+# ----------------------------------------------------------------------------------------
+
+
+def _gray_logsumexp(WtY, G, log_pi, log_1mpi, inv2s2):  # pragma: no cover - numba
+    """Per point log Σ_s exp(log-joint(s) + yᵀy/(2σ²)) over all 2^H states, in Gray order.
+
+    Consecutive Gray-code states differ in one latent h, so sᵀWᵀy (per point), sᵀGs and
+    (Gs) are updated in O(N + H) per state, and exp is only taken for states within 60 nats
+    of the running maximum (the others change the sum by less than e^-60 relative).
+    """
+    H, N = WtY.shape
+    lin = np.zeros(N)
+    Gs = np.zeros(H)
+    s = np.zeros(H, dtype=np.bool_)
+    quad = 0.0
+    k = 0
+    m = np.full(N, -np.inf)
+    acc = np.zeros(N)
+    for i in range(1 << H):
+        if i > 0:
+            h = 0
+            while not (i >> h) & 1:
+                h += 1
+            if s[h]:
+                quad += G[h, h] - 2.0 * Gs[h]
+                for j in range(H):
+                    Gs[j] -= G[j, h]
+                for n in range(N):
+                    lin[n] -= WtY[h, n]
+                s[h] = False
+                k -= 1
+            else:
+                quad += G[h, h] + 2.0 * Gs[h]
+                for j in range(H):
+                    Gs[j] += G[j, h]
+                for n in range(N):
+                    lin[n] += WtY[h, n]
+                s[h] = True
+                k += 1
+        base = k * log_pi + (H - k) * log_1mpi - quad * inv2s2
+        for n in range(N):
+            v = base + 2.0 * lin[n] * inv2s2
+            if v > m[n]:
+                acc[n] = acc[n] * np.exp(m[n] - v) + 1.0
+                m[n] = v
+            elif v > m[n] - 60.0:
+                acc[n] += np.exp(v - m[n])
+    return m + np.log(acc)
+
+
+_gray_kernel = None
+
+
+def exact_loglik(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> float:
+    """Mean exact log-likelihood per point of BSC over all 2^H states.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, D)
+    W : ndarray of shape (D, H)
+    pi, sigma : float
+
+    Returns
+    -------
+    float
+        (1/N) Σ_n log Σ_s p(s) N(y_n; W s, σ² I).
+
+    Notes
+    -----
+    ||y - W s||² = yᵀy - 2 sᵀ(Wᵀy) + sᵀ(WᵀW)s: the quadratic term does not depend on the
+    point; a numba kernel walks the states in Gray-code order so that both terms change by
+    one latent per state (2^20 states x 300 points: about a second on one thread).
+    """
+    global _gray_kernel
+    if _gray_kernel is None:
+        import numba
+
+        _gray_kernel = numba.njit(cache=True)(_gray_logsumexp)
+    _, D = Y.shape
+    H = W.shape[1]
+    if H > 24:
+        raise ValueError(f"exact log-likelihood over 2^H states needs H <= 24; got H={H}.")
+    pi = float(np.clip(pi, 1e-12, 1 - 1e-12))
+    WtY = np.ascontiguousarray(W.T @ Y.T)  # (H, N)
+    G = np.ascontiguousarray(W.T @ W)  # (H, H)
+    yy = np.einsum("nd,nd->n", Y, Y)
+    inv2s2 = 1.0 / (2.0 * sigma**2)
+    lse = _gray_kernel(WtY, G, np.log(pi), np.log1p(-pi), inv2s2)
+    const = -0.5 * D * np.log(2 * np.pi * sigma**2)
+    return float(np.mean(lse - yy * inv2s2 + const))
+
+
+def match_bars(W: np.ndarray, W_true: np.ndarray, threshold: float = 0.9) -> int:
+    """Number of generating bars matched by a learned column with cosine > threshold.
+
+    Parameters
+    ----------
+    W : ndarray of shape (D, H)
+    W_true : ndarray of shape (D, H_true)
+
+    Returns
+    -------
+    int
+        Bars whose column in the optimal one-to-one assignment (maximal summed cosine) has
+        cosine similarity above ``threshold``.
+    """
+    Wn = W / np.maximum(np.linalg.norm(W, axis=0, keepdims=True), 1e-12)
+    Tn = W_true / np.linalg.norm(W_true, axis=0, keepdims=True)
+    cos = Tn.T @ Wn  # (H_true, H)
+    rows, cols = linear_sum_assignment(-cos)
+    return int(np.sum(cos[rows, cols] > threshold))
+
+
+def _data(size: int, k_pi: int, n: int, seed: int, signed: bool = False):
+    from prosper.data import bars
+
+    H = 2 * size
+    data = bars(
+        size=size,
+        n_samples=n + N_TEST,
+        pi=k_pi / H,
+        amplitude=AMPLITUDE,
+        sigma=SIGMA,
+        signed=signed,
+        random_state=seed,
+    )
+    return data, data.Y[:n], data.Y[n:]
+
+
+def _key(task: dict[str, Any]) -> str:
+    return "{mode}|{config}|{size}|{k_pi}|{n}|{seed}|{n_iter}".format(**task)
+
+
+def run_grid_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Fit one configuration on one bars problem; return the JSON record."""
+    from prosper import BSC
+
+    size, k_pi, n, seed = task["size"], task["k_pi"], task["n"], task["seed"]
+    H = 2 * size
+    data, Y, Y_test = _data(size, k_pi, n, seed)
+    kwargs = dict(CONFIGS[task["config"]])
+    model = BSC(H=H, n_iter=task["n_iter"], random_state=seed, progress=False, **kwargs)
+    t0 = time.perf_counter()
+    model.fit(Y)
+    seconds = time.perf_counter() - t0
+    rec = dict(task)
+    rec.update(
+        key=_key(task),
+        H=H,
+        pi=k_pi / H,
+        settings=kwargs,
+        n_bars=match_bars(model.W_, data.W),
+        seconds_fit=seconds,
+        seconds_estep_median=float(np.median(model.history_["seconds_estep"])),
+        n_iter_run=int(model.n_iter_),
+        load=os.getloadavg()[0],
+    )
+    rec["recovered"] = rec["n_bars"] == H
+    if H <= H_EXACT:
+        ll = exact_loglik(Y_test, model.W_, float(model.pi_), float(model.sigma_))
+        ll_true = exact_loglik(Y_test, data.W, data.pi, data.sigma)
+        rec.update(ll=ll, ll_true=ll_true, ll_gap=ll_true - ll)
+    return rec
+
+
+def run_ttq_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Fit until the held-out exact log-likelihood is within 0.5 nats of the truth's."""
+    from prosper import BSC
+
+    size, k_pi, n, seed = task["size"], task["k_pi"], task["n"], task["seed"]
+    H = 2 * size
+    data, Y, Y_test = _data(size, k_pi, n, seed)
+    ll_true = exact_loglik(Y_test, data.W, data.pi, data.sigma)
+    trace: list[tuple[int, float, float]] = []
+    clock = {"fit": 0.0, "last": 0.0, "estep": []}
+
+    def callback(it, learner, metrics):
+        # fit time since the previous callback returned, without the evaluation itself
+        now = time.perf_counter()
+        clock["fit"] += now - clock["last"]
+        clock["estep"].append(metrics["seconds_estep"])
+        p = learner.params
+        ll = exact_loglik(Y_test, p["W"], float(p["pi"]), float(p["sigma"]))
+        trace.append((it, clock["fit"], ll))
+        clock["last"] = time.perf_counter()
+        return ll_true - ll < 0.5
+
+    kwargs = dict(CONFIGS[task["config"]])
+    model = BSC(
+        H=H,
+        n_iter=task["n_iter"],
+        random_state=seed,
+        progress=False,
+        callback=callback,
+        **kwargs,
+    )
+    clock["last"] = time.perf_counter()
+    model.fit(Y)
+    reached = [t for t in trace if ll_true - t[2] < 0.5]
+    rec = dict(task)
+    rec.update(
+        key=_key(task),
+        H=H,
+        settings=kwargs,
+        ll_true=ll_true,
+        reached=bool(reached),
+        seconds_to_quality=reached[0][1] if reached else None,
+        iterations_to_quality=reached[0][0] + 1 if reached else None,
+        seconds_estep_median=float(np.median(clock["estep"])),
+        n_bars=match_bars(model.W_, data.W),
+        trace=trace,
+        load=os.getloadavg()[0],
+    )
+    return rec
+
+
+def _run(task: dict[str, Any]) -> dict[str, Any]:
+    fn = run_ttq_task if task["mode"] == "ttq" else run_grid_task
+    try:
+        return fn(task)
+    except Exception as exc:  # a failed run is recorded, not fatal for the grid
+        log.exception("run %s failed", _key(task))
+        return {**task, "key": _key(task), "error": repr(exc)}
+
+
+# ----------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------
+
+
+def _seeds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        if "-" in part:
+            a, b = part.split("-")
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def _read(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _execute(tasks: list[dict[str, Any]], path: Path, workers: int) -> None:
+    done = {r["key"] for r in _read(path) if "error" not in r}
+    todo = [t for t in tasks if _key(t) not in done]
+    log.info(
+        "%d runs, %d already in %s, %d to do", len(tasks), len(tasks) - len(todo), path, len(todo)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(workers, maxtasksperchild=20) as pool, open(path, "a", encoding="utf-8") as f:
+        for rec in pool.imap_unordered(_run, todo):
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            log.info(
+                "%s: bars %s/%s gap %s %.1f s",
+                rec["key"],
+                rec.get("n_bars"),
+                rec.get("H"),
+                None if rec.get("ll_gap") is None else round(rec["ll_gap"], 3),
+                rec.get("seconds_fit") or rec.get("seconds_to_quality") or float("nan"),
+            )
+
+
+def summary(path: Path, configs: list[str] | None) -> str:
+    """Markdown table: recovery rate and median LL gap per grid point and configuration."""
+    rows: dict[tuple, list[dict[str, Any]]] = {}
+    for r in _read(path):
+        if "error" in r or (configs and r["config"] not in configs):
+            continue
+        rows.setdefault((r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"]), []).append(r)
+    lines = [
+        "| bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
+        "| median s/fit | median s/E-step |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
+        ok = [r for r in rs if r["recovered"]]
+        gaps = [r["ll_gap"] for r in ok if r.get("ll_gap") is not None]
+        gap = f"{np.median(gaps):.3f}" if gaps else "–"
+        lines.append(
+            f"| {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} | {len(ok)}/{len(rs)} | {gap} "
+            f"| {np.median([r['seconds_fit'] for r in rs]):.1f} "
+            f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
+def ttq_summary(path: Path) -> str:
+    """Markdown table: time to quality per configuration (median over seeds)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for r in _read(path):
+        if "error" not in r:
+            rows.setdefault(r["config"], []).append(r)
+    lines = [
+        "| configuration | reached | median s to quality (all seeds, unreached = ∞) "
+        "| median iterations | median s/E-step |",
+        "|---|---|---|---|---|",
+    ]
+    for config, rs in sorted(rows.items()):
+        t = [r["seconds_to_quality"] if r["reached"] else np.inf for r in rs]
+        its = [r["iterations_to_quality"] for r in rs if r["reached"]]
+        lines.append(
+            f"| {config} | {sum(r['reached'] for r in rs)}/{len(rs)} | {np.median(t):.1f} "
+            f"| {np.median(its) if its else '–'} "
+            f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    grid = sub.add_parser("grid")
+    grid.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 16])
+    grid.add_argument("--pis", type=int, nargs="+", default=[1, 2], help="π = k/H")
+    grid.add_argument("--ns", type=int, nargs="+", default=[2000, 10000])
+    grid.add_argument("--seeds", type=_seeds, default=_seeds("0-19"))
+    grid.add_argument("--configs", nargs="+", default=["et-T5p", "evo32-4-4-2-T3l"])
+    grid.add_argument("--n-iter", type=int, default=100)
+    grid.add_argument("--workers", type=int, default=2)
+    ttq = sub.add_parser("ttq")
+    ttq.add_argument("--seeds", type=_seeds, default=_seeds("0-5"))
+    ttq.add_argument("--configs", nargs="+", default=["ttq-evo32", "ttq-et32"])
+    ttq.add_argument("--n-iter", type=int, default=100)
+    ttq.add_argument("--workers", type=int, default=2)
+    summ = sub.add_parser("summary")
+    summ.add_argument("--configs", nargs="*", default=None)
+    sub.add_parser("list")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.mode == "list":
+        for name, cfg in CONFIGS.items():
+            print(f"{name}: {cfg}")
+        return
+    if args.mode == "summary":
+        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+        if (RESULTS / "states_ttq.jsonl").exists():
+            print()
+            print(ttq_summary(RESULTS / "states_ttq.jsonl"))
+        return
+    if args.workers > 2:
+        log.warning("more than 2 workers on a shared 2-core machine distorts the timings")
+    cmd = " ".join(sys.argv[1:] if argv is None else argv)
+    print(f"command: python benchmarks/bench_states.py {cmd}")
+    print(f"load (uptime): {os.getloadavg()}")
+    if args.mode == "grid":
+        tasks = [
+            {
+                "mode": "grid",
+                "config": c,
+                "size": s,
+                "k_pi": k,
+                "n": n,
+                "seed": seed,
+                "n_iter": args.n_iter,
+            }
+            for c, s, k, n, seed in itertools.product(
+                args.configs, args.sizes, args.pis, args.ns, args.seeds
+            )
+        ]
+        # interleave configurations so that compared runs see the same load
+        tasks.sort(key=lambda t: (t["size"], t["n"], t["k_pi"], t["seed"], t["config"]))
+        _execute(tasks, RESULTS / "states_grid.jsonl", args.workers)
+        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+    else:
+        tasks = [
+            {
+                "mode": "ttq",
+                "config": c,
+                "size": 10,
+                "k_pi": 2,
+                "n": 5000,
+                "seed": seed,
+                "n_iter": args.n_iter,
+            }
+            for seed, c in itertools.product(args.seeds, args.configs)
+        ]
+        _execute(tasks, RESULTS / "states_ttq.jsonl", args.workers)
+        print(ttq_summary(RESULTS / "states_ttq.jsonl"))
+
+
+if __name__ == "__main__":
+    main()
