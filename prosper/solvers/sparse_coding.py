@@ -16,8 +16,12 @@ mini-batches of ``batch_size`` rows. For each mini-batch:
    (:meth:`prosper.models.sparse_coding.SparseCodingModel.update_dictionary_bcd`).
 
 Mini-batches are global: pass p visits the rows in the order of a permutation of the global
-row indices drawn from (seed, p), whatever the number of ranks, so the learned dictionary
-does not depend on the rank count beyond round-off. Codes are not kept between passes (each
+row indices drawn from (seed, p) (:class:`RowOrder`, a counter-based shuffle that maps
+positions to rows a few thousand at a time, so no rank holds an array of N indices),
+whatever the number of ranks, so the learned dictionary does not depend on the rank count
+beyond round-off. The coding of a mini-batch is shared by the ranks; the dictionary sweep
+and the Allreduce are repeated by every rank, which is why the numba backend compiles the
+sweep too (:func:`prosper.backends.numba_sparse.sparse_bcd`). Codes are not kept between passes (each
 mini-batch is coded from zero), so the state of the learner is global and small: W, A, B and
 the mini-batch counter, all in the checkpoint; a resumed run repeats the uninterrupted one
 exactly.
@@ -46,7 +50,14 @@ from prosper.solvers.prox import PROX, half_threshold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CodeProblem", "Coder", "OnlineSparseCoding", "coordinate_descent", "take_rows"]
+__all__ = [
+    "CodeProblem",
+    "Coder",
+    "OnlineSparseCoding",
+    "RowOrder",
+    "coordinate_descent",
+    "take_rows",
+]
 
 #: coders of :class:`Coder`
 SOLVERS = ("cd", "fista", "ista")
@@ -169,6 +180,14 @@ def coordinate_descent(
     return S, n_iter
 
 
+def _compiled_bcd():
+    """numba's sweep of block coordinate descent over the atoms (imported only when the
+    numba backend is in use: it is the backend that provides ``sparse_cd``)."""
+    from prosper.backends.numba_sparse import sparse_bcd
+
+    return sparse_bcd
+
+
 class Coder:
     """MAP codes of batches of rows under one dictionary.
 
@@ -200,6 +219,8 @@ class Coder:
         self.model, self.solver = model, solver
         self.max_iter, self.tol = int(max_iter), float(tol)
         self.kernel = None if backend is None else backend.KERNELS.get("sparse_cd")
+        # the backend that compiles the coder compiles the dictionary sweep too
+        self.update_kernel = _compiled_bcd() if self.kernel is not None else None
         self.W: np.ndarray | None = None
 
     def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:
@@ -231,6 +252,69 @@ class Coder:
             S, n_iter = self._run(C, S, "l1")
         S, more = self._run(C, S, penalty)
         return S.astype(Yb.dtype, copy=False), n_iter + more
+
+
+#: positions of a pass mapped to rows at once (bounds the memory of the order)
+_ORDER_CHUNK = 16384
+
+
+class RowOrder:
+    """A seeded random permutation of ``0 .. n−1`` evaluated position by position.
+
+    A counter-based shuffle: a Feistel network of six rounds permutes ``0 .. 2^b − 1`` for
+    the smallest 2^b ≥ n (the two halves have ⌊b/2⌋ and ⌈b/2⌉ bits and swap roles each
+    round; a round adds to one half a multiplicative hash of the other, with a random odd
+    multiplier and key per round drawn from ``(seed, iteration)``), and positions that land
+    at n or beyond are walked along their cycle until they land below n (cycle walking,
+    fewer than two steps on average), which makes it a permutation of ``0 .. n−1``. Any
+    positions can be mapped independently, so a pass over N rows needs no array of N
+    indices: the memory of the order is that of the positions asked for.
+
+    Parameters
+    ----------
+    n : int
+        Size of the permuted range (the global number of rows).
+    seed, iteration : int
+        The permutation is a function of (n, seed, iteration) alone.
+
+    Examples
+    --------
+    >>> order = RowOrder(10, seed=0, iteration=0)
+    >>> sorted(order(np.arange(10)).tolist()) == list(range(10))
+    True
+    """
+
+    n_rounds = 6
+
+    def __init__(self, n: int, seed: int, iteration: int) -> None:
+        if n < 1:
+            raise ValueError(f"RowOrder needs n >= 1; got n={n}.")
+        self.n = int(n)
+        bits = max(2, int(n - 1).bit_length())
+        self._widths = (bits // 2, bits - bits // 2)
+        rng = np.random.default_rng([int(seed), int(iteration)])
+        self._keys = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
+        self._mults = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64) * np.uint64(
+            2
+        ) + np.uint64(1)
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        wl, wr = self._widths
+        left, right = x >> np.uint64(wr), x & np.uint64((1 << wr) - 1)
+        for key, mult in zip(self._keys, self._mults, strict=True):
+            # the top wl bits of (right ^ key) · mult: a hash of all of right's bits
+            left ^= ((right ^ key) * mult) >> np.uint64(64 - wl)
+            left, right, wl, wr = right, left, wr, wl
+        return (left << np.uint64(wr)) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (ints in ``[0, n)``), as int64 of the same shape."""
+        y = self._feistel(np.asarray(positions, dtype=np.uint64))
+        out = np.flatnonzero(y >= self.n)
+        while out.size:
+            y[out] = self._feistel(y[out])
+            out = out[y[out] >= self.n]
+        return y.astype(np.int64)
 
 
 class OnlineSparseCoding:
@@ -434,9 +518,8 @@ class OnlineSparseCoding:
         self.B = beta * self.B + inc["B"] / n_rows
         self.n_steps += 1
         self.n_seen += n_rows
-        W, n_replaced = self.model.update_dictionary_bcd(
-            self.A, self.B, self.params["W"], inc["spare"]
-        )
+        update = self.coder.update_kernel or self.model.update_dictionary_bcd
+        W, n_replaced = update(self.A, self.B, self.params["W"], inc["spare"])
         self.params = {"W": W}
         return n_replaced
 
@@ -457,11 +540,24 @@ class OnlineSparseCoding:
         return self._metrics(stats)
 
     # -- one pass (one run_em iteration) --------------------------------------------------
-    def _local_order(self, n_local: int, offset: int, iteration: int):
-        """This rank's local row indices in the pass's global order, and their positions."""
-        perm = np.random.default_rng([self.seed, iteration]).permutation(self.n_total)
-        pos = np.flatnonzero((perm >= offset) & (perm < offset + n_local))
-        return perm, pos, perm[pos] - offset
+    def _pass_batches(self, n_local: int, offset: int, iteration: int):
+        """The global mini-batches of pass ``iteration``: per mini-batch, this rank's local
+        rows of it (increasing), its spare row (local index; outside ``[0, n_local)`` when
+        another rank holds it) and its size.
+
+        Positions ``0 .. N−1`` are mapped to rows by :class:`RowOrder` a few thousand at a
+        time, so the order costs O(batch_size) memory whatever N is, and every rank derives
+        the same global mini-batches.
+        """
+        order = RowOrder(self.n_total, self.seed, iteration)
+        eta = self.batch_size
+        per_chunk = max(1, _ORDER_CHUNK // eta) * eta
+        for lo in range(0, self.n_total, per_chunk):
+            rows = order(np.arange(lo, min(lo + per_chunk, self.n_total))) - offset
+            mine = (rows >= 0) & (rows < n_local)
+            for start in range(0, rows.size, eta):
+                batch, batch_mine = rows[start : start + eta], mine[start : start + eta]
+                yield np.sort(batch[batch_mine]), int(batch[0]), batch.size
 
     def estep(self, Y: Any, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """One pass of online learning over all ranks' rows; returns local metric sums.
@@ -472,18 +568,12 @@ class OnlineSparseCoding:
         """
         n_local = int(Y.shape[0])
         offset = comm.exscan(n_local)
-        perm, pos, local_idx = self._local_order(n_local, offset, iteration)
         local = dict.fromkeys(_METRIC_SUMS, 0.0)
         replaced = 0
-        eta = self.batch_size
-        for start in range(0, self.n_total, eta):
-            stop = min(start + eta, self.n_total)
-            a, b = np.searchsorted(pos, [start, stop])
-            idx = np.sort(local_idx[a:b])
-            spare_row = int(perm[start]) - offset
+        for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
             self.coder.set_dictionary(self.params["W"], Y.dtype)
             inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
-            replaced += self._update(inc, stop - start, self.n_total)
+            replaced += self._update(inc, n_rows, self.n_total)
         out = {k: np.array(v) for k, v in local.items()}
         # counted once (the same on every rank): rank 0 reports it
         out["n_replaced"] = np.array(float(replaced) if comm.rank == 0 else 0.0)
