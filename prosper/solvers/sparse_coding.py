@@ -8,7 +8,8 @@ mini-batches of ``batch_size`` rows. For each mini-batch:
    backend) or FISTA, from zero; for the non-convex penalties (ℓ1/2, ℓ0, CEL0) the coder
    first solves the ℓ1 problem with the same λ and starts the penalty's own descent from
    that solution (the ℓ1 → ℓq warm start of Rentzeperis et al. 2023);
-2. one Allreduce of the increments Σ s sᵀ (H, H), Σ y sᵀ (D, H) and a spare atom (D,);
+2. one Allreduce of the increments Σ s sᵀ (H, H; its upper triangle), Σ y sᵀ (D, H) and a
+   spare atom (D,);
 3. the sufficient statistics with forgetting, A ← β_t A + Σ s sᵀ / η and
    B ← β_t B + Σ y sᵀ / η (β_t → 1, the schedule of scikit-learn's
    MiniBatchDictionaryLearning, which follows Mairal et al. section 3.4.2);
@@ -21,10 +22,11 @@ positions to rows a few thousand at a time, so no rank holds an array of N indic
 whatever the number of ranks, so the learned dictionary does not depend on the rank count
 beyond round-off. The coding of a mini-batch is shared by the ranks; the dictionary sweep
 and the Allreduce are repeated by every rank, which is why the numba backend compiles the
-sweep too (:func:`prosper.backends.numba_sparse.sparse_bcd`). Codes are not kept between passes (each
-mini-batch is coded from zero), so the state of the learner is global and small: W, A, B and
-the mini-batch counter, all in the checkpoint; a resumed run repeats the uninterrupted one
-exactly.
+sweep too (:func:`prosper.backends.numba_sparse.sparse_bcd`).
+
+Codes are not kept between passes (each mini-batch is coded from zero), so the state of the
+learner is global and small: W, A, B and the mini-batch counter, all in the checkpoint; a
+resumed run repeats the uninterrupted one exactly.
 
 Data access goes through :func:`take_rows` (the rows of given local indices, in increasing
 order): the one place where a streamed data source plugs in.
@@ -337,6 +339,7 @@ class OnlineSparseCoding:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.params: dict[str, np.ndarray] = {}
         self.n_total = 0
+        self._triu = np.triu_indices(model.H)
         self.reset_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -495,6 +498,8 @@ class OnlineSparseCoding:
             local["n_nonzero"] += float(np.count_nonzero(S))
             local["coder_iter"] += float(n_iter.sum())
             local["n"] += float(part.size)
+        # Σ s sᵀ is symmetric: its upper triangle is all the Allreduce needs to carry
+        inc["A"] = inc["A"][self._triu]
         return inc
 
     def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
@@ -514,7 +519,10 @@ class OnlineSparseCoding:
             eta = self.batch_size
             theta = (t + 1) * eta if t < eta - 1 else eta * eta + t + 1 - eta
             beta = max(theta + 1 - n_rows, 0) / (theta + 1)
-        self.A = beta * self.A + inc["A"] / n_rows
+        inc_A = np.empty((self.model.H, self.model.H))
+        inc_A[self._triu] = inc["A"]
+        inc_A.T[self._triu] = inc["A"]
+        self.A = beta * self.A + inc_A / n_rows
         self.B = beta * self.B + inc["B"] / n_rows
         self.n_steps += 1
         self.n_seen += n_rows
