@@ -119,7 +119,7 @@ def sparse_cd(C0, G, S0, penalty: str, lam: float, max_iter: int, tol: float):
     # per atom: the prox parameter t = λ / G_hh and the threshold below which s_h = 0
     t = float(lam) / np.where(g > 0, g, 1.0)
     code = PENALTY_CODES[penalty]
-    thr = {0: t, 1: 1.5 * t ** (2.0 / 3.0)}.get(code, np.sqrt(2.0 * t))
+    thr = t if code == 0 else 1.5 * t ** (2.0 / 3.0) if code == 1 else np.sqrt(2.0 * t)
     _cd_kernel(
         np.ascontiguousarray(C0, dtype=np.float64),
         G,

@@ -340,6 +340,7 @@ class OnlineSparseCoding:
         self.params: dict[str, np.ndarray] = {}
         self.n_total = 0
         self._triu = np.triu_indices(model.H)
+        self._triu_flat = np.ravel_multi_index(self._triu, (model.H, model.H))
         self.reset_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -484,12 +485,12 @@ class OnlineSparseCoding:
             sq_error = np.einsum("nd,nd->n", R, R)
             inc["A"] += S64.T @ S64
             inc["B"] += Y64.T @ S64
-            at = np.flatnonzero(part == spare_row)
-            if at.size:
+            at = int(np.searchsorted(part, spare_row)) if part.size else 0
+            if at < part.size and part[at] == spare_row:
                 # the spare atom: the residual of the mini-batch's first row (its data row
                 # when the row is reconstructed exactly)
-                r = R[at[0]]
-                inc["spare"] += r if np.linalg.norm(r) > 1e-12 else Y64[at[0]]
+                r = R[at]
+                inc["spare"] += r if np.linalg.norm(r) > 1e-12 else Y64[at]
             local["energy"] += 0.5 * float(sq_error.sum()) + self.model.penalty_sum(
                 S64, self.coder.a
             )
@@ -499,7 +500,7 @@ class OnlineSparseCoding:
             local["coder_iter"] += float(n_iter.sum())
             local["n"] += float(part.size)
         # Σ s sᵀ is symmetric: its upper triangle is all the Allreduce needs to carry
-        inc["A"] = inc["A"][self._triu]
+        inc["A"] = inc["A"].ravel()[self._triu_flat]
         return inc
 
     def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
