@@ -135,10 +135,21 @@ def sparse_cd(C0, G, S0, penalty: str, lam: float, max_iter: int, tol: float):
 
 
 @njit(cache=True)
-def _bcd_kernel(A, Bt, Wt, spare, floor, spare_norm):  # pragma: no cover - compiled
-    # atoms are rows here (Wt = Wᵀ, Bt = Bᵀ), so that every inner loop runs over contiguous
-    # memory without reordering a sum: v = W A_h is accumulated atom by atom
-    H, D = Wt.shape
+def _bcd_kernel(A, B, W, spare):  # pragma: no cover - compiled
+    D, H = W.shape
+    # atoms as rows (Wt = Wᵀ), so that every inner loop runs over contiguous memory without
+    # reordering a sum: v = W A_h is accumulated atom by atom
+    Wt = np.empty((H, D), dtype=np.float64)
+    for d in range(D):
+        for h in range(H):
+            Wt[h, d] = W[d, h]
+    diag_sum = 0.0
+    for h in range(H):
+        diag_sum += A[h, h]
+    floor = 1e-6 * diag_sum / H if H > 0 else 0.0
+    spare_norm = 0.0
+    for d in range(D):
+        spare_norm += spare[d] * spare[d]
     u = np.empty(D, dtype=np.float64)
     n_replaced = 0
     for h in range(H):
@@ -159,7 +170,7 @@ def _bcd_kernel(A, Bt, Wt, spare, floor, spare_norm):  # pragma: no cover - comp
                 for d in range(D):
                     u[d] += Wt[j, d] * a0
             for d in range(D):
-                u[d] = Wt[h, d] + (Bt[h, d] - u[d]) / a_hh
+                u[d] = Wt[h, d] + (B[d, h] - u[d]) / a_hh
         elif n_replaced == 0 and spare_norm > 0.0 and floor > 0.0:
             for d in range(D):
                 u[d] = spare[d]
@@ -173,7 +184,11 @@ def _bcd_kernel(A, Bt, Wt, spare, floor, spare_norm):  # pragma: no cover - comp
         if norm > 1e-12:
             for d in range(D):
                 Wt[h, d] = u[d] / norm
-    return n_replaced
+    W_new = np.empty((D, H), dtype=np.float64)
+    for d in range(D):
+        for h in range(H):
+            W_new[d, h] = Wt[h, d]
+    return W_new, n_replaced
 
 
 def sparse_bcd(A, B, W, spare):
@@ -198,12 +213,10 @@ def sparse_bcd(A, B, W, spare):
     W_new : ndarray of shape (D, H), float64
     n_replaced : int
     """
-    Wt = np.array(np.asarray(W, dtype=np.float64).T, order="C")
-    A = np.ascontiguousarray(A, dtype=np.float64)
-    diag = np.diagonal(A)
-    floor = 1e-6 * float(diag.mean()) if diag.size else 0.0
-    spare = np.ascontiguousarray(spare, dtype=np.float64)
-    spare_norm = float(np.linalg.norm(spare))
-    Bt = np.ascontiguousarray(np.asarray(B, dtype=np.float64).T)
-    n_replaced = _bcd_kernel(A, Bt, Wt, spare, floor, spare_norm)
-    return np.ascontiguousarray(Wt.T), int(n_replaced)
+    W_new, n_replaced = _bcd_kernel(
+        np.ascontiguousarray(A, dtype=np.float64),
+        np.ascontiguousarray(B, dtype=np.float64),
+        np.ascontiguousarray(W, dtype=np.float64),
+        np.ascontiguousarray(spare, dtype=np.float64),
+    )
+    return W_new, int(n_replaced)

@@ -339,8 +339,10 @@ class OnlineSparseCoding:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.params: dict[str, np.ndarray] = {}
         self.n_total = 0
-        self._triu = np.triu_indices(model.H)
-        self._triu_flat = np.ravel_multi_index(self._triu, (model.H, model.H))
+        # flat indices of the upper triangle of an (H, H) array, and of its mirror image
+        upper = np.triu_indices(model.H)
+        self._triu_flat = np.ravel_multi_index(upper, (model.H, model.H))
+        self._tril_flat = np.ravel_multi_index(upper[::-1], (model.H, model.H))
         self.reset_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -520,11 +522,13 @@ class OnlineSparseCoding:
             eta = self.batch_size
             theta = (t + 1) * eta if t < eta - 1 else eta * eta + t + 1 - eta
             beta = max(theta + 1 - n_rows, 0) / (theta + 1)
-        inc_A = np.empty((self.model.H, self.model.H))
-        inc_A[self._triu] = inc["A"]
-        inc_A.T[self._triu] = inc["A"]
-        self.A = beta * self.A + inc_A / n_rows
-        self.B = beta * self.B + inc["B"] / n_rows
+        inc_A = np.empty(self.model.H * self.model.H)
+        inc_A[self._triu_flat] = inc["A"]
+        inc_A[self._tril_flat] = inc["A"]
+        self.A *= beta
+        self.A += inc_A.reshape(self.A.shape) / n_rows
+        self.B *= beta
+        self.B += inc["B"] / n_rows
         self.n_steps += 1
         self.n_seen += n_rows
         update = self.coder.update_kernel or self.model.update_dictionary_bcd
