@@ -15,6 +15,8 @@ objective, sparsity (fraction of non-zeros) and relative error ||Y − S Wᵀ||/
    relative error of each penalty interpolated at the sparsities of the ℓ1 sweep.
 3. The same ProSper job (ℓ1, λ = 1, ``init="svd"``, 3 passes) on 1 and 2 MPI ranks (one
    thread each), per global mini-batch size (``--mpi-batch-sizes``), runs interleaved.
+4. (``--parts split``) the same 2-rank job emulated in one process from thread CPU times,
+   for a machine whose cores other jobs are using (see :func:`part_split`).
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_sparse_coding.py
 
@@ -283,6 +285,65 @@ def part_mpi(args, Y) -> dict:
     return {"rows": rows}
 
 
+def part_split(args, Y) -> dict:
+    """The 2-rank pass emulated in one process, for machines whose cores are not free.
+
+    Per global mini-batch of the second pass (``init="svd"``), thread CPU time of coding all
+    its rows (one rank) and of coding each half that ``row_block`` gives two ranks, and of
+    the update every rank repeats. Estimated 2-rank pass: per mini-batch the slower half,
+    the update and an Allreduce of the statistics (timed alone with mpiexec -n 2, else the
+    ``--allreduce-us`` given). CPU time leaves out the waits for a core that a loaded
+    machine adds to wall-clock time; it is an estimate of the quiet-machine ratio, not a
+    measurement of it.
+    """
+    import time
+
+    from prosper.io.sources import as_source
+    from prosper.parallel import get_comm
+    from prosper.solvers.sparse_coding import _METRIC_SUMS
+
+    source, comm, n = as_source(Y), get_comm(None), Y.shape[0]
+    rows = []
+    for batch_size in args.mpi_batch_sizes:
+        ratios = []
+        for _ in range(args.repeats):
+            est = SparseCoding(H=args.H, lam=args.lam, batch_size=batch_size, random_state=0)
+            learner = est._make_learner(Y.shape[1], 0)
+            learner.initialize(source, comm, np.random.default_rng(0), init="svd")
+            one = two = 0.0
+            for iteration in range(2):
+                local = dict.fromkeys(_METRIC_SUMS, 0.0)
+                for idx, spare_row, n_rows in learner._pass_batches(n, 0, iteration):
+                    learner.coder.set_dictionary(learner.params["W"], Y.dtype)
+                    t = time.thread_time()
+                    inc = learner._code_local(source, idx, spare_row, local)
+                    t_all = time.thread_time() - t
+                    halves = []
+                    for part in (idx[idx < n - n // 2], idx[idx >= n - n // 2]):
+                        t = time.thread_time()
+                        learner._code_local(source, part, spare_row, dict(local))
+                        halves.append(time.thread_time() - t)
+                    t = time.thread_time()
+                    learner._update(inc, n_rows, n)
+                    t_update = time.thread_time() - t
+                    if iteration == 1:
+                        one += t_all + t_update
+                        two += max(halves) + t_update + args.allreduce_us * 1e-6
+            ratios.append((one, two))
+        one, two = (float(np.median([r[i] for r in ratios])) for i in (0, 1))
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "cpu_seconds_per_pass_1_rank": one,
+                "cpu_seconds_per_pass_2_ranks_estimated": two,
+                "estimated_speedup": one / two,
+                "runs": ratios,
+            }
+        )
+        log.info("%s", rows[-1])
+    return {"allreduce_us": args.allreduce_us, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-samples", type=int, default=20000)
@@ -297,6 +358,12 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=[256],
         help="global mini-batch sizes of the 1-rank/2-rank comparison (part mpi)",
+    )
+    parser.add_argument(
+        "--allreduce-us",
+        type=float,
+        default=46.0,
+        help="seconds (in µs) of one Allreduce of the statistics, for part split",
     )
     parser.add_argument("--name", default="sparse_coding_online", help="results/<name>.json")
     args = parser.parse_args(argv)
@@ -315,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     if "mpi" in args.parts:
         record["mpi"] = part_mpi(args, Y)
         log.info("%s", record["mpi"])
+    if "split" in args.parts:
+        record["split"] = part_split(args, Y)
     record["load_after"] = os.getloadavg()
     path = write_record(args.name, record)
     log.info("wrote %s", path)
