@@ -265,7 +265,7 @@ class RowOrder:
 
     A counter-based shuffle: a Feistel network of six rounds permutes ``0 .. 2^b − 1`` for
     the smallest 2^b ≥ n (the two halves have ⌊b/2⌋ and ⌈b/2⌉ bits and swap roles each
-    round; a round adds to one half a multiplicative hash of the other, with a random odd
+    round; a round xors into one half a multiplicative hash of the other, with a random odd
     multiplier and key per round drawn from ``(seed, iteration)``), and positions that land
     at n or beyond are walked along their cycle until they land below n (cycle walking,
     fewer than two steps on average), which makes it a permutation of ``0 .. n−1``. Any
@@ -296,9 +296,8 @@ class RowOrder:
         self._widths = (bits // 2, bits - bits // 2)
         rng = np.random.default_rng([int(seed), int(iteration)])
         self._keys = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
-        self._mults = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64) * np.uint64(
-            2
-        ) + np.uint64(1)
+        mults = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
+        self._mults = mults * np.uint64(2) + np.uint64(1)  # odd multipliers
 
     def _feistel(self, x: np.ndarray) -> np.ndarray:
         wl, wr = self._widths
