@@ -13,7 +13,10 @@ objective, sparsity (fraction of non-zeros) and relative error ||Y − S Wᵀ||/
    Runs are interleaved and repeated; the median time is reported.
 2. ℓ0, CEL0 and ℓ1/2 against ℓ1 at matched sparsity: a λ sweep per penalty (3 passes), the
    relative error of each penalty interpolated at the sparsities of the ℓ1 sweep.
-3. The same ProSper job (ℓ1, λ = 1, 3 passes) on 1 and 2 MPI ranks (one thread each).
+3. The same ProSper job (ℓ1, λ = 1, ``init="svd"``, 3 passes) on 1 and 2 MPI ranks (one
+   thread each), per global mini-batch size (``--mpi-batch-sizes``), runs interleaved.
+4. (``--parts split``) the same 2-rank job emulated in one process from thread CPU times,
+   for a machine whose cores other jobs are using (see :func:`part_split`).
 
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/bench_sparse_coding.py
 
@@ -218,22 +221,29 @@ def part_penalties(Y, args) -> dict:
 
 
 MPI_WORKER = """
-import json, sys, numpy as np
+import json, os, sys, time, numpy as np
 from prosper import SparseCoding
 from prosper.data.patches import natural_patches
 from prosper.parallel import get_comm, row_block
 comm = get_comm()
-Y = natural_patches(size=8, n_samples=int(sys.argv[1]), random_state=0).Y
+n_samples, H, batch_size = (int(a) for a in sys.argv[1:4])
+Y = natural_patches(size=8, n_samples=n_samples, random_state=0).Y
 Y = Y[row_block(Y.shape[0], comm)]
-SparseCoding(H=int(sys.argv[2]), lam=1.0, n_iter=1, batch_size=256, random_state=0).fit(Y)
-m = SparseCoding(H=int(sys.argv[2]), lam=1.0, n_iter=3, batch_size=256, random_state=0).fit(Y)
+kw = dict(H=H, lam=1.0, batch_size=batch_size, init="svd", random_state=0)
+SparseCoding(n_iter=1, **kw).fit(Y)
+cpu = time.process_time()
+m = SparseCoding(n_iter=3, **kw).fit(Y)
+cpu = comm.allgather(time.process_time() - cpu)
 if comm.rank == 0:
     print(json.dumps({"seconds_per_pass": float(np.median(m.history_["seconds_estep"])),
+                      "cpu_seconds_fit": cpu, "load": os.getloadavg()[0],
                       "W": m.W_.tolist()}))
 """
 
 
-def part_mpi(args) -> dict:
+def part_mpi(args, Y) -> dict:
+    """Seconds per pass of one job (ℓ1, λ = 1, ``init="svd"``, 3 passes) on 1 and 2 ranks,
+    runs interleaved, per global mini-batch size; the objective of both dictionaries."""
     mpiexec = Path(sys.executable).parent / "mpiexec"
     if not mpiexec.exists():
         return {"skipped": "no mpiexec next to the interpreter"}
@@ -241,39 +251,97 @@ def part_mpi(args) -> dict:
     script.write_text(MPI_WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
     env["PYTHONPATH"] = str(HERE.parent) + os.pathsep + env.get("PYTHONPATH", "")
-    times = {1: [], 2: []}
-    W = {}
+    rows = []
     try:
-        for _ in range(args.repeats):
-            for n in (1, 2):
-                out = subprocess.run(
-                    [
-                        str(mpiexec),
-                        "-n",
-                        str(n),
-                        sys.executable,
-                        str(script),
-                        str(args.n_samples),
-                        str(args.H),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    env=env,
-                    check=True,
-                    timeout=900,
-                )
-                res = json.loads(out.stdout.strip().splitlines()[-1])
-                times[n].append(res["seconds_per_pass"])
-                W[n] = np.array(res["W"])
+        for batch_size in args.mpi_batch_sizes:
+            runs: dict[int, list] = {1: [], 2: []}
+            for _ in range(args.repeats):
+                for n in (1, 2):
+                    cmd = [str(mpiexec), "-n", str(n), sys.executable, str(script)]
+                    cmd += [str(args.n_samples), str(args.H), str(batch_size)]
+                    out = subprocess.run(
+                        cmd, capture_output=True, text=True, env=env, check=True, timeout=900
+                    )
+                    runs[n].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            t1 = float(np.median([r["seconds_per_pass"] for r in runs[1]]))
+            t2 = float(np.median([r["seconds_per_pass"] for r in runs[2]]))
+            W1, W2 = (np.array(runs[n][-1]["W"]) for n in (1, 2))
+            rows.append(
+                {
+                    "batch_size": batch_size,
+                    "seconds_per_pass_1_rank": t1,
+                    "seconds_per_pass_2_ranks": t2,
+                    "speedup": t1 / t2,
+                    "runs_1_rank": [r["seconds_per_pass"] for r in runs[1]],
+                    "runs_2_ranks": [r["seconds_per_pass"] for r in runs[2]],
+                    "load_at_runs": [r["load"] for n in (1, 2) for r in runs[n]],
+                    "max_abs_W_difference": float(np.abs(W1 - W2).max()),
+                    "objective_after_3_passes": score(Y, W1, "l1", 1.0)["objective"],
+                }
+            )
+            log.info("%s", {k: v for k, v in rows[-1].items() if not k.startswith("runs")})
     finally:
         script.unlink(missing_ok=True)
-    t1, t2 = float(np.median(times[1])), float(np.median(times[2]))
-    return {
-        "seconds_per_pass_1_rank": t1,
-        "seconds_per_pass_2_ranks": t2,
-        "speedup": t1 / t2,
-        "max_abs_W_difference": float(np.abs(W[1] - W[2]).max()),
-    }
+    return {"rows": rows}
+
+
+def part_split(args, Y) -> dict:
+    """The 2-rank pass emulated in one process, for machines whose cores are not free.
+
+    Per global mini-batch of the second pass (``init="svd"``), thread CPU time of coding all
+    its rows (one rank) and of coding each half that ``row_block`` gives two ranks, and of
+    the update every rank repeats. Estimated 2-rank pass: per mini-batch the slower half,
+    the update and an Allreduce of the statistics (timed alone with mpiexec -n 2, else the
+    ``--allreduce-us`` given). CPU time leaves out the waits for a core that a loaded
+    machine adds to wall-clock time; it is an estimate of the quiet-machine ratio, not a
+    measurement of it.
+    """
+    import time
+
+    from prosper.io.sources import as_source
+    from prosper.parallel import get_comm
+    from prosper.solvers.sparse_coding import _METRIC_SUMS
+
+    source, comm, n = as_source(Y), get_comm(None), Y.shape[0]
+    rows = []
+    for batch_size in args.mpi_batch_sizes:
+        ratios = []
+        for _ in range(args.repeats):
+            est = SparseCoding(H=args.H, lam=args.lam, batch_size=batch_size, random_state=0)
+            learner = est._make_learner(Y.shape[1], 0)
+            learner.initialize(source, comm, np.random.default_rng(0), init="svd")
+            one = two = 0.0
+            for iteration in range(2):
+                local = dict.fromkeys(_METRIC_SUMS, 0.0)
+                for idx, spare_row, n_rows in learner._pass_batches(n, 0, iteration):
+                    learner.coder.set_dictionary(learner.params["W"], Y.dtype)
+                    t = time.thread_time()
+                    inc = learner._code_local(source, idx, spare_row, local)
+                    t_all = time.thread_time() - t
+                    halves = []
+                    for part in (idx[idx < n - n // 2], idx[idx >= n - n // 2]):
+                        t = time.thread_time()
+                        learner._code_local(source, part, spare_row, dict(local))
+                        halves.append(time.thread_time() - t)
+                    t = time.thread_time()
+                    learner._update(inc, n_rows, n)
+                    t_update = time.thread_time() - t
+                    if iteration == 1:
+                        one += t_all + t_update
+                        two += max(halves) + t_update + args.allreduce_us * 1e-6
+            ratios.append((one, two))
+        one, two = (float(np.median([r[i] for r in ratios])) for i in (0, 1))
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "cpu_seconds_per_pass_1_rank": one,
+                "cpu_seconds_per_pass_2_ranks_estimated": two,
+                "estimated_speedup": one / two,
+                "runs": ratios,
+            }
+        )
+        log.info("%s", rows[-1])
+    return {"allreduce_us": args.allreduce_us, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -284,6 +352,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--passes", type=int, default=4, help="ProSper passes in part 1")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--parts", nargs="+", default=["speed", "penalties", "mpi"])
+    parser.add_argument(
+        "--mpi-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="global mini-batch sizes of the 1-rank/2-rank comparison (part mpi)",
+    )
+    parser.add_argument(
+        "--allreduce-us",
+        type=float,
+        default=46.0,
+        help="seconds (in µs) of one Allreduce of the statistics, for part split",
+    )
     parser.add_argument("--name", default="sparse_coding_online", help="results/<name>.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -299,8 +380,10 @@ def main(argv: list[str] | None = None) -> None:
         record["penalties"] = part_penalties(Y, args)
         log.info("%s", json.dumps(record["penalties"]["matched_sparsity"], indent=1))
     if "mpi" in args.parts:
-        record["mpi"] = part_mpi(args)
+        record["mpi"] = part_mpi(args, Y)
         log.info("%s", record["mpi"])
+    if "split" in args.parts:
+        record["split"] = part_split(args, Y)
     record["load_after"] = os.getloadavg()
     path = write_record(args.name, record)
     log.info("wrote %s", path)

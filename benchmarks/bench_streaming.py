@@ -33,7 +33,7 @@ from _common import print_header, write_record
 D, H_TRUE = 256, 64
 JOBS = {
     "bsc": {"name": "bsc", "H": 64, "dtype": "float32"},
-    # max_iter bounds FISTA per row: the run measures memory, not the quality of the codes
+    # max_iter bounds the coding sweeps per row: the run measures memory, not code quality
     "sparse_coding": {"name": "sparse_coding", "H": 256, "dtype": "float32", "max_iter": 20},
 }
 

@@ -564,11 +564,15 @@ class EMEstimator(BaseEstimator):
 def _data_checksum(Y: Any, comm: Communicator, batch_size: int) -> np.ndarray:
     """Sum and sum of squares of the data over all ranks: a resumed run must see the same
     data (equal up to the round-off of a different rank count). Read block by block."""
-    total, total_sq = 0.0, 0.0
-    for _, block in as_source(Y).batches(batch_size):
-        total += float(block.sum(dtype=np.float64))
-        total_sq += float(np.einsum("nd,nd->", block, block, dtype=np.float64))
-    sums = comm.allreduce_arrays({"sum": np.array(total), "sumsq": np.array(total_sq)})
+    source = as_source(Y)
+    local = source.local_sums  # kept by the finiteness check of check_source, same pass
+    if local is None:
+        total, total_sq = 0.0, 0.0
+        for _, block in source.batches(batch_size):
+            total += float(block.sum(dtype=np.float64))
+            total_sq += float(np.einsum("nd,nd->", block, block, dtype=np.float64))
+        local = np.array([total, total_sq])
+    sums = comm.allreduce_arrays({"sum": local[0], "sumsq": local[1]})
     return np.array([float(sums["sum"]), float(sums["sumsq"])])
 
 

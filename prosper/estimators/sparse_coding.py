@@ -211,8 +211,8 @@ class SparseCoding(EMEstimator):
         return {
             # W, its statistics (D × H), the Gram matrix and statistics (H × H), checkpoint
             "dictionary": 8 * (8 * D * H + 3 * H * H),
-            # the pass's row order (a permutation of the global rows; N_local as a floor)
-            "row order": 16 * n_local,
+            # the pass's row order, mapped a chunk of positions at a time (RowOrder)
+            "row order": 128 * 16384,
             # coding: Y W, codes, FISTA's iterates and momentum, gradient, residual
             "coding buffers": 8 * (6 * B * H + 2 * B * D),
         }

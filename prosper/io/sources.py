@@ -105,12 +105,17 @@ class DataSource(ABC):
         asked for; integer data are read as float64).
     stored_dtype : numpy.dtype
         Dtype of the underlying storage.
+    local_sums : ndarray of shape (2,) or None
+        Σ y and Σ y² (float64) of the rows in ``dtype``, kept by the finiteness check of
+        :func:`prosper.utils.validation.check_source`, so that the data checksum of a result
+        file needs no pass over the data of its own; None until then.
     """
 
     n_rows: int
     n_features: int
     dtype: np.dtype
     stored_dtype: np.dtype
+    local_sums: np.ndarray | None = None
 
     # -- what a subclass provides ------------------------------------------------------------
     @abstractmethod
@@ -132,6 +137,7 @@ class DataSource(ABC):
             return self
         other = copy.copy(self)
         other.dtype = dtype
+        other.local_sums = None  # sums of the rows in the other dtype
         if hasattr(other, "_owns_file"):
             other._owns_file = False
         return other

@@ -8,7 +8,8 @@ mini-batches of ``batch_size`` rows. For each mini-batch:
    backend) or FISTA, from zero; for the non-convex penalties (ℓ1/2, ℓ0, CEL0) the coder
    first solves the ℓ1 problem with the same λ and starts the penalty's own descent from
    that solution (the ℓ1 → ℓq warm start of Rentzeperis et al. 2023);
-2. one Allreduce of the increments Σ s sᵀ (H, H), Σ y sᵀ (D, H) and a spare atom (D,);
+2. one Allreduce of the increments Σ s sᵀ (H, H; its upper triangle), Σ y sᵀ (D, H) and a
+   spare atom (D,);
 3. the sufficient statistics with forgetting, A ← β_t A + Σ s sᵀ / η and
    B ← β_t B + Σ y sᵀ / η (β_t → 1, the schedule of scikit-learn's
    MiniBatchDictionaryLearning, which follows Mairal et al. section 3.4.2);
@@ -16,11 +17,16 @@ mini-batches of ``batch_size`` rows. For each mini-batch:
    (:meth:`prosper.models.sparse_coding.SparseCodingModel.update_dictionary_bcd`).
 
 Mini-batches are global: pass p visits the rows in the order of a permutation of the global
-row indices drawn from (seed, p), whatever the number of ranks, so the learned dictionary
-does not depend on the rank count beyond round-off. Codes are not kept between passes (each
-mini-batch is coded from zero), so the state of the learner is global and small: W, A, B and
-the mini-batch counter, all in the checkpoint; a resumed run repeats the uninterrupted one
-exactly.
+row indices drawn from (seed, p) (:class:`RowOrder`, a counter-based shuffle that maps
+positions to rows a few thousand at a time, so no rank holds an array of N indices),
+whatever the number of ranks, so the learned dictionary does not depend on the rank count
+beyond round-off. The coding of a mini-batch is shared by the ranks; the dictionary sweep
+and the Allreduce are repeated by every rank, which is why the numba backend compiles the
+sweep too (:func:`prosper.backends.numba_sparse.sparse_bcd`).
+
+Codes are not kept between passes (each mini-batch is coded from zero), so the state of the
+learner is global and small: W, A, B and the mini-batch counter, all in the checkpoint; a
+resumed run repeats the uninterrupted one exactly.
 
 Data access goes through :func:`take_rows` (the rows of given local indices, in increasing
 order): the one place where a streamed data source plugs in.
@@ -46,7 +52,14 @@ from prosper.solvers.prox import PROX, half_threshold
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CodeProblem", "Coder", "OnlineSparseCoding", "coordinate_descent", "take_rows"]
+__all__ = [
+    "CodeProblem",
+    "Coder",
+    "OnlineSparseCoding",
+    "RowOrder",
+    "coordinate_descent",
+    "take_rows",
+]
 
 #: coders of :class:`Coder`
 SOLVERS = ("cd", "fista", "ista")
@@ -169,6 +182,14 @@ def coordinate_descent(
     return S, n_iter
 
 
+def _compiled_bcd():
+    """numba's sweep of block coordinate descent over the atoms (imported only when the
+    numba backend is in use: it is the backend that provides ``sparse_cd``)."""
+    from prosper.backends.numba_sparse import sparse_bcd
+
+    return sparse_bcd
+
+
 class Coder:
     """MAP codes of batches of rows under one dictionary.
 
@@ -200,6 +221,8 @@ class Coder:
         self.model, self.solver = model, solver
         self.max_iter, self.tol = int(max_iter), float(tol)
         self.kernel = None if backend is None else backend.KERNELS.get("sparse_cd")
+        # the backend that compiles the coder compiles the dictionary sweep too
+        self.update_kernel = _compiled_bcd() if self.kernel is not None else None
         self.W: np.ndarray | None = None
 
     def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:
@@ -233,6 +256,68 @@ class Coder:
         return S.astype(Yb.dtype, copy=False), n_iter + more
 
 
+#: positions of a pass mapped to rows at once (bounds the memory of the order)
+_ORDER_CHUNK = 16384
+
+
+class RowOrder:
+    """A seeded random permutation of ``0 .. n−1`` evaluated position by position.
+
+    A counter-based shuffle: a Feistel network of six rounds permutes ``0 .. 2^b − 1`` for
+    the smallest 2^b ≥ n (the two halves have ⌊b/2⌋ and ⌈b/2⌉ bits and swap roles each
+    round; a round xors into one half a multiplicative hash of the other, with a random odd
+    multiplier and key per round drawn from ``(seed, iteration)``), and positions that land
+    at n or beyond are walked along their cycle until they land below n (cycle walking,
+    fewer than two steps on average), which makes it a permutation of ``0 .. n−1``. Any
+    positions can be mapped independently, so a pass over N rows needs no array of N
+    indices: the memory of the order is that of the positions asked for.
+
+    Parameters
+    ----------
+    n : int
+        Size of the permuted range (the global number of rows).
+    seed, iteration : int
+        The permutation is a function of (n, seed, iteration) alone.
+
+    Examples
+    --------
+    >>> order = RowOrder(10, seed=0, iteration=0)
+    >>> sorted(order(np.arange(10)).tolist()) == list(range(10))
+    True
+    """
+
+    n_rounds = 6
+
+    def __init__(self, n: int, seed: int, iteration: int) -> None:
+        if n < 1:
+            raise ValueError(f"RowOrder needs n >= 1; got n={n}.")
+        self.n = int(n)
+        bits = max(2, int(n - 1).bit_length())
+        self._widths = (bits // 2, bits - bits // 2)
+        rng = np.random.default_rng([int(seed), int(iteration)])
+        self._keys = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
+        mults = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
+        self._mults = mults * np.uint64(2) + np.uint64(1)  # odd multipliers
+
+    def _feistel(self, x: np.ndarray) -> np.ndarray:
+        wl, wr = self._widths
+        left, right = x >> np.uint64(wr), x & np.uint64((1 << wr) - 1)
+        for key, mult in zip(self._keys, self._mults, strict=True):
+            # the top wl bits of (right ^ key) · mult: a hash of all of right's bits
+            left ^= ((right ^ key) * mult) >> np.uint64(64 - wl)
+            left, right, wl, wr = right, left, wr, wl
+        return (left << np.uint64(wr)) | right
+
+    def __call__(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (ints in ``[0, n)``), as int64 of the same shape."""
+        y = self._feistel(np.asarray(positions, dtype=np.uint64))
+        out = np.flatnonzero(y >= self.n)
+        while out.size:
+            y[out] = self._feistel(y[out])
+            out = out[y[out] >= self.n]
+        return y.astype(np.int64)
+
+
 class OnlineSparseCoding:
     """The online learner of ℓq sparse coding for :func:`prosper.solvers.em.run_em`.
 
@@ -253,6 +338,10 @@ class OnlineSparseCoding:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.params: dict[str, np.ndarray] = {}
         self.n_total = 0
+        # flat indices of the upper triangle of an (H, H) array, and of its mirror image
+        upper = np.triu_indices(model.H)
+        self._triu_flat = np.ravel_multi_index(upper, (model.H, model.H))
+        self._tril_flat = np.ravel_multi_index(upper[::-1], (model.H, model.H))
         self.reset_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -397,12 +486,12 @@ class OnlineSparseCoding:
             sq_error = np.einsum("nd,nd->n", R, R)
             inc["A"] += S64.T @ S64
             inc["B"] += Y64.T @ S64
-            at = np.flatnonzero(part == spare_row)
-            if at.size:
+            at = int(np.searchsorted(part, spare_row)) if part.size else 0
+            if at < part.size and part[at] == spare_row:
                 # the spare atom: the residual of the mini-batch's first row (its data row
                 # when the row is reconstructed exactly)
-                r = R[at[0]]
-                inc["spare"] += r if np.linalg.norm(r) > 1e-12 else Y64[at[0]]
+                r = R[at]
+                inc["spare"] += r if np.linalg.norm(r) > 1e-12 else Y64[at]
             local["energy"] += 0.5 * float(sq_error.sum()) + self.model.penalty_sum(
                 S64, self.coder.a
             )
@@ -411,6 +500,8 @@ class OnlineSparseCoding:
             local["n_nonzero"] += float(np.count_nonzero(S))
             local["coder_iter"] += float(n_iter.sum())
             local["n"] += float(part.size)
+        # Σ s sᵀ is symmetric: its upper triangle is all the Allreduce needs to carry
+        inc["A"] = inc["A"].ravel()[self._triu_flat]
         return inc
 
     def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
@@ -430,13 +521,17 @@ class OnlineSparseCoding:
             eta = self.batch_size
             theta = (t + 1) * eta if t < eta - 1 else eta * eta + t + 1 - eta
             beta = max(theta + 1 - n_rows, 0) / (theta + 1)
-        self.A = beta * self.A + inc["A"] / n_rows
-        self.B = beta * self.B + inc["B"] / n_rows
+        inc_A = np.empty(self.model.H * self.model.H)
+        inc_A[self._triu_flat] = inc["A"]
+        inc_A[self._tril_flat] = inc["A"]
+        self.A *= beta
+        self.A += inc_A.reshape(self.A.shape) / n_rows
+        self.B *= beta
+        self.B += inc["B"] / n_rows
         self.n_steps += 1
         self.n_seen += n_rows
-        W, n_replaced = self.model.update_dictionary_bcd(
-            self.A, self.B, self.params["W"], inc["spare"]
-        )
+        update = self.coder.update_kernel or self.model.update_dictionary_bcd
+        W, n_replaced = update(self.A, self.B, self.params["W"], inc["spare"])
         self.params = {"W": W}
         return n_replaced
 
@@ -457,11 +552,24 @@ class OnlineSparseCoding:
         return self._metrics(stats)
 
     # -- one pass (one run_em iteration) --------------------------------------------------
-    def _local_order(self, n_local: int, offset: int, iteration: int):
-        """This rank's local row indices in the pass's global order, and their positions."""
-        perm = np.random.default_rng([self.seed, iteration]).permutation(self.n_total)
-        pos = np.flatnonzero((perm >= offset) & (perm < offset + n_local))
-        return perm, pos, perm[pos] - offset
+    def _pass_batches(self, n_local: int, offset: int, iteration: int):
+        """The global mini-batches of pass ``iteration``: per mini-batch, this rank's local
+        rows of it (increasing), its spare row (local index; outside ``[0, n_local)`` when
+        another rank holds it) and its size.
+
+        Positions ``0 .. N−1`` are mapped to rows by :class:`RowOrder` a few thousand at a
+        time, so the order costs O(batch_size) memory whatever N is, and every rank derives
+        the same global mini-batches.
+        """
+        order = RowOrder(self.n_total, self.seed, iteration)
+        eta = self.batch_size
+        per_chunk = max(1, _ORDER_CHUNK // eta) * eta
+        for lo in range(0, self.n_total, per_chunk):
+            rows = order(np.arange(lo, min(lo + per_chunk, self.n_total))) - offset
+            mine = (rows >= 0) & (rows < n_local)
+            for start in range(0, rows.size, eta):
+                batch, batch_mine = rows[start : start + eta], mine[start : start + eta]
+                yield np.sort(batch[batch_mine]), int(batch[0]), batch.size
 
     def estep(self, Y: Any, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """One pass of online learning over all ranks' rows; returns local metric sums.
@@ -472,18 +580,12 @@ class OnlineSparseCoding:
         """
         n_local = int(Y.shape[0])
         offset = comm.exscan(n_local)
-        perm, pos, local_idx = self._local_order(n_local, offset, iteration)
         local = dict.fromkeys(_METRIC_SUMS, 0.0)
         replaced = 0
-        eta = self.batch_size
-        for start in range(0, self.n_total, eta):
-            stop = min(start + eta, self.n_total)
-            a, b = np.searchsorted(pos, [start, stop])
-            idx = np.sort(local_idx[a:b])
-            spare_row = int(perm[start]) - offset
+        for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
             self.coder.set_dictionary(self.params["W"], Y.dtype)
             inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
-            replaced += self._update(inc, stop - start, self.n_total)
+            replaced += self._update(inc, n_rows, self.n_total)
         out = {k: np.array(v) for k, v in local.items()}
         # counted once (the same on every rank): rank 0 reports it
         out["n_replaced"] = np.array(float(replaced) if comm.rank == 0 else 0.0)

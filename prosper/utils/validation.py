@@ -288,14 +288,26 @@ def _check_source_local(
 
 
 def _check_finite_blocks(source: Any, name: str, row_offset: int, batch_size: int) -> None:
+    """Raise if a value is NaN or infinite; keep the local sums Σ y and Σ y² (float64) of the
+    same pass in ``source.local_sums`` (the data checksum of a result file, which then
+    costs no pass over the data of its own)."""
+    total, total_sq = 0.0, 0.0
     for rows, block in source.batches(batch_size):
-        finite = np.isfinite(block)
-        if not finite.all():
-            bad = np.argwhere(~finite)[0]
-            raise ValueError(
-                f"{name} contains NaN or infinity (first at row {bad[0] + rows.start + row_offset}"
-                f", column {bad[1]}); remove or impute those values before fitting."
-            )
+        block_sum = float(block.sum(dtype=np.float64))
+        block_sq = float(np.einsum("nd,nd->", block, block, dtype=np.float64))
+        # finite sums mean finite values; infinite ones may also be an overflow of Σ y²
+        if not (np.isfinite(block_sum) and np.isfinite(block_sq)):
+            finite = np.isfinite(block)
+            if not finite.all():
+                bad = np.argwhere(~finite)[0]
+                raise ValueError(
+                    f"{name} contains NaN or infinity (first at row "
+                    f"{bad[0] + rows.start + row_offset}, column {bad[1]}); remove or impute "
+                    "those values before fitting."
+                )
+        total += block_sum
+        total_sq += block_sq
+    source.local_sums = np.array([total, total_sq])
 
 
 def _agree(comm: Any, error: str | None, shape: tuple | None, name: str) -> None:

@@ -85,6 +85,28 @@ def test_sparse_coding_and_sbl_take_sources():
     assert max(n for n, _ in spy.reads) <= 16
 
 
+def test_the_result_files_checksum_costs_no_pass_of_its_own(tmp_path):
+    """The finiteness check keeps Σ y and Σ y² of its pass; the checksum stored for
+    ``--resume`` reuses them: a fit with a result file reads no more rows than one without,
+    and the stored checksum is the data's."""
+    Y = _data(300)
+    counts = {}
+    for name, out in (("without", None), ("with", tmp_path / "run.h5")):
+        spy = SpySource(Y)
+        SparseCoding(H=4, n_iter=1, batch_size=50, random_state=0).fit(spy, out=out)
+        counts[name] = sum(n for n, _ in spy.reads)
+    assert counts["with"] == counts["without"]
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        stored = np.asarray(f.attrs["data_checksum"])
+    Y64 = Y.astype(np.float64)
+    np.testing.assert_allclose(stored, [Y64.sum(), (Y64**2).sum()], rtol=1e-12)
+    # an infinite Σ y² of finite float64 values (overflow) is not mistaken for bad data
+    from prosper.utils.validation import check_source
+
+    sums = check_source(np.full((4, 2), 1e200)).local_sums
+    assert sums[0] == 8e200 and sums[1] == np.inf
+
+
 def test_bad_values_in_a_streamed_file_are_found_before_fitting(tmp_path):
     Y = _data()
     Y[437, 5] = np.nan
