@@ -182,14 +182,6 @@ def coordinate_descent(
     return S, n_iter
 
 
-def _compiled_bcd():
-    """numba's sweep of block coordinate descent over the atoms (imported only when the
-    numba backend is in use: it is the backend that provides ``sparse_cd``)."""
-    from prosper.backends.numba_sparse import sparse_bcd
-
-    return sparse_bcd
-
-
 class Coder:
     """MAP codes of batches of rows under one dictionary.
 
@@ -222,7 +214,7 @@ class Coder:
         self.max_iter, self.tol = int(max_iter), float(tol)
         self.kernel = None if backend is None else backend.KERNELS.get("sparse_cd")
         # the backend that compiles the coder compiles the dictionary sweep too
-        self.update_kernel = _compiled_bcd() if self.kernel is not None else None
+        self.update_kernel = None if backend is None else backend.KERNELS.get("sparse_bcd")
         self.W: np.ndarray | None = None
 
     def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:
