@@ -95,6 +95,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "evo64-8-4-2-T3l": {**_evo(64, 8, 4, 2), **_T3L},
     "evo64-8-4-2-T5p": {**_evo(64, 8, 4, 2), **_T5},
     "evo16-4-4-2-T3l": {**_evo(16, 4, 4, 2), **_T3L},
+    # restarts: the best free energy of 3 initialisations (n_init)
+    "et-T3l-init3": {**_ET, **_T3L, "n_init": 3},
+    "evo32-4-4-2-T3l-init3": {**_evo(32, 4, 4, 2), **_T3L, "n_init": 3},
     # time to quality at 32 states per point for both sets (ET: H'=5, gamma=5 = 2^5 states)
     "ttq-evo32": {**_evo(32, 4, 4, 2), **_T3L},
     "ttq-et32": {**_ET32, **_T3L},
