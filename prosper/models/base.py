@@ -363,50 +363,41 @@ class LinearTruncatedModel(TruncatedModel):
             accumulate=accumulate,
         )
 
+    def _batch_terms(self, Y, params):
+        """What the log-joints of any states of a batch need: (Wᵀy (B, H), ||y||² (B,),
+        WᵀW (H, H), log p(s_h = v) (V,), σ²), and the preselection scores from the same Wᵀy."""
+        WY = Y @ params["W"].astype(Y.dtype, copy=False)
+        terms = (
+            WY,
+            np.einsum("nd,nd->n", Y, Y, dtype=np.float64),
+            params["W"].T @ params["W"],
+            self.value_log_prior(params),
+            self.sigma2(params),
+        )
+        return terms, preselection_scores(WY, self.preselection_coefficients(params))
+
     def state_scorer(self, Y, params, backend, beta=1.0):
-        W = params["W"].astype(Y.dtype, copy=False)
-        WY = Y @ W  # shared by the proposal scores and the log-joints
-        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
-        WtW = params["W"].T @ params["W"]
-        logp, sigma2 = self.value_log_prior(params), self.sigma2(params)
+        (WY, yy, WtW, logp, sigma2), scores = self._batch_terms(Y, params)
         run = backend.KERNELS["linear_state_log_joint"]
-        values = self.values
 
         def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return run(WY, WtW, yy, X, values, logp, sigma2, self.D)
+            return run(WY, WtW, yy, X, self.values, logp, sigma2, self.D)
 
-        return preselection_scores(WY, self.preselection_coefficients(params)), log_joint
+        return scores, log_joint
 
     def state_search(self, Y, params, backend):
         search = backend.KERNELS.get("linear_search")
         if search is None:
             return None
-        W = params["W"].astype(Y.dtype, copy=False)
-        WY = Y @ W
-        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
-        WtW = params["W"].T @ params["W"]
-        logp, sigma2 = self.value_log_prior(params), self.sigma2(params)
-        values, D = self.values, self.D
+        (WY, yy, WtW, logp, sigma2), scores = self._batch_terms(Y, params)
 
         def fused(X, proposal, keys, gen_keys, rows, n_parents, n_children):
             return search(
-                X,
-                WY,
-                WtW,
-                yy,
-                values,
-                logp,
-                sigma2,
-                D,
-                proposal,
-                keys,
-                gen_keys,
-                rows,
-                n_parents,
-                n_children,
-            )
+                X, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys, gen_keys,
+                rows, n_parents, n_children,
+            )  # fmt: skip
 
-        return preselection_scores(WY, self.preselection_coefficients(params)), fused
+        return scores, fused
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         mean, ss, counts = backend.KERNELS["linear_state_stats"](X, q, self.values)

@@ -172,17 +172,24 @@ class TruncatedEM:
         return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
 
     def _search(self, Y, X, rows, iteration, fresh, beta=1.0):
-        """The state set's search for a batch: the model's fused search where its backend has
-        one, else the generic search over the model's log-joint."""
+        """The state set's search for a batch (see :meth:`_searcher`)."""
+        return self._searcher(Y, beta)(X, rows, iteration, fresh)
+
+    def _searcher(self, Y, beta=1.0):
+        """``search(X, rows, iteration, fresh)`` for a batch at the current parameters: the
+        model's fused search where its backend has one, else the generic search over the
+        model's log-joint. The batch's terms (Wᵀy, scores) are computed once, here, so that
+        repeated searches of one batch (new data) do not redo them."""
+        kernels = self.backend.KERNELS
         fused = self.model.state_search(Y, self.params, self.backend)
         if fused is not None:
-            scores, search = fused
-            return self.states.evolve(
-                X, None, scores, rows, iteration, fresh, self.backend.KERNELS, search
+            scores, run = fused
+            return lambda X, rows, it, fresh: self.states.evolve(
+                X, None, scores, rows, it, fresh, kernels, run
             )
         scores, log_joint = self.model.state_scorer(Y, self.params, self.backend, beta)
-        return self.states.evolve(
-            X, log_joint, scores, rows, iteration, fresh, self.backend.KERNELS
+        return lambda X, rows, it, fresh: self.states.evolve(
+            X, log_joint, scores, rows, it, fresh, kernels
         )
 
     def _posterior(self, Y, X, ll, lp, beta, prior_beta, weight, accumulate):
@@ -311,8 +318,9 @@ class TruncatedEM:
         index = np.arange(rows.start, rows.stop)
         X = np.zeros((B, st.n_states, st.H), dtype=np.uint8)
         fresh = np.ones(B, dtype=bool)
+        search = self._searcher(Y)
         for r in range(max(1, self.search_rounds)):
-            X, ll, lp = self._search(Y, X, index, r, fresh if r == 0 else None)
+            X, ll, lp = search(X, index, r, fresh if r == 0 else None)
         return X, ll + lp
 
     def kept_posterior_mean(self, rows: slice, Y: np.ndarray) -> np.ndarray:
