@@ -23,7 +23,7 @@ demo: venv
 	$(BIN)/prosper plot bsc_bars.h5 -o bsc_bars.png
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: venv
 	$(BIN)/ruff check prosper tests examples benchmarks
