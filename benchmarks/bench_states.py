@@ -103,6 +103,25 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ttq-et32": {**_ET32, **_T3L},
     "ttq-et163": {**_ET, **_T3L},
 }
+# every configuration above predates the re-initialisation of unused latents (issue #11,
+# 2026-12-02 session 5): they keep running without it; "-r3" adds it at ratio 0.3 (the default)
+for _settings in CONFIGS.values():
+    _settings["reassignment_ratio"] = 0.0
+CONFIGS.update(
+    {
+        "et-T3l-r3": {**_ET, **_T3L, "reassignment_ratio": 0.3},
+        "evo32-4-4-2-T3l-r3": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
+        "et-T3l-r3-init3": {**_ET, **_T3L, "reassignment_ratio": 0.3, "n_init": 3},
+        "evo32-4-4-2-T3l-r3-init3": {
+            **_evo(32, 4, 4, 2),
+            **_T3L,
+            "reassignment_ratio": 0.3,
+            "n_init": 3,
+        },
+        "ttq-evo32-r3": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
+        "ttq-et32-r3": {**_ET32, **_T3L, "reassignment_ratio": 0.3},
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------

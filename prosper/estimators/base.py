@@ -622,6 +622,7 @@ class TruncatedEMEstimator(EMEstimator):
         "gamma": [None, Interval("int", 1, None)],
         "states": [Options(("et", "evo", "full"))],
         "n_init": [Interval("int", 1, None)],
+        "reassignment_ratio": [Interval("real", 0.0, 1.0)],
         "n_states": [None, Interval("int", 1, None)],
         "n_parents": [None, Interval("int", 1, None)],
         "n_children": [None, Interval("int", 1, None)],
@@ -673,6 +674,7 @@ class TruncatedEMEstimator(EMEstimator):
         n_children: int | None = None,
         n_generations: int | None = None,
         n_init: int = 1,
+        reassignment_ratio: float = 0.3,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -697,6 +699,7 @@ class TruncatedEMEstimator(EMEstimator):
         self.n_children = n_children
         self.n_generations = n_generations
         self.n_init = n_init
+        self.reassignment_ratio = reassignment_ratio
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.temperature = temperature
@@ -845,6 +848,7 @@ class TruncatedEMEstimator(EMEstimator):
             batch_size=self.batch_size,
             backend=backend,
             seed=seed,
+            reassignment_ratio=self.reassignment_ratio,
         )
 
     def _init_kwargs(self) -> dict[str, Any]:

@@ -253,6 +253,22 @@ class TruncatedModel(ABC):
     def perturb(self, params: Params, scale: float, rng: np.random.Generator) -> Params:
         """Annealing noise of relative size ``scale``, then clip parameters to their domain."""
 
+    def latent_usage(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
+        """How much each latent is used, (H,), from statistics summed over all ranks; None
+        where the model does not re-initialise unused latents (the solver then never does).
+
+        Only ratios between latents matter (the solver compares each with the median).
+        """
+        return None
+
+    def reassigned(self, params: Params, h: int, y: np.ndarray, mean_s: np.ndarray) -> Params:
+        """``params`` with latent ``h`` re-initialised to explain what the model leaves
+        unexplained of the data point ``y`` (D,) whose posterior mean is ``mean_s`` (H,).
+
+        Called only where :meth:`latent_usage` is not None.
+        """
+        raise NotImplementedError
+
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).
 
@@ -419,6 +435,22 @@ class LinearTruncatedModel(TruncatedModel):
             states,
             self.preselection_coefficients(params),
         )
+
+    def latent_usage(self, stats):
+        """Σ_n <s_h²>: the diagonal of the second-moment statistic."""
+        return np.diag(np.asarray(stats["ss"], dtype=np.float64)).copy()
+
+    def reassigned(self, params, h, y, mean_s):
+        """Column h becomes the residual y − W<s>, scaled to the median column norm (the
+        size of a typical cause, so that the prior's cost of switching it on is that of
+        the others)."""
+        W = np.array(params["W"], dtype=np.float64)
+        residual = np.asarray(y, dtype=np.float64) - W @ mean_s
+        norm = float(np.linalg.norm(residual))
+        if norm <= 0.0:
+            return params
+        W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
+        return {**params, "W": W}
 
     def mstep(self, stats, params, gamma):
         """W = (Σ y<s>ᵀ)(Σ<ssᵀ>)⁻¹ (ET paper eq. 11); σ² with the *new* W.

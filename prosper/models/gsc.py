@@ -653,6 +653,23 @@ class GSCModel(TruncatedModel):
         }
 
     # -- M-step -------------------------------------------------------------------------
+    def latent_usage(self, stats):
+        """Σ_n <b_h>: the expected number of points in which each spike is on."""
+        return np.asarray(stats["b"], dtype=np.float64).copy()
+
+    def reassigned(self, params, h, y, mean_s):
+        """Column h becomes the residual y − W<s> scaled to the median column norm, with the
+        median spike probability (an unused latent's own π_h is near zero)."""
+        W = np.array(params["W"], dtype=np.float64)
+        residual = np.asarray(y, dtype=np.float64) - W @ mean_s
+        norm = float(np.linalg.norm(residual))
+        if norm <= 0.0:
+            return params
+        W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
+        pi = np.array(params["pi"], dtype=np.float64)
+        pi[h] = np.median(pi)
+        return {**params, "W": W, "pi": pi}
+
     def mstep(self, stats, params, gamma):
         """Closed-form updates (Sheikh et al. 2014, section 3), σ² with the new W.
 

@@ -24,6 +24,8 @@ batch_size = 250
 random_state = 1
 backend = "{backend}"
 noise = [[0, 0.02], [0.5, 0.0]]
+# every check re-initialises a latent: the chosen point may sit on any rank
+reassignment_ratio = 1.0
 
 [data]
 file = "{file}"
@@ -46,6 +48,7 @@ def test_one_two_three_ranks_same_model(job_dir):
         run_mpi(n, ["prosper", "fit", "job.toml", "--out", str(out)], cwd=job_dir)
         model = prosper.load(out)
         W[n] = model.W_
+        assert (model.history_["reassigned"] >= 0).sum() == 2  # iterations 5 and 10
         import h5py
 
         with h5py.File(out, "r") as f:
@@ -77,6 +80,7 @@ n_iter = 12
 batch_size = 200
 random_state = 1
 backend = "{backend}"
+reassignment_ratio = 1.0
 
 [data]
 file = "Y.npy"
@@ -95,6 +99,7 @@ def test_evolutionary_states_do_not_depend_on_the_ranks(job_dir):
         out = job_dir / f"evo{n}.h5"
         run_mpi(n, ["prosper", "fit", f"evo_{n}.toml", "--out", str(out)], cwd=job_dir, timeout=300)
         runs[n] = prosper.load(out)
+        assert runs[n].history_["reassigned"][5] >= 0
         with h5py.File(out, "r") as f:
             ck = f["checkpoint"][f["checkpoint"].attrs["active"]]
             states[n] = ck["state/rows/evo_states"][()]
