@@ -97,6 +97,10 @@ class _SBLEstimator(EMEstimator):
         """Iterates the learner's Anderson acceleration uses (0: none)."""
         return 0
 
+    def _entry_cost(self) -> float:
+        """Log-evidence cost of an active entry (0: none)."""
+        return 0.0
+
     # -- EMEstimator hooks ----------------------------------------------------------------
     def _check_params(self, D: int) -> None:
         self._check_operator(D)
@@ -115,15 +119,18 @@ class _SBLEstimator(EMEstimator):
             prune=self.prune,
             memory=self._anderson_memory(),
             tol=self.tol,
+            entry_cost=self._entry_cost(),
         )
 
     def _stopping(self, user: Any):
-        """The user's callback, or-ed with the test ``gamma_change < tol`` (same on all ranks)."""
+        """The user's callback, or-ed with the test ``gamma_change < tol`` (same on all ranks;
+        not before the penalised phase of an entry cost has run)."""
         tol = self.tol
 
         def callback(iteration: int, learner: Any, metrics: dict[str, float]) -> bool:
             stop = bool(user(iteration, learner, metrics)) if user is not None else False
-            return stop or (bool(tol) and metrics["gamma_change"] < tol)
+            converged = bool(tol) and metrics["gamma_change"] < tol and not learner.pending
+            return stop or converged
 
         return callback
 
@@ -249,6 +256,17 @@ class SBL(_SBLEstimator):
     dictionary : ndarray of shape (m, n)
         Φ; the posterior works in the m × m space when m < n and in the n × n space
         otherwise, so the cost per iteration is O(min(m, n)² max(m, n)).
+    entry_cost : "auto" or float >= 0, default="auto"
+        Log-evidence cost κ of each non-zero γ_j: γ and σ maximise
+        log p(Y | γ, σ²) - κ · #{j : γ_j > 0}, i.e. the evidence under prior odds e^κ : 1
+        against each entry being active. "auto": κ = log n (odds n : 1, the risk
+        inflation criterion of Foster & George 1994). EM runs until it changes γ by less
+        than 1e-3 (relative); from then on every iteration also removes the active
+        entries whose evidence gain at their best γ_j, the others held fixed (Tipping &
+        Faul 2003), is below κ, and activates the inactive entry of largest gain above κ
+        (an entry removed in this phase is not activated again). Without it (0: plain
+        EM-SBL, as before 2026-12) the learned σ collapses at low SNR with one snapshot
+        and m < n (see Notes).
 """
         + _COMMON_DOC.replace("{per}", "")
         .replace("{prune0}", "1e-3")
@@ -263,18 +281,26 @@ class SBL(_SBLEstimator):
         + """
     Notes
     -----
-    With few snapshots, m < n and a low SNR, the learned σ can collapse: the evidence is
-    then largest with σ far below the true noise and many active γ_j that fit the noise
-    (one snapshot, m = 256, n = 1024, 16 non-zeros, 0 dB: σ ≈ 0.1-0.2× the truth and an
-    NMSE of about +4.5 dB, worse than x̂ = 0; benchmarks/RESULTS.md, issue #13). When the
-    noise level is known, pass ``sigma`` with ``learn_sigma=False``; for Kronecker
-    dictionaries :class:`KroneckerSBL` does not show the collapse.
+    Why the entry cost: with few snapshots, m < n and a low SNR, the evidence alone is
+    largest with σ far below the true noise and many active γ_j that fit the noise (in an
+    orthonormal Φ an entry is active when |φ_jᵀy| > σ, so σ → 0 with every entry active
+    is always a maximum). The cost makes every active entry pay log n, so an entry that
+    only fits noise loses more than it gains and σ is estimated from the residual of the
+    entries that stay. It also removes spurious small entries at high SNR. The EM phase
+    first finds where the evidence concentrates: the gains are meaningless while γ is
+    still spread over all entries (in the first iterations even true entries gain less
+    than log n). The evidence (``free_energy_``) may fall when the penalised phase
+    removes entries. For Kronecker dictionaries :class:`KroneckerSBL` does not show the
+    collapse.
 
     References
     ----------
     M. E. Tipping. Sparse Bayesian learning and the relevance vector machine. JMLR
     1:211-244, 2001. D. P. Wipf and B. D. Rao. Sparse Bayesian learning for basis
-    selection. IEEE Trans. Signal Process. 52(8):2153-2164, 2004.
+    selection. IEEE Trans. Signal Process. 52(8):2153-2164, 2004. M. E. Tipping and
+    A. C. Faul. Fast marginal likelihood maximisation for sparse Bayesian models. AISTATS
+    2003. D. P. Foster and E. I. George. The risk inflation criterion for multiple
+    regression. Ann. Statist. 22(4):1947-1975, 1994.
 
     Examples
     --------
@@ -291,12 +317,16 @@ class SBL(_SBLEstimator):
 
     _model_name = "sbl"
     _fitted_names = ("gamma", "sigma")
-    _parameter_constraints = {"dictionary": [_is_matrix]}
+    _parameter_constraints = {
+        "dictionary": [_is_matrix],
+        "entry_cost": [Options(("auto",)), Interval("real", 0, None, "left")],
+    }
 
     def __init__(
         self,
         dictionary: Any = None,
         *,
+        entry_cost: float | str = "auto",
         learn_sigma: bool = True,
         sigma: float | None = None,
         prune: float = 1e-3,
@@ -312,6 +342,7 @@ class SBL(_SBLEstimator):
         max_memory: int | str | None = None,
     ) -> None:
         self.dictionary = dictionary
+        self.entry_cost = entry_cost
         self.learn_sigma = learn_sigma
         self.sigma = sigma
         self.prune = prune
@@ -336,6 +367,11 @@ class SBL(_SBLEstimator):
 
     def _make_model(self) -> SBLModel:
         return SBLModel(np.asarray(self.dictionary, dtype=np.float64))
+
+    def _entry_cost(self) -> float:
+        if isinstance(self.entry_cost, str):  # "auto"
+            return float(np.log(np.shape(self.dictionary)[1]))
+        return float(self.entry_cost)
 
     def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
         m, n = np.shape(self.dictionary)

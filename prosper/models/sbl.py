@@ -42,6 +42,11 @@ determine x_j; Σ_j g_j = tr(ΦΣΦᵀ)/σ²), the evidence is stationary in γ_
 - σ² = (R + L tr(ΦΣΦᵀ)) / (L m), tr(ΦΣΦᵀ) = Σ_k λ_k σ² / (σ² + λ_k) (the EM update of
   Tipping 2001, eq. 46 with the EM form of Wipf & Rao 2004).
 
+Classic SBL with an entry cost κ (the solver's penalised phase) also needs, for every entry,
+its evidence gain at its best γ_j with the others fixed (:meth:`SBLModel.entry_gains`,
+Tipping & Faul 2003), from S_j = φ_jᵀC⁻¹φ_j (:meth:`GaussianPosterior.column_precisions`)
+and the correlations φ_jᵀ(y_l - Φμ_l) of the residuals.
+
 Block sparsity (He & Joseph's block KroSBL): γ_i is constant on consecutive blocks of
 ``block_sizes[i]`` entries; both updates then act on block sums/means.
 Entries below ``prune`` times the largest entry of their factor are set to zero for good.
@@ -149,6 +154,11 @@ class GaussianPosterior:
         """Φ x for rows of X given on the active entries (B, n_active), shape (B, m)."""
         raise NotImplementedError
 
+    def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
+        """S_j = φ_jᵀ C⁻¹ φ_j for every column of the dense Φ (m, n), shape (n,), with
+        C = σ² I + Φ Γ Φᵀ (classic SBL only)."""
+        raise NotImplementedError
+
     def _scatter_diag(self, diag_active: np.ndarray, determined: np.ndarray, n: int) -> None:
         self.diag_cov = np.zeros(n)
         self.diag_cov[self.index] = diag_active
@@ -210,6 +220,15 @@ class _EigenPosterior(GaussianPosterior):
         Z = kron_matvec(self.U_t, W) * self.inv
         return kron_matvec(self.U, Z)
 
+    def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
+        if len(self.factors) != 1:
+            raise NotImplementedError("column precisions of a Kronecker posterior")
+        # Woodbury with K = Φ_a Γ_a^{1/2} = (K U) Uᵀ: C⁻¹ = (I - K U diag(inv) Uᵀ Kᵀ)/σ²,
+        # O(m n a) for a active entries
+        P = dictionary.T @ ((self.factors[0] * self.scale) @ self.U[0])
+        norms2 = np.einsum("mn,mn->n", dictionary, dictionary)
+        return np.maximum(norms2 - (P * P) @ self.inv, 0.0) / self.sigma2
+
     def predict(self, X: np.ndarray) -> np.ndarray:
         return kron_matvec(self.factors, X)
 
@@ -250,6 +269,10 @@ class _MeasurementPosterior(GaussianPosterior):
     def whitened(self, Y: np.ndarray) -> np.ndarray:
         # v = Γ^{1/2} Φᵀ C⁻¹ y
         return ((Y @ self.V) * self.inv) @ self.KtV.T
+
+    def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
+        P = dictionary.T @ self.V  # C⁻¹ = V diag(inv) Vᵀ: O(m² n)
+        return (P * P) @ self.inv
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return X @ self.dictionary.T
@@ -357,35 +380,47 @@ class _SBLBase:
         return mu
 
     def _active_terms(self, Y: np.ndarray, post: GaussianPosterior):
-        """μ on the active entries (B, a), ||y - Φμ||² (B,), and the evidence terms (B,)."""
+        """μ on the active entries (B, a), the residuals y - Φμ (B, m), ||y - Φμ||² (B,),
+        and the evidence terms (B,)."""
         Y = np.asarray(Y, dtype=np.float64)
         v = post.whitened(Y)
         mu = v * post.scale
         r = Y - post.predict(mu)
         resid = np.einsum("bm,bm->b", r, r)
-        return mu, resid, self._log_evidence(resid, np.einsum("ba,ba->b", v, v), post)
+        return mu, r, resid, self._log_evidence(resid, np.einsum("ba,ba->b", v, v), post)
 
-    def estep_batch(self, Y: np.ndarray, post: GaussianPosterior) -> dict[str, np.ndarray]:
+    def residual_correlations(self, R: np.ndarray) -> np.ndarray:
+        """Φᵀ r for residual rows R (B, m), shape (B, n) (classic SBL only)."""
+        raise NotImplementedError
+
+    def estep_batch(
+        self, Y: np.ndarray, post: GaussianPosterior, *, correlations: bool = False
+    ) -> dict[str, np.ndarray]:
         """Summed statistics of one batch of snapshots Y (B, m).
 
         Returns
         -------
         dict
             ``mu2`` (n,) = Σ_l μ_l², ``resid`` = Σ_l ||y_l - Φμ_l||², ``free_energy`` =
-            Σ_l log p(y_l | γ, σ²).
+            Σ_l log p(y_l | γ, σ²); with ``correlations`` also ``corr2`` (n,) =
+            Σ_l (φ_jᵀ (y_l - Φμ_l))².
         """
-        mu, resid, log_ev = self._active_terms(Y, post)
+        mu, r, resid, log_ev = self._active_terms(Y, post)
         mu2 = np.zeros(self.n_components)
         mu2[post.index] = np.einsum("ba,ba->a", mu, mu)
-        return {
+        out = {
             "mu2": mu2,
             "resid": np.array(resid.sum()),
             "free_energy": np.array(log_ev.sum()),
         }
+        if correlations:
+            corr = self.residual_correlations(r)
+            out["corr2"] = np.einsum("bn,bn->n", corr, corr)
+        return out
 
     def log_evidence(self, Y: np.ndarray, post: GaussianPosterior) -> np.ndarray:
         """log p(y_l | γ, σ²) of every row of Y (B, m), shape (B,)."""
-        return self._active_terms(Y, post)[2]
+        return self._active_terms(Y, post)[3]
 
     def _log_evidence(
         self, resid: np.ndarray, vnorm2: np.ndarray, post: GaussianPosterior
@@ -473,6 +508,56 @@ class SBLModel(_SBLBase):
     ) -> Params:
         # the EM update; pruned entries have μ_j = Σ_jj = 0, so q_j = 0 keeps them at zero
         return {"gamma": _prune(q, kwargs["prune"])}
+
+    def residual_correlations(self, R: np.ndarray) -> np.ndarray:
+        return R @ self.dictionary
+
+    def entry_gains(
+        self, stats: dict[str, np.ndarray], params: Params, post: GaussianPosterior, n_total: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Log-evidence gain of every entry at its best γ_j, the others held fixed.
+
+        With s_j = φ_jᵀ C_{-j}⁻¹ φ_j and mean_l q_lj², q_lj = φ_jᵀ C_{-j}⁻¹ y_l (C_{-j}: C
+        without entry j), log p(Y) as a function of γ_j alone is largest at
+        γ_j* = (mean q² - s)/s² when r_j = mean q²/s > 1 (Tipping & Faul 2003), and exceeds
+        its value at γ_j = 0 by ℓ_j = (L/2)(r_j - 1 - log r_j) (0 when r_j <= 1). Active
+        entries: r_j = (mean_l μ_lj²/γ_j)/(g_j (1 - g_j)); inactive ones: C_{-j} = C, so
+        s_j = :meth:`GaussianPosterior.column_precisions` and q_lj = φ_jᵀ(y_l - Φμ_l)/σ².
+
+        Parameters
+        ----------
+        stats : dict
+            Reduced E-step sums with ``corr2`` (:meth:`estep_batch` with ``correlations``).
+        params : dict
+            The parameters of ``post``.
+        post : GaussianPosterior
+        n_total : int
+            L, snapshots over all ranks.
+
+        Returns
+        -------
+        gain : ndarray of shape (n,)
+            ℓ_j (inf for an entry the data determine completely, g_j = 1).
+        best : ndarray of shape (n,)
+            γ_j* of the inactive entries (0 where r_j <= 1 and on active entries).
+        """
+        gamma = self.gamma(params)
+        active = gamma > 0
+        tiny = np.finfo(np.float64).tiny
+        S = post.column_precisions(self.dictionary)
+        Q2 = stats["corr2"] / n_total / post.sigma2**2
+        g = post.determined
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s_ratio = stats["mu2"] / n_total / np.where(active, gamma, 1.0)
+            r_active = np.where(g < 1.0, s_ratio / np.maximum(g * (1.0 - g), tiny), np.inf)
+            r_inactive = Q2 / np.maximum(S, tiny)
+        r = np.where(active, r_active, np.where(S > 0, r_inactive, 0.0))
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            finite = np.where(np.isfinite(r) & (r > 1.0), r, 1.0)
+            gain = np.where(r > 1.0, 0.5 * n_total * (finite - 1.0 - np.log(finite)), 0.0)
+            gain[np.isinf(r)] = np.inf
+            best = np.where(~active & (r > 1.0), (Q2 - S) / np.maximum(S, tiny) ** 2, 0.0)
+        return gain, best
 
 
 def _block_sum(v: np.ndarray, block: int) -> np.ndarray:

@@ -38,10 +38,14 @@ Params = dict[str, np.ndarray]
 #: largest change of a log coordinate that an extrapolation may add to the plain update
 #: (a factor of e^10 ≈ 2·10⁴); a guard against overflow when entries are not pruned
 MAX_LOG_STEP = 10.0
+#: classic SBL with an entry cost: the plain EM updates run until they change γ by less
+#: than this (relative), then the penalised phase starts
+PENALTY_START = 1e-3
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
-    return float(np.linalg.norm(new - old) / max(np.linalg.norm(old), np.finfo(float).tiny))
+    with np.errstate(over="ignore"):  # inf when γ was all zero (everything removed)
+        return float(np.linalg.norm(new - old) / max(np.linalg.norm(old), np.finfo(float).tiny))
 
 
 class _Anderson:
@@ -156,6 +160,12 @@ class SBLLearner:
     tol : float or None, default=None
         No extrapolation once the plain update changes γ by less than ``tol`` (relative),
         so that a run stopped by ``tol`` ends on a plain update.
+    entry_cost : float, default=0.0
+        Classic SBL only: log-evidence cost κ of each active entry. > 0: once the EM
+        updates change γ by less than ``PENALTY_START``, every iteration also sets to zero
+        the active entries whose evidence gain (:meth:`SBLModel.entry_gains`) is below κ
+        and activates the inactive entry of largest gain above κ at its best γ_j; an entry
+        that leaves the active set in this phase is not activated again. 0: plain EM.
     """
 
     def __init__(
@@ -168,8 +178,12 @@ class SBLLearner:
         prune: float,
         memory: int = 0,
         tol: float | None = None,
+        entry_cost: float = 0.0,
     ) -> None:
+        if entry_cost > 0 and not isinstance(model, SBLModel):
+            raise ValueError("entry_cost applies to classic SBL (SBLModel) only.")
         self.model = model
+        self.entry_cost = float(entry_cost)
         self.batch_size, self.learn_sigma, self.sigma, self.prune = (
             batch_size,
             learn_sigma,
@@ -185,14 +199,26 @@ class SBLLearner:
             if memory > 0 and isinstance(model, KroneckerSBLModel)
             else None
         )
+        self.set_state(None)
 
-    # -- state beyond the parameters (Anderson history) ------------------------------------
+    # -- state beyond the parameters (Anderson history, penalised phase) --------------------
     def checkpoint_state(self) -> dict[str, np.ndarray]:
-        """The Anderson history, so that a resumed run continues exactly (empty without)."""
-        return {} if self._anderson is None else self._anderson.state()
+        """The Anderson history and the phase of the entry cost, so that a resumed run
+        continues exactly (empty without either)."""
+        state = {} if self._anderson is None else self._anderson.state()
+        if self.entry_cost > 0:
+            state["penalty_phase"] = np.array(self.penalised)
+            state["penalty_removed"] = self._removed.astype(np.uint8)
+        return state
 
     def set_state(self, state: dict[str, np.ndarray] | None) -> None:
         """Restore :meth:`checkpoint_state` (None or empty: a fresh history)."""
+        self.penalised = False
+        self.pending = self.entry_cost > 0
+        self._removed = np.zeros(self.model.n_components, dtype=bool)
+        if state and "penalty_phase" in state:
+            self.penalised = bool(state["penalty_phase"])
+            self._removed = np.asarray(state["penalty_removed"]).astype(bool)
         if self._anderson is None:
             return
         if state and "anderson_points" in state:
@@ -236,8 +262,10 @@ class SBLLearner:
             "resid": np.array(0.0),
             "free_energy": np.array(0.0),
         }
+        if self.penalised:
+            total["corr2"] = np.zeros(self.model.n_components)
         for rows in self._batches(Y.shape[0]):
-            stats = self.model.estep_batch(Y[rows], self._posterior)
+            stats = self.model.estep_batch(Y[rows], self._posterior, correlations=self.penalised)
             total = {k: total[k] + stats[k] for k in total}
         return total
 
@@ -252,7 +280,8 @@ class SBLLearner:
             the plain update (of the step back, after a rejected extrapolation);
             ``sigma``; ``n_active``: non-zero entries of γ; ``rejected``: 1 when the
             extrapolated parameters entering the iteration lowered the evidence and were
-            replaced by the plain update of the point before them.
+            replaced by the plain update of the point before them; ``penalised``: 1 when
+            the iteration applied the entry cost.
         """
         free_energy = float(stats["free_energy"]) / self.n_total
         old = self.model.gamma(self.params)
@@ -273,7 +302,14 @@ class SBLLearner:
             prune=self.prune,
             iteration=iteration,
         )
+        penalised = self.penalised
+        if penalised:
+            plain = self._apply_entry_cost(stats, plain)
         change = _relative_change(self.model.gamma(plain), old)
+        # the run may stop (tol) only once the penalised phase has run an iteration
+        self.pending = self.entry_cost > 0 and not penalised
+        if self.pending and change < PENALTY_START:
+            self.penalised = True
         if acc is not None:
             acc.accepted_free_energy = free_energy
             if self.model.fixed_point_phase(iteration) and change >= self.tol:
@@ -282,15 +318,31 @@ class SBLLearner:
             else:
                 acc.extrapolated = False
         self.params = plain
-        return self._metrics(free_energy, change, rejected=False)
+        return self._metrics(free_energy, change, rejected=False, penalised=penalised)
 
-    def _metrics(self, free_energy: float, change: float, *, rejected: bool) -> dict[str, float]:
+    def _apply_entry_cost(self, stats: dict[str, np.ndarray], new: Params) -> Params:
+        """Remove the active entries whose gain is below the entry cost and activate the
+        best inactive one above it (never one removed before in this phase)."""
+        gain, best = self.model.entry_gains(stats, self.params, self._posterior, self.n_total)
+        was_active = self.model.gamma(self.params) > 0
+        gamma = np.where(was_active & (gain < self.entry_cost), 0.0, self.model.gamma(new))
+        self._removed |= was_active & (gamma == 0)
+        candidates = np.flatnonzero(~was_active & ~self._removed & (gain > self.entry_cost))
+        if candidates.size:
+            j = candidates[np.argmax(gain[candidates])]
+            gamma[j] = best[j]
+        return {**new, "gamma": gamma}
+
+    def _metrics(
+        self, free_energy: float, change: float, *, rejected: bool, penalised: bool = False
+    ) -> dict[str, float]:
         return {
             "free_energy": free_energy,
             "gamma_change": change,
             "sigma": float(self.params["sigma"]),
             "n_active": float(self.model.n_active(self.params)),
             "rejected": float(rejected),
+            "penalised": float(penalised),
         }
 
     # -- inference with fixed parameters --------------------------------------------------

@@ -117,6 +117,49 @@ def test_dense_sbl_estep_and_mstep_equal_textbook_formulas(shape, rng):
     np.testing.assert_allclose(float(new["sigma"]) ** 2, sigma2_expected, rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(6, 15), (15, 6)])
+def test_column_precisions_and_entry_gains_equal_dense_formulas(shape, rng):
+    """S_j = φ_jᵀC⁻¹φ_j in both posterior forms, and each entry's gain ℓ_j = max over γ_j of
+    log p(Y) minus its value at γ_j = 0 (the others fixed), with γ_j* the maximiser, for
+    active and inactive entries."""
+    from scipy.optimize import minimize_scalar
+
+    m, n = shape
+    Phi = rng.standard_normal(shape)
+    gamma = rng.random(n) + 0.1
+    gamma[[1, 4]] = 0.0
+    gamma[2] = 1e-3  # active but weak
+    X = np.zeros((3, n))
+    X[:, [0, 4]] = 2.0 * rng.standard_normal((3, 2))
+    Y = X @ Phi.T + 0.3 * rng.standard_normal((3, m))
+    sigma2 = 0.2
+    model = SBLModel(Phi)
+    params = {"gamma": gamma, "sigma": np.array(np.sqrt(sigma2))}
+    post = model.posterior(params)
+    C = sigma2 * np.eye(m) + (Phi * gamma) @ Phi.T
+    np.testing.assert_allclose(
+        post.column_precisions(Phi), np.diag(Phi.T @ np.linalg.solve(C, Phi)), rtol=1e-9
+    )
+    stats = model.estep_batch(Y, post, correlations=True)
+    gain, best = model.entry_gains(stats, params, post, Y.shape[0])
+
+    def log_ev(j, value):
+        g = gamma.copy()
+        g[j] = value
+        C = sigma2 * np.eye(m) + (Phi * g) @ Phi.T
+        return multivariate_normal(np.zeros(m), C).logpdf(Y).sum()
+
+    for j in range(n):
+        res = minimize_scalar(
+            lambda t, j=j: -log_ev(j, np.exp(t)), bounds=(-25, 8), method="bounded"
+        )
+        expected = max(-res.fun - log_ev(j, 0.0), 0.0)
+        assert gain[j] == pytest.approx(expected, rel=1e-5, abs=1e-6), j
+        if gamma[j] == 0:
+            assert best[j] == pytest.approx(np.exp(res.x) if expected > 0 else 0, rel=1e-3)
+    assert gain[4] > 10 and best[4] > 0  # the inactive true entry would pay off
+
+
 @pytest.mark.parametrize("dims", [(4, 5), (3, 4, 2)])
 def test_fixed_point_update_changes_the_overall_scale_once(dims, rng):
     """S = c G everywhere: every slice ratio is c, so γ = ⊗ γ_i scales by c, not by c^I."""
@@ -183,7 +226,7 @@ def _problem(shapes, sparsity=2, L=3, snr=25, seed=0):
 
 def test_em_never_decreases_the_log_evidence():
     p = _problem([(4, 6), (3, 5), (4, 4)])
-    est = SBL(dictionary=p.dictionary, prune=0.0, tol=None, n_iter=40).fit(p.Y)
+    est = SBL(dictionary=p.dictionary, entry_cost=0.0, prune=0.0, tol=None, n_iter=40).fit(p.Y)
     assert est.n_iter_ == 40
     assert np.all(np.diff(est.free_energy_) > -1e-9 * np.abs(est.free_energy_[1:]))
     assert est.free_energy_[-1] > est.free_energy_[0] + 1.0
