@@ -2,9 +2,12 @@
 
     python benchmarks/bench_krosbl.py [--sizes 16 32 64 128] [--snrs 0 10 20 30]
         [--trials 10 10 4 2] [--sparsity 4] [--dense-max 1024] [--dense-speed-max 4096]
-        [--dense-speed-snrs 20] [--block-trials 10] [--quick]
+        [--dense-speed-snrs 20] [--block-trials 10] [--speed-repeats 3] [--speed-only]
+        [--record krosbl] [--quick]
 
-"KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``).
+"KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``);
+"SBL plain" is classic SBL without the entry cost (``entry_cost=0``, plain EM-SBL);
+"KroSBL-AM etol" stops also by the evidence (``evidence_tol``, rows with ``--evidence-tol``).
 
 Problems (issue #13): two Gaussian unit-norm-column factors Φ_i of n_i/2 × n_i, i.e.
 n = n_i² unknowns and m = n/4 measurements, a sparsity × sparsity Kronecker support
@@ -24,8 +27,8 @@ dense fit there takes minutes).
 A block-sparse experiment (n = 1024, blocks of 2 on both factors, 2 × 2 active blocks)
 compares block KroSBL with plain KroSBL at 0 and 10 dB over ``--block-trials`` problems.
 
-Writes benchmarks/results/krosbl.json and the plots benchmarks/krosbl_{snr,iterations,
-runtime}.png.
+Writes benchmarks/results/<record>.json and the plots benchmarks/<record>_{snr,runtime}.png
+(``--record``, default "krosbl"); ``--speed-only`` writes benchmarks/results/krosbl_speed.json.
 """
 
 from __future__ import annotations
@@ -46,7 +49,17 @@ from prosper import SBL, KroneckerSBL
 from prosper.data.kronecker import kronecker_problem
 
 log = logging.getLogger("bench_krosbl")
-METHODS = ("oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL", "OMP")
+METHODS = (
+    "oracle",
+    "KroSBL-AM",
+    "KroSBL-AM plain",
+    "KroSBL-AM etol",
+    "KroSBL-SVD",
+    "SBL",
+    "SBL plain",
+    "OMP",
+)
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -80,10 +93,10 @@ def oracle(p) -> np.ndarray:
     return x
 
 
-def run_method(name: str, p, block: int | None = None) -> dict:
+def run_method(name: str, p, block: int | None = None, evidence_tol: float = 1.0) -> dict:
     """x̂ (n,), support (n,), iterations and seconds of one method on one problem."""
     start = time.perf_counter()
-    iterations = 0
+    iterations, sigma = 0, float("nan")
     if name == "oracle":
         x = oracle(p)
         support = p.support
@@ -91,15 +104,19 @@ def run_method(name: str, p, block: int | None = None) -> dict:
         x = omp(p.dictionary, p.Y[0], int(p.support.sum()))
         support = x != 0
     else:
-        if name == "SBL":
-            est = SBL(dictionary=p.dictionary)
+        if name.startswith("SBL"):
+            cost = {"entry_cost": 0.0} if name.endswith("plain") else {}
+            est = SBL(dictionary=p.dictionary, **cost)
         else:
             # "KroSBL-AM plain": the fixed-point updates without Anderson acceleration
             method = name.split("-")[1].split()[0].lower()
-            memory = {"anderson_memory": 0} if name.endswith("plain") else {}
-            est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **memory)
+            extra = {"anderson_memory": 0} if name.endswith("plain") else {}
+            if name.endswith("etol"):
+                extra = {"evidence_tol": evidence_tol}
+            est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **extra)
         est.fit(p.Y)
         x, support, iterations = est.coef_[0], est.gamma_ > 0, est.n_iter_
+        sigma = est.sigma_ / p.sigma
     seconds = time.perf_counter() - start
     x_true = p.X[0]
     return {
@@ -107,6 +124,7 @@ def run_method(name: str, p, block: int | None = None) -> dict:
         "exact": bool(np.array_equal(support, p.support)),
         "iterations": int(iterations),
         "seconds": seconds,
+        "sigma_ratio": sigma,
     }
 
 
@@ -122,10 +140,12 @@ def summarise(runs: list[dict]) -> dict:
         "iterations_median": float(np.median(its)),
         "iterations_max": int(its.max()),
         "seconds_median": float(np.median([r["seconds"] for r in runs])),
+        # learned σ over the true one (NaN for oracle and OMP)
+        "sigma_ratio_median": float(np.median([r["sigma_ratio"] for r in runs])),
     }
 
 
-def accuracy(n_i, snr, trials, sparsity, methods, seed0):
+def accuracy(n_i, snr, trials, sparsity, methods, seed0, evidence_tol=1.0):
     """One SNR and size: every method on the same ``trials`` problems."""
     runs = {m: [] for m in methods}
     for trial in range(trials):
@@ -133,7 +153,7 @@ def accuracy(n_i, snr, trials, sparsity, methods, seed0):
             [(n_i // 2, n_i)] * 2, sparsity=sparsity, snr_db=snr, random_state=seed0 + trial
         )
         for name in methods:
-            runs[name].append(run_method(name, p))
+            runs[name].append(run_method(name, p, evidence_tol=evidence_tol))
     return {m: summarise(r) for m, r in runs.items()}
 
 
@@ -233,15 +253,15 @@ def markdown(record: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(table, sizes, snrs):
+def plot(table, sizes, snrs, prefix="krosbl"):
     """NMSE versus SNR per n; iterations and seconds per fit versus n (``snrs``: the keys
-    of the table, strings)."""
+    of the table, strings), written to ``<prefix>_snr.png`` and ``<prefix>_runtime.png``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "xo+sd^", strict=True))
+    markers = dict(zip(METHODS, "xo+*sdv^", strict=True))
     fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.6), squeeze=False)
     for ax, n_i in zip(axes[0], sizes, strict=True):
         for m in METHODS:
@@ -258,11 +278,11 @@ def plot(table, sizes, snrs):
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(HERE / "krosbl_snr.png", dpi=100)
+    fig.savefig(HERE / f"{prefix}_snr.png", dpi=100)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL"):
+    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL", "SBL plain"):
         for ax, key in zip(axes, ("iterations_median", "seconds_median"), strict=True):
             pts = [
                 (n_i * n_i, float(np.median([table[str(n_i)][s][m][key] for s in snrs])))
@@ -277,7 +297,7 @@ def plot(table, sizes, snrs):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(HERE / "krosbl_runtime.png", dpi=100)
+    fig.savefig(HERE / f"{prefix}_runtime.png", dpi=100)
     plt.close(fig)
 
 
@@ -299,7 +319,18 @@ def main() -> None:
         "(each --dense-speed-snrs), repeated this often (0: none)",
     )
     parser.add_argument("--speed-only", action="store_true", help="only the interleaved timings")
+    parser.add_argument(
+        "--evidence-tol",
+        type=float,
+        default=None,
+        help="add rows 'KroSBL-AM etol': KroSBL-AM with this evidence_tol",
+    )
     parser.add_argument("--quick", action="store_true", help="2 trials, n <= 1024 (smoke)")
+    parser.add_argument(
+        "--record",
+        default="krosbl",
+        help="name of the JSON record in benchmarks/results/ and prefix of the plots",
+    )
     parser.add_argument(
         "--from-json", type=Path, help="only redo the plots and tables of a saved record"
     )
@@ -307,7 +338,7 @@ def main() -> None:
     if args.from_json is not None:
         record = json.loads(args.from_json.read_text())
         snrs = list(next(iter(record["table"].values())))
-        plot(record["table"], [int(n) for n in record["table"]], snrs)
+        plot(record["table"], [int(n) for n in record["table"]], snrs, args.record)
         print(markdown(record))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -352,16 +383,20 @@ def main() -> None:
         table[str(n_i)] = {}
         for snr in args.snrs:
             methods = ["oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD"]
+            if args.evidence_tol is not None:
+                methods.insert(3, "KroSBL-AM etol")
             if n <= args.dense_max:
-                methods += ["SBL", "OMP"]
-            row = accuracy(n_i, snr, count, args.sparsity, methods, 1000)
+                methods += ["SBL", "SBL plain", "OMP"]
+            row = accuracy(
+                n_i, snr, count, args.sparsity, methods, 1000, evidence_tol=args.evidence_tol
+            )
             if args.dense_max < n <= args.dense_speed_max and snr in args.dense_speed_snrs:
                 row["SBL"] = accuracy(n_i, snr, 1, args.sparsity, ["SBL"], 1000)["SBL"]
             table[str(n_i)][str(snr)] = row
             for m, r in row.items():
                 log.info(
                     "n=%5d SNR %4.0f %-10s NMSE mean %6.1f median %6.1f worst %6.1f | exact "
-                    "%.2f | it median %4.0f max %3d | %.3f s/fit (%d trials)",
+                    "%.2f | it median %4.0f max %3d | σ/σ_true %.2f | %.3f s/fit (%d trials)",
                     n,
                     snr,
                     m,
@@ -371,6 +406,7 @@ def main() -> None:
                     r["exact_support"],
                     r["iterations_median"],
                     r["iterations_max"],
+                    r["sigma_ratio_median"],
                     r["seconds_median"],
                     r["trials"],
                 )
@@ -387,7 +423,7 @@ def main() -> None:
                 r["iterations_median"],
             )
     elapsed = time.perf_counter() - t0
-    plot(table, args.sizes, [str(s) for s in args.snrs])
+    plot(table, args.sizes, [str(s) for s in args.snrs], args.record)
     record = {
         "benchmark": "krosbl",
         "command": " ".join(sys.argv),
@@ -398,7 +434,7 @@ def main() -> None:
         "speed": timings,
         "seconds_total": elapsed,
     }
-    path = write_record("krosbl" + ("_quick" if args.quick else ""), record)
+    path = write_record(args.record + ("_quick" if args.quick else ""), record)
     print(markdown(record))
     log.info("wrote %s (%.0f s)", path, elapsed)
 

@@ -402,12 +402,21 @@ def test_nan_and_singular_inputs_are_rejected():
         ({"sigma": -1.0}, "'sigma' parameter"),
         ({"prune": 1.0}, "'prune' parameter"),
         ({"backend": "cupy"}, "'backend' parameter"),
+        ({"evidence_tol": 0.0}, "'evidence_tol' parameter"),
+        ({"method": "svd", "evidence_tol": 1.0}, "evidence_tol applies to method='am' only"),
     ],
 )
 def test_bad_hyper_parameters(kwargs, message):
     p = _problem([(4, 6), (5, 6)])
     with pytest.raises(ValueError, match=message):
         KroneckerSBL(**{"factors": p.factors, **kwargs}).fit(p.Y)
+
+
+@pytest.mark.parametrize("cost", [-1.0, "log", np.inf])
+def test_bad_entry_cost(cost):
+    p = _problem([(4, 6), (5, 6)])
+    with pytest.raises(ValueError, match="'entry_cost' parameter of SBL must be"):
+        SBL(dictionary=p.dictionary, entry_cost=cost).fit(p.Y)
 
 
 def test_transform_before_fit_and_wrong_width():
