@@ -445,8 +445,8 @@ class KroneckerSBL(_SBLEstimator):
         Σ_l log p(y_l | γ, σ²), has risen by less than ``evidence_tol`` nats over the last
         10 iterations. At low SNR the fixed point is approached slowly while noise entries
         die out; 1.0 (a difference of evidence that does not matter) stops there in about a
-        third of the iterations, at an NMSE 0.3 dB better at n = 1024 and 0.9 dB worse at
-        n = 4096 (0 dB; benchmarks/RESULTS.md, 2026-12-02, session 5). None: only ``tol``.
+        third of the iterations, at a similar NMSE (the SBL guide of the docs). None: only
+        ``tol``.
 """
         + _COMMON_DOC.replace("{per}", " of its factor")
         .replace("{prune0}", "3e-3")
