@@ -300,12 +300,12 @@ class SBL(_SBLEstimator):
     orthonormal Φ an entry is active when φ_jᵀy exceeds σ in magnitude, so σ → 0 with
     every entry active is always a maximum). The cost makes every active entry pay log n,
     so an entry that only fits noise loses more than it gains and σ is estimated from the
-    residual of the entries that stay. It also removes spurious small entries at high SNR. The EM phase
-    first finds where the evidence concentrates: the gains are meaningless while γ is
-    still spread over all entries (in the first iterations even true entries gain less
-    than log n). The evidence (``free_energy_``) may fall when the penalised phase
-    removes entries. For Kronecker dictionaries :class:`KroneckerSBL` does not show the
-    collapse.
+    residual of the entries that stay. It also removes spurious small entries at high
+    SNR. The EM phase first finds where the evidence concentrates: the gains are
+    meaningless while γ is still spread over all entries (in the first iterations even
+    true entries gain less than log n). The evidence (``free_energy_``) may fall when the
+    penalised phase removes entries. For Kronecker dictionaries :class:`KroneckerSBL`
+    does not show the collapse.
 
     References
     ----------
