@@ -11,7 +11,7 @@ from prosper.backends import get_backend
 from prosper.data import bars
 from prosper.models.gsc import GSCModel
 from prosper.parallel import Communicator
-from prosper.solvers.truncated import REASSIGN_EVERY, REASSIGN_QUANTILE
+from prosper.solvers.truncated import REASSIGN_EVERY, REASSIGN_QUANTILE, misfit_margin
 
 
 def _bars_found(W, W_true, threshold=0.9):
@@ -59,11 +59,16 @@ def test_an_unused_latent_takes_the_residual_of_a_poorly_explained_point(blocked
     )
     assert metrics["reassigned"] == 0 and "reassigned" not in plain_metrics
     np.testing.assert_array_equal(new["W"][:, 1:], plain["W"][:, 1:])
-    # the point: the best explained of the 10 % worst explained under the entering params
+    # the point: the median of those whose log marginal (entering params) lies more than
+    # the misfit margin below the median, at most the 10 % point
     ref = _learner(estimator(**SETTINGS), Y, params)
     log_marginal = ref.log_marginals(Y)
-    k = int(np.ceil(REASSIGN_QUANTILE * Y.shape[0]))
-    n = int(np.argsort(log_marginal)[k - 1])
+    order = np.argsort(log_marginal)
+    median = log_marginal[order[Y.shape[0] // 2]]  # N even: the smallest of the upper half
+    misfits = np.sum(log_marginal < median - misfit_margin(Y.shape[1]))
+    assert misfits > 0
+    k = min((misfits + 1) // 2, int(np.ceil(REASSIGN_QUANTILE * Y.shape[0])))
+    n = int(order[k - 1])
     mean_s = ref.posterior_mean(Y[n : n + 1])[0]
     residual = Y[n] - plain["W"] @ mean_s
     scale = np.median(np.linalg.norm(plain["W"], axis=0)) / np.linalg.norm(residual)
@@ -77,6 +82,19 @@ def test_latents_are_only_reassigned_every_few_iterations_of_the_first_half(bloc
     plain, _ = _step(BSC(reassignment_ratio=0.0, **SETTINGS), Y, params, iteration)
     assert metrics["reassigned"] == -1
     np.testing.assert_array_equal(new["W"], plain["W"])
+
+
+def test_no_latent_is_reassigned_when_every_point_is_well_explained(blocked):
+    """Data drawn from the blocked dictionary itself, without latent 0: latent 0 is unused,
+    but no point is poorly explained, so there is nothing for it to take over."""
+    Y, params = blocked
+    rng = np.random.default_rng(0)
+    S = (rng.random((400, 10)) < 0.2).astype(float)
+    S[:, 0] = 0.0
+    Y = S @ params["W"].T + 2.0 * rng.standard_normal((400, params["W"].shape[0]))
+    exact = {**SETTINGS, "Hprime": 10, "gamma": 10}  # no point loses mass to the truncation
+    _, metrics = _step(BSC(**exact), Y, params, REASSIGN_EVERY)
+    assert metrics["reassigned"] == -1
 
 
 def test_a_dictionary_whose_latents_are_all_used_is_kept():
