@@ -310,22 +310,41 @@ def part_split(args, Y) -> dict:
             est = SparseCoding(H=args.H, lam=args.lam, batch_size=batch_size, random_state=0)
             learner = est._make_learner(Y.shape[1], 0)
             learner.initialize(source, comm, np.random.default_rng(0), init="svd")
+            fused = learner.coder.fused is not None
             one = two = 0.0
             for iteration in range(2):
                 local = dict.fromkeys(_METRIC_SUMS, 0.0)
+                if fused:  # what estep runs with the numba backend
+                    run = learner._fused_start(source)
+                    scratch = learner._fused_start(source)
                 for idx, spare_row, n_rows in learner._pass_batches(n, 0, iteration):
-                    learner.coder.set_dictionary(learner.params["W"], Y.dtype)
-                    t = time.thread_time()
-                    inc = learner._code_local(source, idx, spare_row, local)
-                    t_all = time.thread_time() - t
                     halves = []
-                    for part in (idx[idx < n - n // 2], idx[idx >= n - n // 2]):
+                    if fused:
                         t = time.thread_time()
-                        learner._code_local(source, part, spare_row, dict(local))
-                        halves.append(time.thread_time() - t)
-                    t = time.thread_time()
-                    learner._update(inc, n_rows, n)
-                    t_update = time.thread_time() - t
+                        run.inc[:] = 0.0
+                        learner._code_fused(source, idx, spare_row, run)
+                        t_all = time.thread_time() - t
+                        scratch.Wt, scratch.G = run.Wt, run.G
+                        for part in (idx[idx < n - n // 2], idx[idx >= n - n // 2]):
+                            t = time.thread_time()
+                            scratch.inc[:] = 0.0
+                            learner._code_fused(source, part, spare_row, scratch)
+                            halves.append(time.thread_time() - t)
+                        t = time.thread_time()
+                        learner._update_fused(run.inc, n_rows, n, run)
+                        t_update = time.thread_time() - t
+                    else:  # the NumPy reference
+                        learner.coder.set_dictionary(learner.params["W"], Y.dtype)
+                        t = time.thread_time()
+                        inc = learner._code_local(source, idx, spare_row, local)
+                        t_all = time.thread_time() - t
+                        for part in (idx[idx < n - n // 2], idx[idx >= n - n // 2]):
+                            t = time.thread_time()
+                            learner._code_local(source, part, spare_row, dict(local))
+                            halves.append(time.thread_time() - t)
+                        t = time.thread_time()
+                        learner._update(inc, n_rows, n)
+                        t_update = time.thread_time() - t
                     if iteration == 1:
                         one += t_all + t_update
                         two += max(halves) + t_update + args.allreduce_us * 1e-6

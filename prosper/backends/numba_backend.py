@@ -55,7 +55,7 @@ from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
 from prosper.backends.numba_mca_states import mca_state_log_joint, mca_state_stats
-from prosper.backends.numba_sparse import sparse_bcd, sparse_cd
+from prosper.backends.numba_sparse import sparse_bcd, sparse_cd, sparse_code_stats, sparse_update
 from prosper.backends.numba_states import (
     evo_children,
     evo_select,
@@ -112,6 +112,9 @@ KERNELS = {
     "mca_estep": mca_estep,
     "sparse_cd": sparse_cd,
     "sparse_bcd": sparse_bcd,
+    # the online learner's mini-batch: coding with statistics, and the update
+    "sparse_code_stats": sparse_code_stats,
+    "sparse_update": sparse_update,
     "mca_state_log_joint": mca_state_log_joint,
     "mca_state_stats": mca_state_stats,
 }

@@ -212,9 +212,13 @@ class Coder:
             raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}.")
         self.model, self.solver = model, solver
         self.max_iter, self.tol = int(max_iter), float(tol)
-        self.kernel = None if backend is None else backend.KERNELS.get("sparse_cd")
+        kernels = {} if backend is None else backend.KERNELS
+        self.kernel = kernels.get("sparse_cd")
         # the backend that compiles the coder compiles the dictionary sweep too
-        self.update_kernel = None if backend is None else backend.KERNELS.get("sparse_bcd")
+        self.update_kernel = kernels.get("sparse_bcd")
+        # and a whole mini-batch of the online learner in two calls (coordinate descent only)
+        fused = (kernels.get("sparse_code_stats"), kernels.get("sparse_update"))
+        self.fused = fused if solver == "cd" and None not in fused else None
         self.W: np.ndarray | None = None
 
     def set_dictionary(self, W: np.ndarray, dtype=np.float64) -> None:
@@ -334,6 +338,8 @@ class OnlineSparseCoding:
         upper = np.triu_indices(model.H)
         self._triu_flat = np.ravel_multi_index(upper, (model.H, model.H))
         self._tril_flat = np.ravel_multi_index(upper[::-1], (model.H, model.H))
+        # positions 0 .. batch_size − 1 of a block of rows (the fused kernels' row indices)
+        self._positions = np.arange(self.batch_size, dtype=np.int64)
         self.reset_state()
 
     # -- state ----------------------------------------------------------------------------
@@ -496,8 +502,8 @@ class OnlineSparseCoding:
         inc["A"] = inc["A"].ravel()[self._triu_flat]
         return inc
 
-    def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
-        """Statistics with forgetting and one BCD sweep; returns the atoms replaced.
+    def _forgetting(self, n_rows: int, window: int | None) -> float:
+        """The forgetting factor β of the next update; counts the mini-batch and its rows.
 
         With ``window`` (passes over a data set of that many points) A and B average the
         codes of about the last ``window`` points: β = 1 − η / min(seen, window), a plain
@@ -513,6 +519,14 @@ class OnlineSparseCoding:
             eta = self.batch_size
             theta = (t + 1) * eta if t < eta - 1 else eta * eta + t + 1 - eta
             beta = max(theta + 1 - n_rows, 0) / (theta + 1)
+        self.n_steps += 1
+        self.n_seen += n_rows
+        return beta
+
+    def _update(self, inc: dict[str, np.ndarray], n_rows: int, window: int | None) -> int:
+        """Statistics with forgetting (:meth:`_forgetting`) and one BCD sweep; returns the
+        atoms replaced."""
+        beta = self._forgetting(n_rows, window)
         inc_A = np.empty(self.model.H * self.model.H)
         inc_A[self._triu_flat] = inc["A"]
         inc_A[self._tril_flat] = inc["A"]
@@ -520,10 +534,62 @@ class OnlineSparseCoding:
         self.A += inc_A.reshape(self.A.shape) / n_rows
         self.B *= beta
         self.B += inc["B"] / n_rows
-        self.n_steps += 1
-        self.n_seen += n_rows
         update = self.coder.update_kernel or self.model.update_dictionary_bcd
         W, n_replaced = update(self.A, self.B, self.params["W"], inc["spare"])
+        self.params = {"W": W}
+        return n_replaced
+
+    # -- one mini-batch, compiled (Coder.fused) -------------------------------------------
+    def _fused_start(self, Y: Any) -> _Fused:
+        """What the fused kernels read during a run of mini-batches (see :class:`_Fused`)."""
+        W = np.ascontiguousarray(self.params["W"], dtype=np.float64)
+        self.params = {"W": W}
+        Wt = np.ascontiguousarray(W.T)
+        # rows of an in-memory array are read by the kernel where they lie (no copy); other
+        # sources (memory maps, HDF5) hand over a copy of the rows through take_rows
+        held = Y if type(Y) is np.ndarray else getattr(Y, "array", None)
+        direct = (
+            type(held) is np.ndarray
+            and held.dtype == Y.dtype
+            and held.dtype.type in (np.float32, np.float64)
+            and held.flags.c_contiguous
+        )
+        H, D = self.model.H, self.model.D
+        return _Fused(
+            Wt,
+            Wt @ Wt.T,
+            held if direct else None,
+            np.zeros(H * (H + 1) // 2 + D * H + D),
+            np.zeros(len(_METRIC_SUMS)),
+        )
+
+    def _code_fused(self, Y: Any, idx: np.ndarray, spare_row: int, run: _Fused) -> None:
+        """:meth:`_code_local` in compiled calls: the increments are added to ``run.inc``
+        (the upper triangle of Σ s sᵀ, Σ y sᵀ and the spare atom, packed for the
+        Allreduce), the metric sums to ``run.sums`` (in the order of ``_METRIC_SUMS``)."""
+        code_stats, W, model, coder = self.coder.fused[0], self.params["W"], self.model, self.coder
+        for start in range(0, idx.size, self.batch_size):
+            part = idx[start : start + self.batch_size]
+            spare_at = -1
+            if part[0] <= spare_row <= part[-1]:
+                at = int(np.searchsorted(part, spare_row))
+                spare_at = at if part[at] == spare_row else -1
+            if run.held is not None:
+                Yb, rows = run.held, part
+            else:
+                Yb = np.ascontiguousarray(take_rows(Y, part))
+                rows = self._positions[: part.size]
+            code_stats(
+                Yb, rows, W, run.Wt, run.G, model.penalty, model.lam,
+                coder.max_iter, coder.tol, spare_at, run.inc, run.sums,
+            )  # fmt: skip
+
+    def _update_fused(self, inc: np.ndarray, n_rows: int, window: int | None, run: _Fused) -> int:
+        """:meth:`_update` and the next :meth:`Coder.set_dictionary` in one compiled call
+        on the reduced increments ``inc`` (``run.Wt`` and ``run.G`` are updated in place);
+        returns the atoms replaced."""
+        beta = self._forgetting(n_rows, window)
+        W, n_replaced = self.coder.fused[1](self.A, self.B, inc, n_rows, beta, run.Wt, run.G)
         self.params = {"W": W}
         return n_replaced
 
@@ -533,12 +599,19 @@ class OnlineSparseCoding:
         Returns the metrics of the step (as :meth:`mstep`).
         """
         n_rows = int(comm.allreduce(int(Y.shape[0])))
-        self.coder.set_dictionary(self.params["W"], Y.dtype)
-        local = dict.fromkeys(_METRIC_SUMS, 0.0)
         idx = np.arange(Y.shape[0])
         spare_row = 0 if comm.rank == 0 else -1
-        inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
-        replaced = self._update(inc, n_rows, None)
+        if self.coder.fused is not None:
+            run = self._fused_start(Y)
+            self._code_fused(Y, idx.astype(np.int64), spare_row, run)
+            inc = comm.allreduce_arrays({"inc": run.inc})["inc"]
+            replaced = self._update_fused(inc, n_rows, None, run)
+            local = dict(zip(_METRIC_SUMS, run.sums.tolist(), strict=True))
+        else:
+            self.coder.set_dictionary(self.params["W"], Y.dtype)
+            local = dict.fromkeys(_METRIC_SUMS, 0.0)
+            inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
+            replaced = self._update(inc, n_rows, None)
         stats = comm.allreduce_arrays({k: np.array(v) for k, v in local.items()})
         stats["n_replaced"] = np.array(float(replaced))
         return self._metrics(stats)
@@ -558,10 +631,17 @@ class OnlineSparseCoding:
         per_chunk = max(1, _ORDER_CHUNK // eta) * eta
         for lo in range(0, self.n_total, per_chunk):
             rows = order(np.arange(lo, min(lo + per_chunk, self.n_total))) - offset
-            mine = (rows >= 0) & (rows < n_local)
-            for start in range(0, rows.size, eta):
-                batch, batch_mine = rows[start : start + eta], mine[start : start + eta]
-                yield np.sort(batch[batch_mine]), int(batch[0]), batch.size
+            # this rank's rows of the chunk, sorted by (mini-batch, row) with one sort
+            at = np.flatnonzero((rows >= 0) & (rows < n_local))
+            key = np.sort((at // eta) * max(n_local, 1) + rows[at])
+            batch_of = key // max(n_local, 1)
+            mine = key - batch_of * max(n_local, 1)
+            n_batches = -(-rows.size // eta)
+            bounds = np.searchsorted(batch_of, np.arange(n_batches + 1)).tolist()
+            firsts = rows[::eta].tolist()
+            for j in range(n_batches):
+                size = min(eta, rows.size - j * eta)
+                yield mine[bounds[j] : bounds[j + 1]], firsts[j], size
 
     def estep(self, Y: Any, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """One pass of online learning over all ranks' rows; returns local metric sums.
@@ -572,12 +652,23 @@ class OnlineSparseCoding:
         """
         n_local = int(Y.shape[0])
         offset = comm.exscan(n_local)
-        local = dict.fromkeys(_METRIC_SUMS, 0.0)
         replaced = 0
-        for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
-            self.coder.set_dictionary(self.params["W"], Y.dtype)
-            inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
-            replaced += self._update(inc, n_rows, self.n_total)
+        if self.coder.fused is not None:
+            # two compiled calls and one Allreduce per mini-batch: the fixed cost that every
+            # rank pays, whatever its share of the rows, stays small
+            run = self._fused_start(Y)
+            for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
+                run.inc[:] = 0.0
+                self._code_fused(Y, idx, spare_row, run)
+                inc = comm.allreduce_arrays({"inc": run.inc})["inc"]
+                replaced += self._update_fused(inc, n_rows, self.n_total, run)
+            local = dict(zip(_METRIC_SUMS, run.sums.tolist(), strict=True))
+        else:
+            local = dict.fromkeys(_METRIC_SUMS, 0.0)
+            for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
+                self.coder.set_dictionary(self.params["W"], Y.dtype)
+                inc = comm.allreduce_arrays(self._code_local(Y, idx, spare_row, local))
+                replaced += self._update(inc, n_rows, self.n_total)
         out = {k: np.array(v) for k, v in local.items()}
         # counted once (the same on every rank): rank 0 reports it
         out["n_replaced"] = np.array(float(replaced) if comm.rank == 0 else 0.0)
@@ -606,3 +697,26 @@ class OnlineSparseCoding:
 
 
 _METRIC_SUMS = ("energy", "sq_error", "sq_norm", "n_nonzero", "coder_iter", "n")
+
+
+class _Fused:
+    """The state of a run of compiled mini-batches (:meth:`OnlineSparseCoding._fused_start`).
+
+    Attributes
+    ----------
+    Wt : ndarray of shape (H, D)
+        The atoms as rows.
+    G : ndarray of shape (H, H)
+        WᵀW.
+    held : ndarray of shape (N, D) or None
+        The rank's rows when they lie in memory in the working dtype (read in place).
+    inc : ndarray of shape (H(H+1)/2 + D·H + D,)
+        This rank's increments of the current mini-batch, packed for the Allreduce.
+    sums : ndarray of shape (6,)
+        The metric sums of ``_METRIC_SUMS``.
+    """
+
+    __slots__ = ("G", "Wt", "held", "inc", "sums")
+
+    def __init__(self, Wt, G, held, inc, sums) -> None:
+        self.Wt, self.G, self.held, self.inc, self.sums = Wt, G, held, inc, sums
