@@ -209,3 +209,111 @@ def test_svd_start_is_the_principal_directions_then_random_atoms():
     whole = OnlineSparseCoding(model, Coder(model), batch_size=600, seed=0)
     whole.initialize(Y, get_comm(None), np.random.default_rng(0), init="svd")
     np.testing.assert_allclose(whole.params["W"], W, atol=1e-12)
+
+
+def _learners(penalty, batch_size=64, seed=3):
+    """The same online learner with the compiled mini-batch and with the NumPy reference."""
+    from prosper.backends import get_backend
+
+    numba_backend = get_backend("numba")
+    out = []
+    for fused in (True, False):
+        model = SparseCodingModel(20, 12, penalty, 0.1)
+        coder = Coder(model, backend=numba_backend, tol=1e-6)
+        assert coder.fused is not None
+        if not fused:
+            coder.fused = None
+        out.append(OnlineSparseCoding(model, coder, batch_size=batch_size, seed=seed))
+    return out
+
+
+@pytest.mark.parametrize("penalty", PENALTIES)
+def test_compiled_mini_batch_matches_the_numpy_reference(batch, penalty):
+    """One mini-batch: codes and increments (one call), then forgetting, sweep and WᵀW (the
+    other), as the NumPy reference computes them, up to round-off."""
+    pytest.importorskip("numba")
+    Y = batch[0]
+    fused, ref = _learners(penalty)
+    comm = get_comm(None)
+    for learner in (fused, ref):
+        learner.initialize(Y, comm, np.random.default_rng(0), init="random")
+        learner.estep(Y, comm, 0)  # statistics and a dictionary from a pass
+    idx, spare_row = np.arange(3, 290, 2), 41  # a spare from the middle of the mini-batch
+    run = fused._fused_start(Y)
+    fused._code_fused(Y, idx, spare_row, run)
+    local = dict.fromkeys(("energy", "sq_error", "sq_norm", "n_nonzero", "coder_iter", "n"), 0.0)
+    ref.coder.set_dictionary(ref.params["W"])
+    inc = ref._code_local(Y, idx, spare_row, local)
+    n_a = 20 * 21 // 2
+    np.testing.assert_allclose(run.inc[:n_a], inc["A"], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(run.inc[n_a:-12].reshape(12, 20), inc["B"], rtol=0, atol=1e-11)
+    np.testing.assert_allclose(run.inc[-12:], inc["spare"], rtol=0, atol=1e-12)
+    assert np.abs(run.inc[-12:]).max() > 0  # the spare row was found
+    np.testing.assert_allclose(run.sums, list(local.values()), rtol=1e-12)
+
+    replaced = fused._update_fused(run.inc, idx.size, Y.shape[0], run)
+    assert replaced == ref._update(inc, idx.size, Y.shape[0])
+    W = ref.params["W"]
+    np.testing.assert_allclose(fused.A, ref.A, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fused.B, ref.B, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(fused.params["W"], W, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(run.Wt, W.T, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(run.G, W.T @ W, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("penalty", ["l1", "l0"])
+def test_compiled_passes_learn_the_reference_dictionary(batch, penalty):
+    """Two passes of 64-row mini-batches: the same dictionary, statistics and metrics as
+    the NumPy reference, and the same from rows read in place or copied out (a Fortran-
+    ordered array is read through take_rows)."""
+    pytest.importorskip("numba")
+    Y = batch[0]
+    comm = get_comm(None)
+    runs = []
+    for learner, data in zip(
+        _learners(penalty) + _learners(penalty)[:1], [Y, Y, np.asfortranarray(Y)], strict=True
+    ):
+        learner.initialize(data, comm, np.random.default_rng(0), init="random")
+        stats = [learner.estep(data, comm, it) for it in range(2)]
+        runs.append((learner, stats[-1]))
+    (fused, f_stats), (ref, r_stats), (copied, c_stats) = runs
+    np.testing.assert_allclose(fused.params["W"], ref.params["W"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(fused.A, ref.A, rtol=0, atol=1e-10)
+    for key in r_stats:
+        np.testing.assert_allclose(f_stats[key], r_stats[key], rtol=1e-10)
+    np.testing.assert_array_equal(copied.params["W"], fused.params["W"])
+    assert float(c_stats["energy"]) == float(f_stats["energy"])
+    assert fused.n_steps == ref.n_steps == 2 * 5
+
+
+def test_compiled_coding_is_the_same_on_any_number_of_threads(batch):
+    """The threaded and the serial kernel give identical numbers (each point is coded alone;
+    the sums run over the points in order), so numba's thread count never changes a fit."""
+    numba_sparse = pytest.importorskip("prosper.backends.numba_sparse")
+    Y, W, G, _ = batch
+    W = np.ascontiguousarray(W)
+    rows = np.arange(0, 300, 3, dtype=np.int64)
+    out = {}
+    for kernel in (numba_sparse._code_stats_parallel, numba_sparse._code_stats_serial):
+        inc, sums = np.zeros(20 * 21 // 2 + 12 * 20 + 12), np.zeros(6)
+        kernel(Y, rows, W, np.ascontiguousarray(W.T), G, 1, 0.1, 200, 1e-6, 5, inc, sums)
+        out[kernel] = (inc, sums)
+    (a, sa), (b, sb) = out.values()
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(sa, sb)
+
+
+def test_a_ranks_mini_batches_are_its_rows_of_the_global_ones():
+    """Per global mini-batch a rank gets the rows of it that it holds (local indices,
+    increasing), the first row of the batch and its size, whatever the block."""
+    model = SparseCodingModel(4, 3, "l1", 0.1)
+    for n_total, eta, offset, n_local in [(5000, 64, 2000, 1500), (300, 7, 0, 300), (9, 4, 5, 0)]:
+        learner = OnlineSparseCoding(model, Coder(model), batch_size=eta, seed=5)
+        learner.n_total = n_total
+        order = RowOrder(n_total, 5, 2)(np.arange(n_total)) - offset
+        got = list(learner._pass_batches(n_local, offset, 2))
+        assert len(got) == -(-n_total // eta)
+        for j, (idx, first, size) in enumerate(got):
+            rows = order[j * eta : (j + 1) * eta]
+            np.testing.assert_array_equal(idx, np.sort(rows[(rows >= 0) & (rows < n_local)]))
+            assert (first, size) == (rows[0], rows.size)
