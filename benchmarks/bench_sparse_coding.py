@@ -279,7 +279,16 @@ def part_mpi(args, Y) -> dict:
                     "objective_after_3_passes": score(Y, W1, "l1", 1.0)["objective"],
                 }
             )
-            log.info("%s", {k: v for k, v in rows[-1].items() if not k.startswith("runs")})
+            log.info(
+                "batch_size %d: %.3f s per pass on 1 rank, %.3f s on 2 ranks: %.2fx "
+                "(load average %.1f-%.1f)",
+                batch_size,
+                t1,
+                t2,
+                t1 / t2,
+                min(rows[-1]["load_at_runs"]),
+                max(rows[-1]["load_at_runs"]),
+            )
     finally:
         script.unlink(missing_ok=True)
     return {"rows": rows}
@@ -368,7 +377,15 @@ def part_split(args, Y) -> dict:
                 "runs": ratios,
             }
         )
-        log.info("%s", rows[-1])
+        log.info(
+            "batch_size %d, estimated from CPU times: %.3f s per pass on 1 rank, %.3f s on 2 "
+            "ranks: %.2fx; per mini-batch (µs) %s",
+            batch_size,
+            one,
+            two,
+            one / two,
+            rows[-1]["per_mini_batch_us"],
+        )
     return {"allreduce_us": args.allreduce_us, "rows": rows}
 
 
