@@ -269,6 +269,14 @@ class TruncatedModel(ABC):
         """
         raise NotImplementedError
 
+    def completed(self, params: Params, h: int, y: np.ndarray, mean_s: np.ndarray) -> Params:
+        """``params`` with latent ``h``, which the data point ``y`` uses with posterior mean
+        ``mean_s[h]`` (|·| >= 1/2), changed so that the point's posterior mean explains it.
+
+        Called only where :meth:`latent_usage` is not None.
+        """
+        raise NotImplementedError
+
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).
 
@@ -308,6 +316,13 @@ class TruncatedModel(ABC):
         lj = ll + lp
         q = np.exp(lj - logsumexp(lj, axis=1, keepdims=True))
         return np.einsum("bk,bkh->bh", q, batch.dense())
+
+
+def completed_column(W: np.ndarray, h: int, y: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
+    """A copy of W (D, H) whose column h is changed so that W @ mean_s equals y."""
+    W = np.array(W, dtype=np.float64)
+    W[:, h] += (np.asarray(y, dtype=np.float64) - W @ mean_s) / mean_s[h]
+    return W
 
 
 class LinearTruncatedModel(TruncatedModel):
@@ -451,6 +466,10 @@ class LinearTruncatedModel(TruncatedModel):
             return params
         W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
         return {**params, "W": W}
+
+    def completed(self, params, h, y, mean_s):
+        """W_h += (y − W<s>) / <s_h>: with the new column, W<s> = y."""
+        return {**params, "W": completed_column(params["W"], h, y, mean_s)}
 
     def mstep(self, stats, params, gamma):
         """W = (Σ y<s>ᵀ)(Σ<ssᵀ>)⁻¹ (ET paper eq. 11); σ² with the *new* W.

@@ -37,7 +37,7 @@ from scipy.special import logsumexp
 if TYPE_CHECKING:  # annotations only: models never import solvers
     from prosper.solvers.states import CandidateBatch
 
-from prosper.models.base import Params, TruncatedModel
+from prosper.models.base import Params, TruncatedModel, completed_column
 
 __all__ = ["GSCModel", "spike_count_masses"]
 
@@ -669,6 +669,10 @@ class GSCModel(TruncatedModel):
         pi = np.array(params["pi"], dtype=np.float64)
         pi[h] = np.median(pi)
         return {**params, "W": W, "pi": pi}
+
+    def completed(self, params, h, y, mean_s):
+        """W_h += (y − W<s>) / <s_h> (<s> the spike-and-slab posterior mean)."""
+        return {**params, "W": completed_column(params["W"], h, y, mean_s)}
 
     def mstep(self, stats, params, gamma):
         """Closed-form updates (Sheikh et al. 2014, section 3), σ² with the new W.
