@@ -1,20 +1,23 @@
 """Which state set, search sizes and annealing schedule find the bars? (issue #11, 3 and 4)
 
-    python benchmarks/bench_states.py grid [--sizes 5 10] [--pis 1 2] [--ns 2000 10000]
-        [--seeds 0-19] [--configs evo et ...] [--workers 2]
+    python benchmarks/bench_states.py grid [--model bsc] [--sizes 5 10] [--pis 1 2]
+        [--ns 2000 10000] [--seeds 0-19] [--configs evo et ...] [--workers 2]
     python benchmarks/bench_states.py summary [--configs ...]
     python benchmarks/bench_states.py ttq [--seeds 0-5] [--configs evo32 et32] [--workers 2]
     python benchmarks/bench_states.py list
 
-``grid`` fits BSC on bars of the given sizes (size 5, 10, 16: H = 10, 20, 32) with
-π = k/H for each k of ``--pis``, N data points, amplitude 10 and σ = 2 (the issue's
-problem), once per seed and configuration (a state set with its sizes and an annealing
+``grid`` fits BSC (or ``--model``: each model on its own bars variant, see ``MODELS``) on
+bars of the given sizes (size 5, 10, 16: H = 10, 20, 32) with π = k/H for each k of
+``--pis``, N data points, amplitude 10 and σ = 2 (the issue's problem), once per seed and
+configuration (a state set with its sizes and an annealing
 schedule: ``list`` prints them). Each run writes one JSON line to
 ``benchmarks/results/states_grid.jsonl``; runs already in the file are skipped, so an
 interrupted grid resumes. Per run it records whether every generating bar has a learned
-column with cosine > 0.9 after an optimal assignment, the exact log-likelihood per point of
-the learned and of the generating parameters on 300 held-out points (all 2^H states, for
-H <= 20), the seconds of the fit and the median seconds per E-step.
+column with cosine > 0.9 after an optimal assignment (the absolute cosine for signed
+latents, whose columns are defined up to sign), the exact log-likelihood per point of the
+learned and of the generating parameters on 300 held-out points (all 2^H states for binary
+latents up to H = 20, all 3^H ternary states up to H = 12), the seconds of the fit and
+the median seconds per E-step.
 
 ``summary`` prints, per grid point and configuration, the recovery rate and the median gap
 of the exact log-likelihood to the generating parameters' on the successful runs.
@@ -48,6 +51,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
 
 log = logging.getLogger("bench_states")
 
@@ -65,7 +69,11 @@ _T5 = {"temperature": [[0, 5.0], [0.8, 1.0]], "anneal_prior": True}
 _T3L = {"temperature": [[0, 3.0], [0.6, 1.0]], "anneal_prior": False}
 _T2L = {"temperature": [[0, 2.0], [0.6, 1.0]], "anneal_prior": False}
 _T1 = {"temperature": 1.0}
+_T5L = {"temperature": [[0, 5.0], [0.8, 1.0]], "anneal_prior": False}
+_T3L80 = {"temperature": [[0, 3.0], [0.8, 1.0]], "anneal_prior": False}
+_NCUT_LATE = {"ncut_factor": [[0.8, 0.0], [0.9, 1.0]]}
 _ET = {"states": "et", "Hprime": 8, "gamma": 4}
+_ET63 = {"states": "et", "Hprime": 6, "gamma": 3}
 _ET32 = {"states": "et", "Hprime": 5, "gamma": 5}
 
 
@@ -102,6 +110,14 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "ttq-evo32": {**_evo(32, 4, 4, 2), **_T3L},
     "ttq-et32": {**_ET32, **_T3L},
     "ttq-et163": {**_ET, **_T3L},
+    # TSC (--model tsc): ET data selection raised from 0 to 1 between 80 % and 90 % of the
+    # run (TSC's default since 2026-11), with its sizes and schedules spelled out
+    "et-T5l-ncl": {**_ET, **_T5L, **_NCUT_LATE},
+    "et63-T5l-ncl": {**_ET63, **_T5L, **_NCUT_LATE},
+    "et-T3l-ncl": {**_ET, **_T3L, **_NCUT_LATE},
+    "et-T3l80-ncl": {**_ET, **_T3L80, **_NCUT_LATE},
+    "et63-T3l-ncl": {**_ET63, **_T3L, **_NCUT_LATE},
+    "et63-T5l-ncl-init3": {**_ET63, **_T5L, **_NCUT_LATE, "n_init": 3},
 }
 # every configuration above predates the re-initialisation of unused latents (issue #11,
 # 2026-12-02 session 5): they keep running without it; "-r3" adds it at ratio 0.3 (the default)
@@ -218,13 +234,67 @@ def exact_loglik(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> float
     return float(np.mean(lse - yy * inv2s2 + const))
 
 
-def match_bars(W: np.ndarray, W_true: np.ndarray, threshold: float = 0.9) -> int:
+def exact_loglik_ternary(
+    Y: np.ndarray, W: np.ndarray, pi: float, sigma: float, chunk: int = 4096
+) -> float:
+    """Mean exact log-likelihood per point of TSC over all 3^H states.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, D)
+    W : ndarray of shape (D, H)
+    pi, sigma : float
+        p(s_h = ±1) = π/2 each, p(s_h = 0) = 1 − π; noise standard deviation.
+    chunk : int, default=4096
+        States per block (memory: chunk × N floats).
+
+    Returns
+    -------
+    float
+        (1/N) Σ_n log Σ_s p(s) N(y_n; W s, σ² I).
+
+    Notes
+    -----
+    The states are enumerated in blocks; per block the log-joints of all points are one
+    product with Wᵀy, and the running log-sum-exp is updated per point. 3^10 states x 300
+    points take well under a second.
+    """
+    _, D = Y.shape
+    H = W.shape[1]
+    if H > 12:
+        raise ValueError(f"exact log-likelihood over 3^H states needs H <= 12; got H={H}.")
+    pi = float(np.clip(pi, 1e-12, 1 - 1e-12))
+    WtY = W.T @ Y.T  # (H, N)
+    G = W.T @ W
+    inv2s2 = 1.0 / (2.0 * sigma**2)
+    digits = 3 ** np.arange(H)
+    total = np.full(Y.shape[0], -np.inf)
+    for start in range(0, 3**H, chunk):
+        code = np.arange(start, min(start + chunk, 3**H))
+        S = ((code[:, None] // digits[None, :]) % 3).astype(np.float64)
+        S[S == 2] = -1.0  # digit 2 is the value -1
+        k = np.count_nonzero(S, axis=1)
+        prior = k * np.log(pi / 2.0) + (H - k) * np.log1p(-pi)
+        quad = np.einsum("kh,hg,kg->k", S, G, S)
+        lj = (prior - quad * inv2s2)[:, None] + 2.0 * inv2s2 * (S @ WtY)  # (K, N)
+        total = np.logaddexp(total, logsumexp(lj, axis=0))
+    yy = np.einsum("nd,nd->n", Y, Y)
+    const = -0.5 * D * np.log(2 * np.pi * sigma**2)
+    return float(np.mean(total - yy * inv2s2 + const))
+
+
+def match_bars(
+    W: np.ndarray, W_true: np.ndarray, threshold: float = 0.9, signed: bool = False
+) -> int:
     """Number of generating bars matched by a learned column with cosine > threshold.
 
     Parameters
     ----------
     W : ndarray of shape (D, H)
     W_true : ndarray of shape (D, H_true)
+    threshold : float, default=0.9
+    signed : bool, default=False
+        Columns are defined up to sign (ternary latents): compare absolute cosines.
 
     Returns
     -------
@@ -235,11 +305,21 @@ def match_bars(W: np.ndarray, W_true: np.ndarray, threshold: float = 0.9) -> int
     Wn = W / np.maximum(np.linalg.norm(W, axis=0, keepdims=True), 1e-12)
     Tn = W_true / np.linalg.norm(W_true, axis=0, keepdims=True)
     cos = Tn.T @ Wn  # (H_true, H)
+    if signed:
+        cos = np.abs(cos)
     rows, cols = linear_sum_assignment(-cos)
     return int(np.sum(cos[rows, cols] > threshold))
 
 
-def _data(size: int, k_pi: int, n: int, seed: int, signed: bool = False):
+#: each model on its own bars variant: estimator, bars() arguments, whether columns are
+#: defined up to sign, and the exact log-likelihood (None: not computed)
+MODELS: dict[str, dict[str, Any]] = {
+    "bsc": {"estimator": "BSC", "bars": {}, "signed": False, "exact": "binary"},
+    "tsc": {"estimator": "TSC", "bars": {"signed": True}, "signed": True, "exact": "ternary"},
+}
+
+
+def _data(size: int, k_pi: int, n: int, seed: int, model: str = "bsc"):
     from prosper.data import bars
 
     H = 2 * size
@@ -249,25 +329,41 @@ def _data(size: int, k_pi: int, n: int, seed: int, signed: bool = False):
         pi=k_pi / H,
         amplitude=AMPLITUDE,
         sigma=SIGMA,
-        signed=signed,
         random_state=seed,
+        **MODELS[model]["bars"],
     )
     return data, data.Y[:n], data.Y[n:]
 
 
+def _exact(model: str, H: int):
+    """The exact log-likelihood function of ``model`` at H latents, or None."""
+    kind = MODELS[model]["exact"]
+    if kind == "binary" and H <= H_EXACT:
+        return exact_loglik
+    if kind == "ternary" and H <= 12:
+        return exact_loglik_ternary
+    return None
+
+
 def _key(task: dict[str, Any]) -> str:
-    return "{mode}|{config}|{size}|{k_pi}|{n}|{seed}|{n_iter}".format(**task)
+    key = "{mode}|{config}|{size}|{k_pi}|{n}|{seed}|{n_iter}".format(**task)
+    # BSC's keys stay those of the records written before other models were added
+    model = task.get("model", "bsc")
+    return key if model == "bsc" else f"{model}|{key}"
 
 
 def run_grid_task(task: dict[str, Any]) -> dict[str, Any]:
     """Fit one configuration on one bars problem; return the JSON record."""
-    from prosper import BSC
+    import prosper
 
     size, k_pi, n, seed = task["size"], task["k_pi"], task["n"], task["seed"]
+    name = task.get("model", "bsc")
+    spec = MODELS[name]
     H = 2 * size
-    data, Y, Y_test = _data(size, k_pi, n, seed)
+    data, Y, Y_test = _data(size, k_pi, n, seed, name)
     kwargs = dict(CONFIGS[task["config"]])
-    model = BSC(H=H, n_iter=task["n_iter"], random_state=seed, progress=False, **kwargs)
+    estimator = getattr(prosper, spec["estimator"])
+    model = estimator(H=H, n_iter=task["n_iter"], random_state=seed, progress=False, **kwargs)
     t0 = time.perf_counter()
     model.fit(Y)
     seconds = time.perf_counter() - t0
@@ -277,16 +373,19 @@ def run_grid_task(task: dict[str, Any]) -> dict[str, Any]:
         H=H,
         pi=k_pi / H,
         settings=kwargs,
-        n_bars=match_bars(model.W_, data.W),
+        n_bars=match_bars(model.W_, data.W, signed=spec["signed"]),
+        pi_learned=float(model.pi_),
+        sigma_learned=float(model.sigma_),
         seconds_fit=seconds,
         seconds_estep_median=float(np.median(model.history_["seconds_estep"])),
         n_iter_run=int(model.n_iter_),
         load=os.getloadavg()[0],
     )
     rec["recovered"] = rec["n_bars"] == H
-    if H <= H_EXACT:
-        ll = exact_loglik(Y_test, model.W_, float(model.pi_), float(model.sigma_))
-        ll_true = exact_loglik(Y_test, data.W, data.pi, data.sigma)
+    exact = _exact(name, H)
+    if exact is not None:
+        ll = exact(Y_test, model.W_, float(model.pi_), float(model.sigma_))
+        ll_true = exact(Y_test, data.W, data.pi, data.sigma)
         rec.update(ll=ll, ll_true=ll_true, ll_gap=ll_true - ll)
     return rec
 
@@ -402,18 +501,20 @@ def summary(path: Path, configs: list[str] | None) -> str:
     for r in _read(path):
         if "error" in r or (configs and r["config"] not in configs):
             continue
-        rows.setdefault((r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"]), []).append(r)
+        group = (r.get("model", "bsc"), r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"])
+        rows.setdefault(group, []).append(r)
     lines = [
-        "| bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
+        "| model | bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
         "| median s/fit | median s/E-step |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
+    for (name, size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
         ok = [r for r in rs if r["recovered"]]
         gaps = [r["ll_gap"] for r in ok if r.get("ll_gap") is not None]
         gap = f"{np.median(gaps):.3f}" if gaps else "–"
         lines.append(
-            f"| {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} | {len(ok)}/{len(rs)} | {gap} "
+            f"| {name} | {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} "
+            f"| {len(ok)}/{len(rs)} | {gap} "
             f"| {np.median([r['seconds_fit'] for r in rs]):.1f} "
             f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
         )
@@ -446,6 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     grid = sub.add_parser("grid")
+    grid.add_argument("--model", choices=sorted(MODELS), default="bsc")
     grid.add_argument("--sizes", type=int, nargs="+", default=[5, 10, 16])
     grid.add_argument("--pis", type=int, nargs="+", default=[1, 2], help="π = k/H")
     grid.add_argument("--ns", type=int, nargs="+", default=[2000, 10000])
@@ -482,6 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         tasks = [
             {
                 "mode": "grid",
+                "model": args.model,
                 "config": c,
                 "size": s,
                 "k_pi": k,
