@@ -717,13 +717,15 @@ class TruncatedEMEstimator(EMEstimator):
 
     #: defaults of the evolutionary search (measured in benchmarks/bench_states.py)
     _default_search = {"n_states": 32, "n_parents": 4, "n_children": 4, "n_generations": 2}
+    #: default ET sizes: Hprime = min(H, first), gamma = min(Hprime, second)
+    _default_sizes = (8, 4)
 
     def _resolved(self) -> tuple[int, int]:
         """(H', γ) of the ET state set; (H, H) for full enumeration and explicit states."""
         if self.states != "et":
             return self.H, self.H
-        Hprime = min(self.H, 8) if self.Hprime is None else self.Hprime
-        gamma = min(Hprime, 4) if self.gamma is None else self.gamma
+        Hprime = min(self.H, self._default_sizes[0]) if self.Hprime is None else self.Hprime
+        gamma = min(Hprime, self._default_sizes[1]) if self.gamma is None else self.gamma
         return Hprime, gamma
 
     def _search(self) -> SearchSettings:

@@ -28,11 +28,12 @@ class TSC(TruncatedEMEstimator):
         states (n_states states per point, kept across iterations and improved by a genetic
         search on the log-joint: for large H); ``"full"`` all states (exact EM, small H).
     Hprime : int or None, default=None
-        Latents preselected per data point; None means min(H, 8). Hprime = gamma = H gives
-        exact EM over all 3^H states.
+        Latents preselected per data point; None means min(H, 6) (BSC's 8 recovers the bars
+        less often: see Notes). Hprime = gamma = H gives exact EM over all 3^H states.
     gamma : int or None, default=None
         Maximal number of simultaneously non-zero latents in a candidate state; None means
-        min(Hprime, 4). A data point has 1 + 2H + sum_{k=2..gamma} C(Hprime, k) 2^k states.
+        min(Hprime, 3). A data point has 1 + 2H + sum_{k=2..gamma} C(Hprime, k) 2^k states
+        (241 at H=10 with the defaults, 1721 with Hprime=8, gamma=4).
     n_states, n_parents, n_children, n_generations : int or None, default=None
         ``states="evo"`` only: states kept per data point (None: 32), parents drawn per
         generation (4), children per parent (4) and generations per E-step (2). The states
@@ -65,9 +66,10 @@ class TSC(TruncatedEMEstimator):
     ncut_factor : float, list of pairs or None, default=None
         ET data selection factor f: the M-step uses the N_cut = N (1 - (1 - A) f) points with
         the largest log marginal. None: off while annealing, raised from 0 to 1 between 80 %
-        and 90 % of the run, once T = 1 (signed 5x5 bars, N=2000, 100 iterations, 20 seeds:
-        20/20 recovered with π, σ unbiased, against 16/20 with the selection raised during
-        annealing as for BSC, and 20/20 but σ 27 % too large without selection).
+        and 90 % of the run, once T = 1 (signed 5x5 bars, N=2000, 100 iterations, Hprime=6,
+        gamma=3, one data set, 20 initialisations: 20/20 recovered with π, σ unbiased,
+        against 16/20 with the selection raised during annealing as for BSC, and 20/20 but
+        σ 27 % too large without selection).
     init : {"data", "random"}, default="data"
         W starts around the data mean ("data") or as zero-mean noise ("random").
     backend : {"auto", "numpy", "numba", "cupy"}, default="auto"
@@ -113,6 +115,14 @@ class TSC(TruncatedEMEstimator):
     The σ update uses the new W (the exact M-step); the original ProSper code used the old
     one. The ET prior correction of π is BSC's, since ``|s| ~ Binomial(H, π)`` here too.
 
+    TSC's typical failure is a local optimum of EM itself, not of the truncation: two
+    fields hold the sum and the difference of two bars. Exact EM (``states="full"``) from the
+    same start with the same schedule ends in the same optimum as ET with Hprime=8, gamma=4.
+    The smaller default state set (Hprime=6, gamma=3) explains data points with many causes
+    less well, which keeps σ larger while the bars form and lets them separate; ET data
+    selection then removes that bias once T = 1. Where every component must be found, use
+    ``n_init=3`` (benchmarks/RESULTS.md, 2026-12-02).
+
     References
     ----------
     G. Exarchakis, M. Henniges, J. Eggert and J. Lücke. Ternary sparse coding. LVA/ICA 2012,
@@ -141,3 +151,7 @@ class TSC(TruncatedEMEstimator):
     # "sum and difference" fields; selecting only after annealing removes the truncation
     # bias without that (benchmarks/RESULTS.md, TSC schedules)
     _default_ncut = [[0.8, 0.0], [0.9, 1.0]]
+    # H'=6, γ=3 (measured over 20 seeds; benchmarks/RESULTS.md, 2026-12-02): with BSC's
+    # H'=8, γ=4 the posterior is close to exact EM's, whose σ collapses as soon as the bars
+    # appear and freezes "sum and difference" pairs of fields
+    _default_sizes = (6, 3)

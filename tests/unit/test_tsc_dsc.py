@@ -284,3 +284,18 @@ def test_bars_discrete_amplitudes():
 def test_bars_rejects_bad_discrete_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         bars(size=3, n_samples=10, **kwargs)
+
+
+@pytest.mark.parametrize("H, sizes", [(10, (6, 3)), (20, (6, 3)), (5, (5, 3)), (2, (2, 2))])
+def test_tsc_default_et_sizes(H, sizes):
+    # measured over 20 seeds of signed 5x5 bars (benchmarks/RESULTS.md, 2026-12-02): H'=6,
+    # γ=3 finds all bars far more often than BSC's H'=8, γ=4, at a seventh of the states
+    est = TSC(H, n_iter=1)
+    states = est._states(est._make_model(4), 0)
+    assert (states.Hprime, states.gamma) == sizes
+    # explicit sizes are kept, and BSC's defaults are unchanged
+    states = TSC(H, Hprime=H, gamma=min(H, 4), n_iter=1)._states(est._make_model(4), 0)
+    assert (states.Hprime, states.gamma) == (H, min(H, 4))
+    from prosper import BSC
+
+    assert BSC(10)._resolved() == (8, 4)
