@@ -136,6 +136,9 @@ CONFIGS.update(
         },
         "ttq-evo32-r3": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
         "ttq-et32-r3": {**_ET32, **_T3L, "reassignment_ratio": 0.3},
+        # TSC (--model tsc) with the re-initialisation
+        "et63-T5l-ncl-r3": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        "et-T5l-ncl-r3": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
     }
 )
 
