@@ -139,6 +139,10 @@ CONFIGS.update(
         # TSC (--model tsc) with the re-initialisation
         "et63-T5l-ncl-r3": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
         "et-T5l-ncl-r3": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        # the same after the re-initialisation also completes a latent that holds part of a
+        # cause (main 9824f67): new names, since the code behind "-r3" changed
+        "et63-T5l-ncl-r3b": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        "et-T5l-ncl-r3b": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
     }
 )
 
