@@ -622,7 +622,7 @@ class TruncatedEMEstimator(EMEstimator):
         "gamma": [None, Interval("int", 1, None)],
         "states": [Options(("et", "evo", "full"))],
         "n_init": [Interval("int", 1, None)],
-        "reassignment_ratio": [Interval("real", 0.0, 1.0)],
+        "reassignment_ratio": [None, Interval("real", 0.0, 1.0)],
         "n_states": [None, Interval("int", 1, None)],
         "n_parents": [None, Interval("int", 1, None)],
         "n_children": [None, Interval("int", 1, None)],
@@ -674,7 +674,7 @@ class TruncatedEMEstimator(EMEstimator):
         n_children: int | None = None,
         n_generations: int | None = None,
         n_init: int = 1,
-        reassignment_ratio: float = 0.3,
+        reassignment_ratio: float | None = None,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,
@@ -719,6 +719,9 @@ class TruncatedEMEstimator(EMEstimator):
     _default_search = {"n_states": 32, "n_parents": 4, "n_children": 4, "n_generations": 2}
     #: default ET sizes: Hprime = min(H, first), gamma = min(Hprime, second)
     _default_sizes = (8, 4)
+    #: default reassignment_ratio (0: off); on where recovery over 20 seeds measured a gain
+    #: (BSC), off where it was not measured or measured none (TSC)
+    _default_reassignment = 0.0
 
     def _resolved(self) -> tuple[int, int]:
         """(H', γ) of the ET state set; (H, H) for full enumeration and explicit states."""
@@ -850,7 +853,11 @@ class TruncatedEMEstimator(EMEstimator):
             batch_size=self.batch_size,
             backend=backend,
             seed=seed,
-            reassignment_ratio=self.reassignment_ratio,
+            reassignment_ratio=(
+                self._default_reassignment
+                if self.reassignment_ratio is None
+                else self.reassignment_ratio
+            ),
         )
 
     def _init_kwargs(self) -> dict[str, Any]:

@@ -39,14 +39,15 @@ class BSC(TruncatedEMEstimator):
         Fits from this many initialisations (seeds drawn from ``random_state``) and keeps
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
-    reassignment_ratio : float, default=0.3
+    reassignment_ratio : float or None, default=None
         Every 5 iterations of the first half of the run, the least used latent is
         re-initialised to the unexplained part of a poorly explained data point (the one
         below which 10 % of the log marginals lie) if it is used less than this fraction of
         the median latent: a latent that has settled on a mixture of causes that others
         already explain gets a second chance (MiniBatchKMeans' reassignment in
-        scikit-learn). 0 switches it off. Measured on 10x10 bars: 7 of 20 runs without,
-        20 of 20 with (benchmarks/RESULTS.md).
+        scikit-learn); when no latent is under-used, the latent that point uses most is
+        completed so that the point is explained. None: 0.3 for BSC (measured on bars over
+        20 seeds per size, benchmarks/RESULTS.md); 0 switches both moves off.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -126,3 +127,4 @@ class BSC(TruncatedEMEstimator):
     # and bars merge (benchmarks/RESULTS.md, 2026-12-02).
     _default_temperature = [[0, 3.0], [0.6, 1.0]]
     _default_anneal_prior = False
+    _default_reassignment = 0.3

@@ -48,14 +48,10 @@ class DSC(TruncatedEMEstimator):
         Fits from this many initialisations (seeds drawn from ``random_state``) and keeps
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
-    reassignment_ratio : float, default=0.3
-        Every 5 iterations of the first half of the run, the least used latent is
-        re-initialised to the unexplained part of a poorly explained data point (the one
-        below which 10 % of the log marginals lie) if it is used less than this fraction of
-        the median latent: a latent that has settled on a mixture of causes that others
-        already explain gets a second chance (MiniBatchKMeans' reassignment in
-        scikit-learn). 0 switches it off. Measured on 10x10 bars: 7 of 20 runs without,
-        20 of 20 with (benchmarks/RESULTS.md).
+    reassignment_ratio : float or None, default=None
+        Re-initialisation of unused latents and completion of latents that hold part of a
+        cause (see :class:`prosper.BSC`). None: 0 (off) for DSC, whose recovery with it was
+        not measured yet.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -163,7 +159,7 @@ class DSC(TruncatedEMEstimator):
         n_children: int | None = None,
         n_generations: int | None = None,
         n_init: int = 1,
-        reassignment_ratio: float = 0.3,
+        reassignment_ratio: float | None = None,
         n_iter: int = 100,
         batch_size: int = 1000,
         temperature: Any = None,

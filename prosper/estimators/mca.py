@@ -46,7 +46,7 @@ class MCA(TruncatedEMEstimator):
         Fits from this many initialisations (seeds drawn from ``random_state``) and keeps
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
-    reassignment_ratio : float, default=0.3
+    reassignment_ratio : float or None, default=None
         Re-initialisation of unused latents (see :class:`prosper.BSC`); not used by
         MCA and MMCA, whose model has no linear residual to hand to a latent.
     n_iter : int, default=100

@@ -53,7 +53,7 @@ SETTINGS.update(ncut_factor=0.0, backend="numpy")
 @pytest.mark.parametrize("estimator", [BSC, TSC])
 def test_an_unused_latent_takes_the_residual_of_a_poorly_explained_point(blocked, estimator):
     Y, params = blocked
-    new, metrics = _step(estimator(**SETTINGS), Y, params, REASSIGN_EVERY)
+    new, metrics = _step(estimator(reassignment_ratio=0.3, **SETTINGS), Y, params, REASSIGN_EVERY)
     plain, plain_metrics = _step(
         estimator(reassignment_ratio=0.0, **SETTINGS), Y, params, REASSIGN_EVERY
     )
@@ -61,7 +61,7 @@ def test_an_unused_latent_takes_the_residual_of_a_poorly_explained_point(blocked
     np.testing.assert_array_equal(new["W"][:, 1:], plain["W"][:, 1:])
     # the point: the median of those whose log marginal (entering params) lies more than
     # the misfit margin below the median, at most the 10 % point
-    ref = _learner(estimator(**SETTINGS), Y, params)
+    ref = _learner(estimator(reassignment_ratio=0.3, **SETTINGS), Y, params)
     log_marginal = ref.log_marginals(Y)
     order = np.argsort(log_marginal)
     median = log_marginal[order[Y.shape[0] // 2]]  # N even: the smallest of the upper half
@@ -158,6 +158,12 @@ def test_gsc_reassigned_latent_gets_the_median_spike_probability():
     np.testing.assert_allclose(new["W"][:, 1], [0.0, 0.0, 0.0, 1.0])
     assert new["pi"][1] == pytest.approx(0.2)
     np.testing.assert_array_equal(params["pi"], [0.2, 0.001, 0.4])  # not modified in place
+
+
+def test_reassignment_is_on_by_default_for_bsc_only(blocked):
+    Y, params = blocked
+    assert _step(BSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]["reassigned"] == 0
+    assert "reassigned" not in _step(TSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]
 
 
 def test_reassignment_ratio_is_checked():
