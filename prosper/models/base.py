@@ -34,11 +34,17 @@ if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
     from prosper.solvers.states import CandidateBatch, ExpectationTruncation
 
 
-__all__ = ["LinearTruncatedModel", "TruncatedModel", "binomial_truncation"]
+__all__ = ["LinearTruncatedModel", "TruncatedModel", "backend_kernel", "binomial_truncation"]
 
 Params = dict[str, np.ndarray]
 #: (ll, lp) of index states (B, K, H): log-likelihood and log-prior, each (B, K)
 StateLogJoint = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def backend_kernel(backend: ModuleType | None, name: str) -> Callable | None:
+    """The kernel ``name`` from a backend's ``KERNELS`` registry, or None where the backend
+    does not register it (or no backend is given: the model's NumPy reference runs)."""
+    return None if backend is None else backend.KERNELS.get(name)
 
 
 def binomial_truncation(H: int, gamma: int, p_active: float) -> tuple[float, float]:

@@ -37,7 +37,7 @@ from scipy.special import logsumexp
 if TYPE_CHECKING:  # annotations only: models never import solvers
     from prosper.solvers.states import CandidateBatch
 
-from prosper.models.base import Params, TruncatedModel, completed_column
+from prosper.models.base import Params, TruncatedModel, backend_kernel, completed_column
 
 __all__ = ["GSCModel", "spike_count_masses"]
 
@@ -402,21 +402,21 @@ class GSCModel(TruncatedModel):
         return mean_s, mean_b, extra
 
     def runs_on(self, backend):
-        # the NumPy E-step below is the reference; a backend with a ``gsc_estep`` kernel
-        # (numba: prosper.backends.numba_gsc) replaces it, the others use it
-        return hasattr(backend, "gsc_estep")
+        # the NumPy E-step below is the reference; a backend whose ``KERNELS`` registers a
+        # ``gsc_estep`` kernel (numba: prosper.backends.numba_gsc) replaces it
+        return backend_kernel(backend, "gsc_estep") is not None
 
     def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         """Truncated E-step over the spikes with the slab integrated out exactly.
 
-        Runs ``backend.gsc_estep`` when the backend module has that kernel (numba), else the
+        Runs the backend's ``KERNELS["gsc_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel. Statistics:
         ``sy`` (D, H) Σ y⟨s⟩ᵀ, ``ss`` (H, H) Σ⟨ssᵀ⟩ (with Λ_b), ``b`` (H,) Σ⟨b⟩, ``dz`` and
         ``dz2`` (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩ about the current μ, ``yy``
         Σ||y||², ``n`` number (weight) of points.
         """
         batch = self.candidates(Y, states, params)
-        kernel = getattr(backend, "gsc_estep", None)
+        kernel = backend_kernel(backend, "gsc_estep")
         if kernel is not None:
             return kernel(Y, params, batch, beta, prior_beta, mask, accumulate)
         ll, lp, single, groups = self._states(Y, batch, params, accumulate)
@@ -448,13 +448,13 @@ class GSCModel(TruncatedModel):
         batch : CandidateBatch
         params : dict of str to ndarray
         backend : module or None, default=None
-            Backend module; its ``gsc_estep`` kernel is used when it has one.
+            Backend module; its ``KERNELS["gsc_estep"]`` is used when it has one.
 
         Returns
         -------
         mean_s, mean_b : ndarray of shape (B, H)
         """
-        kernel = getattr(backend, "gsc_estep", None)
+        kernel = backend_kernel(backend, "gsc_estep")
         if kernel is not None:
             return kernel(Y, params, batch, moments_only=True)
         ll, lp, single, groups = self._states(Y, batch, params, True)

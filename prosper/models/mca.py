@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from prosper.models.base import Params, TruncatedModel, binomial_truncation
+from prosper.models.base import Params, TruncatedModel, backend_kernel, binomial_truncation
 
 __all__ = ["MCAModel", "MMCAModel"]
 
@@ -275,9 +275,9 @@ class MCAModel(TruncatedModel):
         return lm, out
 
     def runs_on(self, backend):
-        # the NumPy E-step here is the reference; a backend with an ``mca_estep`` kernel
-        # (numba: prosper.backends.numba_mca) replaces it, the others use it
-        return hasattr(backend, "mca_estep")
+        # the NumPy E-step here is the reference; a backend whose ``KERNELS`` registers an
+        # ``mca_estep`` kernel (numba: prosper.backends.numba_mca) replaces it
+        return backend_kernel(backend, "mca_estep") is not None
 
     def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         """Log marginals (B,) and the local statistics of one batch.
@@ -288,11 +288,11 @@ class MCAModel(TruncatedModel):
         Statistics: ``Ay`` (D, H) Σ_n <A_dh> y_dn, ``A`` (D, H) Σ_n <A_dh>, ``counts`` (1,)
         Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points.
 
-        Runs ``backend.mca_estep`` when the backend module has that kernel (numba), else the
+        Runs the backend's ``KERNELS["mca_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel.
         """
         batch = self.candidates(Y, states, params)
-        kernel = getattr(backend, "mca_estep", None)
+        kernel = backend_kernel(backend, "mca_estep")
         if kernel is not None:
             return kernel(
                 Y,
@@ -320,7 +320,7 @@ class MCAModel(TruncatedModel):
     def posterior_mean(self, Y, states, params, backend):
         """<s> (B, H) under the truncated posterior at temperature 1 (ρ at T = 1)."""
         batch = self.candidates(Y, states, params)
-        kernel = getattr(backend, "mca_estep", None)
+        kernel = backend_kernel(backend, "mca_estep")
         if kernel is not None:
             return kernel(Y, params, batch, self.rho(1.0), 1.0, 1.0, None, "mean", self.signed)[1]
         return self._run_chunks(Y, batch, params, self.rho(1.0), 1.0, 1.0, None, "mean")[1]

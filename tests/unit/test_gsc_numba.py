@@ -171,7 +171,7 @@ def test_model_dispatches_to_the_kernel():
         calls.append(kwargs.get("moments_only", False))
         return numba_gsc.gsc_estep(*args, **kwargs)
 
-    backend = types.SimpleNamespace(gsc_estep=kernel, NAME="numba")
+    backend = types.SimpleNamespace(KERNELS={"gsc_estep": kernel}, NAME="numba")
     ref = _reference(model, Y, batch, states, params, 0.5, 0.7, None, True)
     got = model.estep_batch(Y, states, params, 0.5, 0.7, None, True, backend)
     _check(*got, *ref)
@@ -182,7 +182,9 @@ def test_model_dispatches_to_the_kernel():
     _close(model.posterior_mean(Y, states, params, backend), ref_s)
     assert calls == [False, True, True]
     # a backend without the kernel (numpy, cupy) keeps the NumPy path
-    plain = model.estep_batch(Y, states, params, 0.5, 0.7, None, True, object())
+    plain = model.estep_batch(
+        Y, states, params, 0.5, 0.7, None, True, types.SimpleNamespace(KERNELS={})
+    )
     _check(*plain, *ref, tol=0.0)
 
 

@@ -14,11 +14,12 @@ import pytest
 
 pytest.importorskip("numba")
 
-from prosper.backends import numba_mca
+from prosper.backends import get_backend, numba_mca
+from prosper.models.gsc import GSCModel
 from prosper.models.mca import MCAModel, MMCAModel
 from prosper.solvers.states import ExpectationTruncation
 
-BACKEND = types.SimpleNamespace(mca_estep=numba_mca.mca_estep, NAME="numba")
+BACKEND = types.SimpleNamespace(KERNELS={"mca_estep": numba_mca.mca_estep}, NAME="numba")
 RTOL = 1e-10
 
 
@@ -171,8 +172,13 @@ def test_wide_range_of_W(cls):
 def test_dispatch():
     model = MCAModel(4, 3)
     assert model.runs_on(BACKEND)
-    assert not model.runs_on(types.SimpleNamespace(NAME="numpy"))
+    assert not model.runs_on(types.SimpleNamespace(KERNELS={}, NAME="numpy"))
     assert MMCAModel(4, 3).runs_on(BACKEND)
+    # the real backends declare the kernel in their KERNELS registry (numba) or not (numpy)
+    assert model.runs_on(get_backend("numba"))
+    assert not model.runs_on(get_backend("numpy"))
+    assert GSCModel(4, 3).runs_on(get_backend("numba"))
+    assert not GSCModel(4, 3).runs_on(get_backend("numpy"))
 
 
 def test_kernel_is_not_the_numpy_path(monkeypatch):
