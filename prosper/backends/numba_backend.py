@@ -55,11 +55,11 @@ from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
 from prosper.backends.numba_mca import mca_estep
 from prosper.backends.numba_mca_states import mca_state_log_joint, mca_state_stats
+from prosper.backends.numba_search import linear_search, linear_search_estep
 from prosper.backends.numba_sparse import sparse_bcd, sparse_cd, sparse_code_stats, sparse_update
 from prosper.backends.numba_states import (
     evo_children,
     evo_select,
-    linear_search,
     linear_state_log_joint,
     linear_state_stats,
 )
@@ -107,6 +107,7 @@ KERNELS = {
     "evo_select": evo_select,
     "evo_children": evo_children,
     "linear_search": linear_search,
+    "linear_search_estep": linear_search_estep,
     # fused E-steps of the model families (see the models' runs_on)
     "gsc_estep": gsc_estep,
     "mca_estep": mca_estep,
@@ -517,11 +518,11 @@ def linear_posterior_mean(
 def needs_compiling() -> bool:
     """Whether a kernel is neither loaded in this process nor in the on-disk cache, so that
     the first E-step will compile it (the estimator then says so before it starts)."""
-    from prosper.backends import numba_gsc, numba_mca, numba_states
+    from prosper.backends import numba_gsc, numba_mca, numba_search, numba_states
 
     kernels = [_linear_kernel, numba_gsc._gsc_kernel, numba_mca._mca_kernel]
     kernels += [numba_states._log_joint, numba_states._stats]
-    kernels += [numba_states._select, numba_states._children, numba_states._linear_search]
+    kernels += [numba_states._select, numba_states._children, numba_search._linear_search]
     for kernel in kernels:
         if kernel.overloads:
             continue

@@ -24,7 +24,6 @@ from prosper.backends.evolution import GOLDEN, M1, M2
 __all__ = [
     "evo_children",
     "evo_select",
-    "linear_search",
     "linear_state_log_joint",
     "linear_state_stats",
 ]
@@ -123,8 +122,8 @@ def linear_state_stats(X, q, values):
 
 
 # -- the evolutionary search's bookkeeping (same choices as prosper.backends.evolution) -----
-# Row functions shared by the stand-alone kernels (generic path: any model's log-joint runs
-# between them) and the fused search of linear models, so both make the same choices.
+# The stand-alone kernels of the generic path (any model's log-joint runs between them); the
+# fused search of linear models (prosper.backends.numba_search) makes the same choices.
 _GOLDEN = np.uint64(GOLDEN)
 _M1 = np.uint64(M1)
 _M2 = np.uint64(M2)
@@ -333,149 +332,4 @@ def evo_children(X, lj, proposal, key, rows, n_parents, n_children, n_nonzero):
         int(n_parents),
         int(n_children),
         int(n_nonzero),
-    )
-
-
-# -- the fused search of linear models ------------------------------------------------------
-@njit(cache=True)
-def _row_log_joint(x, WY, WtW, yy, values, value_logp, inv2s2, const, idx, val):  # pragma: no cover
-    """(ll, lp) of one state x (H,) of a linear model (the arithmetic of _log_joint)."""
-    H = x.shape[0]
-    m = 0
-    prior = H * value_logp[0]
-    for h in range(H):
-        # branch-free, as in _log_joint
-        v = x[h]
-        idx[m] = h
-        val[m] = values[v]
-        prior += value_logp[v] - value_logp[0]
-        m += v != 0
-    lin = 0.0
-    quad = 0.0
-    for i in range(m):
-        hi = idx[i]
-        vi = val[i]
-        lin += vi * WY[hi]
-        row = 0.0
-        for j in range(i):
-            row += WtW[hi, idx[j]] * val[j]
-        quad += vi * (2.0 * row + vi * WtW[hi, hi])
-    return const - (yy - 2.0 * lin + quad) * inv2s2, prior
-
-
-@njit(cache=True, parallel=True)
-def _linear_search(
-    X,
-    WY,
-    WtW,
-    yy,
-    values,
-    value_logp,
-    inv2s2,
-    const,
-    proposal,
-    keys,
-    gen_keys,
-    rows,
-    P,
-    C,
-    nz,
-    n_chunks,
-    size,
-):  # pragma: no cover - compiled
-    B, S, H = X.shape
-    PC = P * C
-    K = S + PC
-    out_X = np.empty((B, S, H), dtype=np.uint8)
-    out_ll = np.empty((B, S))
-    out_lp = np.empty((B, S))
-    step = (B + n_chunks - 1) // n_chunks
-    for c in prange(n_chunks):
-        buf = np.empty((K, H), dtype=np.uint8)
-        bll = np.empty(K)
-        blp = np.empty(K)
-        lj = np.empty(S)
-        scratch = np.empty((K, 2))
-        order = np.empty(K, dtype=np.int64)
-        seen = np.empty(size, dtype=np.uint64)
-        used = np.zeros(size, dtype=np.bool_)
-        idx = np.empty(H, dtype=np.int64)
-        val = np.empty(H)
-        u = np.empty(P + 4 * PC)
-        fcdf = np.empty(S)
-        for b in range(c * step, min(B, (c + 1) * step)):
-            kX, kll, klp = out_X[b], out_ll[b], out_lp[b]
-            # re-score the kept states at the current parameters, then keep them sorted
-            for k in range(S):
-                for h in range(H):
-                    buf[k, h] = X[b, k, h]
-                bll[k], blp[k] = _row_log_joint(
-                    buf[k], WY[b], WtW, yy[b], values, value_logp, inv2s2, const, idx, val
-                )
-            _select_row(
-                buf[:S], bll[:S], blp[:S], keys, S, kX, kll, klp, scratch, order, seen, used
-            )
-            for g in range(gen_keys.shape[0]):
-                for k in range(S):
-                    lj[k] = kll[k] + klp[k]
-                _children_row(kX, lj, proposal[b], gen_keys[g], rows[b], P, C, nz, buf[S:], u, fcdf)
-                for k in range(S, K):
-                    bll[k], blp[k] = _row_log_joint(
-                        buf[k], WY[b], WtW, yy[b], values, value_logp, inv2s2, const, idx, val
-                    )
-                for k in range(S):
-                    bll[k] = kll[k]
-                    blp[k] = klp[k]
-                    for h in range(H):
-                        buf[k, h] = kX[k, h]
-                _select_row(buf, bll, blp, keys, S, kX, kll, klp, scratch, order, seen, used)
-    return out_X, out_ll, out_lp
-
-
-def linear_search(
-    X,
-    WY,
-    WtW,
-    yy,
-    values,
-    value_logp,
-    sigma2,
-    D,
-    proposal,
-    keys,
-    gen_keys,
-    rows,
-    n_parents,
-    n_children,
-):
-    """One E-step's evolutionary search of a linear model, all generations fused per row.
-
-    The same states as :meth:`prosper.solvers.evolutionary.EvolutionaryStates.evolve` with
-    :func:`linear_state_log_joint` and the bookkeeping kernels above, without forming the
-    (B, K, H) arrays of a generation: each row's states stay in the thread's cache.
-
-    Returns
-    -------
-    X, ll, lp
-        As ``evolve``: states (B, S, H), log-likelihoods and log-priors (B, S).
-    """
-    K = X.shape[1] + n_parents * n_children
-    return _linear_search(
-        np.ascontiguousarray(X),
-        np.ascontiguousarray(WY, dtype=np.float64),
-        np.ascontiguousarray(WtW, dtype=np.float64),
-        np.ascontiguousarray(yy, dtype=np.float64),
-        np.asarray(values, dtype=np.float64),
-        np.asarray(value_logp, dtype=np.float64),
-        1.0 / (2.0 * float(sigma2)),
-        -0.5 * int(D) * np.log(2.0 * np.pi * float(sigma2)),
-        np.ascontiguousarray(proposal, dtype=np.float64),
-        keys,
-        np.asarray(gen_keys, dtype=np.uint64),
-        np.ascontiguousarray(rows, dtype=np.int64),
-        int(n_parents),
-        int(n_children),
-        len(values) - 1,
-        max(1, min(numba.get_num_threads(), X.shape[0])),
-        _table_size(K),
     )

@@ -197,6 +197,22 @@ class TruncatedModel(ABC):
         """
         return None
 
+    def state_estep(self, Y: np.ndarray, params: Params, backend: ModuleType):
+        """A backend's fused evolutionary search and E-step for this model, or None (the
+        solver then runs :meth:`state_search` or the generic search, and
+        :meth:`state_stats`).
+
+        Returns
+        -------
+        None or (scores, estep)
+            ``scores`` as :meth:`state_scorer`'s; ``estep(X, proposal, keys, gen_keys, rows,
+            n_parents, n_children, beta, prior_beta, weight, accumulate)`` returns the new
+            states (B, S, H) (those of :meth:`state_search`), the log marginals (B,) at T=1
+            over them and, if ``accumulate``, the statistics :meth:`state_stats` gives for
+            the tempered posterior weights times ``weight`` (else None).
+        """
+        return None
+
     def state_stats(
         self,
         Y: np.ndarray,
@@ -436,9 +452,27 @@ class LinearTruncatedModel(TruncatedModel):
 
         return scores, fused
 
-    def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
-        mean, ss, counts = backend.KERNELS["linear_state_stats"](X, q, self.values)
-        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+    def state_estep(self, Y, params, backend):
+        estep = backend.KERNELS.get("linear_search_estep")
+        if estep is None:
+            return None
+        (WY, yy, WtW, logp, sigma2), scores = self._batch_terms(Y, params)
+
+        def fused(X, proposal, keys, gen_keys, rows, n_parents, n_children, beta, prior_beta,
+                  weight, accumulate):  # fmt: skip
+            X, log_marginal, moments = estep(
+                X, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys, gen_keys,
+                rows, n_parents, n_children, beta, prior_beta, weight, accumulate,
+            )  # fmt: skip
+            stats = None if moments is None else self._moment_stats(Y, yy, weight, *moments)
+            return X, log_marginal, stats
+
+        return scores, fused
+
+    @staticmethod
+    def _moment_stats(Y, yy, weight, mean, ss, counts):
+        """The statistics dict from the posterior moments over explicit states (``mean``
+        (B, H) per row, ``ss`` and ``counts`` summed) and ||y||² (B,)."""
         return {
             "sy": Y.T.astype(np.float64) @ mean,
             "ss": ss,
@@ -446,6 +480,11 @@ class LinearTruncatedModel(TruncatedModel):
             "yy": np.array(float(weight @ yy)),
             "n": np.array(float(weight.sum())),
         }
+
+    def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
+        moments = backend.KERNELS["linear_state_stats"](X, q, self.values)
+        yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
+        return self._moment_stats(Y, yy, weight, *moments)
 
     def posterior_mean(self, Y, states, params, backend):
         return backend.linear_posterior_mean(

@@ -171,6 +171,49 @@ class EvolutionaryStates:
         X[b, k, second] = np.where(two, second_value, X[b, k, second])
         return X
 
+    def _prepare(self, X, scores, rows, iteration, fresh):
+        """The search's inputs: the states with fresh rows initialised, the proposal (B, H)
+        and the keys of the generations' random numbers."""
+        if fresh is not None and fresh.any():
+            X = X.copy()
+            X[fresh] = self.initial(rows[fresh], None if scores is None else scores[fresh])
+        weights = proposal(scores, self.H, X.shape[0])
+        gen_keys = [
+            stream_key(self.seed, iteration, 1 + g) for g in range(self.settings.n_generations)
+        ]
+        return X, weights, gen_keys
+
+    def evolve_estep(
+        self,
+        X: np.ndarray,
+        scores: np.ndarray | None,
+        rows: np.ndarray,
+        iteration: int,
+        fresh: np.ndarray | None,
+        estep: Callable,
+        beta: float,
+        prior_beta: float,
+        weight: np.ndarray,
+        accumulate: bool,
+    ):
+        """:meth:`evolve` with a model's fused search and E-step
+        (:meth:`prosper.models.base.TruncatedModel.state_estep`): the same states, then the
+        posterior over them.
+
+        Returns
+        -------
+        X, log_marginal, stats
+            The new states (B, S, H), log marginals (B,) at T=1 and the model's statistics of
+            the tempered posterior weighted by ``weight`` (None unless ``accumulate``).
+        """
+        st = self.settings
+        X, weights, gen_keys = self._prepare(X, scores, rows, iteration, fresh)
+        rows = np.asarray(rows, dtype=np.int64)
+        return estep(
+            X, weights, self.keys, gen_keys, rows, st.n_parents, st.n_children, beta,
+            prior_beta, weight, accumulate,
+        )  # fmt: skip
+
     def evolve(
         self,
         X: np.ndarray,
@@ -213,18 +256,13 @@ class EvolutionaryStates:
         kernels = REFERENCE if kernels is None else kernels
         select, children_of = kernels["evo_select"], kernels["evo_children"]
         nz = len(self.values) - 1
-        if fresh is not None and fresh.any():
-            X = X.copy()
-            X[fresh] = self.initial(rows[fresh], None if scores is None else scores[fresh])
-        weights = proposal(scores, self.H, X.shape[0])
+        X, weights, gen_keys = self._prepare(X, scores, rows, iteration, fresh)
         rows = np.asarray(rows, dtype=np.int64)
         if search is not None:
-            gen_keys = [stream_key(self.seed, iteration, 1 + g) for g in range(st.n_generations)]
             return search(X, weights, self.keys, gen_keys, rows, st.n_parents, st.n_children)
         ll, lp = log_joint(X)
         X, ll, lp = select(X, ll, lp, self.keys, st.n_states)
-        for g in range(st.n_generations):
-            key = stream_key(self.seed, iteration, 1 + g)
+        for key in gen_keys:
             children = children_of(X, ll + lp, weights, key, rows, st.n_parents, st.n_children, nz)
             cll, clp = log_joint(children)
             X, ll, lp = select(

@@ -197,7 +197,15 @@ class TruncatedEM:
         """Search, posterior and statistics of one batch over explicit states.
 
         Returns the new states, the log marginals (B,) at T=1 and the statistics (or None).
+        A model's fused search and E-step (:meth:`TruncatedModel.state_estep`) runs where
+        its backend has one: the same states and numbers in one pass over each row.
         """
+        fused = self.model.state_estep(Y, self.params, self.backend)
+        if fused is not None:
+            scores, estep = fused
+            return self.states.evolve_estep(
+                X, scores, rows, iteration, fresh, estep, beta, prior_beta, weight, accumulate
+            )
         X, ll, lp = self._search(Y, X, rows, iteration, fresh, beta)
         return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
 

@@ -346,3 +346,47 @@ def test_fused_linear_search_makes_the_generic_search_s_choices(model_class):
     np.testing.assert_array_equal(results[1][0], results[0][0])
     np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-10)
     np.testing.assert_allclose(results[1][2], results[0][2], rtol=1e-10)
+
+
+@pytest.mark.parametrize("model_class", [BSCModel, TSCModel])
+def test_fused_search_estep_equals_search_then_posterior(model_class):
+    """numba's fused search and E-step gives the states of the fused search and the log
+    marginals and statistics of the solver's generic posterior over them (tempered, with
+    data-point weights)."""
+    from prosper.backends import get_backend
+    from prosper.backends.numpy_backend import log_normalise
+
+    rng = np.random.default_rng(5)
+    H, D, B = 12, 9, 40
+    model = model_class(H, D)
+    params = {"W": 2 * rng.normal(size=(D, H)), "pi": np.asarray(0.2), "sigma": np.asarray(0.6)}
+    Y, _ = model.sample(B, params, rng)
+    rows = np.arange(B) + 11
+    kernels = get_backend("numba")
+    weight = np.where(np.arange(B) % 5 == 0, 0.0, 1.0)
+    X = np.zeros((B, SETTINGS.n_states, H), dtype=np.uint8)
+    for it, beta in enumerate((0.5, 1.0)):
+        fresh = np.full(B, it == 0)
+        states = EvolutionaryStates(H, model.values, SETTINGS, seed=9)
+        scores, search = model.state_search(Y, params, kernels)
+        Xs, ll, lp = states.evolve(X, None, scores, rows, it, fresh, kernels.KERNELS, search)
+        lm, q = log_normalise(ll + lp)
+        q = log_normalise(beta * ll + lp)[1] * weight[:, None]
+        stats = model.state_stats(Y, Xs, q, weight, params, kernels)
+        scores, estep = model.state_estep(Y, params, kernels)
+        Xf, lmf, statsf = states.evolve_estep(
+            X, scores, rows, it, fresh, estep, beta, 1.0, weight, True
+        )
+        np.testing.assert_array_equal(Xf, Xs)
+        np.testing.assert_allclose(lmf, lm, rtol=1e-13)
+        for name in stats:
+            np.testing.assert_allclose(statsf[name], stats[name], rtol=1e-13, err_msg=name)
+        Xn, lmn, none = states.evolve_estep(
+            X, scores, rows, it, fresh, estep, beta, 1.0, weight, False
+        )
+        assert none is None
+        np.testing.assert_array_equal(Xn, Xs)
+        np.testing.assert_allclose(lmn, lm, rtol=1e-13)
+        X = Xs
+    # the NumPy backend has no fused E-step: the solver runs the search and the posterior
+    assert model.state_estep(Y, params, get_backend("numpy")) is None

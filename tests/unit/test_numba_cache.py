@@ -17,15 +17,17 @@ pytest.importorskip("numba")
 CHILD = textwrap.dedent(
     """
     import json
-    from prosper.backends import numba_backend as nb, numba_gsc, numba_mca, numba_states
+    from prosper.backends import numba_backend as nb, numba_gsc, numba_mca, numba_search
+    from prosper.backends import numba_states
 
     before = nb.needs_compiling()
     seconds = nb.warmup()
     kernels = {"linear": nb._linear_kernel, "gsc": numba_gsc._gsc_kernel}
     kernels.update(
         (name, getattr(numba_states, name))
-        for name in ("_log_joint", "_stats", "_select", "_children", "_linear_search")
+        for name in ("_log_joint", "_stats", "_select", "_children")
     )
+    kernels["_linear_search"] = numba_search._linear_search
     kernels.update(
         (name, f) for name, f in vars(numba_mca).items()
         if name.startswith("_") and name.endswith("_kernel")

@@ -1,0 +1,689 @@
+"""The fused evolutionary search of linear models (BSC, TSC, DSC) over sparse states.
+
+One compiled pass per data point does what
+:meth:`prosper.solvers.evolutionary.EvolutionaryStates.evolve` does with the stand-alone
+bookkeeping kernels (:mod:`prosper.backends.numba_states`) and the log-joints between them,
+and makes the same choices: the same random numbers, parents, moves, latents and selection,
+so the states are those of the NumPy reference and the log-joints are those of
+:func:`prosper.backends.numba_states.linear_state_log_joint` bit for bit.
+
+It is faster because it works on what changes:
+
+- a state is held as the sorted list of its active latents and their value indices (a point
+  of a sparse model has a few), read from the (S, H) value indices once per E-step and
+  written back once; its log-joint costs O(m²) for m active latents, its Zobrist hash O(m)
+  (the hash is a wrapping sum, so adding the active latents' keys gives the full sum);
+- a child is its parent's list with one or two entries changed;
+- the S kept states stay sorted between generations, so a selection sorts the P C children
+  only and merges them into the kept list (ties to the kept state: the order of a stable
+  sort of kept states followed by children), and moves slot numbers, not states;
+- the proposal mass over a parent's inactive latents is summed once per parent and removed
+  latent, not twice per child.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from prosper.backends.evolution import GOLDEN, M1, M2
+
+__all__ = ["linear_search", "linear_search_estep"]
+
+_GOLDEN = np.uint64(GOLDEN)
+_M1 = np.uint64(M1)
+_M2 = np.uint64(M2)
+
+# The per-state helpers are inlined (``inline="always"``: a call with array arguments costs
+# more than their work). Each returns once and prefixes its locals with its name, so that no
+# local shares a name with a variable of the function it is inlined into.
+
+
+@njit(cache=True, inline="always")
+def _uniform(base, j):  # pragma: no cover - compiled
+    """Draw j of a row's stream (base: the mixed row key), as evolution.uniforms."""
+    x = base + np.uint64(j + 1) * _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    x = x ^ (x >> np.uint64(31))
+    return np.float64(x >> np.uint64(11)) * 2.0**-53
+
+
+@njit(cache=True, inline="always")
+def _row_base(row, key):  # pragma: no cover - compiled
+    _rowb_x = np.uint64(row) * _GOLDEN ^ key
+    _rowb_x = (_rowb_x ^ (_rowb_x >> np.uint64(30))) * _M1
+    _rowb_x = (_rowb_x ^ (_rowb_x >> np.uint64(27))) * _M2
+    return _rowb_x ^ (_rowb_x >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _score(idx, val, m, WY, WtW, yy, values, value_logp, inv2s2, const, H):  # pragma: no cover
+    """(ll, lp) of one sparse state: the arithmetic of numba_states._log_joint on the
+    active latents (the inactive ones add exact zeros there)."""
+    _scor_prior = H * value_logp[0]
+    _scor_lin = 0.0
+    _scor_quad = 0.0
+    for _scor_i in range(m):
+        _scor_hi = idx[_scor_i]
+        _scor_v = val[_scor_i]
+        _scor_prior += value_logp[_scor_v] - value_logp[0]
+        _scor_vi = values[_scor_v]
+        _scor_lin += _scor_vi * WY[_scor_hi]
+        _scor_row = 0.0
+        for _scor_j in range(_scor_i):
+            _scor_row += WtW[_scor_hi, idx[_scor_j]] * values[val[_scor_j]]
+        _scor_quad += _scor_vi * (2.0 * _scor_row + _scor_vi * WtW[_scor_hi, _scor_hi])
+    return const - (yy - 2.0 * _scor_lin + _scor_quad) * inv2s2, _scor_prior
+
+
+@njit(cache=True, inline="always")
+def _hash(idx, val, m, keys):  # pragma: no cover - compiled
+    _hash_acc = np.uint64(0)
+    for _hash_i in range(m):
+        _hash_acc += keys[idx[_hash_i], val[_hash_i]]
+    return _hash_acc
+
+
+@njit(cache=True, inline="always")
+def _seen_before(h, seen, used, stamp, shift, mask):  # pragma: no cover - compiled
+    """Whether hash h is in the open-addressing set of the current row (the slots whose
+    ``used`` equals its stamp, so that a new row empties the set in O(1)); inserts it if
+    not."""
+    _seen_slot = (h * _GOLDEN) >> shift
+    _seen_found = False
+    while used[_seen_slot] == stamp:
+        if seen[_seen_slot] == h:
+            _seen_found = True
+            break
+        _seen_slot = (_seen_slot + np.uint64(1)) & mask
+    if not _seen_found:
+        used[_seen_slot] = stamp
+        seen[_seen_slot] = h
+    return _seen_found
+
+
+@njit(cache=True, inline="always")
+def _insert(idx, val, m, h, v):  # pragma: no cover - compiled
+    """Set latent h to value index v in a sorted list of m entries; returns the new m."""
+    _inse_p = 0
+    while _inse_p < m and idx[_inse_p] < h:
+        _inse_p += 1
+    _inse_m = m
+    if _inse_p < m and idx[_inse_p] == h:
+        val[_inse_p] = v
+    else:
+        for _inse_i in range(m, _inse_p, -1):
+            idx[_inse_i] = idx[_inse_i - 1]
+            val[_inse_i] = val[_inse_i - 1]
+        idx[_inse_p] = h
+        val[_inse_p] = v
+        _inse_m = m + 1
+    return _inse_m
+
+
+@njit(cache=True, inline="always")
+def _prefix(proposal, inactive, prefix, H):  # pragma: no cover - compiled
+    """Running sums of the proposal over the inactive latents (weights 1.0 or 0.0, summed in
+    latent order as the reference does)."""
+    _pref_acc = 0.0
+    for _pref_h in range(H):
+        _pref_acc += proposal[_pref_h] * inactive[_pref_h]
+        prefix[_pref_h] = _pref_acc
+    return _pref_acc
+
+
+@njit(cache=True, inline="always")
+def _first_above(prefix, target, H):  # pragma: no cover - compiled
+    """The first latent whose running sum exceeds target (H - 1 if none)."""
+    _firs_lo = 0
+    _firs_hi = H
+    while _firs_lo < _firs_hi:
+        _firs_mid = (_firs_lo + _firs_hi) // 2
+        if prefix[_firs_mid] > target:
+            _firs_hi = _firs_mid
+        else:
+            _firs_lo = _firs_mid + 1
+    return min(_firs_lo, H - 1)
+
+
+@njit(cache=True, inline="always")
+def _draw_latent(pidx, pm, h_off, remove, proposal, inactive, prefix, H, u):  # pragma: no cover
+    """The latent an add move sets: drawn from the proposal over the parent's inactive
+    latents (plus h_off where it was removed)."""
+    for _draw_i in range(pm):
+        inactive[pidx[_draw_i]] = 0.0
+    if remove:
+        inactive[h_off] = 1.0
+    _draw_total = _prefix(proposal, inactive, prefix, H)
+    for _draw_i in range(pm):
+        inactive[pidx[_draw_i]] = 1.0
+    return _first_above(prefix, u * _draw_total, H)
+
+
+@njit(cache=True, inline="always")
+def _make_children(
+    kept, pidx, pval, pm, pll, plp, fcdf, proposal, inactive, prefix, base, children, P, C, nz, H
+):  # pragma: no cover - compiled
+    """The P C children of one generation into the pool slots ``children`` (the choices of
+    numba_states._children_row)."""
+    _make_S = kept.shape[0]
+    _make_n_moves = 4 if nz > 1 else 3
+    _make_low = np.inf
+    for _make_i in range(_make_S):
+        _make_lj = pll[kept[_make_i]] + plp[kept[_make_i]]
+        if np.isfinite(_make_lj) and _make_lj < _make_low:
+            _make_low = _make_lj
+    _make_total = 0.0
+    for _make_i in range(_make_S):
+        _make_lj = pll[kept[_make_i]] + plp[kept[_make_i]]
+        _make_total += (_make_lj - _make_low + 1.0) if np.isfinite(_make_lj) else 0.0
+        fcdf[_make_i] = _make_total
+    for _make_i in range(P):
+        _make_target = _uniform(base, _make_i) * fcdf[_make_S - 1]
+        _make_n = 0
+        for _make_k in range(_make_S):
+            _make_n += fcdf[_make_k] <= _make_target
+        _make_parent = kept[min(_make_n, _make_S - 1)]
+        _make_m = pm[_make_parent]
+        for _make_j in range(C):
+            _make_c = _make_i * C + _make_j
+            _make_slot = children[_make_c]
+            _make_ub = P + 4 * _make_c
+            for _make_a in range(_make_m):
+                pidx[_make_slot, _make_a] = pidx[_make_parent, _make_a]
+                pval[_make_slot, _make_a] = pval[_make_parent, _make_a]
+            _make_move = min(int(_uniform(base, _make_ub) * _make_n_moves), _make_n_moves - 1)
+            if _make_m == 0 and _make_move != 0:
+                _make_move = 0
+            if _make_m == H and _make_move == 0:
+                _make_move = 1
+            _make_rank = min(int(_uniform(base, _make_ub + 2) * _make_m), max(_make_m - 1, 0))
+            _make_h_off = pidx[_make_parent, _make_rank] if _make_m > 0 else 0
+            _make_remove = _make_move == 1 or _make_move == 2
+            _make_cm = _make_m
+            if _make_remove:
+                for _make_a in range(_make_rank, _make_m - 1):
+                    pidx[_make_slot, _make_a] = pidx[_make_slot, _make_a + 1]
+                    pval[_make_slot, _make_a] = pval[_make_slot, _make_a + 1]
+                _make_cm = _make_m - 1
+            elif _make_move == 3:
+                _make_u3 = _uniform(base, _make_ub + 3)
+                _make_step = min(1 + int(_make_u3 * (nz - 1)), max(nz - 1, 1))
+                pval[_make_slot, _make_rank] = (
+                    1 + (np.int64(pval[_make_slot, _make_rank]) - 1 + _make_step) % nz
+                )
+            if _make_move == 0 or _make_move == 2:
+                _make_u1 = _uniform(base, _make_ub + 1)
+                _make_h_on = _draw_latent(
+                    pidx[_make_parent], _make_m, _make_h_off, _make_remove, proposal, inactive,
+                    prefix, H, _make_u1,
+                )  # fmt: skip
+                _make_value = min(1 + int(_uniform(base, _make_ub + 3) * nz), nz)
+                _make_cm = _insert(
+                    pidx[_make_slot], pval[_make_slot], _make_cm, _make_h_on, _make_value
+                )
+            pm[_make_slot] = _make_cm
+
+
+@njit(cache=True, inline="always")
+def _sort_slots(slots, key, n):  # pragma: no cover - compiled
+    """Stable insertion sort of slots[:n] by key[slot], ascending."""
+    for _sort_k in range(1, n):
+        _sort_s = slots[_sort_k]
+        _sort_i = _sort_k
+        while _sort_i > 0 and key[slots[_sort_i - 1]] > key[_sort_s]:
+            slots[_sort_i] = slots[_sort_i - 1]
+            _sort_i -= 1
+        slots[_sort_i] = _sort_s
+
+
+@njit(cache=True)
+def _pairwise_sum(a, n):  # pragma: no cover - compiled
+    """Sum of a[:n] in NumPy's order (its pairwise summation of a contiguous row: eight
+    running sums in blocks of up to 128 values, halves above), so that the weights equal
+    those of numpy_backend.log_normalise bit for bit. NumPy recurses over the halves; here
+    an explicit stack does (numba's cache does not link recursive functions reliably)."""
+    if n <= 128:
+        return _block_sum(a, 0, n)
+    start = np.empty(64, dtype=np.int64)
+    length = np.empty(64, dtype=np.int64)
+    phase = np.zeros(64, dtype=np.int64)
+    sums = np.empty(64)
+    top = 0
+    n_sums = 0
+    start[0], length[0], phase[0] = 0, n, 0
+    while top >= 0:
+        s, m = start[top], length[top]
+        if m <= 128:
+            sums[n_sums] = _block_sum(a, s, m)
+            n_sums += 1
+            top -= 1
+            continue
+        half = m // 2
+        half -= half % 8
+        if phase[top] == 0:  # the first half
+            phase[top] = 1
+            top += 1
+            start[top], length[top], phase[top] = s, half, 0
+        elif phase[top] == 1:  # the second half
+            phase[top] = 2
+            top += 1
+            start[top], length[top], phase[top] = s + half, m - half, 0
+        else:  # both done: first + second
+            n_sums -= 1
+            sums[n_sums - 1] = sums[n_sums - 1] + sums[n_sums]
+            top -= 1
+    return sums[0]
+
+
+@njit(cache=True)
+def _block_sum(a, start, n):  # pragma: no cover - compiled
+    """NumPy's sum of a[start:start + n] for n <= 128."""
+    if n < 8:
+        res = 0.0
+        for i in range(start, start + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[start], a[start + 1], a[start + 2], a[start + 3]
+    r4, r5, r6, r7 = a[start + 4], a[start + 5], a[start + 6], a[start + 7]
+    i = 8
+    while i < n - (n % 8):
+        j = start + i
+        r0 += a[j]
+        r1 += a[j + 1]
+        r2 += a[j + 2]
+        r3 += a[j + 3]
+        r4 += a[j + 4]
+        r5 += a[j + 5]
+        r6 += a[j + 6]
+        r7 += a[j + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[start + i]
+        i += 1
+    return res
+
+
+@njit(cache=True, inline="always")
+def _softmax(x, w, S):  # pragma: no cover - compiled
+    """w = softmax(x[:S]) and log Σ exp(x), as numpy_backend.log_normalise computes them."""
+    _soft_peak = x[0]
+    for _soft_k in range(1, S):
+        if x[_soft_k] > _soft_peak:
+            _soft_peak = x[_soft_k]
+    for _soft_k in range(S):
+        w[_soft_k] = np.exp(x[_soft_k] - _soft_peak)
+    _soft_total = _pairwise_sum(w, S)
+    for _soft_k in range(S):
+        w[_soft_k] /= _soft_total
+    return np.log(_soft_total) + _soft_peak
+
+
+@njit(cache=True, inline="always")
+def _posterior(
+    kept,
+    pidx,
+    pval,
+    pm,
+    pll,
+    plp,
+    lj,
+    q,
+    values,
+    mode,
+    beta,
+    prior_beta,
+    weight,
+    b,
+    out_lm,
+    mean,
+    ss,
+    counts,
+):  # pragma: no cover - compiled
+    """Log marginal at T=1 and (mode 2) the statistics of the tempered posterior of row b
+    over its kept states, in the order of numba_states._stats."""
+    _post_S = kept.shape[0]
+    for _post_i in range(_post_S):
+        lj[_post_i] = pll[kept[_post_i]] + plp[kept[_post_i]]
+    out_lm[b] = _softmax(lj, q, _post_S)
+    if mode == 2:
+        if beta != 1.0 or prior_beta != 1.0:
+            for _post_i in range(_post_S):
+                lj[_post_i] = beta * pll[kept[_post_i]] + prior_beta * plp[kept[_post_i]]
+            _softmax(lj, q, _post_S)
+        for _post_i in range(_post_S):
+            _post_w = q[_post_i] * weight
+            if _post_w != 0.0:
+                _post_s = kept[_post_i]
+                _post_m = pm[_post_s]
+                for _post_a in range(_post_m):
+                    counts[pval[_post_s, _post_a]] += _post_w
+                for _post_a in range(_post_m):
+                    _post_ha = pidx[_post_s, _post_a]
+                    _post_wa = _post_w * values[pval[_post_s, _post_a]]
+                    mean[b, _post_ha] += _post_wa
+                    for _post_c in range(_post_m):
+                        ss[_post_ha, pidx[_post_s, _post_c]] += (
+                            _post_wa * values[pval[_post_s, _post_c]]
+                        )
+
+
+@njit(cache=True)
+def _search_rows(
+    X,
+    WY,
+    WtW,
+    yy,
+    values,
+    value_logp,
+    inv2s2,
+    const,
+    proposal,
+    keys,
+    gen_keys,
+    rows,
+    P,
+    C,
+    nz,
+    size,
+    start,
+    stop,
+    out_X,
+    out_ll,
+    out_lp,
+    mode,
+    beta,
+    prior_beta,
+    weight,
+    out_lm,
+    mean,
+    ss,
+    counts,
+):  # pragma: no cover - compiled
+    """The E-step search (all generations) of rows start..stop - 1 into out_*; with mode 1
+    also the log marginals, with mode 2 also the statistics of the tempered posterior
+    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows)."""
+    S, H = X.shape[1], X.shape[2]
+    PC = P * C
+    K = S + PC
+    # the thread's workspace: a pool of K states as sorted lists of active latents
+    pidx = np.empty((K, H + 1), dtype=np.int64)  # active latents per pool slot
+    pval = np.empty((K, H + 1), dtype=np.uint8)  # their value indices
+    pm = np.empty(K, dtype=np.int64)  # active count
+    phash = np.empty(K, dtype=np.uint64)  # Zobrist hash
+    pll = np.empty(K)  # log-likelihood (-inf: duplicate)
+    plp = np.empty(K)  # log-prior
+    key = np.empty(K)  # sort key -(ll + lp)
+    kept = np.empty(S, dtype=np.int64)  # kept slots, best first
+    rest = np.empty(PC, dtype=np.int64)  # the other slots (children)
+    merged = np.empty(PC, dtype=np.int64)  # the next free slots
+    fcdf = np.empty(S)  # fitness CDF
+    inactive = np.ones(H)  # 1.0 for inactive latents
+    prefix = np.empty(H)  # running proposal sums
+    seen = np.empty(size, dtype=np.uint64)  # hash set
+    used = np.zeros(size, dtype=np.int64)  # the stamp of the row that uses a slot
+    cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
+    newkept = np.empty(S, dtype=np.int64)
+    lj = np.empty(S)  # log-joints of the kept states, then their posterior weights
+    q = np.empty(S)
+    bits = 0
+    while (1 << bits) < size:
+        bits += 1
+    shift = np.uint64(64 - bits)
+    mask = np.uint64(size - 1)
+    for b in range(start, stop):
+        # read the kept states as sorted lists, re-score them, keep them sorted
+        stamp = b - start + 1
+        for k in range(S):
+            m = 0
+            for h in range(H):
+                v = X[b, k, h]
+                pidx[k, m] = h
+                pval[k, m] = v
+                m += v != 0
+            pm[k] = m
+            phash[k] = _hash(pidx[k], pval[k], m, keys)
+            ll, lp = _score(
+                pidx[k], pval[k], m, WY[b], WtW, yy[b], values, value_logp, inv2s2, const, H
+            )
+            if _seen_before(phash[k], seen, used, stamp, shift, mask):
+                ll = -np.inf
+            pll[k] = ll
+            plp[k] = lp
+            key[k] = -(ll + lp)
+            kept[k] = k
+        _sort_slots(kept, key, S)
+        for c in range(PC):
+            rest[c] = S + c
+        for g in range(gen_keys.shape[0]):
+            base = _row_base(rows[b], gen_keys[g])
+            _make_children(
+                kept, pidx, pval, pm, pll, plp, fcdf, proposal[b], inactive, prefix, base, rest,
+                P, C, nz, H,
+            )  # fmt: skip
+            # A child enters the kept list only if it beats the worst kept state (a tie goes
+            # to the kept state), and not as a duplicate. The others are not hashed: a copy
+            # of one of them scores the same and fails the same test. The hashes of the
+            # states seen in this row stay in the set across generations: a state that
+            # left the kept list cannot beat its worst state again.
+            worst = key[kept[S - 1]]
+            n_cand = 0
+            n_rest = 0
+            for c in range(PC):
+                s = rest[c]
+                m = pm[s]
+                ll, lp = _score(
+                    pidx[s], pval[s], m, WY[b], WtW, yy[b], values, value_logp, inv2s2, const, H
+                )
+                pll[s] = ll
+                plp[s] = lp
+                key[s] = -(ll + lp)
+                if key[s] < worst:
+                    phash[s] = _hash(pidx[s], pval[s], m, keys)
+                    if not _seen_before(phash[s], seen, used, stamp, shift, mask):
+                        cand[n_cand] = s
+                        n_cand += 1
+                        continue
+                merged[n_rest] = s  # a free slot for the next generation
+                n_rest += 1
+            if n_cand == 0:
+                continue
+            _sort_slots(cand, key, n_cand)
+            # merge the sorted kept states and candidates (ties: the kept state first)
+            i = 0
+            j = 0
+            for n in range(S):
+                if j < n_cand and key[cand[j]] < key[kept[i]]:
+                    newkept[n] = cand[j]
+                    j += 1
+                else:
+                    newkept[n] = kept[i]
+                    i += 1
+            # the free slots: rejected children, kept states pushed out, candidates not taken
+            for n in range(i, S):
+                merged[n_rest] = kept[n]
+                n_rest += 1
+            for n in range(j, n_cand):
+                merged[n_rest] = cand[n]
+                n_rest += 1
+            for n in range(S):
+                kept[n] = newkept[n]
+            for n in range(PC):
+                rest[n] = merged[n]
+        for i in range(S):
+            s = kept[i]
+            for h in range(H):
+                out_X[b, i, h] = 0
+            for a in range(pm[s]):
+                out_X[b, i, pidx[s, a]] = pval[s, a]
+            out_ll[b, i] = pll[s]
+            out_lp[b, i] = plp[s]
+        if mode > 0:
+            _posterior(
+                kept, pidx, pval, pm, pll, plp, lj, q, values, mode, beta, prior_beta,
+                weight[b], b, out_lm, mean, ss, counts,
+            )  # fmt: skip
+
+
+@njit(cache=True, parallel=True)
+def _linear_search(
+    X,
+    WY,
+    WtW,
+    yy,
+    values,
+    value_logp,
+    inv2s2,
+    const,
+    proposal,
+    keys,
+    gen_keys,
+    rows,
+    P,
+    C,
+    nz,
+    n_chunks,
+    size,
+    mode,
+    beta,
+    prior_beta,
+    weight,
+):  # pragma: no cover - compiled
+    B, S, H = X.shape
+    out_X = np.empty((B, S, H), dtype=np.uint8)
+    out_ll = np.empty((B, S))
+    out_lp = np.empty((B, S))
+    out_lm = np.empty(B)
+    # the statistics of a chunk of rows go to its own slot (summed afterwards); without
+    # statistics the arrays are placeholders of one row
+    many = 1 if mode == 2 else 0
+    mean = np.zeros((max(B * many, 1), H))
+    ss = np.zeros((max(n_chunks * many, 1), H, H))
+    counts = np.zeros((max(n_chunks * many, 1), values.shape[0]))
+    step = (B + n_chunks - 1) // n_chunks
+    for c in prange(n_chunks):
+        _search_rows(
+            X, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys, gen_keys, rows,
+            P, C, nz, size, c * step, min(B, (c + 1) * step), out_X, out_ll, out_lp, mode,
+            beta, prior_beta, weight, out_lm, mean, ss[c * many], counts[c * many],
+        )  # fmt: skip
+    return out_X, out_ll, out_lp, out_lm, mean, ss, counts
+
+
+def _table_size(K: int) -> int:
+    """Slots of the per-row hash set: a power of two >= 2K."""
+    return 1 << max(4, int(2 * K - 1).bit_length())
+
+
+def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
+         mode=0, beta=1.0, prior_beta=1.0, weight=None):  # fmt: skip
+    # the hash set holds every state a row's search sees
+    K = X.shape[1] + len(gen_keys) * P * C
+    B = X.shape[0]
+    return _linear_search(
+        np.ascontiguousarray(X),
+        np.ascontiguousarray(WY, dtype=np.float64),
+        np.ascontiguousarray(WtW, dtype=np.float64),
+        np.ascontiguousarray(yy, dtype=np.float64),
+        np.asarray(values, dtype=np.float64),
+        np.asarray(value_logp, dtype=np.float64),
+        1.0 / (2.0 * float(sigma2)),
+        -0.5 * int(D) * np.log(2.0 * np.pi * float(sigma2)),
+        np.ascontiguousarray(proposal, dtype=np.float64),
+        keys,
+        np.asarray(gen_keys, dtype=np.uint64),
+        np.ascontiguousarray(rows, dtype=np.int64),
+        int(P),
+        int(C),
+        len(values) - 1,
+        max(1, min(numba.get_num_threads(), B)),
+        _table_size(K),
+        int(mode),
+        float(beta),
+        float(prior_beta),
+        np.ones(B) if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
+    )
+
+
+def linear_search(
+    X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
+    n_parents, n_children,
+):  # fmt: skip
+    """One E-step's evolutionary search of a linear model, all generations fused per row.
+
+    The same states as :meth:`prosper.solvers.evolutionary.EvolutionaryStates.evolve` with
+    :func:`prosper.backends.numba_states.linear_state_log_joint` and the bookkeeping
+    kernels, without forming the (B, K, H) arrays of a generation.
+
+    Parameters
+    ----------
+    X : ndarray of uint8, shape (B, S, H)
+        Current states (value indices).
+    WY : ndarray of shape (B, H)
+        Wᵀy of the batch.
+    WtW : ndarray of shape (H, H)
+    yy : ndarray of shape (B,)
+        ||y||².
+    values, value_logp : ndarray of shape (V,)
+        Latent values and log p(s_h = v).
+    sigma2 : float
+    D : int
+    proposal : ndarray of shape (B, H)
+        Weights of the latents an add move draws from.
+    keys : ndarray of uint64, shape (H, V)
+        Zobrist keys.
+    gen_keys : sequence of int
+        The key of each generation's random numbers.
+    rows : ndarray of int, shape (B,)
+        Global row indices.
+    n_parents, n_children : int
+
+    Returns
+    -------
+    X, ll, lp
+        States (B, S, H), best first, their log-likelihoods (−inf for duplicates) and
+        log-priors (B, S).
+    """
+    out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
+               n_parents, n_children)  # fmt: skip
+    return out[0], out[1], out[2]
+
+
+def linear_search_estep(
+    X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
+    n_parents, n_children, beta, prior_beta, weight, accumulate,
+):  # fmt: skip
+    """:func:`linear_search`, then each row's posterior over its new states, in one pass.
+
+    Parameters
+    ----------
+    X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, \
+    n_parents, n_children
+        As for :func:`linear_search`.
+    beta, prior_beta : float
+        Inverse temperatures of the likelihood and the prior for the statistics.
+    weight : ndarray of shape (B,)
+        Weight of each row in the statistics.
+    accumulate : bool
+        Whether to compute the statistics.
+
+    Returns
+    -------
+    X : ndarray of uint8, shape (B, S, H)
+        The new states.
+    log_marginal : ndarray of shape (B,)
+        log Σ_k p(s_k, y) over them at T=1.
+    moments : tuple or None
+        (mean (B, H), ss (H, H), counts (V-1,)): Σ_k q_k s_k per row, Σ_b Σ_k q_bk s sᵀ and
+        Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered posterior
+        times ``weight``: what :func:`prosper.backends.numba_states.linear_state_stats`
+        returns for them.
+    """
+    out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
+               n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight)  # fmt: skip
+    if not accumulate:
+        return out[0], out[3], None
+    return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])
