@@ -41,13 +41,11 @@ class BSC(TruncatedEMEstimator):
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     reassignment_ratio : float or None, default=None
         Every 5 iterations of the first half of the run, the least used latent is
-        re-initialised to the unexplained part of a poorly explained data point (the one
-        below which 10 % of the log marginals lie) if it is used less than this fraction of
-        the median latent: a latent that has settled on a mixture of causes that others
-        already explain gets a second chance (MiniBatchKMeans' reassignment in
-        scikit-learn); when no latent is under-used, the latent that point uses most is
-        completed so that the point is explained. None: 0.3 for BSC (measured on bars over
-        20 seeds per size, benchmarks/RESULTS.md); 0 switches both moves off.
+        re-initialised to the unexplained part of a poorly explained data point if it is
+        used less than this fraction of the median latent: a latent that has settled on a
+        mixture of causes that others already explain gets a second chance (as
+        MiniBatchKMeans' reassignment in scikit-learn). None: 0.3 for BSC (measured on bars
+        over 20 seeds per size, benchmarks/RESULTS.md); 0 switches it off.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000

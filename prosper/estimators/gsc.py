@@ -52,9 +52,8 @@ class GSC(TruncatedEMEstimator):
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     reassignment_ratio : float or None, default=None
-        Re-initialisation of unused latents and completion of latents that hold part of a
-        cause (see :class:`prosper.BSC`). None: 0 (off) for GSC, whose recovery with it was
-        not measured yet.
+        Re-initialisation of unused latents (see :class:`prosper.BSC`). None: 0 (off)
+        for GSC, whose recovery with it was not measured yet.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000

@@ -291,14 +291,6 @@ class TruncatedModel(ABC):
         """
         raise NotImplementedError
 
-    def completed(self, params: Params, h: int, y: np.ndarray, mean_s: np.ndarray) -> Params:
-        """``params`` with latent ``h``, which the data point ``y`` uses with posterior mean
-        ``mean_s[h]`` (|·| >= 1/2), changed so that the point's posterior mean explains it.
-
-        Called only where :meth:`latent_usage` is not None.
-        """
-        raise NotImplementedError
-
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).
 
@@ -340,10 +332,15 @@ class TruncatedModel(ABC):
         return np.einsum("bk,bkh->bh", q, batch.dense())
 
 
-def completed_column(W: np.ndarray, h: int, y: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
-    """A copy of W (D, H) whose column h is changed so that W @ mean_s equals y."""
+def reassigned_column(W: np.ndarray, h: int, y: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
+    """A copy of W (D, H) whose column h is the residual y − W<s> scaled to the median
+    column norm (the size of a typical cause, so that switching it on costs what the others
+    cost); W unchanged when the residual is zero."""
     W = np.array(W, dtype=np.float64)
-    W[:, h] += (np.asarray(y, dtype=np.float64) - W @ mean_s) / mean_s[h]
+    residual = np.asarray(y, dtype=np.float64) - W @ mean_s
+    norm = float(np.linalg.norm(residual))
+    if norm > 0.0:
+        W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
     return W
 
 
@@ -501,20 +498,8 @@ class LinearTruncatedModel(TruncatedModel):
         return np.diag(np.asarray(stats["ss"], dtype=np.float64)).copy()
 
     def reassigned(self, params, h, y, mean_s):
-        """Column h becomes the residual y − W<s>, scaled to the median column norm (the
-        size of a typical cause, so that the prior's cost of switching it on is that of
-        the others)."""
-        W = np.array(params["W"], dtype=np.float64)
-        residual = np.asarray(y, dtype=np.float64) - W @ mean_s
-        norm = float(np.linalg.norm(residual))
-        if norm <= 0.0:
-            return params
-        W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
-        return {**params, "W": W}
-
-    def completed(self, params, h, y, mean_s):
-        """W_h += (y − W<s>) / <s_h>: with the new column, W<s> = y."""
-        return {**params, "W": completed_column(params["W"], h, y, mean_s)}
+        """Column h becomes the residual y − W<s>, scaled to the median column norm."""
+        return {**params, "W": reassigned_column(params["W"], h, y, mean_s)}
 
     def mstep(self, stats, params, gamma):
         """W = (Σ y<s>ᵀ)(Σ<ssᵀ>)⁻¹ (ET paper eq. 11); σ² with the *new* W.

@@ -37,7 +37,12 @@ from scipy.special import logsumexp
 if TYPE_CHECKING:  # annotations only: models never import solvers
     from prosper.solvers.states import CandidateBatch
 
-from prosper.models.base import Params, TruncatedModel, backend_kernel, completed_column
+from prosper.models.base import (
+    Params,
+    TruncatedModel,
+    backend_kernel,
+    reassigned_column,
+)
 
 __all__ = ["GSCModel", "spike_count_masses"]
 
@@ -660,19 +665,9 @@ class GSCModel(TruncatedModel):
     def reassigned(self, params, h, y, mean_s):
         """Column h becomes the residual y − W<s> scaled to the median column norm, with the
         median spike probability (an unused latent's own π_h is near zero)."""
-        W = np.array(params["W"], dtype=np.float64)
-        residual = np.asarray(y, dtype=np.float64) - W @ mean_s
-        norm = float(np.linalg.norm(residual))
-        if norm <= 0.0:
-            return params
-        W[:, h] = residual * (float(np.median(np.linalg.norm(W, axis=0))) / norm)
         pi = np.array(params["pi"], dtype=np.float64)
         pi[h] = np.median(pi)
-        return {**params, "W": W, "pi": pi}
-
-    def completed(self, params, h, y, mean_s):
-        """W_h += (y − W<s>) / <s_h> (<s> the spike-and-slab posterior mean)."""
-        return {**params, "W": completed_column(params["W"], h, y, mean_s)}
+        return {**params, "W": reassigned_column(params["W"], h, y, mean_s), "pi": pi}
 
     def mstep(self, stats, params, gamma):
         """Closed-form updates (Sheikh et al. 2014, section 3), σ² with the new W.

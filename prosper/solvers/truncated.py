@@ -104,9 +104,8 @@ class TruncatedEM:
         Every ``REASSIGN_EVERY`` iterations of the first half of the run, the least used
         latent is re-initialised if its usage (:meth:`TruncatedModel.latent_usage`) is
         below this fraction of the median latent's: it takes the residual of a poorly
-        explained data point (:meth:`TruncatedModel.reassigned`); otherwise the latent that
-        point uses most is completed to explain it (:meth:`TruncatedModel.completed`). 0
-        does neither. Models without ``latent_usage`` ignore it.
+        explained data point (:meth:`TruncatedModel.reassigned`). 0 never does. Models
+        without ``latent_usage`` ignore it.
     """
 
     def __init__(
@@ -347,8 +346,7 @@ class TruncatedEM:
             "n_cut": float(stats["n_cut"]),
         }
         if self._reassigning():
-            new, moves = self._reassign(stats, new, iteration)
-            metrics.update(moves)
+            new, metrics["reassigned"] = self._reassign(stats, new, iteration)
         self.params = new
         return metrics
 
@@ -409,40 +407,25 @@ class TruncatedEM:
         return comm.bcast(payload, root=owner)
 
     def _reassign(self, stats: dict[str, np.ndarray], params: Params, iteration: int):
-        """``params`` after this iteration's move on the poorly explained spare point, and
-        the metrics "reassigned" and "repaired" (a latent's index, -1: none).
-
-        The least used latent is re-initialised to the point's residual if its usage is
-        below ``reassignment_ratio`` times the median's; otherwise the latent the point
-        uses most (|<s_h>| >= 1/2) is completed so that the point's posterior mean explains
-        it exactly, which breaks a latent that has settled on part of a cause or on a
-        mixture of several (measured on bars: 5x5 and 10x10 runs at π = 1/H that ended with
-        one such latent found every bar with the move, and no run lost a bar to it).
-        """
+        """``params`` with the least used latent re-initialised to the spare point's
+        residual if its usage is below ``reassignment_ratio`` times the median's; also the
+        latent's index (-1: none)."""
         spare, self._spare = self._spare, None
-        moves = {"reassigned": -1.0, "repaired": -1.0}
         if spare is None:
-            return params, moves
+            return params, -1.0
         usage = self.model.latent_usage(stats)
         h = int(np.argmin(usage))
         median = float(np.median(usage))
-        if usage[h] < self.reassignment_ratio * median:
-            log.info(
-                "iteration %d: latent %d is used %.2g times as much as the median latent; "
-                "re-initialised to explain a poorly explained data point",
-                iteration,
-                h,
-                usage[h] / median if median > 0 else 0.0,
-            )
-            moves["reassigned"] = float(h)
-            return self.model.reassigned(params, h, *spare), moves
-        y, mean_s = spare
-        h = int(np.argmax(np.abs(mean_s)))
-        if abs(mean_s[h]) >= 0.5:
-            log.debug("iteration %d: latent %d completed on a poorly explained point", iteration, h)
-            moves["repaired"] = float(h)
-            return self.model.completed(params, h, y, mean_s), moves
-        return params, moves
+        if not usage[h] < self.reassignment_ratio * median:
+            return params, -1.0
+        log.info(
+            "iteration %d: latent %d is used %.2g times as much as the median latent; "
+            "re-initialised to explain a poorly explained data point",
+            iteration,
+            h,
+            usage[h] / median if median > 0 else 0.0,
+        )
+        return self.model.reassigned(params, h, *spare), float(h)
 
     def _searched(self, Y: np.ndarray, rows: slice):
         """States of new rows: initialised, then ``search_rounds`` E-step searches at T=1.
