@@ -395,7 +395,8 @@ class TruncatedEM:
         owner = max(range(len(candidates)), key=candidates.__getitem__)
         payload = None
         if owner == comm.rank:
-            rows = slice(-candidates[owner][1] - offset, -candidates[owner][1] - offset + 1)
+            row = -candidates[owner][1] - offset  # the chosen global row, as a local index
+            rows = slice(row, row + 1)
             if self.evolutionary:
                 mean_s = self.kept_posterior_mean(rows, Y[rows])
             else:
