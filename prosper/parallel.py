@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 import numpy as np
 
 from prosper.exceptions import MPIUnavailableError
+
+# seconds a failing rank waits before MPI_Abort so that mpiexec forwards its message
+ABORT_GRACE_SECONDS = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +223,12 @@ class Communicator:
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (``MPI_Abort``); exits the process when serial."""
         if self.size > 1:
+            # what this rank just wrote is in its pipe to mpiexec; MPI_Abort makes mpiexec tear
+            # the job down, and MPICH's launcher can drop output still in flight (seen in CI:
+            # the error message lost): a moment first lets it be forwarded
+            sys.stdout.flush()
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_SECONDS)
             self.comm.Abort(code)
         sys.exit(code)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from prosper.exceptions import NotFittedError
+from prosper.parallel import AgreedError
 
 __all__ = [
     "Interval",
@@ -311,7 +312,12 @@ def _check_finite_blocks(source: Any, name: str, row_offset: int, batch_size: in
 
 
 def _agree(comm: Any, error: str | None, shape: tuple | None, name: str) -> None:
-    """Raise ``error`` (or a cross-rank inconsistency) on every rank together."""
+    """Raise ``error`` (or a cross-rank inconsistency) on every rank together.
+
+    The error is an :class:`~prosper.parallel.AgreedError`: every rank knows that every other
+    rank raises it too, so a job can report it once and end cleanly instead of calling
+    ``MPI_Abort``, which may lose the message on its way through ``mpiexec``.
+    """
     if comm is None:
         if error:
             raise ValueError(error)
@@ -321,22 +327,24 @@ def _agree(comm: Any, error: str | None, shape: tuple | None, name: str) -> None
     bad = [(r, e) for r, e, _ in errors if e]
     if bad:
         where = "" if comm.size == 1 else f" (rank {bad[0][0]})"
-        raise ValueError(bad[0][1] + where)
+        raise AgreedError(bad[0][1] + where, bad[0][0])
     widths = {s[1] for _, _, s in errors}
     if len(widths) != 1:
-        raise ValueError(
+        raise AgreedError(
             f"{name} must have the same number of columns D on every rank; got "
             + ", ".join(f"rank {r}: D={s[1]}" for r, _, s in errors)
-            + "."
+            + ".",
+            0,
         )
     empty = [r for r, _, s in errors if s[0] == 0]
     total = sum(s[0] for _, _, s in errors)
     if total == 0:
-        raise ValueError(f"{name} has no rows (N=0); fitting needs at least one data point.")
+        raise AgreedError(f"{name} has no rows (N=0); fitting needs at least one data point.", 0)
     if empty:
-        raise ValueError(
+        raise AgreedError(
             f"{name} has {total} rows in total but rank(s) {empty} received none: use at most "
-            f"as many MPI ranks as data points (N={total}, ranks={comm.size})."
+            f"as many MPI ranks as data points (N={total}, ranks={comm.size}).",
+            empty[0],
         )
 
 
