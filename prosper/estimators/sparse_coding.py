@@ -211,7 +211,7 @@ class SparseCoding(EMEstimator):
         return {
             # W, its statistics (D × H), the Gram matrix and statistics (H × H), checkpoint
             "dictionary": 8 * (8 * D * H + 3 * H * H),
-            # the pass's row order, mapped a chunk of positions at a time (RowOrder)
+            # the pass's mini-batches, evaluated a chunk at a time (StratifiedBatches)
             "row order": 128 * 16384,
             # coding: Y W, codes, FISTA's iterates and momentum, gradient, residual
             "coding buffers": 8 * (6 * B * H + 2 * B * D),

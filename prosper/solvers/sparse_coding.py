@@ -16,13 +16,16 @@ mini-batches of ``batch_size`` rows. For each mini-batch:
 4. one sweep of block coordinate descent over the atoms on (A, B), identical on every rank
    (:meth:`prosper.models.sparse_coding.SparseCodingModel.update_dictionary_bcd`).
 
-Mini-batches are global: pass p visits the rows in the order of a permutation of the global
-row indices drawn from (seed, p) (:class:`RowOrder`, a counter-based shuffle that maps
-positions to rows a few thousand at a time, so no rank holds an array of N indices),
-whatever the number of ranks, so the learned dictionary does not depend on the rank count
-beyond round-off. The coding of a mini-batch is shared by the ranks; the dictionary sweep
-and the Allreduce are repeated by every rank, which is why the numba backend compiles the
-sweep too (:func:`prosper.backends.numba_sparse.sparse_bcd`).
+Mini-batches are global and stratified: with M mini-batches per pass, mini-batch k of pass
+p takes one row from every run of M consecutive global rows, chosen by a permutation keyed
+by (seed, p, run) (:class:`StratifiedBatches`, a counter-based shuffle evaluated a few
+thousand rows at a time, so no rank holds an array of N indices). The mini-batches do not
+depend on the number of ranks, so neither does the learned dictionary beyond round-off, and
+every rank holds its proportional share of each mini-batch to within fewer than 2 rows, so
+no rank waits at the Allreduce for one that drew more rows. The coding of a mini-batch is
+shared by the ranks; the dictionary sweep and the Allreduce are repeated by every rank,
+which is why the numba backend compiles the sweep too
+(:func:`prosper.backends.numba_sparse.sparse_bcd`).
 
 Codes are not kept between passes (each mini-batch is coded from zero), so the state of the
 learner is global and small: W, A, B and the mini-batch counter, all in the checkpoint; a
@@ -56,7 +59,7 @@ __all__ = [
     "CodeProblem",
     "Coder",
     "OnlineSparseCoding",
-    "RowOrder",
+    "StratifiedBatches",
     "coordinate_descent",
     "take_rows",
 ]
@@ -252,48 +255,86 @@ class Coder:
         return S.astype(Yb.dtype, copy=False), n_iter + more
 
 
-#: positions of a pass mapped to rows at once (bounds the memory of the order)
+#: mini-batch × stratum entries of a pass evaluated at once (bounds the memory of the order)
 _ORDER_CHUNK = 16384
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
-class RowOrder:
-    """A seeded random permutation of ``0 .. n−1`` evaluated position by position.
 
-    A counter-based shuffle: a Feistel network of six rounds permutes ``0 .. 2^b − 1`` for
-    the smallest 2^b ≥ n (the two halves have ⌊b/2⌋ and ⌈b/2⌉ bits and swap roles each
-    round; a round xors into one half a multiplicative hash of the other, with a random odd
-    multiplier and key per round drawn from ``(seed, iteration)``), and positions that land
-    at n or beyond are walked along their cycle until they land below n (cycle walking,
-    fewer than two steps on average), which makes it a permutation of ``0 .. n−1``. Any
-    positions can be mapped independently, so a pass over N rows needs no array of N
-    indices: the memory of the order is that of the positions asked for.
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective hash of uint64 values (wrapping arithmetic)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class StratifiedBatches:
+    """The global mini-batches of one pass: stratified, seeded, evaluated batch by batch.
+
+    With M = ⌈n / batch_size⌉ mini-batches per pass, the rows are cut into strata of M
+    consecutive rows (stratum s holds rows s·M .. s·M + M − 1; the last one may be
+    shorter), and mini-batch k takes from every stratum s the row s·M + π_s(k), where π_s
+    is a random permutation of 0 .. M − 1 keyed by (seed, iteration, s); a row beyond n
+    (in the short last stratum) is left out. So every row is in exactly one mini-batch of
+    the pass, mini-batches have S − 1 or S rows (S = ⌈n / M⌉ strata), and each one draws
+    its rows evenly from the whole range: a file sorted by class gives mini-batches
+    with every part of it. Any contiguous block of rows, such as an MPI rank's, holds
+    one row of every mini-batch per stratum it contains, so its share of each mini-batch
+    is its mean share to within one row per stratum it cuts (fewer than 2 rows), for
+    any number of ranks: no rank waits for one that drew more rows of a mini-batch.
+
+    π_s is a Feistel network of six rounds on ``0 .. 2^b − 1`` (2^b ≥ M; the halves have
+    ⌊b/2⌋ and ⌈b/2⌉ bits and swap roles each round; a round xors into one half a
+    multiplicative hash of the other, with a random odd multiplier per round and a key per
+    round and stratum), with cycle walking down to ``0 .. M − 1``. It is evaluated for the
+    (mini-batch, stratum) pairs asked for only, so a pass needs no array of n indices.
 
     Parameters
     ----------
     n : int
-        Size of the permuted range (the global number of rows).
+        The global number of rows.
+    batch_size : int
+        Rows of a mini-batch at most.
     seed, iteration : int
-        The permutation is a function of (n, seed, iteration) alone.
+        The mini-batches are a function of (n, batch_size, seed, iteration) alone.
+
+    Attributes
+    ----------
+    n_batches : int
+        M, mini-batches per pass.
+    n_strata : int
+        S, strata (the size of a full mini-batch).
 
     Examples
     --------
-    >>> order = RowOrder(10, seed=0, iteration=0)
-    >>> sorted(order(np.arange(10)).tolist()) == list(range(10))
+    >>> plan = StratifiedBatches(10, 4, seed=0, iteration=0)
+    >>> plan.n_batches, plan.n_strata
+    (3, 4)
+    >>> rows = plan.rows(np.arange(3)[:, None], np.arange(4))
+    >>> sorted(rows[rows < 10].tolist()) == list(range(10))
     True
     """
 
     n_rounds = 6
 
-    def __init__(self, n: int, seed: int, iteration: int) -> None:
-        if n < 1:
-            raise ValueError(f"RowOrder needs n >= 1; got n={n}.")
+    def __init__(self, n: int, batch_size: int, seed: int, iteration: int) -> None:
+        if n < 1 or batch_size < 1:
+            raise ValueError(
+                f"StratifiedBatches needs n >= 1 and batch_size >= 1; got n={n}, "
+                f"batch_size={batch_size}."
+            )
         self.n = int(n)
-        bits = max(2, int(n - 1).bit_length())
+        self.n_batches = -(-self.n // int(batch_size))
+        self.n_strata = -(-self.n // self.n_batches)
+        bits = max(2, int(self.n_batches - 1).bit_length())
         self._widths = (bits // 2, bits - bits // 2)
         rng = np.random.default_rng([int(seed), int(iteration)])
         self._keys = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
         mults = rng.integers(0, 2**63, size=self.n_rounds, dtype=np.uint64)
         self._mults = mults * np.uint64(2) + np.uint64(1)  # odd multipliers
+        self._shift_key, self._spare_key = rng.integers(0, 2**63, size=2, dtype=np.uint64)
 
     def _feistel(self, x: np.ndarray) -> np.ndarray:
         wl, wr = self._widths
@@ -304,14 +345,43 @@ class RowOrder:
             left, right, wl, wr = right, left, wr, wl
         return (left << np.uint64(wr)) | right
 
-    def __call__(self, positions: np.ndarray) -> np.ndarray:
-        """Rows at ``positions`` (ints in ``[0, n)``), as int64 of the same shape."""
-        y = self._feistel(np.asarray(positions, dtype=np.uint64))
-        out = np.flatnonzero(y >= self.n)
+    def _permute(self, x: np.ndarray) -> np.ndarray:
+        """σ(x) for x in ``0 .. M − 1`` (uint64 array, in place): Feistel and cycle walking."""
+        y = self._feistel(x)
+        flat = y.reshape(-1)
+        out = np.flatnonzero(flat >= self.n_batches)
         while out.size:
-            y[out] = self._feistel(y[out])
-            out = out[y[out] >= self.n]
-        return y.astype(np.int64)
+            flat[out] = self._feistel(flat[out])
+            out = out[flat[out] >= self.n_batches]
+        return y
+
+    def rows(self, batches: np.ndarray, strata: np.ndarray) -> np.ndarray:
+        """Global row of mini-batch ``batches`` in stratum ``strata`` (broadcast together),
+        int64; values ≥ n mark a mini-batch that the short last stratum leaves out.
+
+        π_s(k) = σ((k + c_s) mod M): one permutation σ of the pass, shifted per stratum by
+        an offset c_s hashed from (seed, iteration, s), so that the strata's rows of a
+        mini-batch are independent draws.
+        """
+        M = np.uint64(self.n_batches)
+        # (arrays, not numpy scalars: their wrapping multiplications would warn)
+        s = np.atleast_1d(np.asarray(strata, dtype=np.uint64))
+        shift = (_mix64(s * _GOLDEN ^ self._shift_key) >> np.uint64(11)) % M
+        y = self._permute((np.atleast_1d(np.asarray(batches, dtype=np.uint64)) + shift) % M)
+        return s.astype(np.int64) * self.n_batches + y.astype(np.int64)
+
+    def sizes(self, batches: np.ndarray) -> np.ndarray:
+        """Rows of each of ``batches`` (S, or S − 1 where the short last stratum has none)."""
+        last = self.rows(batches, self.n_strata - 1)
+        return self.n_strata - 1 + (last < self.n).astype(np.int64)
+
+    def spare_rows(self, batches: np.ndarray) -> np.ndarray:
+        """Per mini-batch the row whose residual may replace an unused atom: its row in a
+        full stratum chosen by a hash of (seed, iteration, mini-batch)."""
+        k = np.atleast_1d(np.asarray(batches, dtype=np.uint64))
+        full = self.n // self.n_batches  # strata of M rows (at least one)
+        stratum = (_mix64(k ^ self._spare_key) >> np.uint64(11)) % np.uint64(full)
+        return self.rows(k, stratum)
 
 
 class OnlineSparseCoding:
@@ -622,26 +692,30 @@ class OnlineSparseCoding:
         rows of it (increasing), its spare row (local index; outside ``[0, n_local)`` when
         another rank holds it) and its size.
 
-        Positions ``0 .. N−1`` are mapped to rows by :class:`RowOrder` a few thousand at a
-        time, so the order costs O(batch_size) memory whatever N is, and every rank derives
-        the same global mini-batches.
+        The mini-batches are :class:`StratifiedBatches`, evaluated for the strata that this
+        rank's block ``[offset, offset + n_local)`` meets, a few thousand (mini-batch,
+        stratum) pairs at a time: the order costs O(batch_size) memory whatever N is, every
+        rank derives the same global mini-batches, and each rank's share of a mini-batch is
+        its mean share to within fewer than 2 rows.
         """
-        order = RowOrder(self.n_total, self.seed, iteration)
-        eta = self.batch_size
-        per_chunk = max(1, _ORDER_CHUNK // eta) * eta
-        for lo in range(0, self.n_total, per_chunk):
-            rows = order(np.arange(lo, min(lo + per_chunk, self.n_total))) - offset
-            # this rank's rows of the chunk, sorted by (mini-batch, row) with one sort
-            at = np.flatnonzero((rows >= 0) & (rows < n_local))
-            key = np.sort((at // eta) * max(n_local, 1) + rows[at])
-            batch_of = key // max(n_local, 1)
-            mine = key - batch_of * max(n_local, 1)
-            n_batches = -(-rows.size // eta)
-            bounds = np.searchsorted(batch_of, np.arange(n_batches + 1)).tolist()
-            firsts = rows[::eta].tolist()
-            for j in range(n_batches):
-                size = min(eta, rows.size - j * eta)
-                yield mine[bounds[j] : bounds[j + 1]], firsts[j], size
+        plan = StratifiedBatches(self.n_total, self.batch_size, self.seed, iteration)
+        M = plan.n_batches
+        if n_local > 0:
+            strata = np.arange(offset // M, (offset + n_local - 1) // M + 1)
+        else:
+            strata = np.zeros(0, dtype=np.int64)
+        per_chunk = max(1, _ORDER_CHUNK // max(strata.size, 1))
+        for lo in range(0, M, per_chunk):
+            batches = np.arange(lo, min(lo + per_chunk, M))
+            rows = plan.rows(batches[:, None], strata[None, :]) - offset
+            # row-major: by mini-batch, then by stratum, so each mini-batch's rows increase
+            mine = (rows >= 0) & (rows < n_local)
+            bounds = np.concatenate(([0], np.cumsum(mine.sum(axis=1)))).tolist()
+            rows = rows[mine]
+            spares = (plan.spare_rows(batches) - offset).tolist()
+            sizes = plan.sizes(batches).tolist()
+            for j in range(batches.size):
+                yield rows[bounds[j] : bounds[j + 1]], spares[j], sizes[j]
 
     def estep(self, Y: Any, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """One pass of online learning over all ranks' rows; returns local metric sums.

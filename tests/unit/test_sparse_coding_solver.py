@@ -14,7 +14,7 @@ from prosper.solvers.prox import PROX
 from prosper.solvers.sparse_coding import (
     Coder,
     OnlineSparseCoding,
-    RowOrder,
+    StratifiedBatches,
     coordinate_descent,
 )
 
@@ -130,29 +130,74 @@ def test_numba_dictionary_sweep_matches_the_model(unused):
         np.testing.assert_array_equal(W_new[:, 7], W[:, 7])  # kept, not replaced
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 64, 1000, 4097])
-def test_row_order_is_a_permutation_fixed_by_seed_and_pass(n):
-    order = RowOrder(n, seed=3, iteration=1)
-    rows = order(np.arange(n))
-    np.testing.assert_array_equal(np.sort(rows), np.arange(n))
-    # positions are mapped one by one: any subset gives the same rows
-    np.testing.assert_array_equal(order(np.arange(n)[::-1]), rows[::-1])
-    np.testing.assert_array_equal(RowOrder(n, seed=3, iteration=1)(np.arange(n)), rows)
-    if n >= 64:
-        assert not np.array_equal(RowOrder(n, seed=3, iteration=2)(np.arange(n)), rows)
-        assert not np.array_equal(RowOrder(n, seed=4, iteration=1)(np.arange(n)), rows)
+def _all_rows(plan: StratifiedBatches) -> np.ndarray:
+    """Every mini-batch's row in every stratum, shape (M, S) (≥ n: no row there)."""
+    return plan.rows(np.arange(plan.n_batches)[:, None], np.arange(plan.n_strata)[None, :])
 
 
-def test_row_order_mixes_every_mini_batch():
-    """Each mini-batch of 200 positions draws its rows from the whole range: the share from
-    the first half is binomial(200, ½) (within 5 standard deviations: 0.32 .. 0.68), and
-    consecutive positions are uncorrelated (data sorted by class get mixed batches)."""
+@pytest.mark.parametrize(
+    ("n", "batch_size"), [(1, 4), (2, 1), (5, 2), (64, 64), (1000, 7), (4097, 256)]
+)
+def test_stratified_batches_partition_the_rows_fixed_by_seed_and_pass(n, batch_size):
+    plan = StratifiedBatches(n, batch_size, seed=3, iteration=1)
+    M, S = plan.n_batches, plan.n_strata
+    assert -(-n // batch_size) == M
+    assert batch_size >= S
+    rows = _all_rows(plan)
+    # mini-batch k takes its row of stratum s from rows s·M .. s·M + M − 1
+    assert np.all((rows >= np.arange(S) * M) & (rows < (np.arange(S) + 1) * M))
+    # every row once per pass; sizes S or S − 1
+    np.testing.assert_array_equal(np.sort(rows[rows < n]), np.arange(n))
+    sizes = plan.sizes(np.arange(M))
+    np.testing.assert_array_equal(sizes, (rows < n).sum(axis=1))
+    assert sizes.sum() == n and sizes.min() >= S - 1
+    # the spare row is one of the mini-batch's rows
+    spares = plan.spare_rows(np.arange(M))
+    assert np.all((rows == spares[:, None]).sum(axis=1) == 1)
+    # pairs are mapped one by one: any subset gives the same rows
+    np.testing.assert_array_equal(plan.rows(np.arange(M)[::-1], 0), rows[::-1, 0])
+    np.testing.assert_array_equal(_all_rows(StratifiedBatches(n, batch_size, 3, 1)), rows)
+    if M >= 16:
+        assert not np.array_equal(_all_rows(StratifiedBatches(n, batch_size, 3, 2)), rows)
+        assert not np.array_equal(_all_rows(StratifiedBatches(n, batch_size, 4, 1)), rows)
+
+
+def test_stratified_batches_draw_from_the_whole_range_at_random():
+    """Each mini-batch of a file sorted by class holds every part of it (one row per run of
+    M rows), and which row of its run a mini-batch takes is uncorrelated between runs and
+    between consecutive mini-batches."""
     n = 40000
-    rows = RowOrder(n, seed=0, iteration=0)(np.arange(n))
-    share = (rows < n // 2).reshape(-1, 200).mean(axis=1)
-    assert np.all(np.abs(share - 0.5) < 5 * np.sqrt(0.25 / 200))
-    assert abs(np.corrcoef(rows[:-1], rows[1:])[0, 1]) < 0.03
-    assert abs(np.corrcoef(np.arange(n), rows)[0, 1]) < 0.03
+    plan = StratifiedBatches(n, 200, seed=0, iteration=0)
+    rows = _all_rows(plan)
+    share = (rows < n // 2).sum(axis=1) / plan.sizes(np.arange(plan.n_batches))
+    assert np.all(np.abs(share - 0.5) <= 1.0 / 200)
+    within = rows % plan.n_batches  # the row's place in its run
+    assert abs(np.corrcoef(within[:, :-1].ravel(), within[:, 1:].ravel())[0, 1]) < 0.03
+    assert abs(np.corrcoef(within[:-1].ravel(), within[1:].ravel())[0, 1]) < 0.03
+    assert abs(np.corrcoef(np.arange(plan.n_batches), within[:, 0])[0, 1]) < 0.2
+
+
+@pytest.mark.parametrize("n_ranks", [2, 3, 5])
+def test_every_rank_holds_its_share_of_every_mini_batch(n_ranks):
+    """Whatever the number of ranks, a rank's rows of each global mini-batch are its mean
+    share (its rows over the number of mini-batches) to within fewer than 2 rows: no rank
+    waits at the Allreduce for one that drew more. (Mini-batches drawn at random from all
+    rows, as before, split binomially: about ±8 rows of 128 on two ranks.)"""
+    model = SparseCodingModel(4, 3, "l1", 0.1)
+    n_total = 20000
+    for batch_size in (256, 1000):
+        learner = OnlineSparseCoding(model, Coder(model), batch_size=batch_size, seed=0)
+        learner.n_total = n_total
+        shares, sizes = [], None
+        # the blocks of prosper.parallel.row_block: contiguous, sizes differing by one at most
+        for rank, block in enumerate(np.array_split(np.arange(n_total), n_ranks)):
+            n_local = block.size
+            got = list(learner._pass_batches(n_local, int(block[0]), 1))
+            share = np.array([idx.size for idx, _, _ in got])
+            assert np.all(np.abs(share - n_local / len(got)) < 2), (rank, share)
+            shares.append(share)
+            sizes = [size for _, _, size in got]
+        np.testing.assert_array_equal(np.sum(shares, axis=0), sizes)
 
 
 def test_a_pass_order_holds_no_array_of_all_rows():
@@ -305,15 +350,17 @@ def test_compiled_coding_is_the_same_on_any_number_of_threads(batch):
 
 def test_a_ranks_mini_batches_are_its_rows_of_the_global_ones():
     """Per global mini-batch a rank gets the rows of it that it holds (local indices,
-    increasing), the first row of the batch and its size, whatever the block."""
+    increasing), the mini-batch's spare row and its size, whatever the block."""
     model = SparseCodingModel(4, 3, "l1", 0.1)
     for n_total, eta, offset, n_local in [(5000, 64, 2000, 1500), (300, 7, 0, 300), (9, 4, 5, 0)]:
         learner = OnlineSparseCoding(model, Coder(model), batch_size=eta, seed=5)
         learner.n_total = n_total
-        order = RowOrder(n_total, 5, 2)(np.arange(n_total)) - offset
+        plan = StratifiedBatches(n_total, eta, 5, 2)
+        batches = _all_rows(plan) - offset
         got = list(learner._pass_batches(n_local, offset, 2))
         assert len(got) == -(-n_total // eta)
-        for j, (idx, first, size) in enumerate(got):
-            rows = order[j * eta : (j + 1) * eta]
-            np.testing.assert_array_equal(idx, np.sort(rows[(rows >= 0) & (rows < n_local)]))
-            assert (first, size) == (rows[0], rows.size)
+        for j, (idx, spare, size) in enumerate(got):
+            rows = batches[j][batches[j] < n_total - offset]
+            np.testing.assert_array_equal(idx, rows[(rows >= 0) & (rows < n_local)])
+            assert np.all(np.diff(idx) > 0)
+            assert (spare, size) == (plan.spare_rows(np.array([j]))[0] - offset, rows.size)
