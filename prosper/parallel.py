@@ -143,6 +143,21 @@ class Communicator:
             start += a.size
         return out
 
+    def sum_in_place(self, buf: np.ndarray) -> np.ndarray:
+        """Sum a contiguous float64 array over all ranks, in place (one ``Allreduce``).
+
+        For a buffer that is already packed (no copy in or out, unlike
+        :meth:`allreduce_arrays`); returns ``buf``.
+        """
+        if buf.dtype != np.float64 or not buf.flags.c_contiguous:
+            raise ValueError(
+                f"sum_in_place needs a C-contiguous float64 array; got {buf.dtype}, "
+                f"contiguous={buf.flags.c_contiguous}."
+            )
+        if self.size > 1:
+            self.comm.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.SUM)
+        return buf
+
     def allreduce(self, value: Any, op: str = "sum") -> Any:
         """Reduce a small Python number over ranks (``op`` in sum, max, min, land, lor)."""
         if self.size == 1:

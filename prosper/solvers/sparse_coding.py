@@ -734,8 +734,8 @@ class OnlineSparseCoding:
             for idx, spare_row, n_rows in self._pass_batches(n_local, offset, iteration):
                 run.inc[:] = 0.0
                 self._code_fused(Y, idx, spare_row, run)
-                inc = comm.allreduce_arrays({"inc": run.inc})["inc"]
-                replaced += self._update_fused(inc, n_rows, self.n_total, run)
+                comm.sum_in_place(run.inc)  # the packed increments: no copy in or out
+                replaced += self._update_fused(run.inc, n_rows, self.n_total, run)
             local = dict(zip(_METRIC_SUMS, run.sums.tolist(), strict=True))
         else:
             local = dict.fromkeys(_METRIC_SUMS, 0.0)

@@ -23,6 +23,10 @@ def test_serial_reductions():
     out = comm.allreduce_arrays({"a": np.ones((2, 2)), "b": np.array(3.0)})
     np.testing.assert_array_equal(out["a"], np.ones((2, 2)))
     assert comm.exscan(5) == 0 and comm.allgather(1) == [1] and comm.bcast("x") == "x"
+    buf = np.arange(4.0)
+    assert comm.sum_in_place(buf) is buf and buf.tolist() == [0.0, 1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="float64"):
+        comm.sum_in_place(np.zeros(3, dtype=np.float32))
     with pytest.raises(ValueError, match="bad input"):
         comm.agree("bad input")
 

@@ -9,7 +9,7 @@ import pytest
 
 from prosper.data import get_generator
 from prosper.models.sparse_coding import PENALTIES, SparseCodingModel, energy
-from prosper.parallel import get_comm
+from prosper.parallel import Communicator, get_comm, row_block
 from prosper.solvers.prox import PROX
 from prosper.solvers.sparse_coding import (
     Coder,
@@ -177,6 +177,14 @@ def test_stratified_batches_draw_from_the_whole_range_at_random():
     assert abs(np.corrcoef(np.arange(plan.n_batches), within[:, 0])[0, 1]) < 0.2
 
 
+class _FakeComm(Communicator):
+    """Rank ``rank`` of ``size``, without MPI (for row_block)."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__(None)
+        self.rank, self.size = rank, size
+
+
 @pytest.mark.parametrize("n_ranks", [2, 3, 5])
 def test_every_rank_holds_its_share_of_every_mini_batch(n_ranks):
     """Whatever the number of ranks, a rank's rows of each global mini-batch are its mean
@@ -189,10 +197,10 @@ def test_every_rank_holds_its_share_of_every_mini_batch(n_ranks):
         learner = OnlineSparseCoding(model, Coder(model), batch_size=batch_size, seed=0)
         learner.n_total = n_total
         shares, sizes = [], None
-        # the blocks of prosper.parallel.row_block: contiguous, sizes differing by one at most
-        for rank, block in enumerate(np.array_split(np.arange(n_total), n_ranks)):
-            n_local = block.size
-            got = list(learner._pass_batches(n_local, int(block[0]), 1))
+        for rank in range(n_ranks):
+            block = row_block(n_total, _FakeComm(rank, n_ranks))
+            n_local = block.stop - block.start
+            got = list(learner._pass_batches(n_local, block.start, 1))
             share = np.array([idx.size for idx, _, _ in got])
             assert np.all(np.abs(share - n_local / len(got)) < 2), (rank, share)
             shares.append(share)
