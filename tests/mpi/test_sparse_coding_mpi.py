@@ -1,4 +1,4 @@
-"""ℓq sparse coding under mpiexec: 1 and 2 ranks learn the same dictionary; a run killed
+"""ℓq sparse coding under mpiexec: 1, 2 and 3 ranks learn the same dictionary; a run killed
 with SIGKILL resumes to the uninterrupted result."""
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ comm = get_comm()
 data = get_generator("sparse_dictionary")(n_samples=600, D=10, H=14, sparsity=2, noise=0.05,
                                           random_state=0)
 Y = data.Y[row_block(600, comm)]
-# global mini-batches of 64 rows, drawn from both ranks' rows: the same on 1 and 2 ranks
-model = SparseCoding(H=14, penalty=penalty, lam=0.2, n_iter=8, batch_size=64,
+# global mini-batches of 66-67 rows (9 per pass, one row from every run of 9), drawn from
+# all ranks' rows: the same on any number of ranks
+model = SparseCoding(H=14, penalty=penalty, lam=0.2, n_iter=8, batch_size=70,
                      random_state=4).fit(Y)
 S = model.transform(Y)
 score = model.score(Y)
@@ -43,19 +44,22 @@ if comm.rank == 0:
 """
 
 
-@pytest.mark.parametrize("penalty", ["l1", "l1/2"])
-def test_one_and_two_ranks_learn_the_same_dictionary(tmp_path, penalty):
+@pytest.mark.parametrize(("penalty", "n_ranks"), [("l1", 3), ("l1/2", 2)])
+def test_one_and_more_ranks_learn_the_same_dictionary(tmp_path, penalty, n_ranks):
+    """600 rows in stratified mini-batches from runs of 9 rows: the blocks of 2 ranks (300
+    rows) and of 3 ranks (200) cut runs, so ranks share mini-batches unevenly by a row."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     runs = {}
-    for n in (1, 2):
+    for n in (1, n_ranks):
         out = tmp_path / f"r{n}.npz"
         run_mpi(n, ["python", str(script), penalty, str(out)], timeout=120)
         runs[n] = np.load(out)
-    np.testing.assert_allclose(runs[2]["W"], runs[1]["W"], rtol=0, atol=1e-10)
-    np.testing.assert_allclose(runs[2]["F"], runs[1]["F"], rtol=1e-11)
-    np.testing.assert_allclose(runs[2]["S"], runs[1]["S"], rtol=0, atol=1e-10)
-    assert float(runs[2]["score"]) == pytest.approx(float(runs[1]["score"]), rel=1e-12)
+    many, one = runs[n_ranks], runs[1]
+    np.testing.assert_allclose(many["W"], one["W"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(many["F"], one["F"], rtol=1e-11)
+    np.testing.assert_allclose(many["S"], one["S"], rtol=0, atol=1e-10)
+    assert float(many["score"]) == pytest.approx(float(one["score"]), rel=1e-12)
 
 
 def test_patches_example_runs_under_mpiexec(tmp_path):
