@@ -25,7 +25,9 @@ class SparseCoding(EMEstimator):
     with ψ(u) = λ|u| ("l1"), λ sqrt|u| ("l1/2"), λ 1{u ≠ 0} ("l0") or the continuous exact ℓ0
     relaxation of Soubies et al. ("cel0", with a_h = ||W_h||). The dictionary is learned by
     online dictionary learning (Mairal et al. 2010): the data are visited in global
-    mini-batches of ``batch_size`` points in a seeded random order; each mini-batch is coded
+    mini-batches of about ``batch_size`` points, stratified (each takes one row, chosen at
+    random per pass, from every run of N / ``batch_size`` consecutive rows, so each draws
+    from the whole data set and every rank holds its share of it); each mini-batch is coded
     (exact coordinate descent by default; the non-convex penalties start from the ℓ1
     solution), its contributions to A = Σ s sᵀ and B = Σ y sᵀ are added with a forgetting
     factor, and one sweep of block coordinate descent updates the unit-norm atoms. Under MPI
@@ -54,7 +56,9 @@ class SparseCoding(EMEstimator):
     n_iter : int, default=10
         Passes over the data (each makes ceil(N / batch_size) dictionary updates).
     batch_size : int, default=256
-        Data points per global mini-batch (also bounds the rows a rank codes at once).
+        Data points per global mini-batch at most (a pass makes ceil(N / batch_size)
+        mini-batches of equal size to within one point); also bounds the rows a rank codes
+        at once.
     max_iter : int, default=200
         Coordinate-descent sweeps (or FISTA iterations) at most per data point.
     tol : float, default=1e-4
