@@ -6,6 +6,8 @@
         [--record krosbl] [--quick]
 
 "KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``);
+"KroSBL-AM before" is KroSBL-AM with the defaults before session 6 (no removal of dead
+factor entries, no evidence stop: ``remove_dead=False, evidence_tol=None``);
 "SBL plain" is classic SBL without the entry cost (``entry_cost=0``, plain EM-SBL);
 "KroSBL-AM etol" stops also by the evidence (``evidence_tol``, rows with ``--evidence-tol``).
 
@@ -53,6 +55,7 @@ METHODS = (
     "oracle",
     "KroSBL-AM",
     "KroSBL-AM plain",
+    "KroSBL-AM before",
     "KroSBL-AM etol",
     "KroSBL-SVD",
     "SBL",
@@ -111,6 +114,8 @@ def run_method(name: str, p, block: int | None = None, evidence_tol: float = 1.0
             # "KroSBL-AM plain": the fixed-point updates without Anderson acceleration
             method = name.split("-")[1].split()[0].lower()
             extra = {"anderson_memory": 0} if name.endswith("plain") else {}
+            if name.endswith("before"):
+                extra = {"remove_dead": False, "evidence_tol": None}
             if name.endswith("etol"):
                 extra = {"evidence_tol": evidence_tol}
             est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **extra)
@@ -261,7 +266,7 @@ def plot(table, sizes, snrs, prefix="krosbl"):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(METHODS, "xo+*sdv^", strict=True))
+    markers = dict(zip(METHODS, "xo+<*sdv^", strict=True))
     fig, axes = plt.subplots(1, len(sizes), figsize=(4 * len(sizes), 3.6), squeeze=False)
     for ax, n_i in zip(axes[0], sizes, strict=True):
         for m in METHODS:
@@ -282,7 +287,7 @@ def plot(table, sizes, snrs, prefix="krosbl"):
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD", "SBL", "SBL plain"):
+    for m in ("KroSBL-AM", "KroSBL-AM plain", "KroSBL-AM before", "KroSBL-SVD", "SBL", "SBL plain"):
         for ax, key in zip(axes, ("iterations_median", "seconds_median"), strict=True):
             pts = [
                 (n_i * n_i, float(np.median([table[str(n_i)][s][m][key] for s in snrs])))
@@ -382,7 +387,7 @@ def main() -> None:
         n = n_i * n_i
         table[str(n_i)] = {}
         for snr in args.snrs:
-            methods = ["oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-SVD"]
+            methods = ["oracle", "KroSBL-AM", "KroSBL-AM plain", "KroSBL-AM before", "KroSBL-SVD"]
             if args.evidence_tol is not None:
                 methods.insert(3, "KroSBL-AM etol")
             if n <= args.dense_max:

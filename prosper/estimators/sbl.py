@@ -23,6 +23,8 @@ __all__ = ["SBL", "KroneckerSBL"]
 
 #: ``evidence_tol`` compares the best log evidence with its value this many iterations before
 EVIDENCE_WINDOW = 10
+#: KroneckerSBL(evidence_tol="auto") with method="am": nats over ``EVIDENCE_WINDOW``
+AUTO_EVIDENCE_TOL = 1.0
 
 
 def _is_matrix(value: Any) -> bool:
@@ -127,6 +129,7 @@ class _SBLEstimator(EMEstimator):
             prune=self.prune,
             memory=self._anderson_memory(),
             tol=self.tol,
+            evidence_window=EVIDENCE_WINDOW if self._evidence_tol() is not None else 0,
             entry_cost=self._entry_cost(),
         )
 
@@ -134,16 +137,14 @@ class _SBLEstimator(EMEstimator):
         """The user's callback, or-ed with the test ``gamma_change < tol`` (same on all ranks;
         not before the penalised phase of an entry cost has run) and the evidence test."""
         tol, evidence_tol = self.tol, self._evidence_tol()
-        best: list[float] = []  # best log evidence of the data so far, per iteration
 
         def callback(iteration: int, learner: Any, metrics: dict[str, float]) -> bool:
             stop = bool(user(iteration, learner, metrics)) if user is not None else False
             converged = bool(tol) and metrics["gamma_change"] < tol and not learner.pending
-            if evidence_tol is not None:
-                total = metrics["free_energy"] * learner.n_total
-                best.append(max(best[-1], total) if best else total)
-                if len(best) > EVIDENCE_WINDOW:
-                    converged |= best[-1] - best[-1 - EVIDENCE_WINDOW] < evidence_tol
+            # the learner keeps the best evidence of the last EVIDENCE_WINDOW + 1 iterations
+            best = learner.best_evidence
+            if evidence_tol is not None and len(best) > EVIDENCE_WINDOW:
+                converged |= best[-1] - best[0] < evidence_tol
             return stop or converged
 
         return callback
@@ -440,13 +441,27 @@ class KroneckerSBL(_SBLEstimator):
         γ_i and σ², guarded by the evidence: an extrapolation that lowers it is replaced by
         the plain update (one iteration lost). It reaches the same fixed point in about half
         the iterations. 0: plain updates.
-    evidence_tol : float or None, default=None
+    evidence_tol : "auto", float or None, default="auto"
         ``method="am"`` only: also stop when the best log evidence of the data,
         Σ_l log p(y_l | γ, σ²), has risen by less than ``evidence_tol`` nats over the last
-        10 iterations. At low SNR the fixed point is approached slowly while noise entries
-        die out; 1.0 (a difference of evidence that does not matter) stops there in about a
-        third of the iterations, at a similar NMSE (the SBL guide of the docs). None: only
-        ``tol``.
+        10 iterations. At low SNR the fixed point is approached slowly while the last
+        noise entries die out; 1.0 (a difference of evidence that does not matter) stops
+        there in about half the iterations at the same or a better NMSE (the SBL guide of
+        the docs). "auto": 1.0 for "am" (None with ``tol=None``, which runs every
+        iteration), None for "svd". None: only ``tol``.
+
+        .. versionchanged:: 2026-12 default "auto" (was None).
+    remove_dead : bool, default=True
+        Once pruning is in force, remove every factor entry γ_i[a] whose evidence, all
+        else fixed, is largest at zero: the Kronecker form of the deletion rule of Tipping
+        & Faul (2003), exact and computed from the E-step (its slice of x has a Gaussian
+        posterior; see :func:`prosper.models.sbl.dead_slices`). Not in an iteration whose
+        σ² update falls by more than 5 % (while σ falls it overstates the noise, and weak
+        true slices look dead), nor on factors with blocks. At 0 dB it ends fits in a
+        third of the iterations with a 0.3-4 dB better NMSE; from 10 dB on it changes
+        little. False: only the ``prune`` threshold.
+
+        .. versionadded:: 2026-12
 """
         + _COMMON_DOC.replace("{per}", " of its factor")
         .replace("{prune0}", "3e-3")
@@ -494,7 +509,8 @@ class KroneckerSBL(_SBLEstimator):
         "method": [Options(("am", "svd"))],
         "block_size": [None, Interval("int", 1, None), _is_block_list],
         "anderson_memory": [Interval("int", 0, None)],
-        "evidence_tol": [None, Interval("real", 0, None, "neither")],
+        "evidence_tol": [None, Options(("auto",)), Interval("real", 0, None, "neither")],
+        "remove_dead": [bool],
     }
 
     def __init__(
@@ -504,7 +520,8 @@ class KroneckerSBL(_SBLEstimator):
         method: str = "am",
         block_size: int | list[int] | None = None,
         anderson_memory: int = 5,
-        evidence_tol: float | None = None,
+        evidence_tol: float | str | None = "auto",
+        remove_dead: bool = True,
         learn_sigma: bool = True,
         sigma: float | None = None,
         prune: float = 3e-3,
@@ -524,6 +541,7 @@ class KroneckerSBL(_SBLEstimator):
         self.block_size = block_size
         self.anderson_memory = anderson_memory
         self.evidence_tol = evidence_tol
+        self.remove_dead = remove_dead
         self.learn_sigma = learn_sigma
         self.sigma = sigma
         self.prune = prune
@@ -546,6 +564,8 @@ class KroneckerSBL(_SBLEstimator):
         return int(self.anderson_memory)
 
     def _evidence_tol(self) -> float | None:
+        if isinstance(self.evidence_tol, str):  # "auto"
+            return AUTO_EVIDENCE_TOL if self.method == "am" and self.tol else None
         return None if self.evidence_tol is None else float(self.evidence_tol)
 
     def _block_sizes(self) -> list[int]:
@@ -557,7 +577,7 @@ class KroneckerSBL(_SBLEstimator):
         return [int(self.block_size)] * I
 
     def _check_operator(self, D: int) -> None:
-        if self.evidence_tol is not None and self.method != "am":
+        if self._evidence_tol() is not None and self.method != "am":
             raise ValueError(
                 f"evidence_tol applies to method='am' only (the rank-one phase of 'svd' "
                 f"flattens the evidence before it prunes); got method={self.method!r} with "
@@ -603,6 +623,7 @@ class KroneckerSBL(_SBLEstimator):
             [np.asarray(A, dtype=np.float64) for A in self.factors],
             method=self.method,
             block_sizes=self._block_sizes(),
+            remove_dead=self.remove_dead,
         )
 
     def _set_fitted(

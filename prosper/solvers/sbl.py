@@ -160,6 +160,10 @@ class SBLLearner:
     tol : float or None, default=None
         No extrapolation once the plain update changes γ by less than ``tol`` (relative),
         so that a run stopped by ``tol`` ends on a plain update.
+    evidence_window : int, default=0
+        > 0: keep the best log evidence of the data, Σ_l log p(y_l | γ, σ²), of the last
+        ``evidence_window`` + 1 iterations in :attr:`best_evidence` (in the checkpoint, so
+        that a stop by the evidence resumes exactly). 0: none.
     entry_cost : float, default=0.0
         Classic SBL only: log-evidence cost κ of each active entry. > 0: once the EM
         updates change γ by less than ``PENALTY_START``, every iteration also sets to zero
@@ -178,6 +182,7 @@ class SBLLearner:
         prune: float,
         memory: int = 0,
         tol: float | None = None,
+        evidence_window: int = 0,
         entry_cost: float = 0.0,
     ) -> None:
         if entry_cost > 0 and not isinstance(model, SBLModel):
@@ -191,6 +196,7 @@ class SBLLearner:
             prune,
         )
         self.tol = tol or 0.0
+        self.evidence_window = int(evidence_window)
         self.params: Params = {}
         self.n_total = 0
         self._posterior: GaussianPosterior | None = None
@@ -206,6 +212,8 @@ class SBLLearner:
         """The Anderson history and the phase of the entry cost, so that a resumed run
         continues exactly (empty without either)."""
         state = {} if self._anderson is None else self._anderson.state()
+        if self.evidence_window:
+            state["best_evidence"] = np.array(self.best_evidence, dtype=np.float64)
         if self.entry_cost > 0:
             state["penalty_phase"] = np.array(self.penalised)
             state["penalty_removed"] = self._removed.astype(np.uint8)
@@ -216,6 +224,9 @@ class SBLLearner:
         self.penalised = False
         self.pending = self.entry_cost > 0
         self._removed = np.zeros(self.model.n_components, dtype=bool)
+        self.best_evidence: list[float] = []
+        if state and "best_evidence" in state:
+            self.best_evidence = [float(v) for v in np.ravel(state["best_evidence"])]
         if state and "penalty_phase" in state:
             self.penalised = bool(state["penalty_phase"])
             self._removed = np.asarray(state["penalty_removed"]).astype(bool)
@@ -264,8 +275,18 @@ class SBLLearner:
         }
         if self.penalised:
             total["corr2"] = np.zeros(self.model.n_components)
+        # the slice sums of the dead-entry test, where the M-step of ``iteration`` may run it
+        names = (
+            self.model.statistic_names()
+            if self.prune > 0 and self.model.dead_test_phase(self.prune, iteration)
+            else ()
+        )
+        for name in names:
+            total[name] = np.zeros(self.model.n_components)
         for rows in self._batches(Y.shape[0]):
-            stats = self.model.estep_batch(Y[rows], self._posterior, correlations=self.penalised)
+            stats = self.model.estep_batch(
+                Y[rows], self._posterior, correlations=self.penalised, slices=bool(names)
+            )
             total = {k: total[k] + stats[k] for k in total}
         return total
 
@@ -284,6 +305,10 @@ class SBLLearner:
             the iteration applied the entry cost.
         """
         free_energy = float(stats["free_energy"]) / self.n_total
+        if self.evidence_window:
+            total = float(stats["free_energy"])
+            best = max(self.best_evidence[-1], total) if self.best_evidence else total
+            self.best_evidence = [*self.best_evidence, best][-(self.evidence_window + 1) :]
         old = self.model.gamma(self.params)
         acc = self._anderson
         if acc is not None and acc.extrapolated and not free_energy >= acc.accepted_free_energy:
