@@ -47,6 +47,13 @@ its evidence gain at its best γ_j with the others fixed (:meth:`SBLModel.entry_
 Tipping & Faul 2003), from S_j = φ_jᵀC⁻¹φ_j (:meth:`GaussianPosterior.column_precisions`)
 and the correlations φ_jᵀ(y_l - Φμ_l) of the residuals.
 
+Kronecker SBL removes dead factor entries (``remove_dead``): the log evidence as a function
+of a scaling c of one factor entry γ_i[a], all else fixed, is a closed form
+(:func:`slice_evidence`) of the whitened posterior variances of the entry's slice in the
+other factors' eigenbases (:meth:`GaussianPosterior.slice_variances`) and the sums over
+snapshots of its squared means there (:meth:`GaussianPosterior.slice_means2`, an E-step
+statistic); an entry whose evidence is largest at c = 0 is removed (:func:`dead_slices`).
+
 Block sparsity (He & Joseph's block KroSBL): γ_i is constant on consecutive blocks of
 ``block_sizes[i]`` entries; both updates then act on block sums/means.
 Entries below ``prune`` times the largest entry of their factor are set to zero for good.
@@ -64,10 +71,12 @@ __all__ = [
     "GaussianPosterior",
     "KroneckerSBLModel",
     "SBLModel",
+    "dead_slices",
     "fixed_point_update",
     "kron_matvec",
     "kron_vectors",
     "rank_one_update",
+    "slice_evidence",
 ]
 
 Params = dict[str, np.ndarray]
@@ -157,6 +166,16 @@ class GaussianPosterior:
     def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
         """S_j = φ_jᵀ C⁻¹ φ_j for every column of the dense Φ (m, n), shape (n,), with
         C = σ² I + Φ Γ Φᵀ (classic SBL only)."""
+        raise NotImplementedError
+
+    def slice_means2(self, Y: np.ndarray) -> list[np.ndarray]:
+        """Per factor, the sums over the rows of Y of the squared whitened slice means in
+        the other factors' eigenbases, each (n_active,) (Kronecker SBL only)."""
+        raise NotImplementedError
+
+    def slice_variances(self) -> list[np.ndarray]:
+        """Per factor, the posterior variances that go with :meth:`slice_means2`, each
+        (n_active,) (Kronecker SBL only)."""
         raise NotImplementedError
 
     def _scatter_diag(self, diag_active: np.ndarray, determined: np.ndarray, n: int) -> None:
