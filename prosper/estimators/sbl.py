@@ -448,8 +448,9 @@ class KroneckerSBL(_SBLEstimator):
         10 iterations. At low SNR the fixed point is approached slowly while the last
         noise entries die out; 1.0 (a difference of evidence that does not matter) stops
         there in about half the iterations at the same or a better NMSE (the SBL guide of
-        the docs). "auto": 1.0 for "am" (None with ``tol=None``, which runs every
-        iteration), None for "svd" (the default was None before 2026-12). None: only
+        the docs). "auto": 1.0 for "am" with ``remove_dead`` and no ``block_size``
+        (where the tail no longer improves the NMSE), else None (also with ``tol=None``,
+        which runs every iteration; the default was None before 2026-12). None: only
         ``tol``.
     remove_dead : bool, default=True
         Once pruning is in force, remove every factor entry γ_i[a] whose evidence, all
@@ -563,8 +564,9 @@ class KroneckerSBL(_SBLEstimator):
         return int(self.anderson_memory)
 
     def _evidence_tol(self) -> float | None:
-        if isinstance(self.evidence_tol, str):  # "auto"
-            return AUTO_EVIDENCE_TOL if self.method == "am" and self.tol else None
+        if isinstance(self.evidence_tol, str):  # "auto": where dead entries are removed
+            removes = self.remove_dead and self.block_size is None
+            return AUTO_EVIDENCE_TOL if self.method == "am" and self.tol and removes else None
         return None if self.evidence_tol is None else float(self.evidence_tol)
 
     def _block_sizes(self) -> list[int]:
