@@ -615,7 +615,8 @@ class KroneckerSBL(_SBLEstimator):
             "factors": 8 * sum(4 * a * b + 3 * b * b for a, b in shapes),
             # γ, diag(Σ), the eigenvalues and scales: vectors of length n
             "vectors of length n": 8 * 8 * n,
-            "E-step batch": 8 * 6 * B * (m + n),
+            # (+ two (B, n) arrays for the slice sums of the dead-entry test)
+            "E-step batch": 8 * (6 * B * (m + n) + 2 * B * n),
             "coef_ (posterior means)": 8 * n_local * n,
         }
 
