@@ -5,7 +5,9 @@ computes the posterior quantities shared by all snapshots (identical on all rank
 parameters), visits its own snapshots in batches and returns Σ_l μ_l² (n,), the residual sum
 and the summed log evidence; one packed Allreduce adds them, and the M-step, identical on
 every rank, updates γ and σ. The decision to stop uses the relative change of γ, which is
-the same number on every rank.
+the same number on every rank. Where Kronecker SBL tests for dead factor entries
+(:meth:`KroneckerSBLModel.dead_test_phase`) the E-step also returns one (n,) sum per factor
+(``slice_1`` ..), reduced in the same Allreduce.
 
 For Kronecker SBL the fixed-point update of γ and σ is a map θ → G(θ) whose iterates
 converge linearly, slowly where many entries are marginal (low SNR). With ``memory`` > 0
@@ -209,8 +211,8 @@ class SBLLearner:
 
     # -- state beyond the parameters (Anderson history, penalised phase) --------------------
     def checkpoint_state(self) -> dict[str, np.ndarray]:
-        """The Anderson history and the phase of the entry cost, so that a resumed run
-        continues exactly (empty without either)."""
+        """The Anderson history, the evidence window and the phase of the entry cost, so
+        that a resumed run continues exactly (empty without any of them)."""
         state = {} if self._anderson is None else self._anderson.state()
         if self.evidence_window:
             state["best_evidence"] = np.array(self.best_evidence, dtype=np.float64)
