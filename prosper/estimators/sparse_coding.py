@@ -55,7 +55,7 @@ class SparseCoding(EMEstimator):
         Penalty weight λ > 0 (larger: sparser codes).
     n_iter : int, default=10
         Passes over the data (each makes ceil(N / batch_size) dictionary updates).
-    batch_size : int, default=256
+    batch_size : int, default=512
         Data points per global mini-batch at most (a pass makes ceil(N / batch_size)
         mini-batches of equal size to within one point); also bounds the rows a rank codes
         at once.
@@ -160,7 +160,7 @@ class SparseCoding(EMEstimator):
         penalty: str = "l1",
         lam: float = 0.1,
         n_iter: int = 10,
-        batch_size: int = 256,
+        batch_size: int = 512,
         max_iter: int = 200,
         tol: float = 1e-4,
         solver: str = "cd",

@@ -52,7 +52,7 @@ def test_recovers_the_generating_dictionary(issue_problem, penalty, lam):
     # the codes are sparse, about as sparse as the generating ones (3 of 48)
     assert 0.04 < model.history_["sparsity"][-1] < 0.2
     assert model.inner_stats_["A"].shape == (48, 48)
-    assert int(model.inner_stats_["n_steps"]) == 15 * 16  # ceil(4000 / 256) per pass
+    assert int(model.inner_stats_["n_steps"]) == 15 * 8  # ceil(4000 / 512) per pass
 
 
 def test_partial_fit_learns_from_a_stream(problem):
