@@ -200,6 +200,10 @@ class _EigenPosterior(GaussianPosterior):
         Position of the active entries in the full x.
     n : int
         Length of the full x.
+    blocks : sequence of int or None, default=None
+        Per factor, the length b_i of the blocks whose slices :meth:`slice_means2` and
+        :meth:`slice_variances` describe (the active entries of factor i must form whole
+        consecutive blocks); None: 1 for every factor.
     """
 
     def __init__(
@@ -210,8 +214,11 @@ class _EigenPosterior(GaussianPosterior):
         sigma2: float,
         index: np.ndarray,
         n: int,
+        blocks: Sequence[int] | None = None,
     ) -> None:
         self.factors = factors
+        self.blocks = [1] * len(factors) if blocks is None else [int(b) for b in blocks]
+        self._bases: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.factors_t = [A.T for A in factors]
         self.sigma2 = sigma2
         self.index = index
@@ -245,29 +252,65 @@ class _EigenPosterior(GaussianPosterior):
         return kron_matvec(self.U, self._eigen_coordinates(Y))
 
     def slice_means2(self, Y: np.ndarray) -> list[np.ndarray]:
-        """Per factor i, Σ_l of the squared posterior means of the slices of factor i in
-        their own eigenbasis, shape (n_active,) each (:meth:`slice_variances`).
+        """Per factor i, Σ_l of the squared whitened posterior means of the block slices
+        of factor i in a basis that makes their posterior covariance diagonal, shape
+        (n_active,) each (variances: :meth:`slice_variances`).
 
-        The slice of entry a of factor i holds the entries of x whose i-th index is a. In
-        whitened coordinates (v = Γ^{-1/2} x) its posterior mean, rotated by the
-        eigenvectors of every other factor, is (U_i applied along mode i of Z)[.., a, ..].
+        The slice of a block β of factor i (b_i consecutive entries) holds the entries of x
+        whose i-th index is in β. In whitened coordinates (v = Γ^{-1/2} x), rotated by the
+        eigenvectors of every other factor, its posterior mean is M = (U_i applied along
+        mode i of Z)[.., β, ..], and its covariance splits into independent b_i × b_i
+        blocks, one per eigen index κ of the other factors: D_κ = U_i[β] diag(shrink_κ)
+        U_i[β]ᵀ. The means are rotated into the eigenvectors Q_κ of D_κ (b_i = 1: Q = 1).
+        Layout: as the active entries of x, with the b_i rotated coordinates of a block at
+        the positions of its entries along mode i.
         """
         Z = self._eigen_coordinates(Y).reshape(Y.shape[0], *self._dims)
         out = []
         for i, U in enumerate(self.U):
-            M = np.moveaxis(np.tensordot(Z, U, axes=([1 + i], [1])), -1, 1 + i)
-            out.append(np.einsum("b...,b...->...", M, M).ravel())
+            M = np.moveaxis(np.tensordot(Z, U, axes=([1 + i], [1])), -1, 1)
+            b = self.blocks[i]
+            if b > 1:
+                # (B, a_i, ...) -> (B, blocks, b, R), rotated by Q (blocks, R, b, b)
+                Q = self._block_basis(i)[1]
+                M = M.reshape(Y.shape[0], -1, b, Q.shape[1])
+                M = np.einsum("lxpr,xrpk->lxkr", M, Q)
+            sums = np.einsum("lx...,lx...->x...", M, M).reshape(self._dims[i], -1)
+            out.append(self._to_entry_layout(sums, i))
         return out
 
     def slice_variances(self) -> list[np.ndarray]:
-        """Per factor i, the posterior variances of the rotated whitened slices of
-        :meth:`slice_means2`, shape (n_active,) each: Σ_k U_i[a, k]² σ²/(σ² + λ_k) along
-        mode i (the slice covariance is diagonal in the other factors' eigenbases)."""
-        S = self._shrink.reshape(self._dims)
-        return [
-            np.moveaxis(np.tensordot(U * U, S, axes=([1], [i])), 0, i).ravel()
-            for i, U in enumerate(self.U)
-        ]
+        """Per factor i, the posterior variances of the rotated whitened block slices of
+        :meth:`slice_means2`, shape (n_active,) each. Without blocks, Σ_k U_i[a, k]²
+        σ²/(σ² + λ_k) along mode i (the slice covariance is diagonal in the other
+        factors' eigenbases); with blocks, the eigenvalues of each D_κ."""
+        out = []
+        for i in range(len(self.U)):
+            variances = self._block_basis(i)[0]  # (blocks, R, b)
+            out.append(
+                self._to_entry_layout(np.swapaxes(variances, 1, 2).reshape(self._dims[i], -1), i)
+            )
+        return out
+
+    def _block_basis(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (blocks, R, b) and eigenvectors (blocks, R, b, b) of the slice
+        covariances D_κ of the blocks of factor i (R = Π_{k≠i} a_k), cached."""
+        if i not in self._bases:
+            U, b = self.U[i], self.blocks[i]
+            S = np.moveaxis(self._shrink.reshape(self._dims), i, 0).reshape(self._dims[i], -1)
+            P = U.reshape(-1, b, U.shape[1])  # rows of U_i grouped by block
+            pairs = (P[:, :, None, :] * P[:, None, :, :]).reshape(-1, U.shape[1])
+            D = np.moveaxis((pairs @ S).reshape(P.shape[0], b, b, -1), 3, 1)
+            if b == 1:
+                self._bases[i] = (D[..., 0], np.ones_like(D))
+            else:
+                self._bases[i] = np.linalg.eigh(D)
+        return self._bases[i]
+
+    def _to_entry_layout(self, values: np.ndarray, i: int) -> np.ndarray:
+        """(a_i, R) values along mode i first -> the row-major layout of the active x."""
+        dims = [self._dims[i], *(d for k, d in enumerate(self._dims) if k != i)]
+        return np.moveaxis(values.reshape(dims), 0, i).ravel()
 
     def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
         if len(self.factors) != 1:
@@ -888,7 +931,16 @@ class KroneckerSBLModel(_SBLBase):
         index = np.ravel_multi_index(np.ix_(*active), dims).ravel()
         scales = [np.sqrt(g[a]) for g, a in zip(gammas, active, strict=True)]
         sigma2 = float(params["sigma"]) ** 2
-        return _EigenPosterior(factors, grams, scales, sigma2, index, self.n_components)
+        # the dead-entry test of a factor with blocks needs its active entries to form
+        # whole blocks (they do: γ_i is constant on blocks, and pruning and removal act on
+        # whole blocks); where not, its slices are described entry by entry
+        blocks = [
+            b if a.size % b == 0 and np.all(a.reshape(-1, b) // b == a[::b, None] // b) else 1
+            for a, b in zip(active, self.block_sizes, strict=True)
+        ]
+        return _EigenPosterior(
+            factors, grams, scales, sigma2, index, self.n_components, blocks=blocks
+        )
 
     def column_norms2(self) -> np.ndarray:
         return kron_vectors(self._factor_norms2)
@@ -1019,23 +1071,24 @@ class KroneckerSBLModel(_SBLBase):
         post: GaussianPosterior,
         n_total: int,
     ) -> list[np.ndarray]:
-        """Zero the factor entries :func:`dead_slices` finds dead at the parameters of
-        ``post`` (factors without blocks only; at least one entry per factor stays)."""
+        """Zero the factor entries (with blocks: whole blocks) that :func:`dead_slices`
+        finds dead at the parameters of ``post``; at least one per factor stays."""
         active = [np.flatnonzero(g > 0) for g in gammas]
         dims = [a.size for a in active]
         variances = post.slice_variances()
         out = []
         for i, (g, b) in enumerate(zip(new, self.block_sizes, strict=True)):
-            if b != 1 or dims[i] < 2:
+            if post.blocks[i] != b or dims[i] < 2 * b:
                 out.append(g)
                 continue
+            # rows: the blocks of factor i; columns: the b·R coordinates of their slices
             T = np.moveaxis(stats[f"slice_{i + 1}"][post.index].reshape(dims), i, 0)
             D = np.moveaxis(variances[i].reshape(dims), i, 0)
-            dead = dead_slices(T.reshape(dims[i], -1), D.reshape(dims[i], -1), n_total)
+            dead = dead_slices(T.reshape(dims[i] // b, -1), D.reshape(dims[i] // b, -1), n_total)
             if dead.all():
-                dead[np.argmax(g[active[i]])] = False
+                dead[np.argmax(g[active[i]][::b])] = False
             g = g.copy()
-            g[active[i][dead]] = 0.0
+            g[active[i][np.repeat(dead, b)]] = 0.0
             out.append(g)
         return _balance(out)
 

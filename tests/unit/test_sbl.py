@@ -319,31 +319,46 @@ def test_a_rejected_extrapolation_returns_to_the_plain_update():
     assert est.history_["gamma_change"][-1] < 1e-3
 
 
-@pytest.mark.parametrize("shapes", [[(3, 5), (4, 3)], [(3, 5), (4, 3), (2, 3)]])
-def test_slice_evidence_equals_the_dense_evidence(shapes, rng):
-    """Scaling one factor entry γ_i[a] by c (c = 0: removing its slice) changes the dense
-    log evidence by exactly slice_evidence(c) from the E-step's slice sums."""
+@pytest.mark.parametrize(
+    ("shapes", "blocks"),
+    [
+        ([(3, 5), (4, 3)], [1, 1]),
+        ([(3, 5), (4, 3), (2, 3)], [1, 1, 1]),
+        ([(3, 4), (4, 6)], [2, 3]),
+        ([(3, 4), (2, 2), (4, 6)], [2, 1, 2]),
+    ],
+)
+def test_slice_evidence_equals_the_dense_evidence(shapes, blocks, rng):
+    """Scaling one factor entry γ_i[a] (with blocks: one whole block) by c (c = 0: removing
+    its slice) changes the dense log evidence by exactly slice_evidence(c) from the
+    E-step's slice sums."""
     factors = [rng.standard_normal(s) for s in shapes]
     Phi = functools.reduce(np.kron, factors)
-    model = KroneckerSBLModel(factors, remove_dead=True)
-    params = _kron_params(shapes, rng)
+    model = KroneckerSBLModel(factors, remove_dead=True, block_sizes=blocks)
+    params = _kron_params(shapes, rng, zero=False)
+    for i, b in enumerate(blocks):  # block-constant factors, the first block pruned
+        g = np.repeat(params[f"gamma_{i + 1}"][::b], b)
+        g[:b] = 0.0 if i in (0, len(blocks) - 1) else g[:b]
+        params[f"gamma_{i + 1}"] = g
     Y = rng.standard_normal((3, Phi.shape[0]))
     post = model.posterior(params)
+    assert post.blocks == blocks
     stats = model.estep_batch(Y, post, slices=True)
     variances = post.slice_variances()
     active = model.active_factors(params)
     dims = [int(a.sum()) for a in active]
     base = dense_posterior(Phi, model.gamma(params), 0.16, Y)[2].sum()
-    for i in range(len(shapes)):
+    scalings = (0.0, 0.3, 2.5)
+    for i, b in enumerate(blocks):
         T = np.moveaxis(stats[f"slice_{i + 1}"][post.index].reshape(dims), i, 0)
         D = np.moveaxis(variances[i].reshape(dims), i, 0)
         profile = slice_evidence(
-            np.array([0.0, 0.3, 2.5]), T.reshape(dims[i], -1), D.reshape(dims[i], -1), 3
+            np.array(scalings), T.reshape(dims[i] // b, -1), D.reshape(dims[i] // b, -1), 3
         )
-        for row, a in enumerate(np.flatnonzero(active[i])):
-            for col, c in enumerate((0.0, 0.3, 2.5)):
+        for row, a in enumerate(np.flatnonzero(active[i])[::b]):
+            for col, c in enumerate(scalings):
                 scaled = {k: np.array(v, copy=True) for k, v in params.items()}
-                scaled[f"gamma_{i + 1}"][a] *= c
+                scaled[f"gamma_{i + 1}"][a : a + b] *= c
                 exact = dense_posterior(Phi, model.gamma(scaled), 0.16, Y)[2].sum() - base
                 assert profile[row, col] == pytest.approx(exact, rel=1e-9, abs=1e-9)
 
