@@ -2,7 +2,8 @@
 
     python benchmarks/bench_krosbl.py [--sizes 16 32 64 128] [--snrs 0 10 20 30]
         [--trials 10 10 4 2] [--sparsity 4] [--dense-max 1024] [--dense-speed-max 4096]
-        [--dense-speed-snrs 20] [--block-trials 10] [--speed-repeats 3] [--speed-only]
+        [--dense-speed-snrs 20] [--block-trials 10] [--block-sizes 32] [--block-snrs 0 10]
+        [--block-only] [--speed-repeats 3] [--speed-only]
         [--record krosbl] [--quick]
 
 "KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``);
@@ -26,8 +27,11 @@ support. Dense SBL and OMP run for n <= ``--dense-max``; at n = ``--dense-speed-
 SBL fits one problem at each of ``--dense-speed-snrs`` (for the speed ratio only: one
 dense fit there takes minutes).
 
-A block-sparse experiment (n = 1024, blocks of 2 on both factors, 2 × 2 active blocks)
-compares block KroSBL with plain KroSBL at 0 and 10 dB over ``--block-trials`` problems.
+A block-sparse experiment (two n_i/2 × n_i factors for each n_i of ``--block-sizes``,
+default 32, i.e. n = 1024; blocks of 2 on both factors, 2 × 2 active blocks) compares block
+KroSBL with plain KroSBL and with block KroSBL as before its dead-block test ("block
+before": ``remove_dead=False, evidence_tol=None``) at ``--block-snrs`` (default 0 and 10 dB)
+over ``--block-trials`` problems; ``--block-only`` runs only this experiment.
 
 Writes benchmarks/results/<record>.json and the plots benchmarks/<record>_{snr,runtime}.png
 (``--record``, default "krosbl"); ``--speed-only`` writes benchmarks/results/krosbl_speed.json.
@@ -96,8 +100,12 @@ def oracle(p) -> np.ndarray:
     return x
 
 
-def run_method(name: str, p, block: int | None = None, evidence_tol: float = 1.0) -> dict:
-    """x̂ (n,), support (n,), iterations and seconds of one method on one problem."""
+def run_method(
+    name: str, p, block: int | None = None, evidence_tol: float = 1.0, extra: dict | None = None
+) -> dict:
+    """x̂ (n,), support (n,), iterations and seconds of one method on one problem
+    (``extra``: more KroneckerSBL arguments)."""
+    extra_ = extra
     start = time.perf_counter()
     iterations, sigma = 0, float("nan")
     if name == "oracle":
@@ -118,7 +126,9 @@ def run_method(name: str, p, block: int | None = None, evidence_tol: float = 1.0
                 extra = {"remove_dead": False, "evidence_tol": None}
             if name.endswith("etol"):
                 extra = {"evidence_tol": evidence_tol}
-            est = KroneckerSBL(factors=p.factors, method=method, block_size=block, **extra)
+            est = KroneckerSBL(
+                factors=p.factors, method=method, block_size=block, **{**extra, **(extra_ or {})}
+            )
         est.fit(p.Y)
         x, support, iterations = est.coef_[0], est.gamma_ > 0, est.n_iter_
         sigma = est.sigma_ / p.sigma
@@ -162,25 +172,58 @@ def accuracy(n_i, snr, trials, sparsity, methods, seed0, evidence_tol=1.0):
     return {m: summarise(r) for m, r in runs.items()}
 
 
-def block_experiment(trials, snrs):
-    """Block KroSBL (blocks of 2) against plain KroSBL on block-sparse problems, n = 1024."""
-    out = {}
-    for snr in snrs:
-        runs: dict[str, list] = {}
-        for trial in range(trials):
-            p = kronecker_problem(
-                [(16, 32)] * 2,
-                sparsity=2,
-                snr_db=snr,
-                block=True,
-                block_size=2,
-                random_state=5000 + trial,
-            )
-            for method in ("AM", "SVD"):
-                for block in (None, 2):
-                    name = f"KroSBL-{method}" + (" block" if block else "")
-                    runs.setdefault(name, []).append(run_method(f"KroSBL-{method}", p, block))
-        out[str(snr)] = {m: summarise(r) for m, r in runs.items()}
+#: block-sparse experiment: method name -> (method, block_size, extra arguments);
+#: "before": block KroSBL as before session 6's block test (no removal, no evidence stop)
+BLOCK_METHODS = {
+    "KroSBL-AM": ("AM", None, {}),
+    "KroSBL-AM block": ("AM", 2, {}),
+    "KroSBL-AM block before": ("AM", 2, {"remove_dead": False, "evidence_tol": None}),
+    "KroSBL-SVD": ("SVD", None, {}),
+    "KroSBL-SVD block": ("SVD", 2, {}),
+    "KroSBL-SVD block before": ("SVD", 2, {"remove_dead": False, "evidence_tol": None}),
+}
+
+
+def block_experiment(trials, snrs, sizes=(32,), evidence_tol=None):
+    """Block KroSBL (blocks of 2) against plain KroSBL on block-sparse problems (two
+    n_i/2 × n_i factors for each n_i of ``sizes``, 2 × 2 active blocks of 2), ``trials``
+    problems per size (one count per size, or one for all) and SNR. With ``evidence_tol``
+    also "KroSBL-AM block etol" (block AM with that evidence_tol)."""
+    trials = list(trials) if len(trials) == len(sizes) else list(trials[:1]) * len(sizes)
+    methods = dict(BLOCK_METHODS)
+    if evidence_tol is not None:
+        methods["KroSBL-AM block etol"] = ("AM", 2, {"evidence_tol": evidence_tol})
+    out: dict[str, dict] = {}
+    for n_i, count in zip(sizes, trials, strict=True):
+        out[str(n_i)] = {}
+        for snr in snrs:
+            runs: dict[str, list] = {m: [] for m in methods}
+            for trial in range(count):
+                p = kronecker_problem(
+                    [(n_i // 2, n_i)] * 2,
+                    sparsity=2,
+                    snr_db=snr,
+                    block=True,
+                    block_size=2,
+                    random_state=5000 + trial,
+                )
+                for name, (method, block, extra) in methods.items():
+                    runs[name].append(run_method(f"KroSBL-{method}", p, block, extra=extra))
+            out[str(n_i)][str(snr)] = {m: summarise(r) for m, r in runs.items()}
+            for m, r in out[str(n_i)][str(snr)].items():
+                log.info(
+                    "block n=%5d SNR %4.0f %-24s NMSE mean %6.1f median %6.1f exact %.2f "
+                    "it median %4.0f max %3d | %.3f s/fit",
+                    n_i * n_i,
+                    snr,
+                    m,
+                    r["nmse_mean_db"],
+                    r["nmse_median_db"],
+                    r["exact_support"],
+                    r["iterations_median"],
+                    r["iterations_max"],
+                    r["seconds_median"],
+                )
     return out
 
 
@@ -232,18 +275,26 @@ def markdown(record: dict) -> str:
                     f"{r['exact_support']:.2f} | {its} | {r['seconds_median']:.3f} |"
                 )
         lines.append("")
-    lines += [
-        "Block-sparse problems (n = 1024, blocks of 2, 2×2 active blocks):",
-        "",
-        "| SNR dB | method | NMSE mean / median dB | exact | iterations median |",
-        "|---:|---|---:|---:|---:|",
-    ]
-    for snr, row in record["block"].items():
-        for m, r in row.items():
-            lines.append(
-                f"| {float(snr):g} | {m} | {r['nmse_mean_db']:.1f} / {r['nmse_median_db']:.1f} "
-                f"| {r['exact_support']:.2f} | {r['iterations_median']:.0f} |"
-            )
+    block = record["block"]
+    if block and "KroSBL-AM" in next(iter(block.values())):  # records before session 6
+        block = {"32": block}
+    for n_i, rows in block.items():
+        lines += [
+            f"Block-sparse problems (n = {int(n_i) ** 2}, blocks of 2, 2×2 active blocks):",
+            "",
+            "| SNR dB | method | trials | NMSE mean / median / worst dB | exact | "
+            "iterations median / max | s per fit |",
+            "|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for snr, row in rows.items():
+            for m, r in row.items():
+                lines.append(
+                    f"| {float(snr):g} | {m} | {r['trials']} | {r['nmse_mean_db']:.1f} / "
+                    f"{r['nmse_median_db']:.1f} / {r['nmse_worst_db']:.1f} | "
+                    f"{r['exact_support']:.2f} | {r['iterations_median']:.0f} / "
+                    f"{r['iterations_max']} | {r['seconds_median']:.3f} |"
+                )
+        lines.append("")
     for key, row in record.get("speed", {}).items():
         lines += [
             "",
@@ -315,7 +366,20 @@ def main() -> None:
     parser.add_argument("--dense-max", type=int, default=1024)
     parser.add_argument("--dense-speed-max", type=int, default=4096)
     parser.add_argument("--dense-speed-snrs", type=float, nargs="+", default=[20.0])
-    parser.add_argument("--block-trials", type=int, default=10)
+    parser.add_argument(
+        "--block-trials",
+        type=int,
+        nargs="+",
+        default=[10],
+        help="block-sparse problems per size (one count per --block-sizes, or one for all)",
+    )
+    parser.add_argument(
+        "--block-sizes", type=int, nargs="+", default=[32], help="n_i of the block problems"
+    )
+    parser.add_argument("--block-snrs", type=float, nargs="+", default=[0.0, 10.0])
+    parser.add_argument(
+        "--block-only", action="store_true", help="only the block-sparse experiment"
+    )
     parser.add_argument(
         "--speed-repeats",
         type=int,
@@ -342,14 +406,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.from_json is not None:
         record = json.loads(args.from_json.read_text())
-        snrs = list(next(iter(record["table"].values())))
-        plot(record["table"], [int(n) for n in record["table"]], snrs, args.record)
+        if record["table"]:
+            snrs = list(next(iter(record["table"].values())))
+            plot(record["table"], [int(n) for n in record["table"]], snrs, args.record)
         print(markdown(record))
         return
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("prosper").setLevel(logging.WARNING)
     if args.quick:
-        args.sizes, args.trials, args.block_trials = [16, 32], [2], 2
+        args.sizes, args.trials, args.block_trials = [16, 32], [2], [2]
+    if args.block_only:
+        args.sizes, args.speed_repeats = [], 0
     trials = (
         args.trials if len(args.trials) == len(args.sizes) else args.trials[:1] * len(args.sizes)
     )
@@ -415,20 +482,12 @@ def main() -> None:
                     r["seconds_median"],
                     r["trials"],
                 )
-    blocks = block_experiment(args.block_trials, [0.0, 10.0])
-    for snr, row in blocks.items():
-        for m, r in row.items():
-            log.info(
-                "block n=1024 SNR %s %-16s NMSE mean %6.1f median %6.1f exact %.2f it %4.0f",
-                snr,
-                m,
-                r["nmse_mean_db"],
-                r["nmse_median_db"],
-                r["exact_support"],
-                r["iterations_median"],
-            )
+    blocks = block_experiment(
+        args.block_trials, args.block_snrs, args.block_sizes, args.evidence_tol
+    )
     elapsed = time.perf_counter() - t0
-    plot(table, args.sizes, [str(s) for s in args.snrs], args.record)
+    if table:
+        plot(table, args.sizes, [str(s) for s in args.snrs], args.record)
     record = {
         "benchmark": "krosbl",
         "command": " ".join(sys.argv),
