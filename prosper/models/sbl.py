@@ -55,7 +55,10 @@ snapshots of its squared means there (:meth:`GaussianPosterior.slice_means2`, an
 statistic); an entry whose evidence is largest at c = 0 is removed (:func:`dead_slices`).
 
 Block sparsity (He & Joseph's block KroSBL): γ_i is constant on consecutive blocks of
-``block_sizes[i]`` entries; both updates then act on block sums/means.
+``block_sizes[i]`` entries; both updates then act on block sums/means. The slice of a block
+of b entries has a posterior covariance made of independent b × b blocks, one per eigen
+index of the other factors; in the eigenvectors of each of them the same closed form holds,
+so whole blocks are tested and removed alike.
 Entries below ``prune`` times the largest entry of their factor are set to zero for good.
 """
 
@@ -811,11 +814,14 @@ SLICE_GRID = np.geomspace(1e-6, 1e3, 37)
 
 
 def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
-    """Change of the log evidence when one factor entry γ_i[a] is scaled by c, all else fixed.
+    """Change of the log evidence when one factor entry γ_i[a] (or one block of entries)
+    is scaled by c, all else fixed.
 
     In the whitened coordinates of the slice of entry a (rotated into the other factors'
-    eigenbases) the prior N(0, I) becomes N(0, c I) and the posterior of snapshot l is
-    N(m_l, diag d); the evidence ratio is the posterior expectation of the prior ratio::
+    eigenbases and, for a block, into the eigenvectors of each b × b block of its
+    covariance, :meth:`GaussianPosterior.slice_means2`) the prior N(0, I) becomes N(0, c I)
+    and the posterior of snapshot l is N(m_l, diag d); the evidence ratio is the posterior
+    expectation of the prior ratio::
 
         log p(Y | c) - log p(Y | 1) = Σ_k [ -(L/2) log(c + (1 - c) d_k)
                                             - (1 - c) T_k / (2 (c + (1 - c) d_k)) ],
@@ -842,7 +848,7 @@ def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.nd
 
 
 def dead_slices(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
-    """Factor entries whose evidence, the others fixed, is largest at γ_i[a] = 0.
+    """Factor entries (or blocks) whose evidence, the others fixed, is largest at zero.
 
     The Kronecker form of the deletion rule of Tipping & Faul (2003): an entry is dead
     when removing its slice raises the evidence (:func:`slice_evidence` at c = 0 above
@@ -878,6 +884,9 @@ class KroneckerSBLModel(_SBLBase):
         ``SVD_ITERATIONS`` rank-one approximations of the EM update followed by them.
     block_sizes : sequence of int or None, default=None
         Length of the blocks of each factor within which γ_i is shared (None: 1).
+    remove_dead : bool, default=False
+        Remove the factor entries (whole blocks) whose evidence is largest at zero
+        (:func:`dead_slices`), from :meth:`dead_test_phase` on.
 
     Notes
     -----

@@ -1,8 +1,9 @@
 """SBL / KroSBL under mpiexec: snapshots split over ranks give the 1-rank γ, σ and x̂.
 
 This file is also the MPI worker: ``python tests/mpi/test_sbl_mpi.py DATA.npz OUT_DIR`` fits
-classic SBL and both KroSBL variants on this rank's block of snapshots and, on rank 0, saves
-the fitted γ, σ, iteration counts, scores and the gathered x̂ to ``OUT_DIR/result.npz``.
+classic SBL and the KroSBL variants (block KroSBL too) on this rank's block of snapshots
+and, on rank 0, saves the fitted γ, σ, iteration counts, scores and the gathered x̂ to
+``OUT_DIR/result.npz``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def _worker(data_path: str, out_dir: str) -> None:
         "svd": KroneckerSBL(factors=factors, method="svd", n_iter=40, tol=None),
         "sbl": SBL(dictionary=np.kron(*factors), n_iter=25, tol=None),
         "am_tol": KroneckerSBL(factors=factors, method="am", tol=1e-5),
+        # blocks of 2 and (almost) no threshold: only the dead-block test removes blocks
+        "am_block": KroneckerSBL(
+            factors=factors, method="am", block_size=2, prune=1e-9, n_iter=40, tol=None
+        ),
     }
     result = {}
     for name, est in estimators.items():
@@ -66,7 +71,7 @@ def results(tmp_path_factory):
     return path, out
 
 
-@pytest.mark.parametrize("name", ["am", "svd", "sbl", "am_tol"])
+@pytest.mark.parametrize("name", ["am", "svd", "sbl", "am_tol", "am_block"])
 def test_one_and_two_ranks_give_the_same_model(results, name):
     _, out = results
     one, two = out[1], out[2]
