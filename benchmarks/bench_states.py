@@ -134,6 +134,11 @@ CONFIGS.update(
             "reassignment_ratio": 0.3,
             "n_init": 3,
         },
+        # session 6: the re-initialisation also takes the less used of two duplicate
+        # latents, and latents only ever on together are merged (new name: the code behind
+        # "-r3" changed again)
+        "et-T3l-r3m": {**_ET, **_T3L, "reassignment_ratio": 0.3},
+        "evo32-4-4-2-T3l-r3m": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
         "ttq-evo32-r3": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
         "ttq-et32-r3": {**_ET32, **_T3L, "reassignment_ratio": 0.3},
         # TSC (--model tsc) with the re-initialisation

@@ -42,10 +42,13 @@ class BSC(TruncatedEMEstimator):
     reassignment_ratio : float or None, default=None
         Every 5 iterations of the first half of the run, the least used latent is
         re-initialised to the unexplained part of a poorly explained data point if it is
-        used less than this fraction of the median latent: a latent that has settled on a
-        mixture of causes that others already explain gets a second chance (as
-        MiniBatchKMeans' reassignment in scikit-learn). None: 0.3 for BSC (measured on bars
-        over 20 seeds per size, benchmarks/RESULTS.md); 0 switches it off.
+        used less than this fraction of the median latent, or if its column duplicates
+        another's (cosine > 0.95): a latent that has settled on a mixture of causes that
+        others already explain gets a second chance (as MiniBatchKMeans' reassignment in
+        scikit-learn). At the same checks, latents that are only ever on together with
+        another are merged: each becomes the sum of a pair of columns that is on together
+        often (the user guide's "Unused latents"). None: 0.3 for BSC (measured on bars
+        over 20 seeds per size, benchmarks/RESULTS.md); 0 switches all of it off.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000

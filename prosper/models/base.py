@@ -291,6 +291,26 @@ class TruncatedModel(ABC):
         """
         raise NotImplementedError
 
+    def latent_similarity(self, params: Params) -> np.ndarray | None:
+        """Cosine similarity (H, H) of the latents' dictionary elements, or None where the
+        model does not look for duplicate latents (the solver then re-initialises only
+        under-used ones)."""
+        return None
+
+    def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Σ_n <s_g s_h> (H, H) for binary latents: how often two latents are on together
+        (the diagonal: how often each is on), from statistics summed over all ranks; None
+        where the model does not merge latents (:meth:`merged`)."""
+        return None
+
+    def merged(self, params: Params, sources: dict[int, tuple[int, ...]]) -> Params:
+        """``params`` with each latent ``h`` in ``sources`` standing for what the latents
+        ``sources[h]`` of ``params`` explain when they are on together.
+
+        Called only where :meth:`latent_pairs` is not None.
+        """
+        raise NotImplementedError
+
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).
 

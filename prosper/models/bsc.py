@@ -60,6 +60,26 @@ class BSCModel(LinearTruncatedModel):
         new = pi * self.H * A / B * mean_active if B > 0 else mean_active
         return {"pi": np.asarray(np.clip(new, PI_MIN, PI_MAX))}
 
+    def latent_similarity(self, params):
+        """Cosine similarity of the columns of W."""
+        norms = np.linalg.norm(params["W"], axis=0)
+        unit = params["W"] / np.where(norms > 0, norms, 1.0)
+        return unit.T @ unit
+
+    def latent_pairs(self, stats):
+        """Σ_n <s_g s_h>: for binary latents the second-moment statistic counts how often
+        two latents are on together."""
+        return np.asarray(stats["ss"], dtype=np.float64)
+
+    def merged(self, params, sources):
+        """Column h becomes the sum of the columns ``sources[h]`` (what they superpose to
+        when on together); the other columns, π and σ stay."""
+        W = np.array(params["W"], dtype=np.float64)
+        old = W.copy()
+        for h, group in sources.items():
+            W[:, h] = old[:, list(group)].sum(axis=1)
+        return {**params, "W": W}
+
     def perturb(self, params, scale, rng):
         if scale <= 0:
             return params

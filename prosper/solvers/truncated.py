@@ -46,6 +46,15 @@ REASSIGN_MISFIT_P = 1e-4
 #: worst are outliers with many causes, whose residual no single latent can take over), at
 #: most the point below which this fraction of all points lies
 REASSIGN_QUANTILE = 0.1
+#: two latents whose columns have a cosine above this are duplicates: the less used one is
+#: re-initialised as an unused one would be (:meth:`TruncatedModel.latent_similarity`)
+REASSIGN_DUPLICATE = 0.95
+#: two latents are merge candidates when they are on together in at least this share of
+#: the less used one's activations ...
+MERGE_SHARE = 0.4
+#: ... and at least this many times as often as independent latents with their usage would
+#: be (for binary latents, :meth:`TruncatedModel.latent_pairs`)
+MERGE_LIFT = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,25 @@ def misfit_margin(D: int) -> float:
     return 0.5 * float(chi2.isf(REASSIGN_MISFIT_P, D) - chi2.median(D))
 
 
+def _components(linked: np.ndarray) -> list[list[int]]:
+    """Connected groups (sorted lists of indices) of a symmetric boolean matrix."""
+    seen = np.zeros(linked.shape[0], dtype=bool)
+    groups = []
+    for start in range(linked.shape[0]):
+        if seen[start]:
+            continue
+        group, todo = [], [start]
+        seen[start] = True
+        while todo:
+            h = todo.pop()
+            group.append(h)
+            for g in np.flatnonzero(linked[h] & ~seen):
+                seen[g] = True
+                todo.append(int(g))
+        groups.append(sorted(group))
+    return groups
+
+
 class TruncatedEM:
     """The E- and M-step of truncated EM for one model, driven by :func:`run_em`.
 
@@ -103,9 +131,12 @@ class TruncatedEM:
     reassignment_ratio : float, default=0.0
         Every ``REASSIGN_EVERY`` iterations of the first half of the run, the least used
         latent is re-initialised if its usage (:meth:`TruncatedModel.latent_usage`) is
-        below this fraction of the median latent's: it takes the residual of a poorly
-        explained data point (:meth:`TruncatedModel.reassigned`). 0 never does. Models
-        without ``latent_usage`` ignore it.
+        below this fraction of the median latent's, or if its dictionary element
+        duplicates another's (:meth:`TruncatedModel.latent_similarity`): it takes the
+        residual of a poorly explained data point (:meth:`TruncatedModel.reassigned`).
+        Before that, latents that are only ever on together with others are merged
+        (:meth:`_merges`, for models with :meth:`TruncatedModel.latent_pairs`). 0 never
+        does either. Models without ``latent_usage`` ignore it.
     """
 
     def __init__(
@@ -346,7 +377,7 @@ class TruncatedEM:
             "n_cut": float(stats["n_cut"]),
         }
         if self._reassigning():
-            new, metrics["reassigned"] = self._reassign(stats, new, iteration)
+            new, metrics["reassigned"], metrics["merged"] = self._reassign(stats, new, iteration)
         self.params = new
         return metrics
 
@@ -408,25 +439,99 @@ class TruncatedEM:
         return comm.bcast(payload, root=owner)
 
     def _reassign(self, stats: dict[str, np.ndarray], params: Params, iteration: int):
-        """``params`` with the least used latent re-initialised to the spare point's
-        residual if its usage is below ``reassignment_ratio`` times the median's; also the
-        latent's index (-1: none)."""
+        """``params`` after this iteration's repairs of latents EM does not move out of a
+        local optimum, with the metrics ``reassigned`` (the re-initialised latent, -1: none)
+        and ``merged`` (how many latents a merge redefined).
+
+        First latents that are only ever on together with others are merged
+        (:meth:`_merges`); then the least used latent among those used less than
+        ``reassignment_ratio`` times the median latent, and the less used one of two
+        duplicates, takes the residual of the spare point (when there is one).
+        """
         spare, self._spare = self._spare, None
+        if not self._reassigns(iteration):
+            return params, -1.0, 0.0
+        sources = self._merges(stats)
+        if sources:
+            log.info(
+                "iteration %d: latents %s re-defined as the pairs %s they are on together as",
+                iteration,
+                sorted(sources),
+                [sources[h] for h in sorted(sources)],
+            )
+            params = self.model.merged(params, sources)
         if spare is None:
-            return params, -1.0
+            return params, -1.0, float(len(sources))
         usage = self.model.latent_usage(stats)
-        h = int(np.argmin(usage))
         median = float(np.median(usage))
-        if not usage[h] < self.reassignment_ratio * median:
-            return params, -1.0
+        candidate = usage < self.reassignment_ratio * median
+        similarity = self.model.latent_similarity(params)
+        if similarity is not None:
+            g, h = np.nonzero(np.triu(similarity, 1) > REASSIGN_DUPLICATE)
+            candidate[np.where(usage[g] <= usage[h], g, h)] = True
+        candidate[list(sources)] = False
+        if not candidate.any():
+            return params, -1.0, float(len(sources))
+        h = int(np.flatnonzero(candidate)[np.argmin(usage[candidate])])
         log.info(
-            "iteration %d: latent %d is used %.2g times as much as the median latent; "
+            "iteration %d: latent %d (used %.2g times as much as the median latent) "
             "re-initialised to explain a poorly explained data point",
             iteration,
             h,
             usage[h] / median if median > 0 else 0.0,
         )
-        return self.model.reassigned(params, h, *spare), float(h)
+        return self.model.reassigned(params, h, *spare), float(h), float(len(sources))
+
+    def _merges(self, stats: dict[str, np.ndarray]) -> dict[int, tuple[int, ...]]:
+        """Latents to redefine as pairs of latents that are on together: {h: (g, k)}.
+
+        Two latents are linked when they are on together in at least ``MERGE_SHARE`` of the
+        less used one's activations, at least ``MERGE_LIFT`` times as often as independent
+        latents would be, and at least ``reassignment_ratio`` times as often as the median
+        latent is on. In each group of linked latents the patterns that occur are each
+        latent alone (its activations without a linked partner) and each linked pair on
+        together; the group's latents are given its most frequent patterns, as many as it
+        has latents.
+
+        The local optima this leaves (seen on bars with π = 1/H): three latents stand for
+        three bars as (a + b − c)/2 and its rotations, so that every bar takes two of them;
+        or a latent b − a is only ever on together with a latent a. Every point is
+        explained, so no point is poorly explained and no latent unused; the merge gives
+        each bar a latent and the same fit with one active latent fewer per point.
+        """
+        pairs = self.model.latent_pairs(stats)
+        if pairs is None:
+            return {}
+        usage = np.diag(pairs).copy()
+        n = float(stats["n"])
+        smaller = np.minimum.outer(usage, usage)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share = np.where(smaller > 0, pairs / smaller, 0.0)
+            lift = np.where(smaller > 0, pairs * n / np.outer(usage, usage), 0.0)
+        # a pair on together as rarely as an under-used latent is on is no cause of its own
+        frequent = pairs >= self.reassignment_ratio * float(np.median(usage))
+        linked = (share >= MERGE_SHARE) & (lift >= MERGE_LIFT) & frequent
+        np.fill_diagonal(linked, False)
+        sources: dict[int, tuple[int, ...]] = {}
+        for group in _components(linked):
+            if len(group) < 2:
+                continue
+            alone = {h: usage[h] - pairs[h, group][linked[h, group]].sum() for h in group}
+            patterns = [(float(alone[h]), (h,)) for h in group]
+            patterns += [
+                (float(pairs[g, h]), (g, h)) for g in group for h in group if g < h and linked[g, h]
+            ]
+            # the most frequent first; ties by the lowest latents (the same on every rank)
+            patterns.sort(key=lambda p: (-p[0], p[1]))
+            chosen = [p for _, p in patterns[: len(group)]]
+            merged = [p for p in chosen if len(p) == 2]
+            free = [h for h in group if (h,) not in chosen]
+            for pair in merged:
+                # a member of the pair takes it where one is free
+                h = next((k for k in pair if k in free), free[0])
+                free.remove(h)
+                sources[h] = pair
+        return sources
 
     def _searched(self, Y: np.ndarray, rows: slice):
         """States of new rows: initialised, then ``search_rounds`` E-step searches at T=1.

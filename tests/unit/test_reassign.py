@@ -143,3 +143,69 @@ def test_reassignment_is_on_by_default_for_bsc_only(blocked):
 def test_reassignment_ratio_is_checked():
     with pytest.raises(ValueError, match="reassignment_ratio"):
         BSC(H=4, reassignment_ratio=1.5).fit(np.ones((10, 3)))
+
+
+def _triangle(W, a, b, c):
+    """W whose columns a, b, c stand for the bars a, b, c as (a + b − c)/2 and its
+    rotations: every single bar is the sum of two of them."""
+    W = W.copy()
+    A, B, C = W[:, a].copy(), W[:, b].copy(), W[:, c].copy()
+    W[:, a], W[:, b], W[:, c] = (A + B - C) / 2, (B + C - A) / 2, (C + A - B) / 2
+    return W
+
+
+def _compound(W, a, b):
+    """W whose column b is bar b minus bar a: bar b is column a and column b together."""
+    W = W.copy()
+    W[:, b] = W[:, b] - W[:, a]
+    return W
+
+
+@pytest.mark.parametrize(
+    "broken, n_merged",
+    [(lambda W: _triangle(W, 0, 1, 2), 3), (lambda W: _compound(W, 3, 7), 1)],
+    ids=["triangle", "compound"],
+)
+def test_latents_only_ever_on_together_are_merged_into_the_bars_they_stand_for(broken, n_merged):
+    """The local optima of bars at π = 1/H (benchmarks/RESULTS.md, session 6): EM keeps
+    them (every data point is explained), the merge gives each bar its own latent."""
+    data = bars(size=5, n_samples=600, pi=0.06, amplitude=10.0, sigma=2.0, random_state=5)
+    params = {"W": broken(data.W), "pi": np.asarray(0.06), "sigma": np.asarray(2.0)}
+    new, metrics = _step(BSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
+    plain, _ = _step(BSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, params, REASSIGN_EVERY)
+    assert _bars_found(plain["W"], data.W) < 10
+    assert metrics["merged"] == n_merged and metrics["reassigned"] == -1
+    assert _bars_found(new["W"], data.W, threshold=0.95) == 10
+
+
+def test_no_latents_are_merged_at_the_generating_parameters():
+    """Independent causes: two bars are on together as often as their usage predicts."""
+    data = bars(size=5, n_samples=600, pi=0.2, amplitude=10.0, sigma=2.0, random_state=5)
+    params = {"W": data.W.copy(), "pi": np.asarray(0.2), "sigma": np.asarray(2.0)}
+    _, metrics = _step(BSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
+    assert metrics["merged"] == 0
+
+
+def test_the_less_used_of_two_duplicate_latents_is_reinitialised():
+    """Two columns hold bar 1 (usage split between them, neither under-used by the ratio);
+    bar 0 has none, so its points are poorly explained: a duplicate takes one of them."""
+    data = bars(size=5, n_samples=400, pi=0.2, amplitude=10.0, sigma=2.0, random_state=3)
+    W = data.W.copy()
+    W[:, 0] = 1.02 * W[:, 1]
+    params = {"W": W, "pi": np.asarray(0.2), "sigma": np.asarray(2.0)}
+    new, metrics = _step(BSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
+    learner = _learner(BSC(**SETTINGS), data.Y, params)
+    usage = np.diag(learner.estep(data.Y, Communicator(None), REASSIGN_EVERY)["ss"])
+    assert usage[0] > 0.3 * np.median(usage) and usage[1] > 0.3 * np.median(usage)
+    assert metrics["reassigned"] in (0.0, 1.0)
+    kept = 1 - int(metrics["reassigned"])
+    assert abs(np.corrcoef(new["W"][:, kept], data.W[:, 1])[0, 1]) > 0.99
+
+
+def test_bsc_defaults_find_every_bar_where_a_compound_latent_held_one_before():
+    """5x5 bars, π = 1/H, seed 9 of the grid (benchmarks/bench_states.py): with the
+    session-5 defaults one latent ended as bar 8 minus another bar (9 of 10 bars found)."""
+    data = bars(size=5, n_samples=2300, pi=0.1, amplitude=10.0, sigma=2.0, random_state=9)
+    est = BSC(H=10, n_iter=100, random_state=9, progress=False).fit(data.Y[:2000])
+    assert _bars_found(est.W_, data.W) == 10
+    assert (est.history_["merged"] > 0).any()
