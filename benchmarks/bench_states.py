@@ -742,11 +742,13 @@ def _execute(tasks: list[dict[str, Any]], path: Path, workers: int) -> None:
             )
 
 
-def summary(path: Path, configs: list[str] | None) -> str:
+def summary(paths: list[Path], configs: list[str] | None, models: list[str] | None = None) -> str:
     """Markdown table: recovery rate and median LL gap per grid point and configuration."""
     rows: dict[tuple, list[dict[str, Any]]] = {}
-    for r in _read(path):
+    for r in itertools.chain.from_iterable(_read(path) for path in paths):
         if "error" in r or (configs and r["config"] not in configs):
+            continue
+        if models and r.get("model", "bsc") not in models:
             continue
         group = (r.get("model", "bsc"), r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"])
         rows.setdefault(group, []).append(r)
@@ -802,6 +804,11 @@ def main(argv: list[str] | None = None) -> None:
     grid.add_argument("--configs", nargs="+", default=["et-T5p", "evo32-4-4-2-T3l"])
     grid.add_argument("--n-iter", type=int, default=100)
     grid.add_argument("--workers", type=int, default=2)
+    grid.add_argument(
+        "--records",
+        default="states_grid.jsonl",
+        help="file of JSON lines under benchmarks/results/ (one per session keeps merges apart)",
+    )
     ttq = sub.add_parser("ttq")
     ttq.add_argument("--seeds", type=_seeds, default=_seeds("0-5"))
     ttq.add_argument("--configs", nargs="+", default=["ttq-evo32", "ttq-et32"])
@@ -809,6 +816,8 @@ def main(argv: list[str] | None = None) -> None:
     ttq.add_argument("--workers", type=int, default=2)
     summ = sub.add_parser("summary")
     summ.add_argument("--configs", nargs="*", default=None)
+    summ.add_argument("--records", nargs="+", default=["states_grid.jsonl"])
+    summ.add_argument("--models", nargs="*", default=None)
     sub.add_parser("list")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -817,7 +826,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {cfg}")
         return
     if args.mode == "summary":
-        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+        print(summary([RESULTS / r for r in args.records], args.configs, args.models))
         if (RESULTS / "states_ttq.jsonl").exists():
             print()
             print(ttq_summary(RESULTS / "states_ttq.jsonl"))
@@ -845,8 +854,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         # interleave configurations so that compared runs see the same load
         tasks.sort(key=lambda t: (t["size"], t["n"], t["k_pi"], t["seed"], t["config"]))
-        _execute(tasks, RESULTS / "states_grid.jsonl", args.workers)
-        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+        _execute(tasks, RESULTS / args.records, args.workers)
+        print(summary([RESULTS / args.records], args.configs, [args.model]))
     else:
         tasks = [
             {
