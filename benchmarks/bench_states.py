@@ -754,16 +754,18 @@ def summary(paths: list[Path], configs: list[str] | None, models: list[str] | No
         rows.setdefault(group, []).append(r)
     lines = [
         "| model | bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
-        "| median s/fit | median s/E-step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bars found by failed runs | median s/fit | median s/E-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
         ok = [r for r in rs if r["recovered"]]
         gaps = [r["ll_gap"] for r in ok if r.get("ll_gap") is not None]
         gap = f"{np.median(gaps):.3f}" if gaps else "–"
+        failed = sorted(r["n_bars"] for r in rs if not r["recovered"])
+        failed_text = ", ".join(map(str, failed)) if failed else "–"
         lines.append(
             f"| {name} | {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} "
-            f"| {len(ok)}/{len(rs)} | {gap} "
+            f"| {len(ok)}/{len(rs)} | {gap} | {failed_text} "
             f"| {np.median([r['seconds_fit'] for r in rs]):.1f} "
             f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
         )
