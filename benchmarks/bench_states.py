@@ -2,7 +2,9 @@
 
     python benchmarks/bench_states.py grid [--model bsc] [--sizes 5 10] [--pis 1 2]
         [--ns 2000 10000] [--seeds 0-19] [--configs evo et ...] [--workers 2]
-    python benchmarks/bench_states.py summary [--configs ...]
+        [--records states_grid.jsonl]
+    python benchmarks/bench_states.py summary [--configs ...] [--records FILE ...]
+        [--models ...]
     python benchmarks/bench_states.py ttq [--seeds 0-5] [--configs evo32 et32] [--workers 2]
     python benchmarks/bench_states.py list
 
