@@ -2,22 +2,31 @@
 
     python benchmarks/bench_states.py grid [--model bsc] [--sizes 5 10] [--pis 1 2]
         [--ns 2000 10000] [--seeds 0-19] [--configs evo et ...] [--workers 2]
-    python benchmarks/bench_states.py summary [--configs ...]
+        [--records states_grid.jsonl]
+    python benchmarks/bench_states.py summary [--configs ...] [--records FILE ...]
+        [--models ...]
     python benchmarks/bench_states.py ttq [--seeds 0-5] [--configs evo32 et32] [--workers 2]
     python benchmarks/bench_states.py list
 
 ``grid`` fits BSC (or ``--model``: each model on its own bars variant, see ``MODELS``) on
 bars of the given sizes (size 5, 10, 16: H = 10, 20, 32) with π = k/H for each k of
-``--pis``, N data points, amplitude 10 and σ = 2 (the issue's problem), once per seed and
+``--pis``, N data points (BSC: amplitude 10 and σ = 2, the issue's problem), once per seed and
 configuration (a state set with its sizes and an annealing
 schedule: ``list`` prints them). Each run writes one JSON line to
 ``benchmarks/results/states_grid.jsonl``; runs already in the file are skipped, so an
 interrupted grid resumes. Per run it records whether every generating bar has a learned
-column with cosine > 0.9 after an optimal assignment (the absolute cosine for signed
-latents, whose columns are defined up to sign), the exact log-likelihood per point of the
-learned and of the generating parameters on 300 held-out points (all 2^H states for binary
-latents up to H = 20, all 3^H ternary states up to H = 12), the seconds of the fit and
-the median seconds per E-step.
+column with cosine > 0.9 after an optimal assignment (the absolute cosine where columns
+are defined up to sign: TSC, GSC), the exact log-likelihood per point of the learned and
+of the generating parameters on 300 held-out points (BSC: all 2^H states up to H = 20;
+TSC, DSC, MCA, MMCA, GSC: all V^H states or spike patterns up to H = 12, i.e. 5x5 bars
+only), the seconds of the fit, the median seconds per E-step and the git commit.
+
+Bars variants (``MODELS``): BSC binary bars, amplitude 10, σ = 2; TSC the same with a
+random sign per bar and point; DSC amplitudes 5, 10, 15 (values 0-3 in units of 5, each
+non-zero value with π/3), σ = 1, fitted with ``values=(0, 1, 2, 3)``; MCA binary bars
+combined by the maximum; MMCA bars with a fixed sign per bar (+ for even, − for odd h),
+the larger magnitude wins, H = number of bars; GSC spike-and-slab bars (height 1, slab
+N(5, 1), σ = 0.5). The configuration ``default`` is the estimator's defaults.
 
 ``summary`` prints, per grid point and configuration, the recovery rate and the median gap
 of the exact log-likelihood to the generating parameters' on the successful runs.
@@ -47,6 +56,7 @@ import multiprocessing  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -148,6 +158,9 @@ CONFIGS.update(
         # cause (main 9824f67): new names, since the code behind "-r3" changed
         "et63-T5l-ncl-r3b": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
         "et-T5l-ncl-r3b": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        # the estimator's defaults, whatever they are at the recorded commit (each record
+        # carries the commit): what a user gets without settings
+        "default": {},
     }
 )
 
@@ -246,6 +259,65 @@ def exact_loglik(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> float
     return float(np.mean(lse - yy * inv2s2 + const))
 
 
+def exact_loglik_discrete(
+    Y: np.ndarray,
+    W: np.ndarray,
+    values: np.ndarray,
+    probs: np.ndarray,
+    sigma: float,
+    chunk: int = 4096,
+) -> float:
+    """Mean exact log-likelihood per point of a linear model with discrete latents.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, D)
+    W : ndarray of shape (D, H)
+    values : ndarray of shape (V,)
+        The values each latent takes (TSC: 0, 1, -1; DSC: its value set).
+    probs : ndarray of shape (V,)
+        Their prior probabilities (independent latents).
+    sigma : float
+        Noise standard deviation.
+    chunk : int, default=4096
+        States per block (memory: chunk × N floats).
+
+    Returns
+    -------
+    float
+        (1/N) Σ_n log Σ_s p(s) N(y_n; W s, σ² I) over all V^H states.
+
+    Notes
+    -----
+    The states are enumerated in blocks; per block the log-joints of all points are one
+    product with Wᵀy, and the running log-sum-exp is updated per point. 3^10 states x 300
+    points take well under a second, 4^10 a few seconds.
+    """
+    _, D = Y.shape
+    H = W.shape[1]
+    values = np.asarray(values, dtype=np.float64)
+    V = values.size
+    if V**H > 2**21:
+        raise ValueError(f"exact log-likelihood over {V}^H states needs {V}^H <= 2^21; got H={H}.")
+    log_p = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-300, None))
+    WtY = W.T @ Y.T  # (H, N)
+    G = W.T @ W
+    inv2s2 = 1.0 / (2.0 * sigma**2)
+    digits = V ** np.arange(H)
+    total = np.full(Y.shape[0], -np.inf)
+    for start in range(0, V**H, chunk):
+        code = np.arange(start, min(start + chunk, V**H))
+        idx = (code[:, None] // digits[None, :]) % V  # (K, H) value indices
+        S = values[idx]
+        prior = log_p[idx].sum(axis=1)
+        quad = np.einsum("kh,hg,kg->k", S, G, S)
+        lj = (prior - quad * inv2s2)[:, None] + 2.0 * inv2s2 * (S @ WtY)  # (K, N)
+        total = np.logaddexp(total, logsumexp(lj, axis=0))
+    yy = np.einsum("nd,nd->n", Y, Y)
+    const = -0.5 * D * np.log(2 * np.pi * sigma**2)
+    return float(np.mean(total - yy * inv2s2 + const))
+
+
 def exact_loglik_ternary(
     Y: np.ndarray, W: np.ndarray, pi: float, sigma: float, chunk: int = 4096
 ) -> float:
@@ -258,41 +330,104 @@ def exact_loglik_ternary(
     pi, sigma : float
         p(s_h = ±1) = π/2 each, p(s_h = 0) = 1 − π; noise standard deviation.
     chunk : int, default=4096
-        States per block (memory: chunk × N floats).
 
     Returns
     -------
     float
-        (1/N) Σ_n log Σ_s p(s) N(y_n; W s, σ² I).
+        (1/N) Σ_n log Σ_s p(s) N(y_n; W s, σ² I), by :func:`exact_loglik_discrete`.
+    """
+    pi = float(np.clip(pi, 1e-12, 1 - 1e-12))
+    probs = np.array([1.0 - pi, pi / 2.0, pi / 2.0])
+    return exact_loglik_discrete(Y, W, np.array([0.0, 1.0, -1.0]), probs, sigma, chunk)
+
+
+def exact_loglik_max(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> float:
+    """Mean exact log-likelihood per point of MCA / MMCA (hard maximum) over all 2^H states.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, D)
+    W : ndarray of shape (D, H)
+    pi, sigma : float
+
+    Returns
+    -------
+    float
+        (1/N) Σ_n log Σ_s p(s) N(y_n; W̄(s), σ² I), where W̄_d(s) is the active cause of
+        largest magnitude, with its sign (MCA's W >= 0: the maximum); ties go to the first
+        cause, as in ``prosper.data.bars``.
 
     Notes
     -----
-    The states are enumerated in blocks; per block the log-joints of all points are one
-    product with Wᵀy, and the running log-sum-exp is updated per point. 3^10 states x 300
-    points take well under a second.
+    The generative model's hard maximum, not the ρ-smoothed maximum the E-step uses while
+    annealing. All 2^H noise-free images (2^H, D) are built at once: H <= 12.
     """
     _, D = Y.shape
     H = W.shape[1]
     if H > 12:
-        raise ValueError(f"exact log-likelihood over 3^H states needs H <= 12; got H={H}.")
+        raise ValueError(f"exact max-model log-likelihood needs H <= 12; got H={H}.")
     pi = float(np.clip(pi, 1e-12, 1 - 1e-12))
-    WtY = W.T @ Y.T  # (H, N)
-    G = W.T @ W
+    S = ((np.arange(2**H)[:, None] >> np.arange(H)[None, :]) & 1).astype(np.float64)
+    contrib = S[:, None, :] * W[None, :, :]  # (K, D, H)
+    winner = np.abs(contrib).argmax(axis=2)
+    clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]  # (K, D)
+    k = S.sum(axis=1)
+    prior = k * np.log(pi) + (H - k) * np.log1p(-pi)
     inv2s2 = 1.0 / (2.0 * sigma**2)
-    digits = 3 ** np.arange(H)
-    total = np.full(Y.shape[0], -np.inf)
-    for start in range(0, 3**H, chunk):
-        code = np.arange(start, min(start + chunk, 3**H))
-        S = ((code[:, None] // digits[None, :]) % 3).astype(np.float64)
-        S[S == 2] = -1.0  # digit 2 is the value -1
-        k = np.count_nonzero(S, axis=1)
-        prior = k * np.log(pi / 2.0) + (H - k) * np.log1p(-pi)
-        quad = np.einsum("kh,hg,kg->k", S, G, S)
-        lj = (prior - quad * inv2s2)[:, None] + 2.0 * inv2s2 * (S @ WtY)  # (K, N)
-        total = np.logaddexp(total, logsumexp(lj, axis=0))
+    lj = (prior - inv2s2 * np.einsum("kd,kd->k", clean, clean))[:, None] + 2.0 * inv2s2 * (
+        clean @ Y.T
+    )
     yy = np.einsum("nd,nd->n", Y, Y)
     const = -0.5 * D * np.log(2 * np.pi * sigma**2)
-    return float(np.mean(total - yy * inv2s2 + const))
+    return float(np.mean(logsumexp(lj, axis=0) - yy * inv2s2 + const))
+
+
+def exact_loglik_gsc(
+    Y: np.ndarray,
+    W: np.ndarray,
+    pi: np.ndarray,
+    mu: np.ndarray,
+    psi: np.ndarray,
+    sigma: float,
+) -> float:
+    """Mean exact log-likelihood per point of GSC over all 2^H spike patterns.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (N, D)
+    W : ndarray of shape (D, H)
+    pi, mu, psi : ndarray of shape (H,)
+        Spike probabilities, slab means and slab variances.
+    sigma : float
+
+    Returns
+    -------
+    float
+        (1/N) Σ_n log Σ_b p(b) N(y_n; W_b μ_b, σ² I + W_b diag(Ψ_b) W_bᵀ): the slab
+        integrated out exactly per pattern b.
+
+    Notes
+    -----
+    One D x D Cholesky factorisation per pattern (a Python loop over 2^H patterns): H <= 12.
+    """
+    N, D = Y.shape
+    H = W.shape[1]
+    if H > 12:
+        raise ValueError(f"exact GSC log-likelihood needs H <= 12; got H={H}.")
+    pi = np.clip(np.broadcast_to(np.asarray(pi, dtype=np.float64), (H,)), 1e-12, 1 - 1e-12)
+    mu = np.broadcast_to(np.asarray(mu, dtype=np.float64), (H,))
+    psi = np.broadcast_to(np.asarray(psi, dtype=np.float64), (H,))
+    out = np.empty((2**H, N))
+    for code in range(2**H):
+        b = ((code >> np.arange(H)) & 1).astype(bool)
+        Wb = W[:, b]
+        C = sigma**2 * np.eye(D) + (Wb * psi[b]) @ Wb.T
+        L = np.linalg.cholesky(C)
+        r = np.linalg.solve(L, (Y - Wb @ mu[b]).T)  # (D, N)
+        logdet = 2.0 * np.sum(np.log(np.diag(L)))
+        prior = np.sum(np.log(pi[b])) + np.sum(np.log1p(-pi[~b]))
+        out[code] = prior - 0.5 * (np.einsum("dn,dn->n", r, r) + logdet + D * np.log(2 * np.pi))
+    return float(np.mean(logsumexp(out, axis=0)))
 
 
 def match_bars(
@@ -323,38 +458,137 @@ def match_bars(
     return int(np.sum(cos[rows, cols] > threshold))
 
 
-#: each model on its own bars variant: estimator, bars() arguments, whether columns are
+#: DSC's bars variant (benchmarks/bench_discrete.py): values 0..3 in units of 5, σ = 1
+DSC_VALUES = (0.0, 1.0, 2.0, 3.0)
+#: GSC's bars variant (examples/gsc_bars.toml): bars of height 1, slab N(5, 1), σ = 0.5
+GSC_MU, GSC_PSI, GSC_SIGMA = 5.0, 1.0, 0.5
+#: the exact log-likelihoods other than BSC's (enumerations of V^H states): up to this H
+H_EXACT_SMALL = 12
+
+#: each model on its own bars variant: estimator, data generator and its arguments, the
+#: model's own arguments (the data's value set; not a learning setting), whether columns are
 #: defined up to sign, and the exact log-likelihood (None: not computed)
 MODELS: dict[str, dict[str, Any]] = {
     "bsc": {"estimator": "BSC", "bars": {}, "signed": False, "exact": "binary"},
     "tsc": {"estimator": "TSC", "bars": {"signed": True}, "signed": True, "exact": "ternary"},
+    # discrete amplitudes 5, 10, 15, each with probability π/3
+    "dsc": {
+        "estimator": "DSC",
+        "bars": {"values": DSC_VALUES, "amplitude": 5.0, "sigma": 1.0},
+        "fit": {"values": DSC_VALUES},
+        "signed": False,
+        "exact": "discrete",
+    },
+    # bars combined by the maximum where they cross
+    "mca": {"estimator": "MCA", "bars": {"combine": "max"}, "signed": False, "exact": "max"},
+    # bars with a fixed sign per bar (+ for even, - for odd h), the larger magnitude wins
+    # (ties: the horizontal bar), binary causes: H = number of bars
+    "mmca": {
+        "estimator": "MMCA",
+        "generator": "fixed_sign_max",
+        "bars": {},
+        "signed": False,
+        "exact": "max",
+    },
+    # spike-and-slab bars: each bar present with π, intensity N(5, 1); W defined up to scale
+    # and sign (absolute cosine)
+    "gsc": {"estimator": "GSC", "generator": "gsc", "bars": {}, "signed": True, "exact": "gsc"},
 }
 
 
-def _data(size: int, k_pi: int, n: int, seed: int, model: str = "bsc"):
+def _fixed_sign_max_bars(size: int, n: int, pi: float, seed: int):
+    """MMCA's bars variant: a fixed sign per bar, the active bar of largest magnitude wins."""
     from prosper.data import bars
 
+    base = bars(size=size, n_samples=n, pi=pi, amplitude=AMPLITUDE, sigma=SIGMA, random_state=seed)
+    signs = np.where(np.arange(2 * size) % 2 == 0, 1.0, -1.0)
+    W = base.W * signs
+    contrib = base.S[:, None, :] * W[None, :, :]  # (N, D, H)
+    winner = np.abs(contrib).argmax(axis=2)
+    clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
+    noise = np.random.default_rng([seed, 1]).standard_normal(clean.shape)
+    return SimpleNamespace(Y=clean + SIGMA * noise, W=W, pi=base.pi, sigma=SIGMA)
+
+
+def _data(size: int, k_pi: int, n: int, seed: int, model: str = "bsc"):
     H = 2 * size
-    data = bars(
-        size=size,
-        n_samples=n + N_TEST,
-        pi=k_pi / H,
-        amplitude=AMPLITUDE,
-        sigma=SIGMA,
-        random_state=seed,
-        **MODELS[model]["bars"],
-    )
+    spec = MODELS[model]
+    generator = spec.get("generator", "bars")
+    if generator == "gsc":
+        from prosper.data.spike_slab import gsc_data
+
+        data = gsc_data(
+            n + N_TEST,
+            D=size * size,
+            H=H,
+            pi=k_pi / H,
+            mu=GSC_MU,
+            psi=GSC_PSI,
+            sigma=GSC_SIGMA,
+            dictionary="bars",
+            random_state=seed,
+        )
+    elif generator == "fixed_sign_max":
+        data = _fixed_sign_max_bars(size, n + N_TEST, k_pi / H, seed)
+    else:
+        from prosper.data import bars
+
+        kwargs = {"amplitude": AMPLITUDE, "sigma": SIGMA, **spec["bars"]}
+        data = bars(size=size, n_samples=n + N_TEST, pi=k_pi / H, random_state=seed, **kwargs)
     return data, data.Y[:n], data.Y[n:]
 
 
+def _params(model: str, source: Any, fitted: bool) -> dict[str, Any]:
+    """The parameters the exact log-likelihood needs, of a fitted estimator or the data."""
+    kind = MODELS[model]["exact"]
+    suffix = "_" if fitted else ""
+    out = {
+        "W": getattr(source, "W" + suffix),
+        "pi": getattr(source, "pi" + suffix),
+        "sigma": float(getattr(source, "sigma" + suffix)),
+    }
+    if kind == "gsc":
+        out.update(mu=getattr(source, "mu" + suffix), psi=getattr(source, "psi" + suffix))
+    if kind == "discrete":
+        out["values"] = np.asarray(DSC_VALUES)
+        if not fitted:
+            out["pi"] = source.value_probs
+    return out
+
+
 def _exact(model: str, H: int):
-    """The exact log-likelihood function of ``model`` at H latents, or None."""
+    """The exact log-likelihood of ``model`` at H latents as a function of (Y, params), or None."""
     kind = MODELS[model]["exact"]
     if kind == "binary" and H <= H_EXACT:
-        return exact_loglik
-    if kind == "ternary" and H <= 12:
-        return exact_loglik_ternary
+        return lambda Y, p: exact_loglik(Y, p["W"], float(p["pi"]), p["sigma"])
+    if H > H_EXACT_SMALL:
+        return None
+    if kind == "ternary":
+        return lambda Y, p: exact_loglik_ternary(Y, p["W"], float(p["pi"]), p["sigma"])
+    if kind == "discrete":
+        return lambda Y, p: exact_loglik_discrete(Y, p["W"], p["values"], p["pi"], p["sigma"])
+    if kind == "max":
+        return lambda Y, p: exact_loglik_max(Y, p["W"], float(p["pi"]), p["sigma"])
+    if kind == "gsc":
+        return lambda Y, p: exact_loglik_gsc(Y, p["W"], p["pi"], p["mu"], p["psi"], p["sigma"])
     return None
+
+
+def _commit() -> str | None:
+    """The git commit of the benchmarked code (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip() or None
 
 
 def _key(task: dict[str, Any]) -> str:
@@ -375,7 +609,14 @@ def run_grid_task(task: dict[str, Any]) -> dict[str, Any]:
     data, Y, Y_test = _data(size, k_pi, n, seed, name)
     kwargs = dict(CONFIGS[task["config"]])
     estimator = getattr(prosper, spec["estimator"])
-    model = estimator(H=H, n_iter=task["n_iter"], random_state=seed, progress=False, **kwargs)
+    model = estimator(
+        H=H,
+        n_iter=task["n_iter"],
+        random_state=seed,
+        progress=False,
+        **spec.get("fit", {}),
+        **kwargs,
+    )
     t0 = time.perf_counter()
     model.fit(Y)
     seconds = time.perf_counter() - t0
@@ -386,18 +627,19 @@ def run_grid_task(task: dict[str, Any]) -> dict[str, Any]:
         pi=k_pi / H,
         settings=kwargs,
         n_bars=match_bars(model.W_, data.W, signed=spec["signed"]),
-        pi_learned=float(model.pi_),
+        pi_learned=np.asarray(model.pi_, dtype=float).tolist(),
         sigma_learned=float(model.sigma_),
         seconds_fit=seconds,
         seconds_estep_median=float(np.median(model.history_["seconds_estep"])),
         n_iter_run=int(model.n_iter_),
         load=os.getloadavg()[0],
+        commit=_commit(),
     )
     rec["recovered"] = rec["n_bars"] == H
     exact = _exact(name, H)
     if exact is not None:
-        ll = exact(Y_test, model.W_, float(model.pi_), float(model.sigma_))
-        ll_true = exact(Y_test, data.W, data.pi, data.sigma)
+        ll = exact(Y_test, _params(name, model, fitted=True))
+        ll_true = exact(Y_test, _params(name, data, fitted=False))
         rec.update(ll=ll, ll_true=ll_true, ll_gap=ll_true - ll)
     return rec
 
@@ -507,26 +749,30 @@ def _execute(tasks: list[dict[str, Any]], path: Path, workers: int) -> None:
             )
 
 
-def summary(path: Path, configs: list[str] | None) -> str:
+def summary(paths: list[Path], configs: list[str] | None, models: list[str] | None = None) -> str:
     """Markdown table: recovery rate and median LL gap per grid point and configuration."""
     rows: dict[tuple, list[dict[str, Any]]] = {}
-    for r in _read(path):
+    for r in itertools.chain.from_iterable(_read(path) for path in paths):
         if "error" in r or (configs and r["config"] not in configs):
+            continue
+        if models and r.get("model", "bsc") not in models:
             continue
         group = (r.get("model", "bsc"), r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"])
         rows.setdefault(group, []).append(r)
     lines = [
         "| model | bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
-        "| median s/fit | median s/E-step |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| bars found by failed runs | median s/fit | median s/E-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
         ok = [r for r in rs if r["recovered"]]
         gaps = [r["ll_gap"] for r in ok if r.get("ll_gap") is not None]
         gap = f"{np.median(gaps):.3f}" if gaps else "–"
+        failed = sorted(r["n_bars"] for r in rs if not r["recovered"])
+        failed_text = ", ".join(map(str, failed)) if failed else "–"
         lines.append(
             f"| {name} | {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} "
-            f"| {len(ok)}/{len(rs)} | {gap} "
+            f"| {len(ok)}/{len(rs)} | {gap} | {failed_text} "
             f"| {np.median([r['seconds_fit'] for r in rs]):.1f} "
             f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
         )
@@ -567,6 +813,11 @@ def main(argv: list[str] | None = None) -> None:
     grid.add_argument("--configs", nargs="+", default=["et-T5p", "evo32-4-4-2-T3l"])
     grid.add_argument("--n-iter", type=int, default=100)
     grid.add_argument("--workers", type=int, default=2)
+    grid.add_argument(
+        "--records",
+        default="states_grid.jsonl",
+        help="file of JSON lines under benchmarks/results/ (one per session keeps merges apart)",
+    )
     ttq = sub.add_parser("ttq")
     ttq.add_argument("--seeds", type=_seeds, default=_seeds("0-5"))
     ttq.add_argument("--configs", nargs="+", default=["ttq-evo32", "ttq-et32"])
@@ -574,6 +825,8 @@ def main(argv: list[str] | None = None) -> None:
     ttq.add_argument("--workers", type=int, default=2)
     summ = sub.add_parser("summary")
     summ.add_argument("--configs", nargs="*", default=None)
+    summ.add_argument("--records", nargs="+", default=["states_grid.jsonl"])
+    summ.add_argument("--models", nargs="*", default=None)
     sub.add_parser("list")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -582,7 +835,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: {cfg}")
         return
     if args.mode == "summary":
-        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+        print(summary([RESULTS / r for r in args.records], args.configs, args.models))
         if (RESULTS / "states_ttq.jsonl").exists():
             print()
             print(ttq_summary(RESULTS / "states_ttq.jsonl"))
@@ -610,8 +863,8 @@ def main(argv: list[str] | None = None) -> None:
         ]
         # interleave configurations so that compared runs see the same load
         tasks.sort(key=lambda t: (t["size"], t["n"], t["k_pi"], t["seed"], t["config"]))
-        _execute(tasks, RESULTS / "states_grid.jsonl", args.workers)
-        print(summary(RESULTS / "states_grid.jsonl", args.configs))
+        _execute(tasks, RESULTS / args.records, args.workers)
+        print(summary([RESULTS / args.records], args.configs, [args.model]))
     else:
         tasks = [
             {
