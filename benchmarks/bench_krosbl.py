@@ -249,6 +249,23 @@ def speed(n_i: int, snr: float, repeats: int) -> dict:
     return out
 
 
+TABLE_HEAD = [
+    "| SNR dB | method | trials | NMSE mean / median / worst dB | exact | "
+    "iterations median / max | s per fit |",
+    "|---:|---|---:|---:|---:|---:|---:|",
+]
+
+
+def _table_row(snr: str, method: str, r: dict, with_iterations: bool = True) -> str:
+    """One line of a results table (TABLE_HEAD's columns)."""
+    its = f"{r['iterations_median']:.0f} / {r['iterations_max']}" if with_iterations else "–"
+    return (
+        f"| {float(snr):g} | {method} | {r['trials']} | {r['nmse_mean_db']:.1f} / "
+        f"{r['nmse_median_db']:.1f} / {r['nmse_worst_db']:.1f} | "
+        f"{r['exact_support']:.2f} | {its} | {r['seconds_median']:.3f} |"
+    )
+
+
 def markdown(record: dict) -> str:
     """Tables of a record: per n, one row per SNR and method."""
     lines = []
@@ -258,22 +275,11 @@ def markdown(record: dict) -> str:
         lines += [
             f"n = {n} (two {int(n_i) // 2}×{n_i} factors, m = {n // 4}):",
             "",
-            "| SNR dB | method | trials | NMSE mean / median / worst dB | exact | "
-            "iterations median / max | s per fit |",
-            "|---:|---|---:|---:|---:|---:|---:|",
+            *TABLE_HEAD,
         ]
         for snr, row in rows.items():
             for m, r in row.items():
-                its = (
-                    "–"
-                    if m in ("oracle", "OMP")
-                    else (f"{r['iterations_median']:.0f} / {r['iterations_max']}")
-                )
-                lines.append(
-                    f"| {float(snr):g} | {m} | {r['trials']} | {r['nmse_mean_db']:.1f} / "
-                    f"{r['nmse_median_db']:.1f} / {r['nmse_worst_db']:.1f} | "
-                    f"{r['exact_support']:.2f} | {its} | {r['seconds_median']:.3f} |"
-                )
+                lines.append(_table_row(snr, m, r, with_iterations=m not in ("oracle", "OMP")))
         lines.append("")
     block = record["block"]
     if block and "KroSBL-AM" in next(iter(block.values())):  # records before session 6
@@ -282,18 +288,11 @@ def markdown(record: dict) -> str:
         lines += [
             f"Block-sparse problems (n = {int(n_i) ** 2}, blocks of 2, 2×2 active blocks):",
             "",
-            "| SNR dB | method | trials | NMSE mean / median / worst dB | exact | "
-            "iterations median / max | s per fit |",
-            "|---:|---|---:|---:|---:|---:|---:|",
+            *TABLE_HEAD,
         ]
         for snr, row in rows.items():
             for m, r in row.items():
-                lines.append(
-                    f"| {float(snr):g} | {m} | {r['trials']} | {r['nmse_mean_db']:.1f} / "
-                    f"{r['nmse_median_db']:.1f} / {r['nmse_worst_db']:.1f} | "
-                    f"{r['exact_support']:.2f} | {r['iterations_median']:.0f} / "
-                    f"{r['iterations_max']} | {r['seconds_median']:.3f} |"
-                )
+                lines.append(_table_row(snr, m, r))
         lines.append("")
     for key, row in record.get("speed", {}).items():
         lines += [
