@@ -101,6 +101,15 @@ def test_explicit_state_terms_match_the_dense_log_joint(model_class, backend):
     np.testing.assert_allclose(stats["sy"], np.einsum("bk,bkh,bd->dh", q, S, Y), rtol=1e-10)
 
 
+def _linear_problem(model_class, H: int, B: int, seed: int):
+    """A linear model with H latents on D = 9, its random parameters and B points from it."""
+    rng = np.random.default_rng(seed)
+    model = model_class(H, 9)
+    params = {"W": 2 * rng.normal(size=(9, H)), "pi": np.asarray(0.2), "sigma": np.asarray(0.6)}
+    Y, _ = model.sample(B, params, rng)
+    return model, params, Y
+
+
 def _brute_force_map(model, Y, params):
     H = model.H
     all_states = np.array(list(itertools.product(range(len(model.values)), repeat=H)), np.uint8)
@@ -321,11 +330,8 @@ def test_fused_linear_search_makes_the_generic_search_s_choices(model_class):
     (NumPy bookkeeping and log-joints) over several E-steps."""
     from prosper.backends import get_backend
 
-    rng = np.random.default_rng(4)
-    H, D, B = 12, 9, 40
-    model = model_class(H, D)
-    params = {"W": 2 * rng.normal(size=(D, H)), "pi": np.asarray(0.2), "sigma": np.asarray(0.6)}
-    Y, _ = model.sample(B, params, rng)
+    H, B = 12, 40
+    model, params, Y = _linear_problem(model_class, H, B, seed=4)
     rows = np.arange(B) + 77
     results = []
     for backend in ("numpy", "numba"):
@@ -356,11 +362,8 @@ def test_fused_search_estep_equals_search_then_posterior(model_class):
     from prosper.backends import get_backend
     from prosper.backends.numpy_backend import log_normalise
 
-    rng = np.random.default_rng(5)
-    H, D, B = 12, 9, 40
-    model = model_class(H, D)
-    params = {"W": 2 * rng.normal(size=(D, H)), "pi": np.asarray(0.2), "sigma": np.asarray(0.6)}
-    Y, _ = model.sample(B, params, rng)
+    H, B = 12, 40
+    model, params, Y = _linear_problem(model_class, H, B, seed=5)
     rows = np.arange(B) + 11
     kernels = get_backend("numba")
     weight = np.where(np.arange(B) % 5 == 0, 0.0, 1.0)
