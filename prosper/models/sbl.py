@@ -65,6 +65,7 @@ Entries below ``prune`` times the largest entry of their factor are set to zero 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -100,8 +101,12 @@ SVD_UNPRUNED_REFINEMENT = 5
 
 
 def kron_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
-    """``np.kron(v_1, v_2, ...)`` of 1-D arrays, shape (Π len(v_i),)."""
-    return functools.reduce(np.kron, vectors)
+    """``np.kron(v_1, v_2, ...)`` of 1-D arrays, shape (Π len(v_i),).
+
+    Formed as flattened outer products: the same products as ``np.kron`` (bit for bit) at a
+    fraction of its call overhead, which dominates for the small factors of an iteration.
+    """
+    return functools.reduce(lambda a, b: np.multiply.outer(a, b).ravel(), vectors)
 
 
 def kron_matvec(mats: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
@@ -118,11 +123,17 @@ def kron_matvec(mats: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
         Row b is ``np.kron(A_1, ..., A_I) @ X[b]`` (row-major vec convention).
     """
     B = X.shape[0]
-    T = X.reshape(B, *(A.shape[1] for A in mats))
+    rest = math.prod(A.shape[1] for A in mats)
+    T = X
     # contracting mode 1 with A_i appends mode r_i at the end: after I steps the modes are
-    # back in order (B, r_1, ..., r_I)
+    # back in order (B, r_1, ..., r_I). Each step is np.tensordot(T, A_i, axes=([1], [1]))
+    # written out (the same transposed copy and matrix product, so the same round-off)
+    # without its per-call overhead.
     for A in mats:
-        T = np.tensordot(T, A, axes=([1], [1]))
+        r, c = A.shape
+        rest //= c
+        T = np.dot(T.reshape(B, c, rest).transpose(0, 2, 1).reshape(-1, c), A.T)
+        rest *= r
     return T.reshape(B, -1)
 
 
@@ -158,8 +169,14 @@ class GaussianPosterior:
     trace: float
     logdet: float
 
-    def whitened(self, Y: np.ndarray) -> np.ndarray:
-        """v_l = Γ^{-1/2} μ_l on the active entries for the rows of Y, shape (B, n_active)."""
+    def coordinates(self, Y: np.ndarray) -> np.ndarray | None:
+        """What :meth:`whitened` and :meth:`slice_means2` compute alike from the rows of Y,
+        so that an E-step batch computes it once (None: nothing to share)."""
+        return None
+
+    def whitened(self, Y: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+        """v_l = Γ^{-1/2} μ_l on the active entries for the rows of Y, shape (B, n_active)
+        (``coords``: :meth:`coordinates` of Y, when already computed)."""
         raise NotImplementedError
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -171,9 +188,10 @@ class GaussianPosterior:
         C = σ² I + Φ Γ Φᵀ (classic SBL only)."""
         raise NotImplementedError
 
-    def slice_means2(self, Y: np.ndarray) -> list[np.ndarray]:
+    def slice_means2(self, Y: np.ndarray, coords: np.ndarray | None = None) -> list[np.ndarray]:
         """Per factor, the sums over the rows of Y of the squared whitened slice means in
-        the other factors' eigenbases, each (n_active,) (Kronecker SBL only)."""
+        the other factors' eigenbases, each (n_active,) (Kronecker SBL only; ``coords``
+        as in :meth:`whitened`)."""
         raise NotImplementedError
 
     def slice_variances(self) -> list[np.ndarray]:
@@ -246,15 +264,15 @@ class _EigenPosterior(GaussianPosterior):
         self._shrink = shrink
         self._dims = [U.shape[0] for U in self.U]
 
-    def _eigen_coordinates(self, Y: np.ndarray) -> np.ndarray:
+    def coordinates(self, Y: np.ndarray) -> np.ndarray:
         """Z = Λ-weighted eigen coordinates of the rows of Y, v = (⊗ U_i) Z, (B, n_active)."""
         W = kron_matvec(self.factors_t, Y) * self.scale
         return kron_matvec(self.U_t, W) * self.inv
 
-    def whitened(self, Y: np.ndarray) -> np.ndarray:
-        return kron_matvec(self.U, self._eigen_coordinates(Y))
+    def whitened(self, Y: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
+        return kron_matvec(self.U, self.coordinates(Y) if coords is None else coords)
 
-    def slice_means2(self, Y: np.ndarray) -> list[np.ndarray]:
+    def slice_means2(self, Y: np.ndarray, coords: np.ndarray | None = None) -> list[np.ndarray]:
         """Per factor i, Σ_l of the squared whitened posterior means of the block slices
         of factor i in a basis that makes their posterior covariance diagonal, shape
         (n_active,) each (variances: :meth:`slice_variances`).
@@ -268,10 +286,15 @@ class _EigenPosterior(GaussianPosterior):
         Layout: as the active entries of x, with the b_i rotated coordinates of a block at
         the positions of its entries along mode i.
         """
-        Z = self._eigen_coordinates(Y).reshape(Y.shape[0], *self._dims)
+        B, dims = Y.shape[0], self._dims
+        Z = (self.coordinates(Y) if coords is None else coords).reshape(B, *dims)
         out = []
         for i, U in enumerate(self.U):
-            M = np.moveaxis(np.tensordot(Z, U, axes=([1 + i], [1])), -1, 1)
+            # np.moveaxis(np.tensordot(Z, U, axes=([1 + i], [1])), -1, 1), written out
+            last = [0, *(k + 1 for k in range(len(dims)) if k != i), i + 1]
+            M = np.dot(Z.transpose(last).reshape(-1, dims[i]), U.T)
+            M = M.reshape(B, *(d for k, d in enumerate(dims) if k != i), dims[i])
+            M = M.transpose(0, len(dims), *range(1, len(dims)))
             b = self.blocks[i]
             if b > 1:
                 # (B, a_i, ...) -> (B, blocks, b, R), rotated by Q (blocks, R, b, b)
@@ -287,20 +310,31 @@ class _EigenPosterior(GaussianPosterior):
         :meth:`slice_means2`, shape (n_active,) each. Without blocks, Σ_k U_i[a, k]²
         σ²/(σ² + λ_k) along mode i (the slice covariance is diagonal in the other
         factors' eigenbases); with blocks, the eigenvalues of each D_κ."""
-        out = []
-        for i in range(len(self.U)):
-            variances = self._block_basis(i)[0]  # (blocks, R, b)
-            out.append(
-                self._to_entry_layout(np.swapaxes(variances, 1, 2).reshape(self._dims[i], -1), i)
-            )
-        return out
+        return [self._to_entry_layout(self.factor_variances(i), i) for i in range(len(self.U))]
+
+    def factor_variances(self, i: int) -> np.ndarray:
+        """The variances of :meth:`slice_variances` of factor i with mode i first: rows the
+        a_i entries (b_i consecutive rows a block), columns the R = Π_{k≠i} a_k eigen
+        indices of the other factors, shape (a_i, R)."""
+        if self.blocks[i] == 1:  # what _block_basis gives for b = 1, without its reshapes
+            return (self.U[i] * self.U[i]) @ self._mode_first(self._shrink, i)
+        variances = self._block_basis(i)[0]  # (blocks, R, b)
+        return np.swapaxes(variances, 1, 2).reshape(self._dims[i], -1)
+
+    def _mode_first(self, values: np.ndarray, i: int) -> np.ndarray:
+        """Values in the row-major layout of the active x -> (a_i, R), mode i first."""
+        dims = self._dims
+        if i == 0:
+            return values.reshape(dims[0], -1)
+        order = [i, *(k for k in range(len(dims)) if k != i)]
+        return values.reshape(dims).transpose(order).reshape(dims[i], -1)
 
     def _block_basis(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (blocks, R, b) and eigenvectors (blocks, R, b, b) of the slice
         covariances D_κ of the blocks of factor i (R = Π_{k≠i} a_k), cached."""
         if i not in self._bases:
             U, b = self.U[i], self.blocks[i]
-            S = np.moveaxis(self._shrink.reshape(self._dims), i, 0).reshape(self._dims[i], -1)
+            S = self._mode_first(self._shrink, i)
             P = U.reshape(-1, b, U.shape[1])  # rows of U_i grouped by block
             pairs = (P[:, :, None, :] * P[:, None, :, :]).reshape(-1, U.shape[1])
             D = np.moveaxis((pairs @ S).reshape(P.shape[0], b, b, -1), 3, 1)
@@ -312,6 +346,8 @@ class _EigenPosterior(GaussianPosterior):
 
     def _to_entry_layout(self, values: np.ndarray, i: int) -> np.ndarray:
         """(a_i, R) values along mode i first -> the row-major layout of the active x."""
+        if i == 0:
+            return values.ravel()
         dims = [self._dims[i], *(d for k, d in enumerate(self._dims) if k != i)]
         return np.moveaxis(values.reshape(dims), 0, i).ravel()
 
@@ -361,7 +397,7 @@ class _MeasurementPosterior(GaussianPosterior):
         self.trace = float(np.sum(lam * sigma2 * self.inv))
         self.logdet = float(np.sum(np.log1p(lam / sigma2)))
 
-    def whitened(self, Y: np.ndarray) -> np.ndarray:
+    def whitened(self, Y: np.ndarray, coords: np.ndarray | None = None) -> np.ndarray:
         # v = Γ^{1/2} Φᵀ C⁻¹ y
         return ((Y @ self.V) * self.inv) @ self.KtV.T
 
@@ -479,11 +515,13 @@ class _SBLBase:
         mu[:, post.index] = post.whitened(Y) * post.scale
         return mu
 
-    def _active_terms(self, Y: np.ndarray, post: GaussianPosterior):
+    def _active_terms(
+        self, Y: np.ndarray, post: GaussianPosterior, coords: np.ndarray | None = None
+    ):
         """μ on the active entries (B, a), the residuals y - Φμ (B, m), ||y - Φμ||² (B,),
-        and the evidence terms (B,)."""
+        and the evidence terms (B,) (``coords``: :meth:`GaussianPosterior.coordinates`)."""
         Y = np.asarray(Y, dtype=np.float64)
-        v = post.whitened(Y)
+        v = post.whitened(Y, coords)
         mu = v * post.scale
         r = Y - post.predict(mu)
         resid = np.einsum("bm,bm->b", r, r)
@@ -517,7 +555,10 @@ class _SBLBase:
             :meth:`statistic_names` (Kronecker SBL: ``slice_1`` .. ``slice_I``, the sums
             of :meth:`GaussianPosterior.slice_means2`, zero on pruned entries).
         """
-        mu, r, resid, log_ev = self._active_terms(Y, post)
+        Y = np.asarray(Y, dtype=np.float64)
+        # the slice sums start from the same eigen coordinates as μ: computed once
+        coords = post.coordinates(Y) if slices else None
+        mu, r, resid, log_ev = self._active_terms(Y, post, coords)
         mu2 = np.zeros(self.n_components)
         mu2[post.index] = np.einsum("ba,ba->a", mu, mu)
         out = {
@@ -529,7 +570,8 @@ class _SBLBase:
             corr = self.residual_correlations(r)
             out["corr2"] = np.einsum("bn,bn->n", corr, corr)
         if slices:
-            for name, sums in zip(self.statistic_names(), post.slice_means2(Y), strict=True):
+            sums_of = post.slice_means2(Y, coords)
+            for name, sums in zip(self.statistic_names(), sums_of, strict=True):
                 out[name] = np.zeros(self.n_components)
                 out[name][post.index] = sums
         return out
@@ -589,7 +631,7 @@ class _SBLBase:
 
 
 def _prune(gamma: np.ndarray, prune: float) -> np.ndarray:
-    top = gamma.max(initial=0.0)
+    top = np.maximum.reduce(gamma, initial=0.0)
     return np.where(gamma >= prune * top, gamma, 0.0) if top > 0 else gamma
 
 
@@ -687,25 +729,28 @@ class SBLModel(_SBLBase):
 
 
 def _block_sum(v: np.ndarray, block: int) -> np.ndarray:
-    return v.reshape(-1, block).sum(axis=1)
+    return v if block == 1 else v.reshape(-1, block).sum(axis=1)
 
 
 def _contract_except(Q: np.ndarray, vectors: Sequence[np.ndarray], i: int) -> np.ndarray:
     """Σ over every mode k ≠ i of Q[..] Π_k vectors[k][idx_k], shape (Q.shape[i],)."""
     T = Q
-    # from the last mode down, so the lower mode numbers stay valid
+    # from the last mode down, so the lower mode numbers stay valid; each step is
+    # np.tensordot(T, vectors[k], axes=([k], [0])) written out (same round-off, less overhead)
     for k in reversed(range(Q.ndim)):
         if k != i:
-            T = np.tensordot(T, vectors[k], axes=([k], [0]))
+            keep = [j for j in range(T.ndim) if j != k]
+            moved = T.transpose([*keep, k]).reshape(-1, T.shape[k])
+            T = np.dot(moved, vectors[k]).reshape([T.shape[j] for j in keep])
     return T
 
 
 def _balance(gammas: list[np.ndarray]) -> list[np.ndarray]:
     """Rescale the factors to equal maxima without changing their Kronecker product."""
-    tops = np.array([g.max(initial=0.0) for g in gammas])
+    tops = np.array([np.maximum.reduce(g, initial=0.0) for g in gammas])
     if np.any(tops <= 0):
         return [np.zeros_like(g) for g in gammas]
-    target = np.exp(np.mean(np.log(tops)))
+    target = np.exp(np.add.reduce(np.log(tops)) / tops.size)  # the geometric mean
     return [g * (target / t) for g, t in zip(gammas, tops, strict=True)]
 
 
@@ -745,7 +790,7 @@ def fixed_point_update(
         g_i = _block_sum(_contract_except(G, ones, i), b)
         # g_i = 0 only where γ underflowed: such an entry is dead
         ratio = np.where(g_i > 0, s_i / np.where(g_i > 0, g_i, 1.0), 0.0)
-        ratio = np.repeat(ratio, b) / overall ** ((I - 1) / I)
+        ratio = (ratio if b == 1 else np.repeat(ratio, b)) / overall ** ((I - 1) / I)
         out.append(np.asarray(gamma, dtype=np.float64) * ratio)
     return _balance(out)
 
@@ -841,10 +886,25 @@ def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.nd
     -------
     ndarray of shape (A, C)
     """
-    d = np.clip(D, np.finfo(np.float64).tiny, 1.0)[:, None, :]
+    d = np.minimum(np.maximum(D, np.finfo(np.float64).tiny), 1.0)[:, None, :]
     c = np.asarray(c, dtype=np.float64)[None, :, None]
-    v = c + (1.0 - c) * d
-    return -0.5 * np.sum(L * np.log(v) + (1.0 - c) * T[:, None, :] / v, axis=2)
+    # L log(v) + (1 - c) T / v with v = c + (1 - c) d, in place: the (A, C, r) arrays of
+    # the grid are the largest of a KroSBL iteration
+    v = d * (1.0 - c)
+    v += c
+    terms = (1.0 - c) * T[:, None, :]
+    terms /= v
+    logs = np.log(v, out=v)
+    logs *= L
+    terms += logs
+    return -0.5 * np.sum(terms, axis=2)
+
+
+def _removal_evidence(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
+    """``slice_evidence(np.zeros(1), T, D, L)[:, 0]`` (the same arithmetic) without the
+    grid axis, shape (A,)."""
+    d = np.minimum(np.maximum(D, np.finfo(np.float64).tiny), 1.0)
+    return -0.5 * np.sum(L * np.log(d) + T / d, axis=1)
 
 
 def dead_slices(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
@@ -864,7 +924,7 @@ def dead_slices(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
     -------
     ndarray of bool, shape (A,)
     """
-    removed = slice_evidence(np.zeros(1), T, D, L)[:, 0]
+    removed = _removal_evidence(T, D, L)
     dead = removed > 0.0
     if np.any(dead):
         best = slice_evidence(SLICE_GRID, T[dead], D[dead], L).max(axis=1)
@@ -917,6 +977,7 @@ class KroneckerSBLModel(_SBLBase):
         self.n_components = int(np.prod([s[1] for s in self.shapes]))
         self._grams = [A.T @ A for A in self.factors]
         self._factor_norms2 = [np.einsum("mn,mn->n", A, A) for A in self.factors]
+        self._restricted: tuple[tuple[bytes, ...], Any] | None = None
         self.param_names = (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
 
     def gamma_factors(self, params: Params) -> list[np.ndarray]:
@@ -931,25 +992,47 @@ class KroneckerSBLModel(_SBLBase):
     def posterior(self, params: Params) -> GaussianPosterior:
         gammas = self.gamma_factors(params)
         active = [np.flatnonzero(g > 0) for g in gammas]
-        if all(a.size == g.size for a, g in zip(active, gammas, strict=True)):
-            factors, grams = self.factors, self._grams
-        else:
-            factors = [A[:, a] for A, a in zip(self.factors, active, strict=True)]
-            grams = [G[np.ix_(a, a)] for G, a in zip(self._grams, active, strict=True)]
-        dims = [g.size for g in gammas]
-        index = np.ravel_multi_index(np.ix_(*active), dims).ravel()
+        factors, grams, index, blocks = self._restriction(active)
         scales = [np.sqrt(g[a]) for g, a in zip(gammas, active, strict=True)]
         sigma2 = float(params["sigma"]) ** 2
+        return _EigenPosterior(
+            factors, grams, scales, sigma2, index, self.n_components, blocks=blocks
+        )
+
+    def _restriction(
+        self, active: list[np.ndarray]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[int]]:
+        """The factors and Gram matrices restricted to the ``active`` entries of each γ_i,
+        the position of the active entries in x and the block length of the slices of
+        each factor. Kept from the last call: they change only when entries are pruned,
+        a few times per fit, while the posterior is formed every iteration."""
+        key = tuple(a.tobytes() for a in active)
+        if self._restricted is not None and self._restricted[0] == key:
+            return self._restricted[1]
+        dims = [s[1] for s in self.shapes]
+        if all(a.size == n for a, n in zip(active, dims, strict=True)):
+            factors, grams = self.factors, self._grams
+            index = np.arange(self.n_components)
+        else:
+            factors = [A[:, a] for A, a in zip(self.factors, active, strict=True)]
+            grams = [G[a][:, a] for G, a in zip(self._grams, active, strict=True)]
+            # np.ravel_multi_index(np.ix_(*active), dims).ravel(), built factor by factor
+            index = functools.reduce(
+                lambda idx, an: (idx[:, None] * an[1] + an[0][None, :]).ravel(),
+                zip(active[1:], dims[1:], strict=True),
+                active[0],
+            )
         # the dead-entry test of a factor with blocks needs its active entries to form
         # whole blocks (they do: γ_i is constant on blocks, and pruning and removal act on
         # whole blocks); where not, its slices are described entry by entry
         blocks = [
-            b if a.size % b == 0 and np.all(a.reshape(-1, b) // b == a[::b, None] // b) else 1
+            b
+            if b == 1 or (a.size % b == 0 and np.all(a.reshape(-1, b) // b == a[::b, None] // b))
+            else 1
             for a, b in zip(active, self.block_sizes, strict=True)
         ]
-        return _EigenPosterior(
-            factors, grams, scales, sigma2, index, self.n_components, blocks=blocks
-        )
+        self._restricted = (key, (factors, grams, index, blocks))
+        return self._restricted[1]
 
     def column_norms2(self) -> np.ndarray:
         return kron_vectors(self._factor_norms2)
@@ -1002,21 +1085,26 @@ class KroneckerSBLModel(_SBLBase):
         Parameters
         ----------
         logs : sequence of ndarray
-            :meth:`log_parameters`: log γ_i of shape (n_i,), then log σ² of shape (1,).
+            :meth:`log_parameters`: log γ_i of shape (n_i,), then log σ² of shape (1,); or
+            K such sets stacked, of shapes (K, n_i) and (K, 1).
         active : sequence of ndarray of bool, shape (n_i,)
             Entries to describe; they must be non-zero (finite logs).
 
         Returns
         -------
-        ndarray of shape (Σ_i a_i + 2,)
+        ndarray of shape (Σ_i a_i + 2,), or (K, Σ_i a_i + 2) for stacked ``logs``
         """
         parts, scale = [], 0.0
         for log_gamma, a in zip(logs[:-1], active, strict=True):
-            values = log_gamma[a]
-            mean = float(values.mean()) if values.size else 0.0
+            # C order, so that each row's mean sums in the order of a 1-D mean
+            values = np.ascontiguousarray(log_gamma[..., a])
+            if values.shape[-1]:
+                mean = values.mean(axis=-1, keepdims=True)
+            else:
+                mean = np.zeros((*values.shape[:-1], 1))
             parts.append(values - mean)
-            scale += mean
-        return np.concatenate([*parts, [scale], logs[-1]])
+            scale = scale + mean
+        return np.concatenate([*parts, scale, logs[-1]], axis=-1)
 
     def from_log_coordinates(
         self, vector: np.ndarray, active: Sequence[np.ndarray], prune: float
@@ -1077,22 +1165,21 @@ class KroneckerSBLModel(_SBLBase):
         new: list[np.ndarray],
         gammas: list[np.ndarray],
         stats: dict[str, np.ndarray],
-        post: GaussianPosterior,
+        post: _EigenPosterior,
         n_total: int,
     ) -> list[np.ndarray]:
         """Zero the factor entries (with blocks: whole blocks) that :func:`dead_slices`
         finds dead at the parameters of ``post``; at least one per factor stays."""
         active = [np.flatnonzero(g > 0) for g in gammas]
         dims = [a.size for a in active]
-        variances = post.slice_variances()
         out = []
         for i, (g, b) in enumerate(zip(new, self.block_sizes, strict=True)):
             if post.blocks[i] != b or dims[i] < 2 * b:
                 out.append(g)
                 continue
             # rows: the blocks of factor i; columns: the b·R coordinates of their slices
-            T = np.moveaxis(stats[f"slice_{i + 1}"][post.index].reshape(dims), i, 0)
-            D = np.moveaxis(variances[i].reshape(dims), i, 0)
+            T = post._mode_first(stats[f"slice_{i + 1}"][post.index], i)
+            D = post.factor_variances(i)
             dead = dead_slices(T.reshape(dims[i] // b, -1), D.reshape(dims[i] // b, -1), n_total)
             if dead.all():
                 dead[np.argmax(g[active[i]][::b])] = False

@@ -23,6 +23,7 @@ change is below ``tol``.
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import numpy as np
@@ -65,7 +66,8 @@ class _Anderson:
     def reset(self) -> None:
         self.points: list[Params] = []  # θ_k
         self.images: list[Params] = []  # G(θ_k)
-        self._logs: list[tuple[list[np.ndarray], list[np.ndarray]]] = []  # their logs
+        # their logs, each parameter set as one vector (log γ_1, …, log γ_I, log σ²)
+        self._logs: list[tuple[np.ndarray, np.ndarray]] = []
         self.fallback: Params | None = None
         self.accepted_free_energy = -np.inf
         self.extrapolated = False
@@ -74,7 +76,10 @@ class _Anderson:
         self.points, self.images, self._logs = [], [], []
 
     def _append(self, point: Params, image: Params) -> None:
-        logs = (self.model.log_parameters(point), self.model.log_parameters(image))
+        logs = (
+            np.concatenate(self.model.log_parameters(point)),
+            np.concatenate(self.model.log_parameters(image)),
+        )
         keep = self.memory + 1
         self.points = [*self.points, point][-keep:]
         self.images = [*self.images, image][-keep:]
@@ -89,8 +94,12 @@ class _Anderson:
         if not self.extrapolated:
             return image
         active = self.model.active_factors(image)
-        theta = np.array([self.model.gauge_coordinates(t, active) for t, _ in self._logs])
-        images = np.array([self.model.gauge_coordinates(g, active) for _, g in self._logs])
+        # the coordinates of every θ_k, then of every G(θ_k), in one call
+        stacked = np.array([*(t for t, _ in self._logs), *(g for _, g in self._logs)])
+        bounds = np.cumsum([0, *(a.size for a in active), 1])
+        logs = [stacked[:, a:b] for a, b in itertools.pairwise(bounds)]
+        coords = self.model.gauge_coordinates(logs, active)
+        theta, images = coords[: len(self._logs)], coords[len(self._logs) :]
         residuals = images - theta
         d_res = np.diff(residuals, axis=0).T  # (length, k)
         d_img = np.diff(images, axis=0).T
