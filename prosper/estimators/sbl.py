@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -163,7 +164,7 @@ class _SBLEstimator(EMEstimator):
 
     def _n_features_in(self, params: dict[str, np.ndarray]) -> int:
         # m measurements per snapshot (γ has n entries, not m)
-        return self._make_model().n_features
+        raise NotImplementedError
 
     # -- inference ------------------------------------------------------------------------
     def _learner(self) -> SBLLearner:
@@ -382,6 +383,9 @@ class SBL(_SBLEstimator):
 
     def _make_model(self) -> SBLModel:
         return SBLModel(np.asarray(self.dictionary, dtype=np.float64))
+
+    def _n_features_in(self, params: dict[str, np.ndarray]) -> int:
+        return int(np.shape(self.dictionary)[0])
 
     def _entry_cost(self) -> float:
         if isinstance(self.entry_cost, str):  # "auto"
@@ -623,6 +627,10 @@ class KroneckerSBL(_SBLEstimator):
             "E-step batch": 8 * (6 * B * (m + n) + 2 * B * n),
             "coef_ (posterior means)": 8 * n_local * n,
         }
+
+    def _n_features_in(self, params: dict[str, np.ndarray]) -> int:
+        # m = Π m_i, without building the model (its Gram matrices) for it
+        return math.prod(int(np.shape(A)[0]) for A in self.factors)
 
     def _make_model(self) -> KroneckerSBLModel:
         return KroneckerSBLModel(

@@ -243,17 +243,20 @@ class _EigenPosterior(GaussianPosterior):
         self.factors_t = [A.T for A in factors]
         self.sigma2 = sigma2
         self.index = index
-        lams, self.U = [], []
-        for G, s in zip(grams, scales, strict=True):
-            lam, U = np.linalg.eigh(s[:, None] * G * s[None, :])
-            lams.append(np.maximum(lam, 0.0))  # B_i is PSD; clip round-off
-            self.U.append(U)
+        B = [s[:, None] * G * s[None, :] for G, s in zip(grams, scales, strict=True)]
+        if len(B) > 1 and all(b.shape == B[0].shape for b in B):
+            # one call for the stack: LAPACK runs on each matrix as it would alone
+            lams, self.U = (list(x) for x in np.linalg.eigh(np.stack(B)))
+        else:
+            lams, self.U = (list(x) for x in zip(*map(np.linalg.eigh, B), strict=True))
+        lams = [np.maximum(lam, 0.0) for lam in lams]  # B_i is PSD; clip round-off
         self.U_t = [U.T for U in self.U]
         lam = kron_vectors(lams)
         self.scale = kron_vectors(scales)
         # (I + Λ/σ²)^{-1} written as σ²/(σ² + λ): finite for any σ² > 0
-        shrink = sigma2 / (sigma2 + lam)
-        self.inv = 1.0 / (sigma2 + lam)
+        denominator = sigma2 + lam
+        shrink = sigma2 / denominator
+        self.inv = 1.0 / denominator
         # diag(U D Uᵀ) = (⊗ U_i∘U_i) d; Σ_jj/γ_j = diag(U shrink Uᵀ)_j and, as the rows of
         # U have unit norm, g_j = 1 - Σ_jj/γ_j = diag(U (1 - shrink) Uᵀ)_j
         squares = [U * U for U in self.U]
@@ -979,12 +982,11 @@ class KroneckerSBLModel(_SBLBase):
         self._factor_norms2 = [np.einsum("mn,mn->n", A, A) for A in self.factors]
         self._restricted: tuple[tuple[bytes, ...], Any] | None = None
         self.param_names = (*(f"gamma_{i + 1}" for i in range(len(self.factors))), "sigma")
+        self._slice_names = tuple(f"slice_{i + 1}" for i in range(len(self.factors)))
 
     def gamma_factors(self, params: Params) -> list[np.ndarray]:
         """[γ_1, ..., γ_I]."""
-        return [
-            np.asarray(params[f"gamma_{i + 1}"], dtype=np.float64) for i in range(len(self.factors))
-        ]
+        return [np.asarray(params[name], dtype=np.float64) for name in self.param_names[:-1]]
 
     def gamma(self, params: Params) -> np.ndarray:
         return kron_vectors(self.gamma_factors(params))
@@ -1040,10 +1042,10 @@ class KroneckerSBLModel(_SBLBase):
     def expected_power(self, params: Params) -> float:
         # Σ_j ||φ_j||² γ_j factorises over the Kronecker factors
         factors = zip(self._factor_norms2, self.gamma_factors(params), strict=True)
-        return float(np.prod([c @ g for c, g in factors]))
+        return float(math.prod([c @ g for c, g in factors]))  # (np.prod's order)
 
     def n_active(self, params: Params) -> int:
-        return int(np.prod([np.count_nonzero(g) for g in self.gamma_factors(params)]))
+        return math.prod(np.count_nonzero(g) for g in self.gamma_factors(params))
 
     def fixed_point_phase(self, iteration: int) -> bool:
         return self.method == "am" or iteration >= SVD_ITERATIONS
@@ -1051,7 +1053,7 @@ class KroneckerSBLModel(_SBLBase):
     def statistic_names(self) -> tuple[str, ...]:
         if not self.remove_dead:
             return ()
-        return tuple(f"slice_{i + 1}" for i in range(len(self.factors)))
+        return self._slice_names
 
     def dead_test_phase(self, prune: float, iteration: int) -> bool:
         """From the second fixed-point iteration on, while pruning is in force (the first
@@ -1118,7 +1120,9 @@ class KroneckerSBLModel(_SBLBase):
             g = np.zeros(a.size)
             count = int(a.sum())
             # the clip only guards exp against overflow; such an entry is pruned or dominates
-            g[a] = np.exp(np.clip(vector[start : start + count] + scale / I, -700.0, 700.0))
+            g[a] = np.exp(
+                np.minimum(np.maximum(vector[start : start + count] + scale / I, -700.0), 700.0)
+            )
             start += count
             out.append(_prune(g, prune))
         params = {f"gamma_{i + 1}": g for i, g in enumerate(_balance(out))}
@@ -1183,8 +1187,9 @@ class KroneckerSBLModel(_SBLBase):
             dead = dead_slices(T.reshape(dims[i] // b, -1), D.reshape(dims[i] // b, -1), n_total)
             if dead.all():
                 dead[np.argmax(g[active[i]][::b])] = False
-            g = g.copy()
-            g[active[i][np.repeat(dead, b)]] = 0.0
+            if dead.any():
+                g = g.copy()
+                g[active[i][np.repeat(dead, b)]] = 0.0
             out.append(g)
         return _balance(out)
 

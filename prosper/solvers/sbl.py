@@ -294,11 +294,14 @@ class SBLLearner:
         )
         for name in names:
             total[name] = np.zeros(self.model.n_components)
+        first = True
         for rows in self._batches(Y.shape[0]):
             stats = self.model.estep_batch(
                 Y[rows], self._posterior, correlations=self.penalised, slices=bool(names)
             )
-            total = {k: total[k] + stats[k] for k in total}
+            # (the first batch's sums are the totals so far: 0 + x = x)
+            total = {k: stats[k] if first else total[k] + stats[k] for k in total}
+            first = False
         return total
 
     def mstep(self, stats: dict[str, np.ndarray], iteration: int) -> dict[str, float]:
