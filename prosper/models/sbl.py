@@ -98,6 +98,7 @@ SVD_ITERATIONS = 10
 #: rank-one fit can shrink a weak true row far below its fixed-point value; these
 #: iterations restore it)
 SVD_UNPRUNED_REFINEMENT = 5
+_TINY = np.finfo(np.float64).tiny
 
 
 def kron_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
@@ -784,16 +785,17 @@ def fixed_point_update(
     list of ndarray of shape (n_i,)
     """
     I = len(gammas)
-    tiny = np.finfo(float).tiny
     ones = [np.ones(n) for n in S.shape]
-    overall = float(S.sum()) / max(float(G.sum()), tiny)
+    overall = float(S.sum()) / max(float(G.sum()), _TINY)
+    shared = overall ** ((I - 1) / I)
     out = []
     for i, (gamma, b) in enumerate(zip(gammas, blocks, strict=True)):
         s_i = _block_sum(_contract_except(S, ones, i), b)
         g_i = _block_sum(_contract_except(G, ones, i), b)
         # g_i = 0 only where γ underflowed: such an entry is dead
-        ratio = np.where(g_i > 0, s_i / np.where(g_i > 0, g_i, 1.0), 0.0)
-        ratio = (ratio if b == 1 else np.repeat(ratio, b)) / overall ** ((I - 1) / I)
+        positive = g_i > 0
+        ratio = np.where(positive, s_i / np.where(positive, g_i, 1.0), 0.0)
+        ratio = (ratio if b == 1 else np.repeat(ratio, b)) / shared
         out.append(np.asarray(gamma, dtype=np.float64) * ratio)
     return _balance(out)
 
@@ -889,7 +891,7 @@ def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.nd
     -------
     ndarray of shape (A, C)
     """
-    d = np.minimum(np.maximum(D, np.finfo(np.float64).tiny), 1.0)[:, None, :]
+    d = np.minimum(np.maximum(D, _TINY), 1.0)[:, None, :]
     c = np.asarray(c, dtype=np.float64)[None, :, None]
     # L log(v) + (1 - c) T / v with v = c + (1 - c) d, in place: the (A, C, r) arrays of
     # the grid are the largest of a KroSBL iteration
@@ -906,7 +908,7 @@ def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.nd
 def _removal_evidence(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
     """``slice_evidence(np.zeros(1), T, D, L)[:, 0]`` (the same arithmetic) without the
     grid axis, shape (A,)."""
-    d = np.minimum(np.maximum(D, np.finfo(np.float64).tiny), 1.0)
+    d = np.minimum(np.maximum(D, _TINY), 1.0)
     return -0.5 * np.sum(L * np.log(d) + T / d, axis=1)
 
 

@@ -44,11 +44,15 @@ MAX_LOG_STEP = 10.0
 #: classic SBL with an entry cost: the plain EM updates run until they change γ by less
 #: than this (relative), then the penalised phase starts
 PENALTY_START = 1e-3
+_TINY = np.finfo(np.float64).tiny
 
 
 def _relative_change(new: np.ndarray, old: np.ndarray) -> float:
+    diff = new - old
+    # the norms as np.linalg.norm computes them (sqrt of the dot product), without its
+    # per-call overhead
     with np.errstate(over="ignore"):  # inf when γ was all zero (everything removed)
-        return float(np.linalg.norm(new - old) / max(np.linalg.norm(old), np.finfo(float).tiny))
+        return float(np.sqrt(diff.dot(diff)) / max(np.sqrt(old.dot(old)), _TINY))
 
 
 class _Anderson:
