@@ -263,8 +263,8 @@ class _EigenPosterior(GaussianPosterior):
         squares = [U * U for U in self.U]
         inner = kron_matvec(squares, np.stack([shrink, lam * self.inv]))
         self._scatter_diag(self.scale**2 * inner[0], inner[1], n)
-        self.trace = float(np.sum(lam * shrink))
-        self.logdet = float(np.sum(np.log1p(lam / sigma2)))
+        self.trace = float((lam * shrink).sum())
+        self.logdet = float(np.log1p(lam / sigma2).sum())
         self._shrink = shrink
         self._dims = [U.shape[0] for U in self.U]
 
@@ -752,7 +752,7 @@ def _contract_except(Q: np.ndarray, vectors: Sequence[np.ndarray], i: int) -> np
 def _balance(gammas: list[np.ndarray]) -> list[np.ndarray]:
     """Rescale the factors to equal maxima without changing their Kronecker product."""
     tops = np.array([np.maximum.reduce(g, initial=0.0) for g in gammas])
-    if np.any(tops <= 0):
+    if (tops <= 0).any():
         return [np.zeros_like(g) for g in gammas]
     target = np.exp(np.add.reduce(np.log(tops)) / tops.size)  # the geometric mean
     return [g * (target / t) for g, t in zip(gammas, tops, strict=True)]
@@ -902,14 +902,14 @@ def slice_evidence(c: np.ndarray, T: np.ndarray, D: np.ndarray, L: int) -> np.nd
     logs = np.log(v, out=v)
     logs *= L
     terms += logs
-    return -0.5 * np.sum(terms, axis=2)
+    return -0.5 * terms.sum(axis=2)
 
 
 def _removal_evidence(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
     """``slice_evidence(np.zeros(1), T, D, L)[:, 0]`` (the same arithmetic) without the
     grid axis, shape (A,)."""
     d = np.minimum(np.maximum(D, _TINY), 1.0)
-    return -0.5 * np.sum(L * np.log(d) + T / d, axis=1)
+    return -0.5 * (L * np.log(d) + T / d).sum(axis=1)
 
 
 def dead_slices(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
@@ -931,7 +931,7 @@ def dead_slices(T: np.ndarray, D: np.ndarray, L: int) -> np.ndarray:
     """
     removed = _removal_evidence(T, D, L)
     dead = removed > 0.0
-    if np.any(dead):
+    if dead.any():
         best = slice_evidence(SLICE_GRID, T[dead], D[dead], L).max(axis=1)
         dead[np.flatnonzero(dead)] = removed[dead] >= best
     return dead
@@ -1102,8 +1102,8 @@ class KroneckerSBLModel(_SBLBase):
         for log_gamma, a in zip(logs[:-1], active, strict=True):
             # C order, so that each row's mean sums in the order of a 1-D mean
             values = np.ascontiguousarray(log_gamma[..., a])
-            if values.shape[-1]:
-                mean = values.mean(axis=-1, keepdims=True)
+            if values.shape[-1]:  # (np.mean's arithmetic)
+                mean = np.add.reduce(values, axis=-1, keepdims=True) / values.shape[-1]
             else:
                 mean = np.zeros((*values.shape[:-1], 1))
             parts.append(values - mean)

@@ -105,11 +105,12 @@ class _Anderson:
         coords = self.model.gauge_coordinates(logs, active)
         theta, images = coords[: len(self._logs)], coords[len(self._logs) :]
         residuals = images - theta
-        d_res = np.diff(residuals, axis=0).T  # (length, k)
-        d_img = np.diff(images, axis=0).T
+        d_res = (residuals[1:] - residuals[:-1]).T  # (length, k): np.diff along the history
+        d_img = (images[1:] - images[:-1]).T
         coef = np.linalg.lstsq(d_res, residuals[-1], rcond=None)[0]
-        vector = images[-1] - np.clip(d_img @ coef, -MAX_LOG_STEP, MAX_LOG_STEP)
-        if not np.all(np.isfinite(vector)):
+        step = np.minimum(np.maximum(d_img @ coef, -MAX_LOG_STEP), MAX_LOG_STEP)
+        vector = images[-1] - step
+        if not np.isfinite(vector).all():
             self.extrapolated = False
             self.clear_history()
             return image
