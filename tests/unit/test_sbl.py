@@ -287,6 +287,34 @@ def test_log_coordinates_ignore_the_factor_gauge_and_invert(rng):
     assert model.n_active(params) == np.count_nonzero(model.gamma(params)) == 18
 
 
+def test_gauge_coordinates_of_a_stack_equal_those_of_each_set(rng):
+    # the Anderson step describes its whole history in one call: bit for bit the per-set
+    # coordinates, with a full (8 of 8) and a partly active factor
+    model = KroneckerSBLModel([rng.standard_normal((4, 8)), rng.standard_normal((3, 9))])
+    sets = [[rng.normal(0, 5, 8), rng.normal(0, 5, 9), rng.normal(0, 1, 1)] for _ in range(7)]
+    active = [np.ones(8, dtype=bool), rng.random(9) > 0.4]
+    stacked = model.gauge_coordinates([np.stack(x) for x in zip(*sets, strict=True)], active)
+    one_by_one = np.array([model.gauge_coordinates(logs, active) for logs in sets])
+    np.testing.assert_array_equal(stacked, one_by_one)
+
+
+def test_posterior_follows_the_active_set(rng):
+    # the restricted factors are kept between iterations: after every change of the active
+    # set (equal and unequal factor sizes) the posterior is that of a fresh model
+    shapes = [(3, 6), (4, 6)]
+    factors = [rng.standard_normal(s) for s in shapes]
+    model = KroneckerSBLModel(factors)
+    Y = rng.standard_normal((2, 12))
+    full = _kron_params(shapes, rng, zero=False)
+    pruned = {**full, "gamma_1": full["gamma_1"] * (np.arange(6) != 2)}
+    both = {**pruned, "gamma_2": full["gamma_2"] * (np.arange(6) % 2 == 0)}
+    for params in (full, pruned, pruned, both, full):
+        post, fresh = model.posterior(params), KroneckerSBLModel(factors).posterior(params)
+        np.testing.assert_array_equal(post.index, fresh.index)
+        np.testing.assert_array_equal(post.diag_cov, fresh.diag_cov)
+        np.testing.assert_array_equal(model.coef(Y, post), model.coef(Y, fresh))
+
+
 def test_anderson_reaches_the_plain_fixed_point_in_fewer_iterations():
     """The extrapolation changes the path, not the stationary point it stops at."""
     plain_its, fast_its = 0, 0
