@@ -353,7 +353,10 @@ class _EigenPosterior(GaussianPosterior):
         if i == 0:
             return values.ravel()
         dims = [self._dims[i], *(d for k, d in enumerate(self._dims) if k != i)]
-        return np.moveaxis(values.reshape(dims), 0, i).ravel()
+        # np.moveaxis(values.reshape(dims), 0, i).ravel(), without its overhead
+        return (
+            values.reshape(dims).transpose([*range(1, i + 1), 0, *range(i + 1, len(dims))]).ravel()
+        )
 
     def column_precisions(self, dictionary: np.ndarray) -> np.ndarray:
         if len(self.factors) != 1:
