@@ -204,7 +204,7 @@ class GaussianPosterior:
         self.diag_cov = np.zeros(n)
         self.diag_cov[self.index] = diag_active
         self.determined = np.zeros(n)
-        self.determined[self.index] = np.clip(determined, 0.0, 1.0)
+        self.determined[self.index] = np.minimum(np.maximum(determined, 0.0), 1.0)
 
 
 class _EigenPosterior(GaussianPosterior):
@@ -247,10 +247,13 @@ class _EigenPosterior(GaussianPosterior):
         B = [s[:, None] * G * s[None, :] for G, s in zip(grams, scales, strict=True)]
         if len(B) > 1 and all(b.shape == B[0].shape for b in B):
             # one call for the stack: LAPACK runs on each matrix as it would alone
-            lams, self.U = (list(x) for x in np.linalg.eigh(np.stack(B)))
+            values, vectors = np.linalg.eigh(np.array(B))
+            lams, self.U = list(np.maximum(values, 0.0)), list(vectors)
         else:
-            lams, self.U = (list(x) for x in zip(*map(np.linalg.eigh, B), strict=True))
-        lams = [np.maximum(lam, 0.0) for lam in lams]  # B_i is PSD; clip round-off
+            pairs = [np.linalg.eigh(b) for b in B]
+            lams = [np.maximum(values, 0.0) for values, _ in pairs]
+            self.U = [vectors for _, vectors in pairs]
+        # (the eigenvalues are clipped at 0: B_i is PSD, negative ones are round-off)
         self.U_t = [U.T for U in self.U]
         lam = kron_vectors(lams)
         self.scale = kron_vectors(scales)
@@ -261,7 +264,7 @@ class _EigenPosterior(GaussianPosterior):
         # diag(U D Uᵀ) = (⊗ U_i∘U_i) d; Σ_jj/γ_j = diag(U shrink Uᵀ)_j and, as the rows of
         # U have unit norm, g_j = 1 - Σ_jj/γ_j = diag(U (1 - shrink) Uᵀ)_j
         squares = [U * U for U in self.U]
-        inner = kron_matvec(squares, np.stack([shrink, lam * self.inv]))
+        inner = kron_matvec(squares, np.array([shrink, lam * self.inv]))
         self._scatter_diag(self.scale**2 * inner[0], inner[1], n)
         self.trace = float((lam * shrink).sum())
         self.logdet = float(np.log1p(lam / sigma2).sum())
