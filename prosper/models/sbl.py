@@ -1001,7 +1001,7 @@ class KroneckerSBLModel(_SBLBase):
 
     def posterior(self, params: Params) -> GaussianPosterior:
         gammas = self.gamma_factors(params)
-        active = [np.flatnonzero(g > 0) for g in gammas]
+        active = [(g > 0).nonzero()[0] for g in gammas]  # (np.flatnonzero of 1-D)
         factors, grams, index, blocks = self._restriction(active)
         scales = [np.sqrt(g[a]) for g, a in zip(gammas, active, strict=True)]
         sigma2 = float(params["sigma"]) ** 2
@@ -1182,7 +1182,7 @@ class KroneckerSBLModel(_SBLBase):
     ) -> list[np.ndarray]:
         """Zero the factor entries (with blocks: whole blocks) that :func:`dead_slices`
         finds dead at the parameters of ``post``; at least one per factor stays."""
-        active = [np.flatnonzero(g > 0) for g in gammas]
+        active = [(g > 0).nonzero()[0] for g in gammas]
         dims = [a.size for a in active]
         out = []
         for i, (g, b) in enumerate(zip(new, self.block_sizes, strict=True)):

@@ -100,7 +100,7 @@ class _Anderson:
         active = self.model.active_factors(image)
         # the coordinates of every θ_k, then of every G(θ_k), in one call
         stacked = np.array([*(t for t, _ in self._logs), *(g for _, g in self._logs)])
-        bounds = np.cumsum([0, *(a.size for a in active), 1])
+        bounds = list(itertools.accumulate([0, *(a.size for a in active), 1]))
         logs = [stacked[:, a:b] for a, b in itertools.pairwise(bounds)]
         coords = self.model.gauge_coordinates(logs, active)
         theta, images = coords[: len(self._logs)], coords[len(self._logs) :]
