@@ -298,18 +298,37 @@ class TruncatedModel(ABC):
         return None
 
     def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Σ_n <s_g s_h> (H, H) for binary latents: how often two latents are on together
-        (the diagonal: how often each is on), from statistics summed over all ranks; None
+        """How often two latents are on together (H, H) (the diagonal: how often each is
+        on), from statistics summed over all ranks (Σ_n <s_g s_h> for binary latents); None
         where the model does not merge latents (:meth:`merged`)."""
         return None
 
-    def merged(self, params: Params, sources: dict[int, tuple[int, ...]]) -> Params:
+    def merged(
+        self,
+        params: Params,
+        sources: dict[int, tuple[int, ...]],
+        stats: dict[str, np.ndarray] | None = None,
+    ) -> Params:
         """``params`` with each latent ``h`` in ``sources`` standing for what the latents
-        ``sources[h]`` of ``params`` explain when they are on together.
+        ``sources[h]`` of ``params`` explain when they are on together; ``stats`` are the
+        iteration's statistics summed over all ranks (for models whose merge depends on
+        more than W, such as the sign of a signed co-activation).
 
         Called only where :meth:`latent_pairs` is not None.
         """
         raise NotImplementedError
+
+    def repair_statistics(
+        self, X: np.ndarray, q: np.ndarray, backend: ModuleType
+    ) -> dict[str, np.ndarray]:
+        """Statistics that only the repairs read (:meth:`latent_pairs`), from posterior
+        weights ``q`` (B, K) over explicit states ``X`` (B, K, H) of a batch (indices into
+        :attr:`values`); summed over batches and ranks with the others (one Allreduce).
+
+        The solver computes them only at the iterations that look for latents to repair,
+        and only for models that override this (the default has none).
+        """
+        return {}
 
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).

@@ -71,9 +71,9 @@ class BSCModel(LinearTruncatedModel):
         two latents are on together."""
         return np.asarray(stats["ss"], dtype=np.float64)
 
-    def merged(self, params, sources):
+    def merged(self, params, sources, stats=None):
         """Column h becomes the sum of the columns ``sources[h]`` (what they superpose to
-        when on together); the other columns, π and σ stay."""
+        when on together); the other columns, π and σ stay (``stats`` is not needed)."""
         W = np.array(params["W"], dtype=np.float64)
         old = W.copy()
         for h, group in sources.items():

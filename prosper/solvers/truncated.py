@@ -360,6 +360,7 @@ class TruncatedEM:
             _, stats = self._pass(Y, beta, prior_beta, mask, True)
         if self._reassigns(iteration):
             self._spare = self._spare_point(Y, comm, log_marginal)
+            stats.update(self._repair_stats(Y, beta, prior_beta, mask))
         stats["free_energy"] = np.array(float(log_marginal.sum()))
         stats["n_cut"] = np.array(float(Y.shape[0] if mask is None else mask.sum()))
         return stats
@@ -395,6 +396,28 @@ class TruncatedEM:
             and iteration % REASSIGN_EVERY == 0
             and iteration < self.n_iter // 2
         )
+
+    def _repair_stats(self, Y: Rows, beta: float, prior_beta: float, mask) -> dict:
+        """The model's statistics for the repairs only (:meth:`TruncatedModel.repair_statistics`)
+        from the posterior of this E-step (the same candidate states, temperature and data
+        selection): one more sweep over the local batches, made at the checks only and only
+        for a model that has such statistics. They join the others in the one Allreduce."""
+        if type(self.model).repair_statistics is TruncatedModel.repair_statistics:
+            return {}
+        total: dict[str, np.ndarray] = {}
+        for rows in self._batches(Y.shape[0]):
+            block = Y[rows]
+            if self.evolutionary:
+                X = self.states.X[rows]  # this E-step's states, after its search
+            else:
+                X = self.model.candidates(block, self.states, self.params).indices()
+            ll, lp = self.model.state_scorer(block, self.params, self.backend, beta)[1](X)
+            q = log_normalise(beta * np.asarray(ll) + prior_beta * np.asarray(lp))[1]
+            if mask is not None:
+                q = q * np.asarray(mask[rows], dtype=np.float64)[:, None]
+            part = self.model.repair_statistics(X, q, self.backend)
+            total = {k: total[k] + part[k] for k in part} if total else part
+        return total
 
     def _spare_point(
         self, Y: Rows, comm: Communicator, log_marginal: np.ndarray
@@ -459,7 +482,7 @@ class TruncatedEM:
                 sorted(sources),
                 [sources[h] for h in sorted(sources)],
             )
-            params = self.model.merged(params, sources)
+            params = self.model.merged(params, sources, stats)
         if spare is None:
             return params, -1.0, float(len(sources))
         usage = self.model.latent_usage(stats)
