@@ -158,6 +158,20 @@ CONFIGS.update(
         # cause (main 9824f67): new names, since the code behind "-r3" changed
         "et63-T5l-ncl-r3b": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
         "et-T5l-ncl-r3b": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        # TSC (--model tsc), session 7: the repairs read for signed latents (usage Σ<|s|>,
+        # duplicates by the absolute cosine, "on together" from Σ<|s_g| |s_h|>, merges
+        # W_g ± W_h by the sign of Σ<s_g s_h>), with TSC's schedule (T5l) or BSC's (T3l),
+        # and with restarts
+        "tsc-et63-T5l-ncl-r3s": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        "tsc-et63-T3l-ncl-r3s": {**_ET63, **_T3L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        "tsc-et-T3l-ncl-r3s": {**_ET, **_T3L, **_NCUT_LATE, "reassignment_ratio": 0.3},
+        "tsc-et63-T3l-ncl-r3s-init3": {
+            **_ET63,
+            **_T3L,
+            **_NCUT_LATE,
+            "reassignment_ratio": 0.3,
+            "n_init": 3,
+        },
         # the estimator's defaults, whatever they are at the recorded commit (each record
         # carries the commit): what a user gets without settings
         "default": {},

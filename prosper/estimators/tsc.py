@@ -43,8 +43,15 @@ class TSC(TruncatedEMEstimator):
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     reassignment_ratio : float or None, default=None
-        Re-initialisation of unused latents (see :class:`prosper.BSC`). None: 0 (off)
-        for TSC, whose recovery with it was measured without gain (benchmarks/RESULTS.md).
+        Repairs of latents EM leaves in a local optimum, every 5 iterations of the first
+        half of the run (see :class:`prosper.BSC`), read for signed latents: a latent used
+        less than this fraction of the median latent's Σ<|s_h|>, or the less used of two
+        columns with absolute cosine > 0.95 (a column and its negative are one latent),
+        takes the residual of a poorly explained point; latents only ever non-zero together
+        (Σ<|s_g| |s_h|>) are merged into W_g ± W_h, the sign of Σ<s_g s_h>. None: 0.3; 0
+        switches the repairs off. With the default schedule they raise the runs that find
+        every signed bar from 8 to 20 of 20 (5x5, π = 1/H) and from 5 to 20 of 20 (10x10,
+        π = 1/H; benchmarks/RESULTS.md, 2026-12-02 session 7).
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -52,8 +59,9 @@ class TSC(TruncatedEMEstimator):
     temperature : float, list of [position, value] pairs or None, default=None
         Annealing temperature T >= 1 (the E-step uses 1/T); positions are iteration numbers
         (ints) or fractions of the run (floats), e.g. ``[[0, 5.0], [0.8, 1.0]]``. None: T
-        falls linearly from 5 to 1 over the first 80 % of the run (measured best together
-        with the late ET data selection below; benchmarks/RESULTS.md).
+        falls linearly from 3 to 1 over the first 60 % of the run (BSC's schedule), so that
+        the bars have formed while the repairs of ``reassignment_ratio`` still look (with
+        the former 5 → 1 over 80 % they form after the last check).
     anneal_prior : bool or None, default=None
         Temper the prior as well as the likelihood (None: likelihood only).
     noise : float, list of pairs or None, default=None
@@ -115,8 +123,10 @@ class TSC(TruncatedEMEstimator):
     same start with the same schedule ends in the same optimum as ET with Hprime=8, gamma=4.
     The smaller default state set (Hprime=6, gamma=3) explains data points with many causes
     less well, which keeps σ larger while the bars form and lets them separate; ET data
-    selection then removes that bias once T = 1. Where every component must be found, use
-    ``n_init=3`` (benchmarks/RESULTS.md, 2026-12-02).
+    selection then removes that bias once T = 1. The repairs (``reassignment_ratio``) take
+    such optima apart while the bars form: on signed bars at N = 2000 (20 seeds per cell)
+    the defaults find every bar in 18–20 of 20 runs on 5x5, 10x10 and 16x16 bars with
+    π = 1/H and 2/H (benchmarks/RESULTS.md, 2026-12-02 session 7).
 
     References
     ----------
@@ -141,7 +151,10 @@ class TSC(TruncatedEMEstimator):
 
     _model_class = TSCModel
     _model_name = "tsc"
-    _default_temperature: list = [[0.0, 5.0], [0.8, 1.0]]
+    # T 3 -> 1 over 60 % with the repairs (benchmarks/RESULTS.md, 2026-12-02 session 7):
+    # the bars form by about iteration 35, inside the checks of the first half
+    _default_temperature: list = [[0.0, 3.0], [0.6, 1.0]]
+    _default_reassignment = 0.3
     # selecting data points while the posterior is still tempered locks TSC into shared
     # "sum and difference" fields; selecting only after annealing removes the truncation
     # bias without that (benchmarks/RESULTS.md, TSC schedules)

@@ -12,7 +12,7 @@ from tests.helpers import match_columns
 
 # settings measured to recover the bars (benchmarks/bench_discrete.py measures the rates)
 SEED_TSC, N_ITER_TSC = 0, 60
-TSC_SCHEDULE = {"temperature": [[0, 5.0], [0.8, 1.0]]}
+TSC_SCHEDULE: dict = {}  # the default: T from 3 to 1 over the first 60 %, repairs on
 SEED_DSC, N_ITER_DSC = 0, 50
 DSC_SCHEDULE: dict = {}  # the default: T from 5 to 1 over the first 80 % of the run
 

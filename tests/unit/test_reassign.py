@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from prosper import BSC, TSC
+from prosper import BSC, DSC, TSC
 from prosper.backends import get_backend
 from prosper.data import bars
 from prosper.models.gsc import GSCModel
@@ -134,10 +134,12 @@ def test_gsc_reassigned_latent_gets_the_median_spike_probability():
     np.testing.assert_array_equal(params["pi"], [0.2, 0.001, 0.4])  # not modified in place
 
 
-def test_reassignment_is_on_by_default_for_bsc_only(blocked):
+def test_reassignment_is_on_by_default_for_bsc_and_tsc(blocked):
     Y, params = blocked
     assert _step(BSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]["reassigned"] == 0
-    assert "reassigned" not in _step(TSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]
+    assert _step(TSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]["reassigned"] == 0
+    dsc = {"W": params["W"], "pi": np.array([0.8, 0.2]), "sigma": params["sigma"]}
+    assert "reassigned" not in _step(DSC(values=(0, 1), **SETTINGS), Y, dsc, REASSIGN_EVERY)[1]
 
 
 def test_reassignment_ratio_is_checked():

@@ -153,3 +153,20 @@ def test_a_run_with_repairs_resumes_exactly(signed_bars, tmp_path):
     part = TSC(**kwargs).fit(Y, out=out, resume=True)
     np.testing.assert_allclose(part.W_, full.W_, rtol=0, atol=1e-10)
     np.testing.assert_array_equal(part.history_["merged"], full.history_["merged"])
+
+
+def test_tsc_defaults_find_every_signed_bar_where_a_merge_is_needed():
+    """Signed 5x5 bars, π = 1/H, seed 3 of the grid (benchmarks/bench_states.py): the former
+    defaults found 8 of 10 bars, the default schedule without the repairs 8 as well; with
+    them a merge gives the missing bars their latents."""
+    data = bars(
+        size=5, n_samples=2300, pi=0.1, amplitude=10.0, sigma=2.0, signed=True, random_state=3
+    )
+    found = {}
+    for ratio in (None, 0.0):
+        est = TSC(H=10, n_iter=100, reassignment_ratio=ratio, random_state=3, progress=False)
+        est.fit(data.Y[:2000])
+        found[ratio] = _bars_found(est.W_, data.W)
+        if ratio is None:
+            assert (est.history_["merged"] > 0).any()
+    assert found[None] == 10 and found[0.0] < 10
