@@ -45,10 +45,10 @@ class TSC(TruncatedEMEstimator):
     reassignment_ratio : float or None, default=None
         Repairs of latents EM leaves in a local optimum, every 5 iterations of the first
         half of the run (see :class:`prosper.BSC`), read for signed latents: a latent used
-        less than this fraction of the median latent's Σ<|s_h|>, or the less used of two
+        less than this fraction of the median latent's ``Σ<|s_h|>``, or the less used of two
         columns with absolute cosine > 0.95 (a column and its negative are one latent),
         takes the residual of a poorly explained point; latents only ever non-zero together
-        (Σ<|s_g| |s_h|>) are merged into W_g ± W_h, the sign of Σ<s_g s_h>. None: 0.3; 0
+        (``Σ<|s_g| |s_h|>``) are merged into W_g ± W_h, the sign of Σ<s_g s_h>. None: 0.3; 0
         switches the repairs off. With the default schedule they raise the runs that find
         every signed bar from 8 to 20 of 20 (5x5, π = 1/H) and from 5 to 20 of 20 (10x10,
         π = 1/H; benchmarks/RESULTS.md, 2026-12-02 session 7).
