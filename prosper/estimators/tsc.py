@@ -125,8 +125,10 @@ class TSC(TruncatedEMEstimator):
     less well, which keeps σ larger while the bars form and lets them separate; ET data
     selection then removes that bias once T = 1. The repairs (``reassignment_ratio``) take
     such optima apart while the bars form: on signed bars at N = 2000 (20 seeds per cell)
-    the defaults find every bar in 18–20 of 20 runs on 5x5, 10x10 and 16x16 bars with
-    π = 1/H and 2/H (benchmarks/RESULTS.md, 2026-12-02 session 7).
+    the defaults find every bar in 18–20 of 20 runs on 5x5 and 10x10 bars with π = 1/H and
+    2/H, and in 20 and 14 of 20 on 16x16 bars. Where every component must be found, use
+    ``n_init=3`` (four fits' cost): 20 of 20 in the two cells below 20 (benchmarks/RESULTS.md,
+    2026-12-02 session 7).
 
     References
     ----------
