@@ -48,7 +48,7 @@ def main() -> None:
         Hprime=6,
         gamma=3,
         n_iter=args.n_iter,
-        random_state=1,  # default annealing: T from 5 to 1 over the first 80 % of the run
+        random_state=1,  # default annealing: T from 3 to 1 over the first 60 % of the run
     )
     model.fit(data.Y)
     err = signed_matched_error(model.W_, data.W)
