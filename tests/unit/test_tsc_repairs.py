@@ -137,6 +137,7 @@ def test_a_run_with_repairs_resumes_exactly(signed_bars, tmp_path):
     kwargs.update(reassignment_ratio=0.3, temperature=[[0, 3.0], [0.6, 1.0]])
     Y = signed_bars.Y
     full = TSC(**kwargs).fit(Y)
+    assert full.history_["merged"][10] > 0  # a merge after the point of the stop
 
     class Stop(Exception):
         pass
