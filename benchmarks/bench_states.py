@@ -177,6 +177,23 @@ CONFIGS.update(
         "default": {},
     }
 )
+# GSC (--model gsc), session 7: its session-6 defaults spelled out (ET H'=8, gamma=4; T 3->1
+# over 60 %, whole joint; data selection 0->1 over 2/3), with the re-initialisation at 0.3
+# ("-r3": unused latents; "-r3s": also duplicates by the absolute cosine and pairs only ever
+# on together merged or split, the code of branch gsc7)
+_GSC = {
+    **_ET,
+    "temperature": [[0, 3.0], [0.6, 1.0]],
+    "anneal_prior": True,
+    "ncut_factor": [[0.0, 0.0], [0.667, 1.0]],
+}
+CONFIGS.update(
+    {
+        "gsc-T3p-r0": {**_GSC, "reassignment_ratio": 0.0},
+        "gsc-T3p-r3": {**_GSC, "reassignment_ratio": 0.3},
+        "gsc-T3p-r3s": {**_GSC, "reassignment_ratio": 0.3},
+    }
+)
 
 
 # ----------------------------------------------------------------------------------------
