@@ -684,7 +684,8 @@ def gsc_estep(
         log Σ_b p(y, b) over the candidate patterns at temperature 1.
     stats : dict or None
         float64 ``sy`` (D, H) Σ y⟨s⟩ᵀ, ``ss`` (H, H) Σ⟨ssᵀ⟩, ``b`` (H,) Σ⟨b⟩, ``dz`` and ``dz2``
-        (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩, ``yy`` Σ||y||², ``n`` Σ mask.
+        (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩, ``bb`` (H, H) Σ mask ⟨b_g⟩⟨b_h⟩
+        (as ``prosper.models.gsc.spike_pairs``), ``yy`` Σ||y||², ``n`` Σ mask.
     """
     Y = np.asarray(Y)
     B, D = Y.shape
@@ -750,12 +751,16 @@ def gsc_estep(
     if not accumulate:
         return log_marginal, None
     b, dz, dz2 = (p.sum(axis=0) for p in parts)
+    # spikes on together, from the per-point marginals (mean_b holds mask ⟨b⟩)
+    w = weights[:, None]
+    unit = np.divide(mean_b, w, out=np.zeros_like(mean_b), where=w > 0)
     return log_marginal, {
         "sy": Y.T.astype(np.float64) @ mean_s,
         "ss": ss_part.sum(axis=0),
         "b": b,
         "dz": dz,
         "dz2": dz2,
+        "bb": mean_b.T @ unit,
         "yy": np.array(float(weights @ yy)),
         "n": np.array(float(weights.sum())),
     }

@@ -145,6 +145,8 @@ class GSC(TruncatedEMEstimator):
     _model_name = "gsc"
     #: temperature schedule used when ``temperature`` is None (measured in bench_gsc.py)
     _default_temperature = [[0, 3.0], [0.6, 1.0]]
+    #: re-initialisation, duplicate and pair repairs (measured in bench_states.py, session 7)
+    _default_reassignment = 0.3
 
     def _bytes_per_state(self, H: int, gamma: int) -> int:
         # the slab's gamma × gamma Cholesky factors and their solves per state and point

@@ -44,7 +44,7 @@ from prosper.models.base import (
     reassigned_column,
 )
 
-__all__ = ["GSCModel", "spike_count_masses"]
+__all__ = ["GSCModel", "spike_count_masses", "spike_pairs"]
 
 PI_MIN, PI_MAX = 1e-5, 1.0 - 1e-5
 LOG_2PI = float(np.log(2.0 * np.pi))
@@ -87,6 +87,26 @@ def spike_count_masses(pi: np.ndarray, gamma: int) -> tuple[float, np.ndarray]:
     # leave-one-out: setting π_h = 0 removes latent h from the count
     others = np.where(np.eye(H, dtype=bool), 0.0, pi[None, :])
     return A, pmf(others)[:, :gamma].sum(axis=1)
+
+
+def spike_pairs(mean_b: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Σ_n w_n ⟨b_g⟩_n ⟨b_h⟩_n (H, H): how often two spikes are on together, from the
+    per-point spike marginals.
+
+    The product of the marginals stands for ⟨b_g b_h⟩_n (equal where a point's posterior
+    settles on one pattern, as it does at T = 1 away from ties); it needs only ⟨b⟩ per point,
+    which every E-step path has, where the exact pair sums would need them in each kernel.
+
+    Parameters
+    ----------
+    mean_b : ndarray of shape (B, H)
+        w_n ⟨b⟩_n, the marginals already multiplied by the point weights.
+    weight : ndarray of shape (B,)
+        w_n (1, or 0/1 under data selection).
+    """
+    w = np.asarray(weight, dtype=np.float64)[:, None]
+    unit = np.divide(mean_b, w, out=np.zeros_like(mean_b), where=w > 0)
+    return mean_b.T @ unit
 
 
 def _singletons(
@@ -417,8 +437,9 @@ class GSCModel(TruncatedModel):
         Runs the backend's ``KERNELS["gsc_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel. Statistics:
         ``sy`` (D, H) Σ y⟨s⟩ᵀ, ``ss`` (H, H) Σ⟨ssᵀ⟩ (with Λ_b), ``b`` (H,) Σ⟨b⟩, ``dz`` and
-        ``dz2`` (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩ about the current μ, ``yy``
-        Σ||y||², ``n`` number (weight) of points.
+        ``dz2`` (H,) Σ⟨b_h (z_h - μ_h)⟩ and Σ⟨b_h (z_h - μ_h)²⟩ about the current μ, ``bb``
+        (H, H) Σ⟨b_g⟩⟨b_h⟩ (:func:`spike_pairs`), ``yy`` Σ||y||², ``n`` number (weight) of
+        points.
         """
         batch = self.candidates(Y, states, params)
         kernel = backend_kernel(backend, "gsc_estep")
@@ -438,6 +459,7 @@ class GSCModel(TruncatedModel):
             "sy": Y.T.astype(np.float64) @ mean_s,
             "b": mean_b.sum(axis=0),
             **extra,
+            "bb": spike_pairs(mean_b, weight),
             "yy": np.array(float(weight @ yy)),
             "n": np.array(float(weight.sum())),
         }
@@ -577,7 +599,8 @@ class GSCModel(TruncatedModel):
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         """The statistics of :meth:`estep_batch` (``sy``, ``b``, ``ss``, ``dz``, ``dz2``,
-        ``yy``, ``n``) from posterior weights ``q`` (B, K) over explicit spike patterns."""
+        ``bb``, ``yy``, ``n``) from posterior weights ``q`` (B, K) over explicit spike
+        patterns."""
         H = self.H
         W = params["W"]
         WY = (Y @ W.astype(Y.dtype, copy=False)).astype(np.float64)
@@ -611,6 +634,7 @@ class GSCModel(TruncatedModel):
             "ss": ss.reshape(H + 1, H + 1)[:H, :H].copy(),
             "dz": dz_sum[:H],
             "dz2": dz2_sum[:H],
+            "bb": spike_pairs(np.einsum("bk,bkh->bh", q, (X != 0).astype(np.float64)), weight),
             "yy": np.array(float(weight @ yy)),
             "n": np.array(float(np.sum(weight))),
         }
@@ -668,6 +692,67 @@ class GSCModel(TruncatedModel):
         pi = np.array(params["pi"], dtype=np.float64)
         pi[h] = np.median(pi)
         return {**params, "W": reassigned_column(params["W"], h, y, mean_s), "pi": pi}
+
+    def latent_similarity(self, params):
+        """Absolute cosine similarity of the columns of W (a column is defined up to sign
+        and scale: W_h z_h with W_h → −c W_h, z_h → −z_h / c is the same cause)."""
+        norms = np.linalg.norm(params["W"], axis=0)
+        unit = params["W"] / np.where(norms > 0, norms, 1.0)
+        return np.abs(unit.T @ unit)
+
+    def latent_pairs(self, stats):
+        """How often two spikes are on together: Σ_n⟨b_g⟩⟨b_h⟩ off the diagonal
+        (:func:`spike_pairs`), Σ_n⟨b_h⟩ on it."""
+        pairs = np.array(stats["bb"], dtype=np.float64)
+        np.fill_diagonal(pairs, stats["b"])
+        return pairs
+
+    def merged(self, params, sources, stats=None):
+        """Latents redefined from pairs of latents that are on together.
+
+        A pair (g, k) on together superposes W_g z_g + W_k z_k, with the mean
+        m = μ_g W_g + μ_k W_k. Two local optima of GSC give such pairs (seen on bars with
+        π = 1/H):
+
+        - one cause split over two latents, both slabs away from zero (a latent b − a only
+          ever on together with a): latent h becomes m, the cause;
+        - two causes a, b held by a "sum" latent (a + b direction, slab mean away from zero)
+          and a "difference" latent whose slab straddles zero (|μ_j| < Ψ_j^½: its sign picks
+          a or b), both on for every point of a or b: the pair is two causes
+          m ± Ψ_j^½ W_j, so h takes one and the pair's other member the other (when that
+          member is not redefined itself).
+
+        A new column is W_h = the vector, with μ_h = 1, the median relative slab variance
+        Ψ/μ² of the latents and the median π (as :meth:`reassigned`); ``stats`` is not
+        needed.
+        """
+        W = np.array(params["W"], dtype=np.float64)
+        mu = np.array(params["mu"], dtype=np.float64)
+        psi = np.maximum(np.array(params["psi"], dtype=np.float64), 0.0)
+        pi = np.array(params["pi"], dtype=np.float64)
+        old_W, old_mu, old_psi = W.copy(), mu.copy(), psi.copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(old_mu != 0, old_psi / old_mu**2, np.inf)
+        spread = float(np.median(relative)) if np.isfinite(np.median(relative)) else 1.0
+        new: dict[int, np.ndarray] = {}
+        for h, pair in sources.items():
+            members = list(pair)
+            mean = old_W[:, members] @ old_mu[members]
+            wide = [j for j in members if abs(old_mu[j]) < np.sqrt(old_psi[j])]
+            if not wide:
+                new[h] = mean
+                continue
+            j = max(wide, key=lambda i: (old_psi[i] * np.sum(old_W[:, i] ** 2), -i))
+            half = np.sqrt(old_psi[j]) * old_W[:, j]
+            new[h] = mean + half
+            other = next((i for i in members if i != h), None)
+            if other is not None and other not in sources and other not in new:
+                new[other] = mean - half
+        median_pi = float(np.median(pi))
+        for h, column in new.items():
+            W[:, h] = column
+            mu[h], psi[h], pi[h] = 1.0, spread, median_pi
+        return {**params, "W": W, "mu": mu, "psi": psi, "pi": pi}
 
     def mstep(self, stats, params, gamma):
         """Closed-form updates (Sheikh et al. 2014, section 3), σ² with the new W.

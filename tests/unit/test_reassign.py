@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from prosper import BSC, DSC, TSC
+from prosper import BSC, DSC, GSC, TSC
 from prosper.backends import get_backend
 from prosper.data import bars
 from prosper.models.gsc import GSCModel
@@ -211,3 +211,76 @@ def test_bsc_defaults_find_every_bar_where_a_compound_latent_held_one_before():
     est = BSC(H=10, n_iter=100, random_state=9, progress=False).fit(data.Y[:2000])
     assert _bars_found(est.W_, data.W) == 10
     assert (est.history_["merged"] > 0).any()
+
+
+def _abs_bars_found(W, W_true, threshold=0.9):
+    """Bars with a column of absolute cosine above threshold (GSC: columns up to sign)."""
+    Wn = W / np.linalg.norm(W, axis=0)
+    cos = np.abs((W_true / np.linalg.norm(W_true, axis=0)).T @ Wn)
+    rows, cols = linear_sum_assignment(-cos)
+    return int(np.sum(cos[rows, cols] > threshold))
+
+
+GSC_SETTINGS = {**SETTINGS, "Hprime": 6, "gamma": 3}
+
+
+def test_gsc_pair_of_a_sum_and_a_difference_latent_is_split_into_its_two_bars():
+    """GSC's local optimum at π = 1/H (benchmarks/RESULTS.md, session 7): bars a and b are
+    held by a latent (a + b)/2 with slab mean 5 and a latent (a − b)/2 whose slab straddles
+    zero (±5 picks a or b), both on for every point of either bar. Every point is
+    explained; the split gives each bar its own latent."""
+    from prosper.data.spike_slab import gsc_data
+
+    data = gsc_data(600, D=25, H=10, pi=0.1, mu=5.0, psi=1.0, dictionary="bars", random_state=5)
+    a, b = 2, 7
+    W = data.W.copy()
+    W[:, a], W[:, b] = (data.W[:, a] + data.W[:, b]) / 2, (data.W[:, a] - data.W[:, b]) / 2
+    mu, psi, pi = np.full(10, 5.0), np.ones(10), np.full(10, 0.1)
+    mu[b], psi[b], pi[a], pi[b] = 0.0, 26.0, 0.2, 0.2
+    params = {"W": W, "pi": pi, "mu": mu, "psi": psi, "sigma": np.asarray(0.5)}
+    est = GSC(**GSC_SETTINGS)
+    new, metrics = _step(est, data.Y, params, REASSIGN_EVERY)
+    plain, _ = _step(GSC(**{**GSC_SETTINGS, "reassignment_ratio": 0.0}), data.Y, params, 1)
+    assert _abs_bars_found(plain["W"], data.W) < 10
+    assert metrics["merged"] == 1 and metrics["reassigned"] == -1
+    assert _abs_bars_found(new["W"], data.W, threshold=0.95) == 10
+    assert set(np.flatnonzero(new["mu"] == 1.0)) == {a, b}  # both members redefined
+
+
+def test_gsc_spike_pairs_are_the_same_on_every_e_step_path():
+    """Σ⟨b_g⟩⟨b_h⟩ from the NumPy E-step, the numba kernel and explicit states agree."""
+    from prosper.data.spike_slab import gsc_data
+    from prosper.models.gsc import spike_pairs
+
+    data = gsc_data(200, D=25, H=10, pi=0.2, mu=5.0, dictionary="bars", random_state=1)
+    model = GSCModel(10, 25)
+    params = {
+        "W": data.W,
+        "pi": np.full(10, 0.2),
+        "mu": np.full(10, 5.0),
+        "psi": np.ones(10),
+        "sigma": np.asarray(0.5),
+    }
+    est = GSC(**{**GSC_SETTINGS, "backend": "numpy"})
+    learner = _learner(est, data.Y, params)
+    mask = (np.arange(200) % 3 != 0).astype(np.float64)
+    batch = model.candidates(data.Y, learner.states, params)
+    stats = {
+        name: model.estep_batch(data.Y, learner.states, params, 0.7, 0.7, mask, True, backend)[1]
+        for name, backend in (("numpy", get_backend("numpy")), ("numba", get_backend("numba")))
+    }
+    np.testing.assert_allclose(stats["numba"]["bb"], stats["numpy"]["bb"], rtol=1e-9, atol=1e-9)
+    # the diagonal is Σ⟨b⟩² <= Σ⟨b⟩, the matrix symmetric
+    assert np.all(np.diag(stats["numpy"]["bb"]) <= stats["numpy"]["b"] + 1e-9)
+    np.testing.assert_allclose(stats["numpy"]["bb"], stats["numpy"]["bb"].T)
+    X = batch.indices()
+    ll, lp = model.log_joint(data.Y, X, params)
+    lj = 0.7 * (ll + lp)
+    q = np.exp(lj - lj.max(axis=1, keepdims=True))
+    q /= q.sum(axis=1, keepdims=True)
+    explicit = model.state_stats(data.Y, X, q * mask[:, None], mask, params, None)
+    np.testing.assert_allclose(explicit["bb"], stats["numpy"]["bb"], rtol=1e-8, atol=1e-8)
+    # a masked point does not count
+    one = np.zeros((2, 10))
+    one[0, :2] = 1.0
+    np.testing.assert_array_equal(spike_pairs(one, np.array([0.0, 1.0])), 0.0)
