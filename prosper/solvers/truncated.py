@@ -474,7 +474,7 @@ class TruncatedEM:
         spare, self._spare = self._spare, None
         if not self._reassigns(iteration):
             return params, -1.0, 0.0
-        sources = self._merges(stats)
+        sources = self._merges(stats, self.model.latent_similarity(params))
         if sources:
             log.info(
                 "iteration %d: latents %s re-defined as the pairs %s they are on together as",
@@ -505,16 +505,20 @@ class TruncatedEM:
         )
         return self.model.reassigned(params, h, *spare), float(h), float(len(sources))
 
-    def _merges(self, stats: dict[str, np.ndarray]) -> dict[int, tuple[int, ...]]:
+    def _merges(
+        self, stats: dict[str, np.ndarray], similarity: np.ndarray | None = None
+    ) -> dict[int, tuple[int, ...]]:
         """Latents to redefine as pairs of latents that are on together: {h: (g, k)}.
 
         Two latents are linked when they are on together in at least ``MERGE_SHARE`` of the
         less used one's activations, at least ``MERGE_LIFT`` times as often as independent
         latents would be, and at least ``reassignment_ratio`` times as often as the median
-        latent is on. In each group of linked latents the patterns that occur are each
-        latent alone (its activations without a linked partner) and each linked pair on
-        together; the group's latents are given its most frequent patterns, as many as it
-        has latents.
+        latent is on, and their columns are not duplicates (``similarity`` at most
+        ``REASSIGN_DUPLICATE``: copies of one cause that share its points, as GSC's slabs
+        allow, are left to the duplicate rule of :meth:`_reassign`). In each group of linked
+        latents the patterns that occur are each latent alone (its activations without a
+        linked partner) and each linked pair on together; the group's latents are given its
+        most frequent patterns, as many as it has latents.
 
         The local optima this leaves (seen on bars with π = 1/H): three latents stand for
         three bars as (a + b − c)/2 and its rotations, so that every bar takes two of them;
@@ -534,6 +538,8 @@ class TruncatedEM:
         # a pair on together as rarely as an under-used latent is on is no cause of its own
         frequent = pairs >= self.reassignment_ratio * float(np.median(usage))
         linked = (share >= MERGE_SHARE) & (lift >= MERGE_LIFT) & frequent
+        if similarity is not None:
+            linked &= similarity <= REASSIGN_DUPLICATE
         np.fill_diagonal(linked, False)
         sources: dict[int, tuple[int, ...]] = {}
         for group in _components(linked):

@@ -284,3 +284,14 @@ def test_gsc_spike_pairs_are_the_same_on_every_e_step_path():
     one = np.zeros((2, 10))
     one[0, :2] = 1.0
     np.testing.assert_array_equal(spike_pairs(one, np.array([0.0, 1.0])), 0.0)
+
+
+def test_gsc_defaults_find_every_bar_where_a_sum_and_a_difference_latent_held_two():
+    """5x5 spike-and-slab bars, π = 1/H, seed 0 of the grid (benchmarks/bench_states.py):
+    with the session-6 defaults two latents ended along a + b and a − b (8 of 10 bars)."""
+    from prosper.data.spike_slab import gsc_data
+
+    data = gsc_data(2300, D=25, H=10, pi=0.1, mu=5.0, psi=1.0, dictionary="bars", random_state=0)
+    est = GSC(H=10, n_iter=100, random_state=0, progress=False).fit(data.Y[:2000])
+    assert _abs_bars_found(est.W_, data.W) == 10
+    assert (est.history_["merged"] > 0).any()
