@@ -295,3 +295,20 @@ def test_gsc_defaults_find_every_bar_where_a_sum_and_a_difference_latent_held_tw
     est = GSC(H=10, n_iter=100, random_state=0, progress=False).fit(data.Y[:2000])
     assert _abs_bars_found(est.W_, data.W) == 10
     assert (est.history_["merged"] > 0).any()
+
+
+def test_gsc_copies_of_one_bar_that_share_its_points_are_reinitialised_not_merged():
+    """16x16 grid seed 1 (session 7): copies of one bar, each with part of its slab, are on
+    together for every point of the bar while another bar has no latent. A merge would
+    give back a copy; the duplicate rule gives the missing bar a latent."""
+    from prosper.data.spike_slab import gsc_data
+
+    data = gsc_data(600, D=25, H=10, pi=0.1, mu=5.0, psi=1.0, dictionary="bars", random_state=5)
+    W = data.W.copy()
+    W[:, 8] = W[:, 3]
+    mu, psi = np.full(10, 5.0), np.ones(10)
+    mu[[3, 8]], psi[[3, 8]] = 2.5, 0.25
+    params = {"W": W, "pi": np.full(10, 0.1), "mu": mu, "psi": psi, "sigma": np.asarray(0.5)}
+    new, metrics = _step(GSC(**GSC_SETTINGS), data.Y, params, REASSIGN_EVERY)
+    assert metrics["merged"] == 0 and metrics["reassigned"] in (3.0, 8.0)
+    assert _abs_bars_found(new["W"], data.W) == 10
