@@ -56,9 +56,10 @@ class GSC(TruncatedEMEstimator):
         cosine > 0.95) and redefinition of latents only ever on together (merged into their
         slab-mean-weighted sum, or split into two causes where one slab straddles zero),
         every 5 iterations of the first half (see :class:`prosper.BSC` and the guide's
-        "Unused latents"). None: 0.3 (spike-and-slab bars with π = 1/H, N = 2000, 20
-        seeds: all bars in 20 of 20 runs on 5x5 and 19 of 20 on 10x10, against 13 and 13
-        of 20 without it; benchmarks/RESULTS.md, session 7). 0 switches it off.
+        "Unused latents"). None: 0.3 (spike-and-slab bars, N = 2000, 20 seeds per cell:
+        all bars in 20 of 20 runs on 5x5, 10x10 and 16x16 at π = 1/H and 2/H, against 13
+        and 19 of 20 on 5x5, 13 and 20 of 20 on 10x10 without it; benchmarks/RESULTS.md,
+        session 7). 0 switches it off.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
