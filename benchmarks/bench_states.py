@@ -175,6 +175,9 @@ CONFIGS.update(
         # the estimator's defaults, whatever they are at the recorded commit (each record
         # carries the commit): what a user gets without settings
         "default": {},
+        # MCA, MMCA (session 7): the estimator's defaults with the re-initialisation off
+        # (their defaults before it became 0.3)
+        "default-r0": {"reassignment_ratio": 0.0},
     }
 )
 # GSC (--model gsc), session 7: its session-6 defaults spelled out (ET H'=8, gamma=4; T 3->1

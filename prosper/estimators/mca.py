@@ -47,8 +47,13 @@ class MCA(TruncatedEMEstimator):
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     reassignment_ratio : float or None, default=None
-        Re-initialisation of unused latents (see :class:`prosper.BSC`); not used by
-        MCA and MMCA, whose model has no linear residual to hand to a latent.
+        Re-initialisation of unused latents (see :class:`prosper.BSC`); None means 0.3.
+        Every 5 iterations of the first half of the run, the least used latent (usage: how
+        often it holds the maximum at its most used pixel) below this fraction of the median
+        latent's usage, or the less used of two latents whose columns have a cosine above
+        0.95, takes what the maximum leaves unexplained of a poorly explained data point: the
+        pixels where y exceeds the reconstruction of its most probable state by more than σ
+        (MMCA: in magnitude), at y's values. 0 switches it off (the former default).
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -135,6 +140,8 @@ class MCA(TruncatedEMEstimator):
     _model_name = "mca"
     #: default annealing (None in the constructor), chosen in benchmarks/bench_mca.py
     _default_temperature: float | list = [[0.0, 4.0], [0.6, 1.0]]
+    #: re-initialisation of unused and duplicate latents (benchmarks/RESULTS.md, session 7)
+    _default_reassignment = 0.3
 
 
 class MMCA(MCA):
@@ -154,8 +161,8 @@ class MMCA(MCA):
     ----------
     H : int, default=10
         Number of causes (dictionary elements).
-    Hprime, gamma, n_iter, batch_size, anneal_prior, noise, ncut_factor, init, backend, \
-dtype, random_state, comm, callback, progress
+    Hprime, gamma, reassignment_ratio, n_iter, batch_size, anneal_prior, noise, \
+ncut_factor, init, backend, dtype, random_state, comm, callback, progress
         As for :class:`MCA`.
     temperature : float, list of [position, value] pairs or None, default=None
         As for :class:`MCA`; None: T = 1 throughout (ρ = 6), the best of the schedules

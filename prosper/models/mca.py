@@ -530,6 +530,55 @@ class MCAModel(TruncatedModel):
             "sigma": np.asarray(max(sigma, 1e-8)),
         }
 
+    # -- repairs of local optima (the solver's re-initialisation) ----------------------------
+    def latent_usage(self, stats):
+        """max_d Σ_n <A_dh>, (H,): how often latent h explains the pixel it explains most.
+
+        A_dh is 1 for a singleton of h and, in a state with several causes, near 1 where h
+        holds the maximum and near 0 where another cause does; so at a pixel that only h
+        covers it counts the points with h on. A latent that is on but wins no pixel (it
+        explains nothing under the maximum) counts as unused. Read from the statistic of
+        the W update, so no E-step work is added.
+        """
+        return np.asarray(stats["A"], dtype=np.float64).max(axis=0)
+
+    def reconstruction(self, params: Params, mean_s: np.ndarray) -> np.ndarray:
+        """W̄(ŝ) (D,) of the state ŝ = [<s> > 1/2] under the exact maximum."""
+        W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
+        s = (np.asarray(mean_s, dtype=np.float64) > 0.5).astype(np.float64)
+        return self._combine(s[None, :], W)[0]
+
+    def unexplained(self, params: Params, y: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
+        """Boolean (D,): the pixels a new cause could explain, where y exceeds the current
+        reconstruction W̄(ŝ) by more than the noise σ (MCA: y_d > W̄_d + σ)."""
+        return np.asarray(y) > self.reconstruction(params, mean_s) + float(params["sigma"])
+
+    def reassigned(self, params, h, y, mean_s):
+        """Column h becomes y on the pixels :meth:`unexplained` marks, the minimum elsewhere.
+
+        Under the maximum the residual y − W̄ of a linear model means nothing: a cause
+        changes a pixel only where it exceeds (MMCA: in magnitude) the other active causes,
+        and then the pixel takes its value, not a sum. What a point leaves unexplained is
+        therefore where y lies above the reconstruction of its most probable state, and
+        the cause that explains it holds y itself there (a missing bar: its pixels at the
+        data's height) and nothing elsewhere, where it would never win. W unchanged when
+        no pixel is unexplained.
+        """
+        W = self.clip_W(np.array(params["W"], dtype=np.float64))
+        y = np.asarray(y, dtype=np.float64)
+        mask = self.unexplained(params, y, mean_s)
+        if mask.any():
+            W[:, h] = self.clip_W(np.where(mask, y, 0.0))
+        return {**params, "W": W}
+
+    def latent_similarity(self, params):
+        """Cosine similarity (H, H) of the columns of W (signed: W_h and −W_h are two
+        causes of MMCA, not duplicates)."""
+        W = np.asarray(params["W"], dtype=np.float64)
+        norms = np.linalg.norm(W, axis=0)
+        unit = W / np.where(norms > 0, norms, 1.0)
+        return unit.T @ unit
+
     # -- the rest of the protocol -----------------------------------------------------------
     def truncated_mass(self, params: Params, gamma: int) -> float:
         return binomial_truncation(self.H, gamma, float(params["pi"]))[0]
@@ -628,6 +677,13 @@ class MMCAModel(MCAModel):
     def _w_update(self, W_raw, W_old, A):
         inertia = np.maximum(1.0 - np.exp(-A / self.inertia_scale), self.inertia_floor)
         return inertia * W_raw + (1.0 - inertia) * W_old
+
+    def unexplained(self, params, y, mean_s):
+        """Boolean (D,): where |y| exceeds the magnitude of the reconstruction W̄(ŝ) by
+        more than σ; only there can a new cause of y's sign win (the larger magnitude wins,
+        whatever the sign of the cause it replaces)."""
+        rec = self.reconstruction(params, mean_s)
+        return np.abs(np.asarray(y)) > np.abs(rec) + float(params["sigma"])
 
     def _combine(self, S, W):
         """The active cause of largest magnitude wins with its sign (loop over H only)."""
