@@ -14,6 +14,7 @@ import pytest
 
 import prosper.models.mca as mca_module
 from prosper import MCA, MMCA
+from prosper.data import bars
 from prosper.models.base import binomial_truncation
 from prosper.models.mca import MCAModel, MMCAModel
 from prosper.solvers.states import ExpectationTruncation
@@ -211,3 +212,96 @@ def test_bad_input(cls):
         model.transform(Y[:, :3])
     with pytest.raises(ValueError, match="n_samples"):
         model.sample(0)
+
+
+# -- the re-initialisation of unused and duplicate latents (reassignment_ratio) --------------
+
+
+def test_reassigned_cause_holds_y_where_it_exceeds_the_reconstruction():
+    """Under the maximum a new cause takes y's values (not y − W̄) where y lies more than σ
+    above the reconstruction of the most probable state (MMCA: in magnitude), and the
+    minimum elsewhere; the other columns stay."""
+    W = np.full((6, 3), W_MIN := mca_module.W_MIN)
+    W[:3, 0] = 10.0  # cause 0 covers pixels 0-2
+    params = {"W": W, "pi": np.asarray(0.3), "sigma": np.asarray(1.0)}
+    y = np.array([10.3, 9.8, 12.0, 9.5, 0.4, 10.2])  # pixel 2 and 3, 5 exceed W̄ by > σ
+    new = MCAModel(H=3, D=6).reassigned(params, 2, y, np.array([0.9, 0.1, 0.0]))
+    np.testing.assert_allclose(new["W"][:, 2], [W_MIN, W_MIN, 12.0, 9.5, W_MIN, 10.2])
+    np.testing.assert_array_equal(new["W"][:, :2], W[:, :2])
+    assert new["W"] is not W and W[2, 2] == W_MIN  # not modified in place
+    # MMCA: a pixel is unexplained where |y| exceeds |W̄| by > σ, whatever the sign
+    Ws = W.copy()
+    Ws[:3, 0] = -10.0
+    signed = {**params, "W": Ws}
+    ys = np.array([-10.3, 12.0, -0.5, -9.5, 0.4, 10.2])
+    new = MMCAModel(H=3, D=6).reassigned(signed, 1, ys, np.array([1.0, 0.0, 0.0]))
+    np.testing.assert_allclose(new["W"][:, 1], [W_MIN, 12.0, W_MIN, -9.5, W_MIN, 10.2])
+    # nothing unexplained: W unchanged
+    same = MCAModel(H=3, D=6).reassigned(params, 2, W[:, 0], np.array([1.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(same["W"], W)
+    # W_h and −W_h are two causes of MMCA, not duplicates
+    pair = np.array([[1.0, -1.0], [2.0, -2.0]])
+    sim = MMCAModel(H=2, D=2).latent_similarity({"W": pair})
+    np.testing.assert_allclose(sim, [[1.0, -1.0], [-1.0, 1.0]])
+
+
+def test_latent_usage_counts_where_a_cause_holds_the_maximum():
+    """usage_h = Σ_d <A>_dh W_dh² / Σ_d W_dh²: a bar's usage is how often it is on; a
+    cause that is on only together with one that covers all its pixels more strongly wins
+    nothing and counts as unused."""
+    W = np.full((4, 3), mca_module.W_MIN)
+    W[:2, 0] = 10.0
+    W[2:, 1] = 10.0
+    W[:2, 2] = 3.0  # inside cause 0's pixels, always beaten by it
+    rng = np.random.default_rng(0)
+    S = (rng.random((300, 3)) < 0.3).astype(float)
+    S[:, 2] *= S[:, 0]  # cause 2 only ever on together with cause 0
+    model = MCAModel(H=3, D=4)
+    Y = model._combine(S, W) + 0.5 * rng.standard_normal((300, 4))
+    params = {"W": W, "pi": np.asarray(0.3), "sigma": np.asarray(0.5)}
+    states = ExpectationTruncation(3, 3, 3, model.values)
+    from prosper.backends import get_backend
+
+    _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, get_backend("numpy"))
+    usage = model.latent_usage(stats)
+    assert usage[2] < 0.01 * min(usage[0], usage[1])
+    np.testing.assert_allclose(usage[:2], S[:, :2].sum(axis=0), rtol=0.05)
+
+
+@pytest.mark.parametrize("estimator", [MCA, MMCA])
+def test_an_unused_cause_takes_what_the_maximum_leaves_unexplained(estimator):
+    """5x5 bars combined by the maximum (MMCA: a fixed sign per bar) whose latent 0 is
+    replaced by a column no point can use: with the defaults the check of iteration 5 gives
+    it the values of the spare (poorly explained) point where they exceed the
+    reconstruction of its most probable state; the M-step is otherwise unchanged. Before
+    session 7 MCA and MMCA never re-initialised a latent."""
+    from prosper.backends import get_backend
+    from prosper.parallel import Communicator
+    from prosper.solvers.truncated import REASSIGN_EVERY
+
+    signed = estimator is MMCA
+    data = bars(size=5, n_samples=400, pi=0.2, amplitude=10.0, sigma=2.0, random_state=3)
+    W_true = data.W * (np.where(np.arange(10) % 2 == 0, 1.0, -1.0) if signed else 1.0)
+    model = (MMCAModel if signed else MCAModel)(H=10, D=25)
+    Y = model._combine(data.S, W_true)
+    Y += 2.0 * np.random.default_rng(3).standard_normal(Y.shape)
+    W = W_true.copy()
+    W[:, 0] = 50.0  # sticks out above every point: never preselected, never on
+    params = {"W": W, "pi": np.asarray(0.2), "sigma": np.asarray(2.0)}
+    settings = {"H": 10, "Hprime": 6, "gamma": 3, "n_iter": 40, "temperature": 1.0}
+    learners = []
+    for ratio in (None, 0.0):  # the default, and switched off
+        est = estimator(**settings, backend="numpy", reassignment_ratio=ratio)
+        learner = est._make_learner(25, 0, get_backend("numpy"))
+        learner.set_params(params, Y.shape[0])
+        stats = learner.estep(Y, Communicator(None), REASSIGN_EVERY)
+        spare = learner._spare
+        learners.append((learner, learner.mstep(stats, REASSIGN_EVERY), spare))
+    (on, metrics, spare), (off, off_metrics, _) = learners
+    assert metrics["reassigned"] == 0 and "reassigned" not in off_metrics
+    np.testing.assert_array_equal(on.params["W"][:, 1:], off.params["W"][:, 1:])
+    y, mean_s = spare
+    mask = model.unexplained(off.params, y, mean_s)
+    assert mask.any() and not mask.all()
+    expected = model.clip_W(np.where(mask, y, 0.0))
+    np.testing.assert_array_equal(on.params["W"][:, 0], expected)
