@@ -532,14 +532,15 @@ class MCAModel(TruncatedModel):
 
     # -- repairs of local optima (the solver's re-initialisation) ----------------------------
     def latent_usage(self, stats):
-        """Σ_d <A>_dh W_dh² / Σ_d W_dh², (H,): how often latent h holds the maximum,
-        averaged over its pixels with weights W_dh² (W = Σ<A> y / Σ<A>, the undamped W
-        of the M-step).
+        """Σ_d <A>_dh W_dh² / ||W_h||, (H,): how often latent h holds the maximum (averaged
+        over its pixels with weights W_dh²) times the size of its cause (W = Σ<A> y / Σ<A>,
+        the undamped W of the M-step).
 
         Σ_n <A_dh> is the number of points with h on at a pixel that only h covers (A_dh
         is 1 for a singleton of h and, in a state with several causes, near 1 where h
         holds the maximum and near 0 where another cause does), so a bar's usage is how
-        often it is on. A latent that is on but beaten wherever it is large explains
+        often it is on times its norm. A latent that is on but beaten wherever it is large,
+        or whose column has decayed to near 0 (on or off, it changes nothing), explains
         nothing under the maximum and counts as unused; the W² weights keep the pixels
         where every active cause is near 0 (and A is shared) from counting. Read from the
         statistics of the W update: no E-step work is added.
@@ -547,8 +548,8 @@ class MCAModel(TruncatedModel):
         A = np.asarray(stats["A"], dtype=np.float64)
         Ay = np.asarray(stats["Ay"], dtype=np.float64)
         W2 = np.square(np.divide(Ay, A, out=np.zeros_like(A), where=A > 0))
-        total = W2.sum(axis=0)
-        return np.divide((A * W2).sum(axis=0), total, out=np.zeros_like(total), where=total > 0)
+        norm = np.sqrt(W2.sum(axis=0))
+        return np.divide((A * W2).sum(axis=0), norm, out=np.zeros_like(norm), where=norm > 0)
 
     def reconstruction(self, params: Params, mean_s: np.ndarray) -> np.ndarray:
         """W̄(ŝ) (D,) of the state ŝ = [<s> > 1/2] under the exact maximum."""

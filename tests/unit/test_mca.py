@@ -246,9 +246,9 @@ def test_reassigned_cause_holds_y_where_it_exceeds_the_reconstruction():
 
 
 def test_latent_usage_counts_where_a_cause_holds_the_maximum():
-    """usage_h = Σ_d <A>_dh W_dh² / Σ_d W_dh²: a bar's usage is how often it is on; a
-    cause that is on only together with one that covers all its pixels more strongly wins
-    nothing and counts as unused."""
+    """usage_h = Σ_d <A>_dh W_dh² / ||W_h||: a bar's usage is how often it is on times its
+    norm; a cause that is on only together with one that covers all its pixels more
+    strongly wins nothing and counts as unused."""
     W = np.full((4, 3), mca_module.W_MIN)
     W[:2, 0] = 10.0
     W[2:, 1] = 10.0
@@ -265,7 +265,13 @@ def test_latent_usage_counts_where_a_cause_holds_the_maximum():
     _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, get_backend("numpy"))
     usage = model.latent_usage(stats)
     assert usage[2] < 0.01 * min(usage[0], usage[1])
-    np.testing.assert_allclose(usage[:2], S[:, :2].sum(axis=0), rtol=0.05)
+    np.testing.assert_allclose(usage[:2], S[:, :2].sum(axis=0) * np.sqrt(200.0), rtol=0.05)
+    # a column decayed to near 0 changes nothing, on or off: unused whatever <s_h>
+    params["W"] = W.copy()
+    params["W"][:, 2] = 0.05
+    _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, get_backend("numpy"))
+    usage = model.latent_usage(stats)
+    assert usage[2] < 0.01 * min(usage[0], usage[1])
 
 
 @pytest.mark.parametrize("estimator", [MCA, MMCA])
