@@ -130,6 +130,12 @@ class TruncatedModel(ABC):
         scores = None if states.full else self.preselection_scores(Y, params)
         return states.select(scores, Y.shape[0])
 
+    #: whether the solver's spare point (the residual a re-initialised latent takes) is
+    #: chosen only among points whose most probable ET state has fewer than gamma non-zero
+    #: latents (set where measured: TSC, whose points with more causes than gamma would
+    #: otherwise give two-bar residuals)
+    spare_needs_room: bool = False
+
     #: whether :meth:`estep_batch` is a fused E-step for the ET state set (else the solver
     #: runs the generic E-step over the explicit candidate states)
     fused_estep: bool = False

@@ -51,6 +51,7 @@ class TSCModel(BSCModel):
     """
 
     name = "tsc"
+    spare_needs_room = True
 
     @property
     def values(self) -> np.ndarray:

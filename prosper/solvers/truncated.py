@@ -434,11 +434,14 @@ class TruncatedEM:
         upper = global_top_mask(log_marginal, (n + 1) // 2, comm)
         median = comm.allreduce(float(log_marginal[upper].min()) if upper.any() else np.inf, "min")
         cut = median - misfit_margin(int(Y.shape[1]))
-        misfits = comm.allreduce(int(np.count_nonzero(log_marginal < cut)))
+        eligible = log_marginal < cut
+        if self.model.spare_needs_room and not self.evolutionary:
+            eligible &= ~self._at_limit(Y, eligible)
+        misfits = comm.allreduce(int(np.count_nonzero(eligible)))
         if misfits == 0:
             return None
         k = min(max(1, (misfits + 1) // 2), max(1, int(np.ceil(REASSIGN_QUANTILE * n))))
-        worst = np.flatnonzero(global_top_mask(-log_marginal, k, comm))
+        worst = np.flatnonzero(global_top_mask(-np.where(eligible, log_marginal, np.inf), k, comm))
         offset = comm.exscan(int(Y.shape[0]))
         # of the k worst-explained points the best explained; ties go to the lowest row
         mine = (-np.inf, 0)
@@ -460,6 +463,25 @@ class TruncatedEM:
                 np.asarray(self.backend.to_host({"s": mean_s})["s"], dtype=np.float64)[0],
             )
         return comm.bcast(payload, root=owner)
+
+    def _at_limit(self, Y: Rows, points: np.ndarray) -> np.ndarray:
+        """Whether the most probable candidate state of each local point in ``points`` (bool,
+        shape (N_local,)) has ``gamma`` non-zero latents, the most the ET state set allows:
+        such a point may be poorly explained because of the truncation, not for want of a
+        latent (bool, shape (N_local,), False outside ``points``). One sweep over the
+        batches that hold such points, at the checks only."""
+        full = np.zeros(points.shape[0], dtype=bool)
+        for rows in self._batches(Y.shape[0]):
+            sel = np.flatnonzero(points[rows])
+            if sel.size == 0:
+                continue
+            block = np.asarray(Y[rows])[sel]
+            X = self.model.candidates(block, self.states, self.params).indices()
+            ll, lp = self.model.state_scorer(block, self.params, self.backend, 1.0)[1](X)
+            best = np.argmax(np.asarray(ll) + np.asarray(lp), axis=1)
+            active = np.count_nonzero(X[np.arange(X.shape[0]), best], axis=1)
+            full[rows.start + sel] = active >= self.states.gamma
+        return full
 
     def _reassign(self, stats: dict[str, np.ndarray], params: Params, iteration: int):
         """``params`` after this iteration's repairs of latents EM does not move out of a
