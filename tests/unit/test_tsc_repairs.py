@@ -171,3 +171,24 @@ def test_tsc_defaults_find_every_signed_bar_where_a_merge_is_needed():
         if ratio is None:
             assert (est.history_["merged"] > 0).any()
     assert found[None] == 10 and found[0.0] < 10
+
+
+@pytest.mark.parametrize("room", [True, False], ids=["room", "any"])
+def test_the_spare_point_has_room_for_another_latent(monkeypatch, room):
+    """Bar 0 has no latent (column 0 duplicates column 1), π = 2/H and γ = 2: a third of the
+    points hold more bars than γ explains, and the poorly explained point chosen among all
+    points (the former rule) is one of those, whose residual holds other bars. Chosen among
+    points whose best state has fewer than γ latents, its residual is bar 0."""
+    data = bars(
+        size=5, n_samples=600, pi=0.2, amplitude=10.0, sigma=2.0, signed=True, random_state=5
+    )
+    W = data.W.copy()
+    W[:, 0] = -1.02 * W[:, 1]
+    params = {"W": W, "pi": np.asarray(0.2), "sigma": np.asarray(2.0)}
+    monkeypatch.setattr(TSCModel, "spare_needs_room", room)
+    learner = TSC(**{**SETTINGS, "gamma": 2})._make_learner(25, 0, get_backend("numpy"))
+    learner.set_params(params, data.Y.shape[0])
+    log_marginal, _ = learner._pass(data.Y, 1.0, 1.0, None, False)
+    y, mean_s = learner._spare_point(data.Y, Communicator(None), log_marginal)
+    cosine = abs(np.corrcoef(y - W @ mean_s, data.W[:, 0])[0, 1])
+    assert (cosine > 0.85) == room
