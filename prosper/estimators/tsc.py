@@ -47,7 +47,9 @@ class TSC(TruncatedEMEstimator):
         half of the run (see :class:`prosper.BSC`), read for signed latents: a latent used
         less than this fraction of the median latent's ``Σ<|s_h|>``, or the less used of two
         columns with absolute cosine > 0.95 (a column and its negative are one latent),
-        takes the residual of a poorly explained point; latents only ever non-zero together
+        takes the residual of a poorly explained point whose most probable ET state has
+        fewer than gamma non-zero latents (one at the limit may lack a state, not a
+        latent); latents only ever non-zero together
         (``Σ<|s_g| |s_h|>``) are merged into W_g ± W_h, the sign of Σ<s_g s_h>. None: 0.3; 0
         switches the repairs off. With the default schedule they raise the runs that find
         every signed bar from 8 to 20 of 20 (5x5, π = 1/H) and from 5 to 20 of 20 (10x10,
@@ -126,9 +128,10 @@ class TSC(TruncatedEMEstimator):
     selection then removes that bias once T = 1. The repairs (``reassignment_ratio``) take
     such optima apart while the bars form: on signed bars at N = 2000 (20 seeds per cell)
     the defaults find every bar in 18–20 of 20 runs on 5x5 and 10x10 bars with π = 1/H and
-    2/H, and in 20 and 14 of 20 on 16x16 bars. Where every component must be found, use
-    ``n_init=3`` (four fits' cost): 20 of 20 in the two cells below 20 (benchmarks/RESULTS.md,
-    2026-12-02 session 7).
+    2/H, and in 20 and 20 of 20 on 16x16 bars (14 of 20 at π = 2/H before the point a
+    re-initialised latent takes over had to leave room for it). Where every component must
+    be found, use ``n_init=3`` (four fits' cost): 20 of 20 on 5x5 bars at π = 2/H, the one
+    cell below 20 (benchmarks/RESULTS.md, 2026-12-02 session 7).
 
     References
     ----------
