@@ -10,6 +10,7 @@ from prosper import BSC, DSC, GSC, TSC
 from prosper.backends import get_backend
 from prosper.data import bars
 from prosper.models.gsc import GSCModel
+from prosper.models.tsc import TSCModel
 from prosper.parallel import Communicator
 from prosper.solvers.truncated import REASSIGN_EVERY, REASSIGN_QUANTILE, misfit_margin
 
@@ -51,7 +52,12 @@ SETTINGS.update(ncut_factor=0.0, backend="numpy")
 
 
 @pytest.mark.parametrize("estimator", [BSC, TSC])
-def test_an_unused_latent_takes_the_residual_of_a_poorly_explained_point(blocked, estimator):
+def test_an_unused_latent_takes_the_residual_of_a_poorly_explained_point(
+    blocked, estimator, monkeypatch
+):
+    # the generic rule (TSC also restricts the points to those with room for another
+    # latent: tests/unit/test_tsc_repairs.py)
+    monkeypatch.setattr(TSCModel, "spare_needs_room", False)
     Y, params = blocked
     new, metrics = _step(estimator(reassignment_ratio=0.3, **SETTINGS), Y, params, REASSIGN_EVERY)
     plain, plain_metrics = _step(
