@@ -83,3 +83,17 @@ def match_columns(
             w = -w
         matched[:, c] = w
     return matched, np.abs(matched - W_true).max(axis=0)
+
+
+class Stop(Exception):
+    """Raised by a :func:`stop_at` callback: a fit interrupted as a crash would interrupt it."""
+
+
+def stop_at(iteration: int):
+    """A fit callback that raises :class:`Stop` at ``iteration`` (after its record)."""
+
+    def crash(it, learner, metrics):
+        if it == iteration:
+            raise Stop
+
+    return crash

@@ -9,6 +9,7 @@ import pytest
 import prosper
 from prosper import BSC
 from prosper.data import bars
+from tests.helpers import Stop, stop_at
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,7 @@ def test_resume_equals_uninterrupted(tmp_path, data):
     full = small(noise=[[0, 0.05], [0.5, 0.0]], temperature=[[0, 2.0], [0.5, 1.0]])
     full.fit(data.Y, out=tmp_path / "full.h5")
 
-    class Stop(Exception):
-        pass
-
-    def crash(it, learner, metrics):
-        if it == 6:
-            raise Stop
+    crash = stop_at(6)
 
     out = tmp_path / "part.h5"
     part = small(noise=[[0, 0.05], [0.5, 0.0]], temperature=[[0, 2.0], [0.5, 1.0]], callback=crash)
@@ -83,12 +79,7 @@ def test_resume_equals_uninterrupted(tmp_path, data):
 def test_resume_with_a_drawn_seed(tmp_path, data):
     """random_state=None: the seed drawn by the first call is stored and reused on resume."""
 
-    class Stop(Exception):
-        pass
-
-    def crash(it, learner, metrics):
-        if it == 5:
-            raise Stop
+    crash = stop_at(5)
 
     out = tmp_path / "drawn.h5"
     kwargs = {"noise": [[0, 0.1], [0.8, 0.0]], "random_state": None}

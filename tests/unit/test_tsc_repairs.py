@@ -13,6 +13,7 @@ from prosper.data import bars
 from prosper.models.tsc import TSCModel
 from prosper.parallel import Communicator
 from prosper.solvers.truncated import REASSIGN_EVERY
+from tests.helpers import Stop, stop_at
 
 SETTINGS = {"H": 10, "Hprime": 6, "gamma": 3, "n_iter": 40, "temperature": 1.0}
 SETTINGS.update(ncut_factor=0.0, backend="numpy", reassignment_ratio=0.3)
@@ -139,12 +140,7 @@ def test_a_run_with_repairs_resumes_exactly(signed_bars, tmp_path):
     full = TSC(**kwargs).fit(Y)
     assert full.history_["merged"][10] > 0  # a merge after the point of the stop
 
-    class Stop(Exception):
-        pass
-
-    def crash(it, learner, metrics):
-        if it == 7:
-            raise Stop
+    crash = stop_at(7)
 
     out = tmp_path / "part.h5"
     with pytest.raises(Stop):
