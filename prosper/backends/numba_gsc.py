@@ -704,7 +704,10 @@ def gsc_estep(
     g = np.diag(G).copy()
     a = 1.0 + psi * g / sigma2
     parent, slots, k, anc = _tree_nodes(batch.table)
-    I = np.ascontiguousarray(batch.I, dtype=np.int64)
+    # always a write-protected view: numba compiles a read-only and a writable argument
+    # separately, and this kernel takes ~100 s to compile (state sets hand over either)
+    I = np.ascontiguousarray(batch.I, dtype=np.int64).view()
+    I.setflags(write=False)
     accumulate = bool(accumulate or moments_only)
     second = accumulate and not moments_only
     weights = np.ones(B) if mask is None else np.ascontiguousarray(mask, dtype=np.float64)
