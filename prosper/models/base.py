@@ -377,6 +377,14 @@ class TruncatedModel(ABC):
         return np.einsum("bk,bkh->bh", q, batch.dense())
 
 
+def column_cosines(W: np.ndarray) -> np.ndarray:
+    """Cosine similarity (H, H) of the columns of W (D, H); a zero column has cosine 0 with
+    every column."""
+    norms = np.linalg.norm(W, axis=0)
+    unit = W / np.where(norms > 0, norms, 1.0)
+    return unit.T @ unit
+
+
 def reassigned_column(W: np.ndarray, h: int, y: np.ndarray, mean_s: np.ndarray) -> np.ndarray:
     """A copy of W (D, H) whose column h is the residual y − W<s> scaled to the median
     column norm (the size of a typical cause, so that switching it on costs what the others

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from prosper.models.base import LinearTruncatedModel, Params, binomial_truncation
+from prosper.models.base import (
+    LinearTruncatedModel,
+    Params,
+    binomial_truncation,
+    column_cosines,
+)
 
 __all__ = ["BSCModel"]
 
@@ -62,9 +67,7 @@ class BSCModel(LinearTruncatedModel):
 
     def latent_similarity(self, params):
         """Cosine similarity of the columns of W."""
-        norms = np.linalg.norm(params["W"], axis=0)
-        unit = params["W"] / np.where(norms > 0, norms, 1.0)
-        return unit.T @ unit
+        return column_cosines(params["W"])
 
     def latent_pairs(self, stats):
         """Σ_n <s_g s_h>: for binary latents the second-moment statistic counts how often

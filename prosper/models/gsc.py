@@ -41,6 +41,7 @@ from prosper.models.base import (
     Params,
     TruncatedModel,
     backend_kernel,
+    column_cosines,
     reassigned_column,
 )
 
@@ -696,9 +697,7 @@ class GSCModel(TruncatedModel):
     def latent_similarity(self, params):
         """Absolute cosine similarity of the columns of W (a column is defined up to sign
         and scale: W_h z_h with W_h → −c W_h, z_h → −z_h / c is the same cause)."""
-        norms = np.linalg.norm(params["W"], axis=0)
-        unit = params["W"] / np.where(norms > 0, norms, 1.0)
-        return np.abs(unit.T @ unit)
+        return np.abs(column_cosines(params["W"]))
 
     def latent_pairs(self, stats):
         """How often two spikes are on together: Σ_n⟨b_g⟩⟨b_h⟩ off the diagonal

@@ -38,7 +38,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import logsumexp
 
-from prosper.models.base import Params, TruncatedModel, backend_kernel, binomial_truncation
+from prosper.models.base import (
+    Params,
+    TruncatedModel,
+    backend_kernel,
+    binomial_truncation,
+    column_cosines,
+)
 
 __all__ = ["MCAModel", "MMCAModel"]
 
@@ -583,10 +589,7 @@ class MCAModel(TruncatedModel):
     def latent_similarity(self, params):
         """Cosine similarity (H, H) of the columns of W (signed: W_h and −W_h are two
         causes of MMCA, not duplicates)."""
-        W = np.asarray(params["W"], dtype=np.float64)
-        norms = np.linalg.norm(W, axis=0)
-        unit = W / np.where(norms > 0, norms, 1.0)
-        return unit.T @ unit
+        return column_cosines(np.asarray(params["W"], dtype=np.float64))
 
     # -- the rest of the protocol -----------------------------------------------------------
     def truncated_mass(self, params: Params, gamma: int) -> float:
