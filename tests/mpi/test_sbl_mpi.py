@@ -76,11 +76,18 @@ def test_one_and_two_ranks_give_the_same_model(results, name):
     _, out = results
     one, two = out[1], out[2]
     assert one[f"{name}_n_iter"] == two[f"{name}_n_iter"]  # the tol decision agrees too
-    np.testing.assert_allclose(two[f"{name}_gamma"], one[f"{name}_gamma"], rtol=1e-9, atol=1e-14)
+    # Two ranks sum the statistics in another order: round-off of ~1e-16 relative to the
+    # largest entry, amplified by the fixed point to ~1e-9 of a small entry on some CPUs'
+    # BLAS kernels, so the tolerance is relative to the largest entry, not to each one.
+    gamma_scale = np.abs(one[f"{name}_gamma"]).max()
+    np.testing.assert_allclose(
+        two[f"{name}_gamma"], one[f"{name}_gamma"], rtol=1e-9, atol=1e-9 * gamma_scale
+    )
     np.testing.assert_array_equal(two[f"{name}_gamma"] > 0, one[f"{name}_gamma"] > 0)
     np.testing.assert_allclose(two[f"{name}_sigma"], one[f"{name}_sigma"], rtol=1e-9)
     np.testing.assert_allclose(two[f"{name}_coef"], one[f"{name}_coef"], rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(two[f"{name}_F"], one[f"{name}_F"], rtol=1e-9)
+    # one-off dips of the trace (F = -2254 among values near +100) carry 2e-9 of round-off
+    np.testing.assert_allclose(two[f"{name}_F"], one[f"{name}_F"], rtol=1e-8)
     np.testing.assert_allclose(two[f"{name}_score"], one[f"{name}_score"], rtol=1e-9)
     assert one[f"{name}_coef"].shape[0] == 7
 
