@@ -125,6 +125,8 @@ def kron_matvec(mats: Sequence[np.ndarray], X: np.ndarray) -> np.ndarray:
     """
     B = X.shape[0]
     rest = math.prod(A.shape[1] for A in mats)
+    if rest == 0:  # no active entry (γ all zero): the product is zero
+        return np.zeros((B, math.prod(A.shape[0] for A in mats)))
     T = X
     # contracting mode 1 with A_i appends mode r_i at the end: after I steps the modes are
     # back in order (B, r_1, ..., r_I). Each step is np.tensordot(T, A_i, axes=([1], [1]))

@@ -136,6 +136,17 @@ def test_classic_sbl_is_never_worse_than_zero_at_0db():
         assert est.history_["penalised"][-1] == 1 and est.n_iter_ < 500
 
 
+def test_classic_sbl_may_remove_every_entry():
+    """n = 256 at 0 dB (8×16 factors, 4×4 support; seed 1000 of benchmarks/bench_krosbl.py):
+    the entry cost removes every entry, so the fit ends at the empty model, x̂ = 0 and
+    σ² = ||y||²/m (it raised ZeroDivisionError in the posterior of no active entry)."""
+    p = kronecker_problem([(8, 16)] * 2, sparsity=4, snr_db=0.0, random_state=1000)
+    est = SBL(dictionary=p.dictionary).fit(p.Y)
+    assert not est.gamma_.any() and not est.coef_.any()
+    np.testing.assert_allclose(est.sigma_**2, (p.Y**2).mean(), rtol=1e-12)
+    assert est.score(p.Y) > -np.inf and est.n_iter_ < 500
+
+
 def test_sbl_resumes_inside_the_penalised_phase(tmp_path):
     """The phase and the entries it removed are part of the checkpoint."""
     p = kronecker_problem([(6, 8), (6, 8)], sparsity=2, snr_db=10, n_snapshots=2, random_state=5)

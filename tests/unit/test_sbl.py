@@ -118,6 +118,28 @@ def test_dense_sbl_estep_and_mstep_equal_textbook_formulas(shape, rng):
     np.testing.assert_allclose(float(new["sigma"]) ** 2, sigma2_expected, rtol=1e-10)
 
 
+def test_kron_matvec_of_an_empty_factor_is_zero(rng):
+    """A factor without columns (no active entry) gives the zero product, not an error."""
+    mats = [rng.standard_normal((4, 0)), rng.standard_normal((3, 2))]
+    np.testing.assert_array_equal(kron_matvec(mats, np.zeros((2, 0))), np.zeros((2, 12)))
+
+
+@pytest.mark.parametrize("shape", [(6, 15), (15, 6)])
+def test_sbl_with_every_entry_removed_is_the_empty_model(shape, rng):
+    """γ = 0 (the entry cost removed every entry): x̂ = 0, y ~ N(0, σ² I), and the M-step
+    gives σ² = mean_l ||y_l||² / m (this posterior raised ZeroDivisionError before)."""
+    model = SBLModel(rng.standard_normal(shape))
+    Y = rng.standard_normal((3, shape[0]))
+    params = {"gamma": np.zeros(shape[1]), "sigma": np.array(0.7)}
+    post = model.posterior(params)
+    np.testing.assert_array_equal(model.coef(Y, post), np.zeros((3, shape[1])))
+    expected = multivariate_normal(np.zeros(shape[0]), 0.49 * np.eye(shape[0])).logpdf(Y)
+    np.testing.assert_allclose(model.log_evidence(Y, post), expected, rtol=1e-12)
+    new = model.mstep(model.estep_batch(Y, post), params, post, 3, learn_sigma=True, prune=1e-3)
+    np.testing.assert_array_equal(new["gamma"], np.zeros(shape[1]))
+    np.testing.assert_allclose(float(new["sigma"]) ** 2, (Y**2).sum() / Y.size, rtol=1e-12)
+
+
 @pytest.mark.parametrize("shape", [(6, 15), (15, 6)])
 def test_column_precisions_and_entry_gains_equal_dense_formulas(shape, rng):
     """S_j = φ_jᵀC⁻¹φ_j in both posterior forms, and each entry's gain ℓ_j = max over γ_j of
