@@ -308,6 +308,7 @@ class EMEstimator(BaseEstimator):
                 callback=self._stop_callback(),
                 progress=self.progress,
             )
+            self._finish(learner, Y, comm)
         if resume and writer.active:
             # the whole run's trace, not only the iterations after the checkpoint
             history = {k: list(v) for k, v in read_history(out).items()}
@@ -387,6 +388,10 @@ class EMEstimator(BaseEstimator):
         """``codes(rows, block)``: the latents of a block of this rank's training rows under
         the fitted model (for the checks at the end of a fit)."""
         return lambda rows, block: self.transform(block)
+
+    def _finish(self, learner: Any, Y: Any, comm: Communicator) -> None:
+        """The last change of the learned parameters after the EM iterations, before they
+        are stored (collective; nothing by default)."""
 
     def _canonical(self, learner, params: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The learned parameters in the model's documented gauge (see

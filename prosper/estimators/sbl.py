@@ -89,6 +89,7 @@ class _SBLEstimator(EMEstimator):
         "sigma": [None, Interval("real", 0, None, "neither")],
         "prune": [Interval("real", 0, 1, "left")],
         "tol": [None, Interval("real", 0, None)],
+        "model_choice": [bool],
         "backend": [Options(("auto", "numpy"))],
     }
 
@@ -149,6 +150,10 @@ class _SBLEstimator(EMEstimator):
             return stop or converged
 
         return callback
+
+    def _finish(self, learner: SBLLearner, Y: Any, comm: Any) -> None:
+        # the empty model x = 0 against the learned one (SBLLearner.choose_model)
+        self.evidence_margin_ = learner.choose_model(Y, comm) if self.model_choice else None
 
     def _stop_callback(self):
         # the relative-change stop goes through run_em's callback (agreed across ranks)
@@ -217,6 +222,15 @@ _COMMON_DOC = """
         Stop when the relative change ||γ_new - γ|| / ||γ|| of an iteration falls below
         ``tol`` (γ is the same on every rank, so all ranks stop together; it stands for the
         change of μ, which is rank-local). None or 0: run all ``n_iter`` iterations.
+    model_choice : bool, default=True
+        After the iterations, return the empty model (x̂ = 0, γ = 0, σ² = mean_l
+        ||y_l||² / m) where it is more probable than the learned one: the log evidence of
+        each plus the log prior of its support, under a uniform (Beta(1, 1)) prior on the
+        inclusion probability (Scott & Berger 2010): a support of k of N entries has
+        prior probability 1 / ((N + 1) C(N, k)), so the learned model pays log C(N, k)
+        against the empty one.{choice_prior}
+        ``evidence_margin_`` holds the log odds. False: always the learned model (as
+        before 2026-12).
     n_iter : int, default=500
         Maximal number of EM iterations.
     batch_size : int, default=1000
@@ -256,6 +270,10 @@ _COMMON_ATTRS = """
         Iterations run (fewer than ``n_iter`` when ``tol`` stopped the run).
     n_features_in_ : int
         m, measurements per snapshot.
+    evidence_margin_ : float or None
+        Log posterior odds (nats, all snapshots) of the learned model against the empty
+        one (``model_choice``); negative: the empty model was returned. None with
+        ``model_choice=False``. Set by ``fit`` only (not by :func:`prosper.load`).
 """
 
 
@@ -285,6 +303,7 @@ class SBL(_SBLEstimator):
         and m < n (see Notes).
 """
         + _COMMON_DOC.replace("{per}", "")
+        .replace("{choice_prior}", "")
         .replace("{prune0}", "1e-3")
         .replace("{prune_note}", "")
         .replace("{sigma0}", "the noise of a 10 dB signal-to-noise ratio")
@@ -316,7 +335,9 @@ class SBL(_SBLEstimator):
     selection. IEEE Trans. Signal Process. 52(8):2153-2164, 2004. M. E. Tipping and
     A. C. Faul. Fast marginal likelihood maximisation for sparse Bayesian models. AISTATS
     2003. D. P. Foster and E. I. George. The risk inflation criterion for multiple
-    regression. Ann. Statist. 22(4):1947-1975, 1994.
+    regression. Ann. Statist. 22(4):1947-1975, 1994. J. G. Scott and J. O. Berger. Bayes
+    and empirical-Bayes multiplicity adjustment in the variable-selection problem. Ann.
+    Statist. 38(5):2587-2619, 2010.
 
     Examples
     --------
@@ -347,6 +368,7 @@ class SBL(_SBLEstimator):
         sigma: float | None = None,
         prune: float = 1e-3,
         tol: float | None = 1e-6,
+        model_choice: bool = True,
         n_iter: int = 500,
         batch_size: int = 1000,
         backend: str = "numpy",
@@ -363,6 +385,7 @@ class SBL(_SBLEstimator):
         self.sigma = sigma
         self.prune = prune
         self.tol = tol
+        self.model_choice = model_choice
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.backend = backend
@@ -472,6 +495,11 @@ class KroneckerSBL(_SBLEstimator):
         False: only the ``prune`` threshold (as before 2026-12).
 """
         + _COMMON_DOC.replace("{per}", " of its factor")
+        .replace(
+            "{choice_prior}",
+            " One such prior per factor (N = n_i, or\n        its number of blocks with"
+            " ``block_size``); their costs add.",
+        )
         .replace("{prune0}", "3e-3")
         .replace(
             "{prune_note}",
@@ -495,6 +523,8 @@ class KroneckerSBL(_SBLEstimator):
     ----------
     Y. He and G. Joseph. Bayesian algorithms for Kronecker-structured sparse vector
     recovery with application to IRS-MIMO channel estimation. arXiv:2307.14719, 2023.
+    J. G. Scott and J. O. Berger. Bayes and empirical-Bayes multiplicity adjustment in the
+    variable-selection problem. Ann. Statist. 38(5):2587-2619, 2010.
 
     Examples
     --------
@@ -534,6 +564,7 @@ class KroneckerSBL(_SBLEstimator):
         sigma: float | None = None,
         prune: float = 3e-3,
         tol: float | None = 1e-6,
+        model_choice: bool = True,
         n_iter: int = 500,
         batch_size: int = 1000,
         backend: str = "numpy",
@@ -554,6 +585,7 @@ class KroneckerSBL(_SBLEstimator):
         self.sigma = sigma
         self.prune = prune
         self.tol = tol
+        self.model_choice = model_choice
         self.n_iter = n_iter
         self.batch_size = batch_size
         self.backend = backend

@@ -79,6 +79,7 @@ __all__ = [
     "fixed_point_update",
     "kron_matvec",
     "kron_vectors",
+    "log_binomial",
     "rank_one_update",
     "slice_evidence",
 ]
@@ -490,6 +491,15 @@ class _SBLBase:
         """Number of non-zero entries of γ."""
         return int(np.count_nonzero(self.gamma(params)))
 
+    def support_log_prior(self, params: Params) -> float:
+        """log P(S) - log P(∅) of the support S = {j : γ_j > 0} of ``params`` under the
+        Beta(1, 1)-binomial prior on supports (see :func:`log_binomial`)."""
+        raise NotImplementedError
+
+    def empty_params(self, sigma2: float) -> Params:
+        """The empty model: every γ entry zero (x = 0), noise variance ``sigma2``."""
+        raise NotImplementedError
+
     def from_log_coordinates(
         self, vector: np.ndarray, active: Sequence[np.ndarray], prune: float
     ) -> Params:
@@ -647,6 +657,18 @@ def _prune(gamma: np.ndarray, prune: float) -> np.ndarray:
     return np.where(gamma >= prune * top, gamma, 0.0) if top > 0 else gamma
 
 
+def log_binomial(n: int, k: int) -> float:
+    """log C(n, k), the log prior odds of the empty support against one support of k of
+    n entries under a Beta(1, 1) (uniform) prior on the inclusion probability.
+
+    With that prior a support of k entries has probability 1 / ((n + 1) C(n, k)) (Scott &
+    Berger 2010): the prior corrects for the number of supports of each size, so the
+    cost of one more entry, log((n - k)/(k + 1)), is log n for the first one and falls
+    as the data support more of them.
+    """
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
 class SBLModel(_SBLBase):
     """Classic SBL (Tipping 2001; Wipf & Rao 2004) with a dense dictionary.
 
@@ -682,6 +704,12 @@ class SBLModel(_SBLBase):
 
     def init_gamma(self, value: float) -> Params:
         return {"gamma": np.full(self.n_components, value)}
+
+    def support_log_prior(self, params: Params) -> float:
+        return -log_binomial(self.n_components, self.n_active(params))
+
+    def empty_params(self, sigma2: float) -> Params:
+        return {"gamma": np.zeros(self.n_components), "sigma": np.array(math.sqrt(sigma2))}
 
     def update_gamma(
         self, q: np.ndarray, ratios: tuple[np.ndarray, np.ndarray], params: Params, **kwargs: Any
@@ -1056,6 +1084,20 @@ class KroneckerSBLModel(_SBLBase):
 
     def n_active(self, params: Params) -> int:
         return math.prod(np.count_nonzero(g) for g in self.gamma_factors(params))
+
+    def support_log_prior(self, params: Params) -> float:
+        # a Kronecker support is the product of one support per factor (of whole blocks
+        # with block_sizes), each with its own Beta(1, 1)-binomial prior
+        gammas = self.gamma_factors(params)
+        return -sum(
+            log_binomial(g.size // b, int(np.count_nonzero(g)) // b)
+            for g, b in zip(gammas, self.block_sizes, strict=True)
+        )
+
+    def empty_params(self, sigma2: float) -> Params:
+        params = {f"gamma_{i + 1}": np.zeros(n) for i, (_, n) in enumerate(self.shapes)}
+        params["sigma"] = np.array(math.sqrt(sigma2))
+        return params
 
     def fixed_point_phase(self, iteration: int) -> bool:
         return self.method == "am" or iteration >= SVD_ITERATIONS

@@ -7,7 +7,9 @@ and the summed log evidence; one packed Allreduce adds them, and the M-step, ide
 every rank, updates γ and σ. The decision to stop uses the relative change of γ, which is
 the same number on every rank. Where Kronecker SBL tests for dead factor entries
 (:meth:`KroneckerSBLModel.dead_test_phase`) the E-step also returns one (n,) sum per factor
-(``slice_1`` ..), reduced in the same Allreduce.
+(``slice_1`` ..), reduced in the same Allreduce. After the iterations
+:meth:`SBLLearner.choose_model` compares the learned model with the empty one (x = 0) on
+the evidence summed over all ranks and keeps the more probable one.
 
 For Kronecker SBL the fixed-point update of γ and σ is a map θ → G(θ) whose iterates
 converge linearly, slowly where many entries are marginal (low SNR). With ``memory`` > 0
@@ -388,6 +390,39 @@ class SBLLearner:
             "rejected": float(rejected),
             "penalised": float(penalised),
         }
+
+    # -- the model against x = 0 ----------------------------------------------------------
+    def choose_model(self, Y: np.ndarray, comm: Communicator) -> float:
+        """Keep the learned model or return the empty one (x = 0), whichever has the larger
+        posterior probability (collective).
+
+        Compares log p(Y | γ, σ²) + log P(S) of the learned parameters with
+        log p(Y | 0, σ₀²) + log P(∅) under the support prior of
+        :meth:`~prosper.models.sbl.SBLModel.support_log_prior`; σ₀² = Σ_l ||y_l||² / (L m)
+        maximises the empty model's evidence (with a fixed σ, σ₀ = σ). The sums over the
+        snapshots are reduced over the ranks, so every rank makes the same choice.
+
+        Returns
+        -------
+        float
+            The log posterior odds (nats) of the learned model against the empty one;
+            negative when the empty model was chosen (and is now :attr:`params`).
+        """
+        post = self.model.posterior(self.params)
+        evidence = power = 0.0
+        for rows in self._batches(Y.shape[0]):  # Y may be streamed: one batch at a time
+            block = np.asarray(Y[rows], dtype=np.float64)
+            evidence += float(self.model.log_evidence(block, post).sum())
+            power += float(np.einsum("lm,lm->", block, block))
+        sums = comm.allreduce_arrays({"evidence": np.array(evidence), "power": np.array(power)})
+        power, size = float(sums["power"]), self.n_total * self.model.n_features
+        sigma2 = power / size if self.learn_sigma else float(self.params["sigma"]) ** 2
+        empty = -0.5 * (size * np.log(2 * np.pi * sigma2) + power / sigma2)
+        margin = float(sums["evidence"]) + self.model.support_log_prior(self.params) - empty
+        if margin < 0:
+            self.params = self.model.empty_params(sigma2)
+            self._posterior = None
+        return margin
 
     # -- inference with fixed parameters --------------------------------------------------
     def posterior_mean(self, Y: np.ndarray) -> np.ndarray:

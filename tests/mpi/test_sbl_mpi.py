@@ -24,7 +24,7 @@ def _worker(data_path: str, out_dir: str) -> None:
     comm = get_comm()
     with np.load(data_path) as data:
         factors = [data["Phi1"], data["Phi2"]]
-        Y = data["Y"]
+        Y, noise = data["Y"], data["noise"]
     rows = row_block(Y.shape[0], comm)
     estimators = {
         "am": KroneckerSBL(factors=factors, method="am", n_iter=40, tol=None),
@@ -35,11 +35,15 @@ def _worker(data_path: str, out_dir: str) -> None:
         "am_block": KroneckerSBL(
             factors=factors, method="am", block_size=2, prune=1e-9, n_iter=40, tol=None
         ),
+        # pure noise: the empty model is more probable than the learned one (model_choice)
+        "am_noise": KroneckerSBL(factors=factors, method="am", n_iter=40, tol=None),
     }
     result = {}
     for name, est in estimators.items():
         out = Path(out_dir) / f"{name}_{comm.size}.h5" if name == "am" else None
-        est.fit(Y[rows], out=out)
+        data = noise if name.endswith("noise") else Y
+        est.fit(data[rows], out=out)
+        result[f"{name}_margin"] = est.evidence_margin_
         coef = np.concatenate(comm.allgather(est.coef_))
         result.update(
             {
@@ -47,7 +51,7 @@ def _worker(data_path: str, out_dir: str) -> None:
                 f"{name}_sigma": est.sigma_,
                 f"{name}_n_iter": est.n_iter_,
                 f"{name}_coef": coef,
-                f"{name}_score": est.score(Y[rows]),
+                f"{name}_score": est.score(data[rows]),
                 f"{name}_F": est.free_energy_,
             }
         )
@@ -62,7 +66,8 @@ def results(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("sbl_mpi")
     p = kronecker_problem([(8, 12), (8, 12)], sparsity=2, snr_db=20, n_snapshots=7, random_state=0)
-    np.savez(path / "data.npz", Phi1=p.factors[0], Phi2=p.factors[1], Y=p.Y)
+    noise = np.random.default_rng(0).standard_normal(p.Y.shape)
+    np.savez(path / "data.npz", Phi1=p.factors[0], Phi2=p.factors[1], Y=p.Y, noise=noise)
     out = {}
     for n in (1, 2):
         run_mpi(n, ["python", __file__, str(path / "data.npz"), str(path)], timeout=300)
@@ -71,10 +76,13 @@ def results(tmp_path_factory):
     return path, out
 
 
-@pytest.mark.parametrize("name", ["am", "svd", "sbl", "am_tol", "am_block"])
+@pytest.mark.parametrize("name", ["am", "svd", "sbl", "am_tol", "am_block", "am_noise"])
 def test_one_and_two_ranks_give_the_same_model(results, name):
     _, out = results
     one, two = out[1], out[2]
+    # the choice against the empty model is made on reduced sums: the same on every rank
+    np.testing.assert_allclose(two[f"{name}_margin"], one[f"{name}_margin"], rtol=1e-9)
+    assert (one[f"{name}_margin"] < 0) == (name == "am_noise") == (not one[f"{name}_gamma"].any())
     assert one[f"{name}_n_iter"] == two[f"{name}_n_iter"]  # the tol decision agrees too
     # Two ranks sum the statistics in another order: round-off of ~1e-16 relative to the
     # largest entry, amplified by the fixed point to ~1e-9 of a small entry on some CPUs'

@@ -17,9 +17,12 @@ from prosper.models.sbl import (
     fixed_point_update,
     kron_matvec,
     kron_vectors,
+    log_binomial,
     rank_one_update,
     slice_evidence,
 )
+from prosper.parallel import get_comm
+from prosper.solvers.sbl import SBLLearner
 
 
 def dense_posterior(Phi, gamma, sigma2, Y):
@@ -138,6 +141,55 @@ def test_sbl_with_every_entry_removed_is_the_empty_model(shape, rng):
     new = model.mstep(model.estep_batch(Y, post), params, post, 3, learn_sigma=True, prune=1e-3)
     np.testing.assert_array_equal(new["gamma"], np.zeros(shape[1]))
     np.testing.assert_allclose(float(new["sigma"]) ** 2, (Y**2).sum() / Y.size, rtol=1e-12)
+
+
+def test_support_prior_is_the_beta_binomial_prior_of_each_factor(rng):
+    """log P(S) - log P(∅) = -log C(N, k): classic SBL over the n entries, KroSBL per factor
+    over its entries or blocks."""
+    assert log_binomial(15, 0) == 0.0 and log_binomial(15, 15) == pytest.approx(0.0, abs=1e-12)
+    assert log_binomial(15, 4) == pytest.approx(np.log(1365), rel=1e-12)
+    gamma = np.zeros(15)
+    gamma[[1, 4, 7, 9]] = rng.random(4) + 0.1
+    dense = SBLModel(rng.standard_normal((6, 15)))
+    assert dense.support_log_prior({"gamma": gamma}) == pytest.approx(-np.log(1365), rel=1e-12)
+    kron = KroneckerSBLModel(
+        [rng.standard_normal((3, 5)), rng.standard_normal((4, 6))], block_sizes=[1, 2]
+    )
+    params = {"gamma_1": np.array([0, 1.0, 0, 2.0, 0]), "gamma_2": np.array([0, 0, 3.0, 3.0, 0, 0])}
+    # two of 5 entries and one of 3 blocks
+    assert kron.support_log_prior(params) == pytest.approx(-np.log(10) - np.log(3), rel=1e-12)
+    empty = kron.empty_params(0.25)
+    assert kron.support_log_prior(empty) == 0.0 and float(empty["sigma"]) == 0.5
+
+
+@pytest.mark.parametrize("signal", [False, True])
+def test_model_choice_keeps_the_more_probable_of_learned_and_empty(signal, rng):
+    """The log odds are the dense evidence plus the support prior minus the evidence of
+    x = 0 at σ₀² = ||Y||²/(L m); where they are negative the empty model replaces the
+    learned one. Pure noise under a wrong support: empty; data drawn from the learned
+    model: kept."""
+    Phi = rng.standard_normal((6, 15))
+    gamma = np.zeros(15)
+    gamma[[2, 5, 11]] = [4.0, 2.0, 3.0]
+    params = {"gamma": gamma, "sigma": np.array(0.3)}
+    X = rng.standard_normal((5, 15)) * np.sqrt(gamma)
+    Y = X @ Phi.T + 0.3 * rng.standard_normal((5, 6)) if signal else rng.standard_normal((5, 6))
+    learner = SBLLearner(SBLModel(Phi), batch_size=2, learn_sigma=True, sigma=None, prune=1e-3)
+    learner.set_params(params, 5)
+    margin = learner.choose_model(Y, get_comm(None))
+    sigma02 = (Y**2).mean()
+    expected = (
+        dense_posterior(Phi, gamma, 0.09, Y)[2].sum()
+        - np.log(455)  # C(15, 3)
+        - multivariate_normal(np.zeros(6), sigma02 * np.eye(6)).logpdf(Y).sum()
+    )
+    assert margin == pytest.approx(expected, rel=1e-10)
+    assert (margin > 0) == signal
+    if signal:
+        np.testing.assert_array_equal(learner.params["gamma"], gamma)
+    else:
+        np.testing.assert_array_equal(learner.params["gamma"], np.zeros(15))
+        assert float(learner.params["sigma"]) ** 2 == pytest.approx(sigma02, rel=1e-12)
 
 
 @pytest.mark.parametrize("shape", [(6, 15), (15, 6)])
