@@ -8,8 +8,9 @@
 
 "KroSBL-AM plain" is KroSBL-AM without Anderson acceleration (``anderson_memory=0``);
 "KroSBL-AM before" is KroSBL-AM with the defaults before session 6 (no removal of dead
-factor entries, no evidence stop: ``remove_dead=False, evidence_tol=None``);
-"SBL plain" is classic SBL without the entry cost (``entry_cost=0``, plain EM-SBL);
+factor entries, no evidence stop, no choice against the empty model: ``remove_dead=False,
+evidence_tol=None, model_choice=False``); "SBL plain" is classic SBL as before 2026-12
+(``entry_cost=0, model_choice=False``, plain EM-SBL);
 "KroSBL-AM etol" stops also by the evidence (``evidence_tol``, rows with ``--evidence-tol``).
 
 Problems (issue #13): two Gaussian unit-norm-column factors Φ_i of n_i/2 × n_i, i.e.
@@ -30,8 +31,8 @@ dense fit there takes minutes).
 A block-sparse experiment (two n_i/2 × n_i factors for each n_i of ``--block-sizes``,
 default 32, i.e. n = 1024; blocks of 2 on both factors, 2 × 2 active blocks) compares block
 KroSBL with plain KroSBL and with block KroSBL as before its dead-block test ("block
-before": ``remove_dead=False, evidence_tol=None``) at ``--block-snrs`` (default 0 and 10 dB)
-over ``--block-trials`` problems; ``--block-only`` runs only this experiment.
+before": ``remove_dead=False, evidence_tol=None, model_choice=False``) at ``--block-snrs``
+(default 0 and 10 dB) over ``--block-trials`` problems; ``--block-only`` runs only this experiment.
 
 Writes benchmarks/results/<record>.json and the plots benchmarks/<record>_{snr,runtime}.png
 (``--record``, default "krosbl"); ``--speed-only`` writes benchmarks/results/krosbl_speed.json.
@@ -116,14 +117,14 @@ def run_method(
         support = x != 0
     else:
         if name.startswith("SBL"):
-            cost = {"entry_cost": 0.0} if name.endswith("plain") else {}
+            cost = {"entry_cost": 0.0, "model_choice": False} if name.endswith("plain") else {}
             est = SBL(dictionary=p.dictionary, **cost)
         else:
             # "KroSBL-AM plain": the fixed-point updates without Anderson acceleration
             method = name.split("-")[1].split()[0].lower()
             extra = {"anderson_memory": 0} if name.endswith("plain") else {}
             if name.endswith("before"):
-                extra = {"remove_dead": False, "evidence_tol": None}
+                extra = {"remove_dead": False, "evidence_tol": None, "model_choice": False}
             if name.endswith("etol"):
                 extra = {"evidence_tol": evidence_tol}
             est = KroneckerSBL(
@@ -172,15 +173,17 @@ def accuracy(n_i, snr, trials, sparsity, methods, seed0, evidence_tol=1.0):
     return {m: summarise(r) for m, r in runs.items()}
 
 
+BEFORE = {"remove_dead": False, "evidence_tol": None, "model_choice": False}
 #: block-sparse experiment: method name -> (method, block_size, extra arguments);
-#: "before": block KroSBL as before session 6's block test (no removal, no evidence stop)
+#: "before": block KroSBL as before session 6's block test (no removal, no evidence stop,
+#: no choice against the empty model)
 BLOCK_METHODS = {
     "KroSBL-AM": ("AM", None, {}),
     "KroSBL-AM block": ("AM", 2, {}),
-    "KroSBL-AM block before": ("AM", 2, {"remove_dead": False, "evidence_tol": None}),
+    "KroSBL-AM block before": ("AM", 2, BEFORE),
     "KroSBL-SVD": ("SVD", None, {}),
     "KroSBL-SVD block": ("SVD", 2, {}),
-    "KroSBL-SVD block before": ("SVD", 2, {"remove_dead": False, "evidence_tol": None}),
+    "KroSBL-SVD block before": ("SVD", 2, BEFORE),
 }
 
 
