@@ -182,6 +182,12 @@ class SBLLearner:
         > 0: keep the best log evidence of the data, Σ_l log p(y_l | γ, σ²), of the last
         ``evidence_window`` + 1 iterations in :attr:`best_evidence` (in the checkpoint, so
         that a stop by the evidence resumes exactly). 0: none.
+    coef_tol : float or None, default=None
+        Also report ``coef_change`` (see :meth:`mstep`), the relative change of the
+        reduced Σ_l μ_l² between consecutive E-steps, and take no extrapolation in an
+        iteration where it is below ``coef_tol``, so that a run stopped by it ends on a
+        plain update, as with ``tol``. The last sums are kept in the checkpoint, so that
+        such a stop resumes exactly. None: neither.
     entry_cost : float, default=0.0
         Classic SBL only: log-evidence cost κ of each active entry. > 0: once the EM
         updates change γ by less than ``PENALTY_START``, every iteration also sets to zero
@@ -201,6 +207,7 @@ class SBLLearner:
         memory: int = 0,
         tol: float | None = None,
         evidence_window: int = 0,
+        coef_tol: float | None = None,
         entry_cost: float = 0.0,
     ) -> None:
         if entry_cost > 0 and not isinstance(model, SBLModel):
@@ -215,6 +222,7 @@ class SBLLearner:
         )
         self.tol = tol or 0.0
         self.evidence_window = int(evidence_window)
+        self.coef_tol = coef_tol
         self.params: Params = {}
         self.n_total = 0
         self._posterior: GaussianPosterior | None = None
@@ -232,6 +240,8 @@ class SBLLearner:
         state = {} if self._anderson is None else self._anderson.state()
         if self.evidence_window:
             state["best_evidence"] = np.array(self.best_evidence, dtype=np.float64)
+        if self.coef_tol is not None and self.last_mu2 is not None:
+            state["last_mu2"] = self.last_mu2
         if self.entry_cost > 0:
             state["penalty_phase"] = np.array(self.penalised)
             state["penalty_removed"] = self._removed.astype(np.uint8)
@@ -243,6 +253,10 @@ class SBLLearner:
         self.pending = self.entry_cost > 0
         self._removed = np.zeros(self.model.n_components, dtype=bool)
         self.best_evidence: list[float] = []
+        # Σ_l μ_l² of the last E-step (None: no E-step yet), for ``coef_change``
+        self.last_mu2: np.ndarray | None = None
+        if state and "last_mu2" in state:
+            self.last_mu2 = np.array(state["last_mu2"], dtype=np.float64)
         if state and "best_evidence" in state:
             self.best_evidence = [float(v) for v in np.ravel(state["best_evidence"])]
         if state and "penalty_phase" in state:
@@ -323,9 +337,19 @@ class SBLLearner:
             ``sigma``; ``n_active``: non-zero entries of γ; ``rejected``: 1 when the
             extrapolated parameters entering the iteration lowered the evidence and were
             replaced by the plain update of the point before them; ``penalised``: 1 when
-            the iteration applied the entry cost.
+            the iteration applied the entry cost; with ``coef_change``, ``coef_change``:
+            ||Σ_l μ_l² - the same sums of the previous E-step|| / ||the previous sums||
+            (inf in the first iteration), how much the posterior means of the parameters
+            entering this iteration differ from those entering the last one.
         """
         free_energy = float(stats["free_energy"]) / self.n_total
+        extra = {}
+        if self.coef_tol is not None:
+            mu2 = stats["mu2"]
+            last, self.last_mu2 = self.last_mu2, mu2
+            extra["coef_change"] = np.inf if last is None else _relative_change(mu2, last)
+        # the posterior means rest: the run may stop here, so no extrapolation
+        resting = self.coef_tol is not None and extra["coef_change"] < self.coef_tol
         if self.evidence_window:
             total = float(stats["free_energy"])
             best = max(self.best_evidence[-1], total) if self.best_evidence else total
@@ -338,7 +362,7 @@ class SBLLearner:
             acc.extrapolated = False
             acc.clear_history()
             change = _relative_change(self.model.gamma(self.params), old)
-            return self._metrics(free_energy, change, rejected=True)
+            return {**self._metrics(free_energy, change, rejected=True), **extra}
         plain = self.model.mstep(
             stats,
             self.params,
@@ -358,13 +382,13 @@ class SBLLearner:
             self.penalised = True
         if acc is not None:
             acc.accepted_free_energy = free_energy
-            if self.model.fixed_point_phase(iteration) and change >= self.tol:
+            if self.model.fixed_point_phase(iteration) and change >= self.tol and not resting:
                 prune = self.model.prune_threshold(self.prune, iteration)
                 plain = acc.step(self.params, plain, prune)
             else:
                 acc.extrapolated = False
         self.params = plain
-        return self._metrics(free_energy, change, rejected=False, penalised=penalised)
+        return {**self._metrics(free_energy, change, rejected=False, penalised=penalised), **extra}
 
     def _apply_entry_cost(self, stats: dict[str, np.ndarray], new: Params) -> Params:
         """Remove the active entries whose gain is below the entry cost and activate the

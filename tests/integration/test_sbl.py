@@ -58,9 +58,9 @@ def test_accelerated_krosbl_am_on_the_issue_problem():
         for seed in range(3):
             p = kronecker_problem([(16, 32)] * 2, sparsity=4, snr_db=snr, random_state=seed)
             # (stopped by tol only, so that both reach the fixed point)
-            fast = KroneckerSBL(factors=p.factors, evidence_tol=None).fit(p.Y)
-            plain = KroneckerSBL(factors=p.factors, anderson_memory=0, evidence_tol=None)
-            plain.fit(p.Y)
+            only_tol = {"factors": p.factors, "evidence_tol": None, "coef_tol": None}
+            fast = KroneckerSBL(**only_tol).fit(p.Y)
+            plain = KroneckerSBL(**only_tol, anderson_memory=0).fit(p.Y)
             assert abs(nmse_db(fast.coef_, p.X) - nmse_db(plain.coef_, p.X)) < 0.5
             fast_its.append(fast.n_iter_)
             plain_its.append(plain.n_iter_)
@@ -230,6 +230,21 @@ def test_resume_keeps_the_evidence_stop(tmp_path):
     assert full.history_["gamma_change"][-1] > full.tol  # stopped by the evidence
     out = tmp_path / "run.h5"
     KroneckerSBL(factors=p.factors, callback=lambda it, learner, m: it == 12).fit(p.Y, out=out)
+    resumed = KroneckerSBL(factors=p.factors).fit(p.Y, out=out, resume=True)
+    assert resumed.n_iter_ == full.n_iter_
+    np.testing.assert_allclose(resumed.gamma_, full.gamma_, rtol=1e-12, atol=0)
+
+
+def test_resume_keeps_the_coef_stop(tmp_path):
+    """The default ``coef_tol`` of "am" compares Σ_l μ_l² with that of the iteration
+    before; the checkpoint carries those sums, so a run interrupted just before the stop
+    stops at the same iteration as the whole one."""
+    p = kronecker_problem([(16, 32)] * 2, sparsity=4, snr_db=30.0, random_state=1000)
+    full = KroneckerSBL(factors=p.factors).fit(p.Y)
+    assert full.history_["gamma_change"][-1] > full.tol  # stopped by the posterior means
+    last = full.n_iter_ - 1
+    out = tmp_path / "run.h5"
+    KroneckerSBL(factors=p.factors, callback=lambda it, lr, m: it == last - 1).fit(p.Y, out=out)
     resumed = KroneckerSBL(factors=p.factors).fit(p.Y, out=out, resume=True)
     assert resumed.n_iter_ == full.n_iter_
     np.testing.assert_allclose(resumed.gamma_, full.gamma_, rtol=1e-12, atol=0)
