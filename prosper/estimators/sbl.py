@@ -497,8 +497,8 @@ class KroneckerSBL(_SBLEstimator):
     coef_tol : "auto", float or None, default="auto"
         ``method="am"`` only: also stop when the sums of the squared posterior means over
         the snapshots, a = Σ_l μ_l² (one per entry of x), change little:
-        ||a - a_previous|| < ``coef_tol`` · ||a_previous||, a_previous those of the
-        iteration before; such an iteration takes no Anderson extrapolation, so the fit
+        ``||a - a_prev|| < coef_tol * ||a_prev||``, a_prev those of the iteration
+        before; such an iteration takes no Anderson extrapolation, so the fit
         ends on a plain update (``history_["coef_change"]`` holds the ratio). Once the
         support is found, γ
         may still drift towards its fixed point for several iterations while the
