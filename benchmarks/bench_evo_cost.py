@@ -92,6 +92,9 @@ class _Unfused:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
+    # the solver reads this one from the model's class (whether the model repairs latents)
+    latent_usage = BSCModel.latent_usage
+
     def state_estep(self, Y, params, backend):
         return None
 
