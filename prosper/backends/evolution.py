@@ -89,11 +89,16 @@ def state_hashes(X: np.ndarray, keys: np.ndarray) -> np.ndarray:
 def proposal(scores: np.ndarray | None, H: int, B: int) -> np.ndarray:
     """Weights (B, H) of the latents an add move draws from: half uniform, half the softmax
     of the model's preselection scores (uniform without scores)."""
-    uniform = np.full((B, H), 1.0 / H)
     if scores is None:
-        return uniform
-    z = np.exp(scores - scores.max(axis=1, keepdims=True))
-    return 0.5 * uniform + 0.5 * z / z.sum(axis=1, keepdims=True)
+        return np.full((B, H), 1.0 / H)
+    # 0.5 / H + 0.5 softmax (the softmax in the scores' precision), with fewer temporaries
+    z = scores - scores.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    out = z.astype(np.float64, copy=False)
+    out *= 0.5
+    out += 0.5 * (1.0 / H)
+    return out
 
 
 def inverse_cdf(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -207,11 +212,20 @@ def evo_children(
     h_off = np.argmax(np.cumsum(active, axis=2) > rank[:, :, None], axis=2)
     remove = (move == 1) | (move == 2)
     # the latent to add: drawn from the proposal over the latents inactive after the removal
-    inactive = ~active
-    inactive[b, k, h_off] |= remove
-    cum = np.cumsum(proposal[:, None, :] * inactive, axis=2)
+    # (eligible). Its running sum up to an eligible latent h is the running sum of all
+    # latents minus that of the active ones up to h, so that a compiled search finds h in
+    # O(active latents + log H) from one running sum per row; h is the first eligible latent
+    # whose running sum exceeds u times the eligible mass (the last eligible one if rounding
+    # leaves none).
+    blocked = active.copy()
+    blocked[b, k, h_off] &= ~remove
+    cum = np.cumsum(proposal, axis=1)[:, None, :] - np.cumsum(
+        proposal[:, None, :] * blocked, axis=2
+    )
     target = u_move[..., 1] * cum[..., -1]
-    h_on = np.minimum(np.count_nonzero(cum <= target[:, :, None], axis=2), H - 1)
+    above = ~blocked & (cum > target[:, :, None])
+    last = H - 1 - np.argmax(~blocked[..., ::-1], axis=2)
+    h_on = np.where(above.any(axis=2), np.argmax(above, axis=2), last)
     value = np.minimum(1 + (u_move[..., 3] * nz).astype(np.int64), nz)
     current = child[b, k, h_off].astype(np.int64)
     # change: another non-zero value, uniformly (1 + (v - 1 + j) mod nz for j in 1..nz-1)

@@ -17,11 +17,14 @@ It is faster because it works on what changes:
 - the S kept states stay sorted between generations, so a selection sorts the P C children
   only and merges them into the kept list (ties to the kept state: the order of a stable
   sort of kept states followed by children), and moves slot numbers, not states;
-- the proposal mass over a parent's inactive latents is summed once per parent and removed
-  latent, not twice per child.
+- an add move finds its latent from one running sum of the proposal per row, in
+  O(active latents + log H) (the blocked latents' mass is subtracted run by run), not from
+  a sum over all H latents per child.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numba
 import numpy as np
@@ -124,47 +127,54 @@ def _insert(idx, val, m, h, v):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _prefix(proposal, inactive, prefix, H):  # pragma: no cover - compiled
-    """Running sums of the proposal over the inactive latents (weights 1.0 or 0.0, summed in
-    latent order as the reference does)."""
-    _pref_acc = 0.0
-    for _pref_h in range(H):
-        _pref_acc += proposal[_pref_h] * inactive[_pref_h]
-        prefix[_pref_h] = _pref_acc
-    return _pref_acc
-
-
-@njit(cache=True, inline="always")
-def _first_above(prefix, target, H):  # pragma: no cover - compiled
-    """The first latent whose running sum exceeds target (H - 1 if none)."""
-    _firs_lo = 0
-    _firs_hi = H
+def _first_above(cum, shift, target, lo, hi):  # pragma: no cover - compiled
+    """The first h in lo..hi whose cum[h] - shift exceeds target, given that cum[hi] - shift
+    does (cum is ascending, so cum[h] - shift is too, rounding included)."""
+    _firs_lo = lo
+    _firs_hi = hi
     while _firs_lo < _firs_hi:
         _firs_mid = (_firs_lo + _firs_hi) // 2
-        if prefix[_firs_mid] > target:
+        if cum[_firs_mid] - shift > target:
             _firs_hi = _firs_mid
         else:
             _firs_lo = _firs_mid + 1
-    return min(_firs_lo, H - 1)
+    return _firs_lo
 
 
 @njit(cache=True, inline="always")
-def _draw_latent(pidx, pm, h_off, remove, proposal, inactive, prefix, H, u):  # pragma: no cover
-    """The latent an add move sets: drawn from the proposal over the parent's inactive
-    latents (plus h_off where it was removed)."""
+def _draw_latent(pidx, pm, h_off, remove, proposal, cum, H, u):  # pragma: no cover
+    """The latent an add move sets: drawn from the proposal over the latents inactive after
+    the removal, as evolution.evo_children draws it. cum holds the running sums of the
+    proposal over all latents; the blocked (active, not removed) latents split the others
+    into runs, on each of which the eligible running sum is cum minus a constant (the
+    blocked mass before the run)."""
+    _draw_blocked = 0.0
     for _draw_i in range(pm):
-        inactive[pidx[_draw_i]] = 0.0
-    if remove:
-        inactive[h_off] = 1.0
-    _draw_total = _prefix(proposal, inactive, prefix, H)
-    for _draw_i in range(pm):
-        inactive[pidx[_draw_i]] = 1.0
-    return _first_above(prefix, u * _draw_total, H)
+        if not (remove and pidx[_draw_i] == h_off):
+            _draw_blocked += proposal[pidx[_draw_i]]
+    _draw_target = u * (cum[H - 1] - _draw_blocked)
+    _draw_shift = 0.0
+    _draw_lo = 0
+    _draw_h = -1
+    _draw_last = H - 1
+    for _draw_i in range(pm + 1):
+        _draw_hi = pidx[_draw_i] if _draw_i < pm else H
+        if remove and _draw_i < pm and _draw_hi == h_off:
+            continue  # the removed latent is eligible: its run goes on
+        if _draw_lo < _draw_hi:  # the run _draw_lo .. _draw_hi - 1 of eligible latents
+            if cum[_draw_hi - 1] - _draw_shift > _draw_target:
+                _draw_h = _first_above(cum, _draw_shift, _draw_target, _draw_lo, _draw_hi - 1)
+                break
+            _draw_last = _draw_hi - 1
+        if _draw_i < pm:
+            _draw_shift += proposal[_draw_hi]
+            _draw_lo = _draw_hi + 1
+    return _draw_h if _draw_h >= 0 else _draw_last
 
 
 @njit(cache=True, inline="always")
 def _make_children(
-    kept, pidx, pval, pm, pll, plp, fcdf, proposal, inactive, prefix, base, children, P, C, nz, H
+    kept, pidx, pval, pm, pll, plp, fcdf, proposal, cum, base, children, P, C, nz, H
 ):  # pragma: no cover - compiled
     """The P C children of one generation into the pool slots ``children`` (the choices of
     numba_states._children_row)."""
@@ -217,14 +227,36 @@ def _make_children(
             if _make_move == 0 or _make_move == 2:
                 _make_u1 = _uniform(base, _make_ub + 1)
                 _make_h_on = _draw_latent(
-                    pidx[_make_parent], _make_m, _make_h_off, _make_remove, proposal, inactive,
-                    prefix, H, _make_u1,
+                    pidx[_make_parent], _make_m, _make_h_off, _make_remove, proposal, cum, H,
+                    _make_u1,
                 )  # fmt: skip
                 _make_value = min(1 + int(_uniform(base, _make_ub + 3) * nz), nz)
                 _make_cm = _insert(
                     pidx[_make_slot], pval[_make_slot], _make_cm, _make_h_on, _make_value
                 )
             pm[_make_slot] = _make_cm
+
+
+@njit(cache=True, inline="always")
+def _read_words(xw, pidx, pval, pm, S, H):  # pragma: no cover - compiled
+    """The S states of a row from its value indices seen as 64-bit words (xw, S H / 8
+    words): the non-zero bytes, in order, give each state's sorted list of active latents.
+    Whole zero words are skipped; the byte order is the machine's (little-endian)."""
+    for _read_k in range(S):
+        pm[_read_k] = 0
+    for _read_w in range(xw.shape[0]):
+        _read_word = xw[_read_w]
+        if _read_word == 0:
+            continue
+        for _read_j in range(8):
+            _read_v = (_read_word >> np.uint64(8 * _read_j)) & np.uint64(255)
+            if _read_v != 0:
+                _read_o = 8 * _read_w + _read_j
+                _read_k = _read_o // H
+                _read_m = pm[_read_k]
+                pidx[_read_k, _read_m] = _read_o - _read_k * H
+                pval[_read_k, _read_m] = _read_v
+                pm[_read_k] = _read_m + 1
 
 
 @njit(cache=True, inline="always")
@@ -374,6 +406,8 @@ def _posterior(
 @njit(cache=True)
 def _search_rows(
     X,
+    Xw,
+    words,
     WY,
     WtW,
     yy,
@@ -392,6 +426,7 @@ def _search_rows(
     start,
     stop,
     out_X,
+    out_Xw,
     out_ll,
     out_lp,
     mode,
@@ -405,7 +440,11 @@ def _search_rows(
 ):  # pragma: no cover - compiled
     """The E-step search (all generations) of rows start..stop - 1 into out_*; with mode 1
     also the log marginals, with mode 2 also the statistics of the tempered posterior
-    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows)."""
+    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows).
+
+    With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
+    a row is read and cleared eight latents at a time (a sparse state is mostly zero
+    words)."""
     S, H = X.shape[1], X.shape[2]
     PC = P * C
     K = S + PC
@@ -421,8 +460,7 @@ def _search_rows(
     rest = np.empty(PC, dtype=np.int64)  # the other slots (children)
     merged = np.empty(PC, dtype=np.int64)  # the next free slots
     fcdf = np.empty(S)  # fitness CDF
-    inactive = np.ones(H)  # 1.0 for inactive latents
-    prefix = np.empty(H)  # running proposal sums
+    cum = np.empty(H)  # running sums of the row's proposal
     seen = np.empty(size, dtype=np.uint64)  # hash set
     used = np.zeros(size, dtype=np.int64)  # the stamp of the row that uses a slot
     cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
@@ -437,14 +475,19 @@ def _search_rows(
     for b in range(start, stop):
         # read the kept states as sorted lists, re-score them, keep them sorted
         stamp = b - start + 1
+        if words:
+            _read_words(Xw[b], pidx, pval, pm, S, H)
+        else:
+            for k in range(S):
+                m = 0
+                for h in range(H):
+                    v = X[b, k, h]
+                    pidx[k, m] = h
+                    pval[k, m] = v
+                    m += v != 0
+                pm[k] = m
         for k in range(S):
-            m = 0
-            for h in range(H):
-                v = X[b, k, h]
-                pidx[k, m] = h
-                pval[k, m] = v
-                m += v != 0
-            pm[k] = m
+            m = pm[k]
             phash[k] = _hash(pidx[k], pval[k], m, keys)
             ll, lp = _score(
                 pidx[k], pval[k], m, WY[b], WtW, yy[b], values, value_logp, inv2s2, const, H
@@ -458,11 +501,14 @@ def _search_rows(
         _sort_slots(kept, key, S)
         for c in range(PC):
             rest[c] = S + c
+        acc = 0.0
+        for h in range(H):
+            acc += proposal[b, h]
+            cum[h] = acc
         for g in range(gen_keys.shape[0]):
             base = _row_base(rows[b], gen_keys[g])
             _make_children(
-                kept, pidx, pval, pm, pll, plp, fcdf, proposal[b], inactive, prefix, base, rest,
-                P, C, nz, H,
+                kept, pidx, pval, pm, pll, plp, fcdf, proposal[b], cum, base, rest, P, C, nz, H
             )  # fmt: skip
             # A child enters the kept list only if it beats the worst kept state (a tie goes
             # to the kept state), and not as a duplicate. The others are not hashed: a copy
@@ -513,10 +559,16 @@ def _search_rows(
                 kept[n] = newkept[n]
             for n in range(PC):
                 rest[n] = merged[n]
+        # the row of out_X may be the row of X just read (the solver's in-place update)
+        if words:
+            for w in range(out_Xw.shape[1]):
+                out_Xw[b, w] = 0
+        else:
+            for i in range(S):
+                for h in range(H):
+                    out_X[b, i, h] = 0
         for i in range(S):
             s = kept[i]
-            for h in range(H):
-                out_X[b, i, h] = 0
             for a in range(pm[s]):
                 out_X[b, i, pidx[s, a]] = pval[s, a]
             out_ll[b, i] = pll[s]
@@ -531,6 +583,10 @@ def _search_rows(
 @njit(cache=True, parallel=True)
 def _linear_search(
     X,
+    Xw,
+    out_X,
+    out_Xw,
+    words,
     WY,
     WtW,
     yy,
@@ -553,7 +609,6 @@ def _linear_search(
     weight,
 ):  # pragma: no cover - compiled
     B, S, H = X.shape
-    out_X = np.empty((B, S, H), dtype=np.uint8)
     out_ll = np.empty((B, S))
     out_lp = np.empty((B, S))
     out_lm = np.empty(B)
@@ -566,11 +621,12 @@ def _linear_search(
     step = (B + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         _search_rows(
-            X, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys, gen_keys, rows,
-            P, C, nz, size, c * step, min(B, (c + 1) * step), out_X, out_ll, out_lp, mode,
-            beta, prior_beta, weight, out_lm, mean, ss[c * many], counts[c * many],
+            X, Xw, words, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
+            gen_keys, rows, P, C, nz, size, c * step, min(B, (c + 1) * step), out_X, out_Xw,
+            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
+            counts[c * many],
         )  # fmt: skip
-    return out_X, out_ll, out_lp, out_lm, mean, ss, counts
+    return out_ll, out_lp, out_lm, mean, ss, counts
 
 
 def _table_size(K: int) -> int:
@@ -578,13 +634,40 @@ def _table_size(K: int) -> int:
     return 1 << max(4, int(2 * K - 1).bit_length())
 
 
+def _words(X: np.ndarray) -> np.ndarray:
+    """X (B, S, H) of uint8 seen as 64-bit words per row, (B, S H / 8)."""
+    return X.reshape(X.shape[0], -1).view(np.uint64)
+
+
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
-         mode=0, beta=1.0, prior_beta=1.0, weight=None):  # fmt: skip
+         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None):  # fmt: skip
     # the hash set holds every state a row's search sees
     K = X.shape[1] + len(gen_keys) * P * C
     B = X.shape[0]
-    return _linear_search(
-        np.ascontiguousarray(X),
+    X = np.ascontiguousarray(X, dtype=np.uint8)
+    usable = (
+        out is not None
+        and out.shape == X.shape
+        and out.dtype == np.uint8
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+    out_X = out if usable else np.empty(X.shape, dtype=np.uint8)
+    # a row is read and cleared in 64-bit words where it is a whole number of aligned words
+    # of a little-endian machine (else byte by byte: the same states)
+    words = (
+        sys.byteorder == "little"
+        and X.shape[1] * X.shape[2] % 8 == 0
+        and X.ctypes.data % 8 == 0
+        and out_X.ctypes.data % 8 == 0
+    )
+    empty = np.zeros((B, 0), dtype=np.uint64)
+    out = _linear_search(
+        X,
+        _words(X) if words else empty,
+        out_X,
+        _words(out_X) if words else empty,
+        words,
         np.ascontiguousarray(WY, dtype=np.float64),
         np.ascontiguousarray(WtW, dtype=np.float64),
         np.ascontiguousarray(yy, dtype=np.float64),
@@ -606,6 +689,7 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         float(prior_beta),
         np.ones(B) if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
     )
+    return (out_X, *out)
 
 
 def linear_search(
@@ -654,7 +738,7 @@ def linear_search(
 
 def linear_search_estep(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-    n_parents, n_children, beta, prior_beta, weight, accumulate,
+    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None,
 ):  # fmt: skip
     """:func:`linear_search`, then each row's posterior over its new states, in one pass.
 
@@ -669,11 +753,15 @@ def linear_search_estep(
         Weight of each row in the statistics.
     accumulate : bool
         Whether to compute the statistics.
+    out : ndarray of uint8, shape (B, S, H), optional
+        Where the new states go; may be ``X`` itself (each row is read before it is
+        written), which spares a copy of the states. A new array if None or unsuitable
+        (not C-contiguous, not writable, another shape or dtype).
 
     Returns
     -------
     X : ndarray of uint8, shape (B, S, H)
-        The new states.
+        The new states (``out`` where it was used).
     log_marginal : ndarray of shape (B,)
         log Σ_k p(s_k, y) over them at T=1.
     moments : tuple or None
@@ -683,7 +771,8 @@ def linear_search_estep(
         returns for them.
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-               n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight)  # fmt: skip
+               n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight,
+               out)  # fmt: skip
     if not accumulate:
         return out[0], out[3], None
     return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])

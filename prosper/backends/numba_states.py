@@ -237,7 +237,7 @@ def evo_select(X, ll, lp, keys, n_keep):
 
 
 @njit(cache=True)
-def _children_row(X, lj, proposal, key, row, P, C, nz, out, u, fcdf):  # pragma: no cover
+def _children_row(X, lj, proposal, key, row, P, C, nz, out, u, fcdf, cum):  # pragma: no cover
     """Children of one row's states X (S, H) into out (P C, H)."""
     S, H = X.shape
     n_u = P + 4 * P * C
@@ -253,6 +253,10 @@ def _children_row(X, lj, proposal, key, row, P, C, nz, out, u, fcdf):  # pragma:
     for k in range(S):
         total += (lj[k] - low + 1.0) if np.isfinite(lj[k]) else 0.0
         fcdf[k] = total
+    acc = 0.0
+    for h in range(H):
+        acc += proposal[h]
+        cum[h] = acc
     for i in range(P):
         parent = min(_count_le(fcdf[:S], u[i] * fcdf[S - 1]), S - 1)
         for j in range(C):
@@ -279,25 +283,23 @@ def _children_row(X, lj, proposal, key, row, P, C, nz, out, u, fcdf):  # pragma:
             remove = move == 1 or move == 2
             h_on = 0
             if move == 0 or move == 2:
-                # the proposal's mass over the inactive latents, summed in the reference's
-                # order, then the first latent whose running sum passes u times it
+                # the reference's running sums: all latents' (cum) minus the blocked
+                # (active, not removed) latents' (acc); the first eligible latent whose
+                # difference passes u times the eligible mass, else the last eligible one
                 acc = 0.0
                 for h in range(H):
-                    if out[c, h] == 0 or (remove and h == h_off):
-                        acc += proposal[h] * 1.0
-                    else:
-                        acc += proposal[h] * 0.0
-                target = u[base_u + 1] * acc
+                    if out[c, h] != 0 and not (remove and h == h_off):
+                        acc += proposal[h]
+                target = u[base_u + 1] * (cum[H - 1] - acc)
                 acc = 0.0
                 h_on = H - 1
                 for h in range(H):
-                    if out[c, h] == 0 or (remove and h == h_off):
-                        acc += proposal[h] * 1.0
+                    if out[c, h] != 0 and not (remove and h == h_off):
+                        acc += proposal[h]
                     else:
-                        acc += proposal[h] * 0.0
-                    if acc > target:
                         h_on = h
-                        break
+                        if cum[h] - acc > target:
+                            break
             value = min(1 + int(u[base_u + 3] * nz), nz)
             current = np.int64(out[c, h_off])
             if remove:
@@ -316,7 +318,8 @@ def _children(X, lj, proposal, key, rows, P, C, nz):  # pragma: no cover - compi
     for b in prange(B):
         u = np.empty(P + 4 * P * C)
         fcdf = np.empty(S)
-        _children_row(X[b], lj[b], proposal[b], key, rows[b], P, C, nz, out[b], u, fcdf)
+        cum = np.empty(H)
+        _children_row(X[b], lj[b], proposal[b], key, rows[b], P, C, nz, out[b], u, fcdf, cum)
     return out
 
 

@@ -195,10 +195,14 @@ class EvolutionaryStates:
         prior_beta: float,
         weight: np.ndarray,
         accumulate: bool,
+        in_place: bool = False,
     ):
         """:meth:`evolve` with a model's fused search and E-step
         (:meth:`prosper.models.base.TruncatedModel.state_estep`): the same states, then the
         posterior over them.
+
+        With ``in_place`` the new states overwrite X (the solver's view of its stored states:
+        no copy of the (B, S, H) states per E-step); rows initialised here go to a copy.
 
         Returns
         -------
@@ -211,7 +215,7 @@ class EvolutionaryStates:
         rows = np.asarray(rows, dtype=np.int64)
         return estep(
             X, weights, self.keys, gen_keys, rows, st.n_parents, st.n_children, beta,
-            prior_beta, weight, accumulate,
+            prior_beta, weight, accumulate, X if in_place else None,
         )  # fmt: skip
 
     def evolve(

@@ -234,7 +234,17 @@ class TruncatedEM:
         if fused is not None:
             scores, estep = fused
             return self.states.evolve_estep(
-                X, scores, rows, iteration, fresh, estep, beta, prior_beta, weight, accumulate
+                X,
+                scores,
+                rows,
+                iteration,
+                fresh,
+                estep,
+                beta,
+                prior_beta,
+                weight,
+                accumulate,
+                in_place=True,
             )
         X, ll, lp = self._search(Y, X, rows, iteration, fresh, beta)
         return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
@@ -305,7 +315,7 @@ class TruncatedEM:
                 st = self.states
                 global_rows = np.arange(rows.start, rows.stop) + st.offset
                 weight = np.ones(rows.stop - rows.start) if mask is None else mask[rows]
-                st.X[rows], lm, stats = self._explicit_batch(
+                new, lm, stats = self._explicit_batch(
                     Y[rows],
                     st.X[rows],
                     global_rows,
@@ -316,6 +326,9 @@ class TruncatedEM:
                     accumulate,
                     st.fresh[rows],
                 )
+                # a fused E-step may have written the stored rows in place already
+                if not np.may_share_memory(new, st.X):
+                    st.X[rows] = new
                 st.fresh[rows] = False
             elif not self.model.fused_estep:
                 lm, stats = self._generic_batch(

@@ -324,20 +324,28 @@ def test_n_init_keeps_the_best_initialisation(bars_data, tmp_path):
     np.testing.assert_allclose(prosper.load(tmp_path / "best.h5").W_, best.W_)
 
 
-@pytest.mark.parametrize("model_class", [BSCModel, TSCModel])
-def test_fused_linear_search_makes_the_generic_search_s_choices(model_class):
+@pytest.mark.parametrize(
+    ("model_class", "H", "settings"),
+    [
+        (BSCModel, 12, SETTINGS),
+        (TSCModel, 12, SETTINGS),
+        # S H = 91 bytes per row: the states are read byte by byte, not in 64-bit words
+        (BSCModel, 13, SearchSettings(n_states=7, n_parents=3, n_children=2, n_generations=2)),
+    ],
+)
+def test_fused_linear_search_makes_the_generic_search_s_choices(model_class, H, settings):
     """numba's fused search of a linear model returns the states of the generic search
     (NumPy bookkeeping and log-joints) over several E-steps."""
     from prosper.backends import get_backend
 
-    H, B = 12, 40
+    B = 40
     model, params, Y = _linear_problem(model_class, H, B, seed=4)
     rows = np.arange(B) + 77
     results = []
     for backend in ("numpy", "numba"):
-        states = EvolutionaryStates(H, model.values, SETTINGS, seed=9)
+        states = EvolutionaryStates(H, model.values, settings, seed=9)
         kernels = get_backend(backend)
-        X = np.zeros((B, SETTINGS.n_states, H), dtype=np.uint8)
+        X = np.zeros((B, settings.n_states, H), dtype=np.uint8)
         for it in range(4):
             fused = model.state_search(Y, params, kernels)
             assert (fused is None) == (backend == "numpy")
@@ -390,6 +398,15 @@ def test_fused_search_estep_equals_search_then_posterior(model_class):
         assert none is None
         np.testing.assert_array_equal(Xn, Xs)
         np.testing.assert_allclose(lmn, lm, rtol=1e-13)
+        # the solver's in-place update: the new states overwrite the given ones (fresh rows
+        # are initialised in a copy, which then receives them)
+        given = X.copy()
+        Xi, lmi, _ = states.evolve_estep(
+            given, scores, rows, it, fresh, estep, beta, 1.0, weight, False, in_place=True
+        )
+        assert np.shares_memory(Xi, given) == (not fresh.any())
+        np.testing.assert_array_equal(Xi, Xs)
+        np.testing.assert_array_equal(lmi, lmn)
         X = Xs
     # the NumPy backend has no fused E-step: the solver runs the search and the posterior
     assert model.state_estep(Y, params, get_backend("numpy")) is None
