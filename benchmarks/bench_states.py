@@ -34,7 +34,7 @@ of the exact log-likelihood to the generating parameters' on the successful runs
 ``ttq`` measures the time to quality on 10x10 bars (N=5000): after every iteration the
 exact log-likelihood on the held-out points is evaluated (its time not counted) and the run
 stops once it is within 0.5 nats per point of the generating parameters'. Lines go to
-``benchmarks/results/states_ttq.jsonl``.
+``benchmarks/results/states_ttq.jsonl`` (``--records``: another file).
 
 Workers are separate processes with one thread each (OMP_NUM_THREADS=1,
 NUMBA_NUM_THREADS=1), at most ``--workers`` at a time.
@@ -857,6 +857,11 @@ def main(argv: list[str] | None = None) -> None:
     ttq.add_argument("--configs", nargs="+", default=["ttq-evo32", "ttq-et32"])
     ttq.add_argument("--n-iter", type=int, default=100)
     ttq.add_argument("--workers", type=int, default=2)
+    ttq.add_argument(
+        "--records",
+        default="states_ttq.jsonl",
+        help="file of JSON lines under benchmarks/results/ (runs already in it are skipped)",
+    )
     summ = sub.add_parser("summary")
     summ.add_argument("--configs", nargs="*", default=None)
     summ.add_argument("--records", nargs="+", default=["states_grid.jsonl"])
@@ -912,8 +917,8 @@ def main(argv: list[str] | None = None) -> None:
             }
             for seed, c in itertools.product(args.seeds, args.configs)
         ]
-        _execute(tasks, RESULTS / "states_ttq.jsonl", args.workers)
-        print(ttq_summary(RESULTS / "states_ttq.jsonl"))
+        _execute(tasks, RESULTS / args.records, args.workers)
+        print(ttq_summary(RESULTS / args.records))
 
 
 if __name__ == "__main__":

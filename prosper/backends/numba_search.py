@@ -10,13 +10,19 @@ so the states are those of the NumPy reference and the log-joints are those of
 It is faster because it works on what changes:
 
 - a state is held as the sorted list of its active latents and their value indices (a point
-  of a sparse model has a few), read from the (S, H) value indices once per E-step and
-  written back once; its log-joint costs O(m²) for m active latents, its Zobrist hash O(m)
-  (the hash is a wrapping sum, so adding the active latents' keys gives the full sum);
+  of a sparse model has a few), read from the (S, H) value indices once per E-step (in
+  64-bit words, visiting the non-zero bytes only) and written back once; its log-joint
+  costs O(m²) for m active latents, its Zobrist hash O(m) (the hash is a wrapping sum, so
+  adding the active latents' keys gives the full sum);
 - a child is its parent's list with one or two entries changed;
+- no hash set: a child that could enter the kept list (few do) is compared with the kept
+  states' hashes and those of the generation's earlier candidates only (any other state the
+  row has seen did not beat a worst kept state, and the worst only gets better);
 - the S kept states stay sorted between generations, so a selection sorts the P C children
   only and merges them into the kept list (ties to the kept state: the order of a stable
   sort of kept states followed by children), and moves slot numbers, not states;
+- the statistic Σ_b y_b <s_b>ᵀ is summed over the latents active in a kept state, not as the
+  dense (D, B) (B, H) product;
 - an add move finds its latent from one running sum of the proposal per row, in
   O(active latents + log H) (the blocked latents' mass is subtracted run by run), not from
   a sum over all H latents per child.
@@ -29,6 +35,7 @@ import sys
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 from prosper.backends.evolution import GOLDEN, M1, M2
 
@@ -90,21 +97,12 @@ def _hash(idx, val, m, keys):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _seen_before(h, seen, used, stamp, shift, mask):  # pragma: no cover - compiled
-    """Whether hash h is in the open-addressing set of the current row (the slots whose
-    ``used`` equals its stamp, so that a new row empties the set in O(1)); inserts it if
-    not."""
-    _seen_slot = (h * _GOLDEN) >> shift
-    _seen_found = False
-    while used[_seen_slot] == stamp:
-        if seen[_seen_slot] == h:
-            _seen_found = True
-            break
-        _seen_slot = (_seen_slot + np.uint64(1)) & mask
-    if not _seen_found:
-        used[_seen_slot] = stamp
-        seen[_seen_slot] = h
-    return _seen_found
+def _hash_in(h, phash, slots, n):  # pragma: no cover - compiled
+    """Whether hash h is that of one of the states in slots[:n]."""
+    _hin_found = False
+    for _hin_i in range(n):
+        _hin_found |= phash[slots[_hin_i]] == h
+    return _hin_found
 
 
 @njit(cache=True, inline="always")
@@ -238,25 +236,32 @@ def _make_children(
 
 
 @njit(cache=True, inline="always")
-def _read_words(xw, pidx, pval, pm, S, H):  # pragma: no cover - compiled
+def _read_words(xw, pidx, pval, pm, S, H, inv_H):  # pragma: no cover - compiled
     """The S states of a row from its value indices seen as 64-bit words (xw, S H / 8
     words): the non-zero bytes, in order, give each state's sorted list of active latents.
-    Whole zero words are skipped; the byte order is the machine's (little-endian)."""
+    Zero words are skipped, and in the others only the non-zero bytes are visited (the
+    lowest set bit of a mask with bit 8 j set for a non-zero byte j); the byte order is the
+    machine's (little-endian). inv_H = 1 / H gives a byte's state without a division:
+    (o + 0.5) / H is at least 0.5 / H from an integer, far above the rounding error."""
     for _read_k in range(S):
         pm[_read_k] = 0
     for _read_w in range(xw.shape[0]):
         _read_word = xw[_read_w]
         if _read_word == 0:
             continue
-        for _read_j in range(8):
-            _read_v = (_read_word >> np.uint64(8 * _read_j)) & np.uint64(255)
-            if _read_v != 0:
-                _read_o = 8 * _read_w + _read_j
-                _read_k = _read_o // H
-                _read_m = pm[_read_k]
-                pidx[_read_k, _read_m] = _read_o - _read_k * H
-                pval[_read_k, _read_m] = _read_v
-                pm[_read_k] = _read_m + 1
+        _read_bits = _read_word | (_read_word >> np.uint64(4))
+        _read_bits |= _read_bits >> np.uint64(2)
+        _read_bits |= _read_bits >> np.uint64(1)
+        _read_bits &= np.uint64(0x0101010101010101)
+        while _read_bits != 0:
+            _read_j = np.uint64(trailing_zeros(_read_bits))
+            _read_bits &= _read_bits - np.uint64(1)
+            _read_o = 8 * _read_w + np.int64(_read_j >> np.uint64(3))
+            _read_k = np.int64((_read_o + 0.5) * inv_H)
+            _read_m = pm[_read_k]
+            pidx[_read_k, _read_m] = _read_o - _read_k * H
+            pval[_read_k, _read_m] = (_read_word >> _read_j) & np.uint64(255)
+            pm[_read_k] = _read_m + 1
 
 
 @njit(cache=True, inline="always")
@@ -376,7 +381,8 @@ def _posterior(
     counts,
 ):  # pragma: no cover - compiled
     """Log marginal at T=1 and (mode 2) the statistics of the tempered posterior of row b
-    over its kept states, in the order of numba_states._stats."""
+    over its kept states, in the order of numba_states._stats (mean: row b's posterior
+    mean, (H,), added to)."""
     _post_S = kept.shape[0]
     for _post_i in range(_post_S):
         lj[_post_i] = pll[kept[_post_i]] + plp[kept[_post_i]]
@@ -396,7 +402,7 @@ def _posterior(
                 for _post_a in range(_post_m):
                     _post_ha = pidx[_post_s, _post_a]
                     _post_wa = _post_w * values[pval[_post_s, _post_a]]
-                    mean[b, _post_ha] += _post_wa
+                    mean[_post_ha] += _post_wa
                     for _post_c in range(_post_m):
                         ss[_post_ha, pidx[_post_s, _post_c]] += (
                             _post_wa * values[pval[_post_s, _post_c]]
@@ -422,7 +428,6 @@ def _search_rows(
     P,
     C,
     nz,
-    size,
     start,
     stop,
     out_X,
@@ -434,13 +439,14 @@ def _search_rows(
     prior_beta,
     weight,
     out_lm,
-    mean,
+    Y,
+    syT,
     ss,
     counts,
 ):  # pragma: no cover - compiled
     """The E-step search (all generations) of rows start..stop - 1 into out_*; with mode 1
     also the log marginals, with mode 2 also the statistics of the tempered posterior
-    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows).
+    (syT (H, D) = Σ_b <s_b> y_bᵀ, ss (H, H) and counts (V,), summed over the rows).
 
     With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
     a row is read and cleared eight latents at a time (a sparse state is mostly zero
@@ -461,22 +467,15 @@ def _search_rows(
     merged = np.empty(PC, dtype=np.int64)  # the next free slots
     fcdf = np.empty(S)  # fitness CDF
     cum = np.empty(H)  # running sums of the row's proposal
-    seen = np.empty(size, dtype=np.uint64)  # hash set
-    used = np.zeros(size, dtype=np.int64)  # the stamp of the row that uses a slot
     cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
     newkept = np.empty(S, dtype=np.int64)
     lj = np.empty(S)  # log-joints of the kept states, then their posterior weights
     q = np.empty(S)
-    bits = 0
-    while (1 << bits) < size:
-        bits += 1
-    shift = np.uint64(64 - bits)
-    mask = np.uint64(size - 1)
+    mean = np.zeros(H)  # a row's posterior mean (zero again after the row)
     for b in range(start, stop):
         # read the kept states as sorted lists, re-score them, keep them sorted
-        stamp = b - start + 1
         if words:
-            _read_words(Xw[b], pidx, pval, pm, S, H)
+            _read_words(Xw[b], pidx, pval, pm, S, H, 1.0 / H)
         else:
             for k in range(S):
                 m = 0
@@ -492,12 +491,13 @@ def _search_rows(
             ll, lp = _score(
                 pidx[k], pval[k], m, WY[b], WtW, yy[b], values, value_logp, inv2s2, const, H
             )
-            if _seen_before(phash[k], seen, used, stamp, shift, mask):
+            kept[k] = k
+            # a copy of an earlier state of the row (the slots it leaves free) has no weight
+            if _hash_in(phash[k], phash, kept, k):
                 ll = -np.inf
             pll[k] = ll
             plp[k] = lp
             key[k] = -(ll + lp)
-            kept[k] = k
         _sort_slots(kept, key, S)
         for c in range(PC):
             rest[c] = S + c
@@ -511,10 +511,11 @@ def _search_rows(
                 kept, pidx, pval, pm, pll, plp, fcdf, proposal[b], cum, base, rest, P, C, nz, H
             )  # fmt: skip
             # A child enters the kept list only if it beats the worst kept state (a tie goes
-            # to the kept state), and not as a duplicate. The others are not hashed: a copy
-            # of one of them scores the same and fails the same test. The hashes of the
-            # states seen in this row stay in the set across generations: a state that
-            # left the kept list cannot beat its worst state again.
+            # to the kept state), and not as a copy of a kept state or of an earlier
+            # candidate of this generation. The others are not hashed: a copy of one of
+            # them scores the same and fails the same test. Nor can any state seen earlier
+            # in the row and not kept: it did not beat a worst kept state, and the worst
+            # kept state only gets better.
             worst = key[kept[S - 1]]
             n_cand = 0
             n_rest = 0
@@ -529,7 +530,10 @@ def _search_rows(
                 key[s] = -(ll + lp)
                 if key[s] < worst:
                     phash[s] = _hash(pidx[s], pval[s], m, keys)
-                    if not _seen_before(phash[s], seen, used, stamp, shift, mask):
+                    if not (
+                        _hash_in(phash[s], phash, kept, S)
+                        or _hash_in(phash[s], phash, cand, n_cand)
+                    ):
                         cand[n_cand] = s
                         n_cand += 1
                         continue
@@ -578,6 +582,18 @@ def _search_rows(
                 kept, pidx, pval, pm, pll, plp, lj, q, values, mode, beta, prior_beta,
                 weight[b], b, out_lm, mean, ss, counts,
             )  # fmt: skip
+        if mode == 2:
+            # <s_b> y_bᵀ over the latents active in a kept state (a few): O(few D), not the
+            # dense (D, B) (B, H) product
+            for i in range(S):
+                s = kept[i]
+                for a in range(pm[s]):
+                    h = pidx[s, a]
+                    w = mean[h]
+                    if w != 0.0:
+                        for d in range(Y.shape[1]):
+                            syT[h, d] += w * Y[b, d]
+                        mean[h] = 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -602,11 +618,11 @@ def _linear_search(
     C,
     nz,
     n_chunks,
-    size,
     mode,
     beta,
     prior_beta,
     weight,
+    Y,
 ):  # pragma: no cover - compiled
     B, S, H = X.shape
     out_ll = np.empty((B, S))
@@ -615,23 +631,18 @@ def _linear_search(
     # the statistics of a chunk of rows go to its own slot (summed afterwards); without
     # statistics the arrays are placeholders of one row
     many = 1 if mode == 2 else 0
-    mean = np.zeros((max(B * many, 1), H))
+    syT = np.zeros((max(n_chunks * many, 1), H, Y.shape[1]))
     ss = np.zeros((max(n_chunks * many, 1), H, H))
     counts = np.zeros((max(n_chunks * many, 1), values.shape[0]))
     step = (B + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         _search_rows(
             X, Xw, words, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
-            gen_keys, rows, P, C, nz, size, c * step, min(B, (c + 1) * step), out_X, out_Xw,
-            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
-            counts[c * many],
+            gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step), out_X, out_Xw,
+            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, Y, syT[c * many],
+            ss[c * many], counts[c * many],
         )  # fmt: skip
-    return out_ll, out_lp, out_lm, mean, ss, counts
-
-
-def _table_size(K: int) -> int:
-    """Slots of the per-row hash set: a power of two >= 2K."""
-    return 1 << max(4, int(2 * K - 1).bit_length())
+    return out_ll, out_lp, out_lm, syT, ss, counts
 
 
 def _words(X: np.ndarray) -> np.ndarray:
@@ -640,9 +651,7 @@ def _words(X: np.ndarray) -> np.ndarray:
 
 
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
-         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None):  # fmt: skip
-    # the hash set holds every state a row's search sees
-    K = X.shape[1] + len(gen_keys) * P * C
+         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None, Y=None):  # fmt: skip
     B = X.shape[0]
     X = np.ascontiguousarray(X, dtype=np.uint8)
     usable = (
@@ -683,11 +692,11 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         int(C),
         len(values) - 1,
         max(1, min(numba.get_num_threads(), B)),
-        _table_size(K),
         int(mode),
         float(beta),
         float(prior_beta),
         np.ones(B) if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
+        np.zeros((1, 1)) if Y is None else np.ascontiguousarray(Y, dtype=np.float64),
     )
     return (out_X, *out)
 
@@ -738,7 +747,7 @@ def linear_search(
 
 def linear_search_estep(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None,
+    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None, Y=None,
 ):  # fmt: skip
     """:func:`linear_search`, then each row's posterior over its new states, in one pass.
 
@@ -757,6 +766,8 @@ def linear_search_estep(
         Where the new states go; may be ``X`` itself (each row is read before it is
         written), which spares a copy of the states. A new array if None or unsuitable
         (not C-contiguous, not writable, another shape or dtype).
+    Y : ndarray of shape (B, D), optional
+        The batch's data points; needed for the statistics (``accumulate``).
 
     Returns
     -------
@@ -765,14 +776,15 @@ def linear_search_estep(
     log_marginal : ndarray of shape (B,)
         log Σ_k p(s_k, y) over them at T=1.
     moments : tuple or None
-        (mean (B, H), ss (H, H), counts (V-1,)): Σ_k q_k s_k per row, Σ_b Σ_k q_bk s sᵀ and
-        Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered posterior
-        times ``weight``: what :func:`prosper.backends.numba_states.linear_state_stats`
-        returns for them.
+        (sy (D, H), ss (H, H), counts (V-1,)): Σ_b y_b (Σ_k q_bk s_k)ᵀ, Σ_b Σ_k q_bk s sᵀ
+        and Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered
+        posterior times ``weight``: Y times the mean and the moments that
+        :func:`prosper.backends.numba_states.linear_state_stats` returns for them (sy
+        summed in another order than that product).
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
                n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight,
-               out)  # fmt: skip
+               out, Y)  # fmt: skip
     if not accumulate:
         return out[0], out[3], None
-    return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])
+    return out[0], out[3], (out[4].sum(axis=0).T, out[5].sum(axis=0), out[6].sum(axis=0)[1:])
