@@ -236,19 +236,23 @@ def _make_children(
 
 
 @njit(cache=True, inline="always")
-def _read_words(xw, pidx, pval, pm, S, H, inv_H):  # pragma: no cover - compiled
+def _read_words(xw, pidx, pval, pm, S, H, inv_H, nonzero):  # pragma: no cover - compiled
     """The S states of a row from its value indices seen as 64-bit words (xw, S H / 8
     words): the non-zero bytes, in order, give each state's sorted list of active latents.
     Zero words are skipped, and in the others only the non-zero bytes are visited (the
     lowest set bit of a mask with bit 8 j set for a non-zero byte j); the byte order is the
     machine's (little-endian). inv_H = 1 / H gives a byte's state without a division:
-    (o + 0.5) / H is at least 0.5 / H from an integer, far above the rounding error."""
+    (o + 0.5) / H is at least 0.5 / H from an integer, far above the rounding error.
+    Returns the number of non-zero words, whose indices go to ``nonzero``."""
     for _read_k in range(S):
         pm[_read_k] = 0
+    _read_n = 0
     for _read_w in range(xw.shape[0]):
         _read_word = xw[_read_w]
         if _read_word == 0:
             continue
+        nonzero[_read_n] = _read_w
+        _read_n += 1
         _read_bits = _read_word | (_read_word >> np.uint64(4))
         _read_bits |= _read_bits >> np.uint64(2)
         _read_bits |= _read_bits >> np.uint64(1)
@@ -262,6 +266,7 @@ def _read_words(xw, pidx, pval, pm, S, H, inv_H):  # pragma: no cover - compiled
             pidx[_read_k, _read_m] = _read_o - _read_k * H
             pval[_read_k, _read_m] = (_read_word >> _read_j) & np.uint64(255)
             pm[_read_k] = _read_m + 1
+    return _read_n
 
 
 @njit(cache=True, inline="always")
@@ -414,6 +419,7 @@ def _search_rows(
     X,
     Xw,
     words,
+    in_place,
     WY,
     WtW,
     yy,
@@ -450,7 +456,7 @@ def _search_rows(
 
     With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
     a row is read and cleared eight latents at a time (a sparse state is mostly zero
-    words)."""
+    words). ``in_place``: out_X is X, so that clearing a row's non-zero words clears it."""
     S, H = X.shape[1], X.shape[2]
     PC = P * C
     K = S + PC
@@ -471,11 +477,13 @@ def _search_rows(
     newkept = np.empty(S, dtype=np.int64)
     lj = np.empty(S)  # log-joints of the kept states, then their posterior weights
     q = np.empty(S)
+    nonzero = np.empty(Xw.shape[1], dtype=np.int64)  # the row's non-zero words
+    n_nonzero = 0
     mean = np.zeros(H)  # a row's posterior mean (zero again after the row)
     for b in range(start, stop):
         # read the kept states as sorted lists, re-score them, keep them sorted
         if words:
-            _read_words(Xw[b], pidx, pval, pm, S, H, 1.0 / H)
+            n_nonzero = _read_words(Xw[b], pidx, pval, pm, S, H, 1.0 / H, nonzero)
         else:
             for k in range(S):
                 m = 0
@@ -563,8 +571,13 @@ def _search_rows(
                 kept[n] = newkept[n]
             for n in range(PC):
                 rest[n] = merged[n]
-        # the row of out_X may be the row of X just read (the solver's in-place update)
-        if words:
+        # the row of out_X may be the row of X just read (the solver's in-place update): then
+        # only its non-zero words are cleared, so that the others are not written (H = 300:
+        # a few of S H / 8 = 1200)
+        if words and in_place:
+            for w in range(n_nonzero):
+                out_Xw[b, nonzero[w]] = 0
+        elif words:
             for w in range(out_Xw.shape[1]):
                 out_Xw[b, w] = 0
         else:
@@ -603,6 +616,7 @@ def _linear_search(
     out_X,
     out_Xw,
     words,
+    in_place,
     WY,
     WtW,
     yy,
@@ -637,7 +651,7 @@ def _linear_search(
     step = (B + n_chunks - 1) // n_chunks
     for c in prange(n_chunks):
         _search_rows(
-            X, Xw, words, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
+            X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
             gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step), out_X, out_Xw,
             out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, Y, syT[c * many],
             ss[c * many], counts[c * many],
@@ -677,6 +691,7 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         out_X,
         _words(out_X) if words else empty,
         words,
+        out_X is X,
         np.ascontiguousarray(WY, dtype=np.float64),
         np.ascontiguousarray(WtW, dtype=np.float64),
         np.ascontiguousarray(yy, dtype=np.float64),
