@@ -97,6 +97,15 @@ def _hash(idx, val, m, keys):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def _hash_before(h, phash, n):  # pragma: no cover - compiled
+    """Whether hash h is that of one of the states in slots 0..n - 1."""
+    _hbef_found = False
+    for _hbef_i in range(n):
+        _hbef_found |= phash[_hbef_i] == h
+    return _hbef_found
+
+
+@njit(cache=True, inline="always")
 def _hash_in(h, phash, slots, n):  # pragma: no cover - compiled
     """Whether hash h is that of one of the states in slots[:n]."""
     _hin_found = False
@@ -127,15 +136,22 @@ def _insert(idx, val, m, h, v):  # pragma: no cover - compiled
 @njit(cache=True, inline="always")
 def _first_above(cum, shift, target, lo, hi):  # pragma: no cover - compiled
     """The first h in lo..hi whose cum[h] - shift exceeds target, given that cum[hi] - shift
-    does (cum is ascending, so cum[h] - shift is too, rounding included)."""
+    does (cum is ascending, so cum[h] - shift is too, rounding included): lo plus the number
+    of those not above it, counted without branches in a short run, else by bisection."""
     _firs_lo = lo
     _firs_hi = hi
-    while _firs_lo < _firs_hi:
-        _firs_mid = (_firs_lo + _firs_hi) // 2
-        if cum[_firs_mid] - shift > target:
-            _firs_hi = _firs_mid
-        else:
-            _firs_lo = _firs_mid + 1
+    if _firs_hi - _firs_lo <= 32:
+        _firs_n = 0
+        for _firs_h in range(_firs_lo, _firs_hi):
+            _firs_n += cum[_firs_h] - shift <= target
+        _firs_lo += _firs_n
+    else:
+        while _firs_lo < _firs_hi:
+            _firs_mid = (_firs_lo + _firs_hi) // 2
+            if cum[_firs_mid] - shift > target:
+                _firs_hi = _firs_mid
+            else:
+                _firs_lo = _firs_mid + 1
     return _firs_lo
 
 
@@ -501,7 +517,7 @@ def _search_rows(
             )
             kept[k] = k
             # a copy of an earlier state of the row (the slots it leaves free) has no weight
-            if _hash_in(phash[k], phash, kept, k):
+            if _hash_before(phash[k], phash, k):
                 ll = -np.inf
             pll[k] = ll
             plp[k] = lp
