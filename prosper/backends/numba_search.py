@@ -21,8 +21,6 @@ It is faster because it works on what changes:
 - the S kept states stay sorted between generations, so a selection sorts the P C children
   only and merges them into the kept list (ties to the kept state: the order of a stable
   sort of kept states followed by children), and moves slot numbers, not states;
-- the statistic Σ_b y_b <s_b>ᵀ is summed over the latents active in a kept state, not as the
-  dense (D, B) (B, H) product;
 - an add move finds its latent from one running sum of the proposal per row, in
   O(active latents + log H) (the blocked latents' mass is subtracted run by run), not from
   a sum over all H latents per child.
@@ -402,8 +400,7 @@ def _posterior(
     counts,
 ):  # pragma: no cover - compiled
     """Log marginal at T=1 and (mode 2) the statistics of the tempered posterior of row b
-    over its kept states, in the order of numba_states._stats (mean: row b's posterior
-    mean, (H,), added to)."""
+    over its kept states, in the order of numba_states._stats."""
     _post_S = kept.shape[0]
     for _post_i in range(_post_S):
         lj[_post_i] = pll[kept[_post_i]] + plp[kept[_post_i]]
@@ -423,7 +420,7 @@ def _posterior(
                 for _post_a in range(_post_m):
                     _post_ha = pidx[_post_s, _post_a]
                     _post_wa = _post_w * values[pval[_post_s, _post_a]]
-                    mean[_post_ha] += _post_wa
+                    mean[b, _post_ha] += _post_wa
                     for _post_c in range(_post_m):
                         ss[_post_ha, pidx[_post_s, _post_c]] += (
                             _post_wa * values[pval[_post_s, _post_c]]
@@ -461,14 +458,13 @@ def _search_rows(
     prior_beta,
     weight,
     out_lm,
-    Y,
-    syT,
+    mean,
     ss,
     counts,
 ):  # pragma: no cover - compiled
     """The E-step search (all generations) of rows start..stop - 1 into out_*; with mode 1
     also the log marginals, with mode 2 also the statistics of the tempered posterior
-    (syT (H, D) = Σ_b <s_b> y_bᵀ, ss (H, H) and counts (V,), summed over the rows).
+    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows).
 
     With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
     a row is read and cleared eight latents at a time (a sparse state is mostly zero
@@ -495,7 +491,6 @@ def _search_rows(
     q = np.empty(S)
     nonzero = np.empty(Xw.shape[1], dtype=np.int64)  # the row's non-zero words
     n_nonzero = 0
-    mean = np.zeros(H)  # a row's posterior mean (zero again after the row)
     for b in range(start, stop):
         # read the kept states as sorted lists, re-score them, keep them sorted
         if words:
@@ -611,18 +606,6 @@ def _search_rows(
                 kept, pidx, pval, pm, pll, plp, lj, q, values, mode, beta, prior_beta,
                 weight[b], b, out_lm, mean, ss, counts,
             )  # fmt: skip
-        if mode == 2:
-            # <s_b> y_bᵀ over the latents active in a kept state (a few): O(few D), not the
-            # dense (D, B) (B, H) product
-            for i in range(S):
-                s = kept[i]
-                for a in range(pm[s]):
-                    h = pidx[s, a]
-                    w = mean[h]
-                    if w != 0.0:
-                        for d in range(Y.shape[1]):
-                            syT[h, d] += w * Y[b, d]
-                        mean[h] = 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -652,7 +635,6 @@ def _linear_search(
     beta,
     prior_beta,
     weight,
-    Y,
 ):  # pragma: no cover - compiled
     B, S, H = X.shape
     out_ll = np.empty((B, S))
@@ -661,7 +643,7 @@ def _linear_search(
     # the statistics of a chunk of rows go to its own slot (summed afterwards); without
     # statistics the arrays are placeholders of one row
     many = 1 if mode == 2 else 0
-    syT = np.zeros((max(n_chunks * many, 1), H, Y.shape[1]))
+    mean = np.zeros((max(B * many, 1), H))
     ss = np.zeros((max(n_chunks * many, 1), H, H))
     counts = np.zeros((max(n_chunks * many, 1), values.shape[0]))
     step = (B + n_chunks - 1) // n_chunks
@@ -669,10 +651,10 @@ def _linear_search(
         _search_rows(
             X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
             gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step), out_X, out_Xw,
-            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, Y, syT[c * many],
-            ss[c * many], counts[c * many],
+            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
+            counts[c * many],
         )  # fmt: skip
-    return out_ll, out_lp, out_lm, syT, ss, counts
+    return out_ll, out_lp, out_lm, mean, ss, counts
 
 
 def _words(X: np.ndarray) -> np.ndarray:
@@ -681,7 +663,7 @@ def _words(X: np.ndarray) -> np.ndarray:
 
 
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
-         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None, Y=None):  # fmt: skip
+         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None):  # fmt: skip
     B = X.shape[0]
     X = np.ascontiguousarray(X, dtype=np.uint8)
     usable = (
@@ -727,7 +709,6 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         float(beta),
         float(prior_beta),
         np.ones(B) if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
-        np.zeros((1, 1)) if Y is None else np.ascontiguousarray(Y, dtype=np.float64),
     )
     return (out_X, *out)
 
@@ -778,7 +759,7 @@ def linear_search(
 
 def linear_search_estep(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None, Y=None,
+    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None,
 ):  # fmt: skip
     """:func:`linear_search`, then each row's posterior over its new states, in one pass.
 
@@ -797,8 +778,6 @@ def linear_search_estep(
         Where the new states go; may be ``X`` itself (each row is read before it is
         written), which spares a copy of the states. A new array if None or unsuitable
         (not C-contiguous, not writable, another shape or dtype).
-    Y : ndarray of shape (B, D), optional
-        The batch's data points; needed for the statistics (``accumulate``).
 
     Returns
     -------
@@ -807,15 +786,14 @@ def linear_search_estep(
     log_marginal : ndarray of shape (B,)
         log Σ_k p(s_k, y) over them at T=1.
     moments : tuple or None
-        (sy (D, H), ss (H, H), counts (V-1,)): Σ_b y_b (Σ_k q_bk s_k)ᵀ, Σ_b Σ_k q_bk s sᵀ
-        and Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered
-        posterior times ``weight``: Y times the mean and the moments that
-        :func:`prosper.backends.numba_states.linear_state_stats` returns for them (sy
-        summed in another order than that product).
+        (mean (B, H), ss (H, H), counts (V-1,)): Σ_k q_k s_k per row, Σ_b Σ_k q_bk s sᵀ and
+        Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered posterior
+        times ``weight``: what :func:`prosper.backends.numba_states.linear_state_stats`
+        returns for them.
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
                n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight,
-               out, Y)  # fmt: skip
+               out)  # fmt: skip
     if not accumulate:
         return out[0], out[3], None
-    return out[0], out[3], (out[4].sum(axis=0).T, out[5].sum(axis=0), out[6].sum(axis=0)[1:])
+    return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])

@@ -513,12 +513,10 @@ class LinearTruncatedModel(TruncatedModel):
                   weight, accumulate, out=None):  # fmt: skip
             X, log_marginal, moments = estep(
                 X, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys, gen_keys,
-                rows, n_parents, n_children, beta, prior_beta, weight, accumulate, out, Y,
+                rows, n_parents, n_children, beta, prior_beta, weight, accumulate, out,
             )  # fmt: skip
-            if moments is None:
-                return X, log_marginal, None
-            sy, ss, counts = moments
-            return X, log_marginal, self._stats_dict(sy, ss, counts, yy, weight)
+            stats = None if moments is None else self._moment_stats(Y, yy, weight, *moments)
+            return X, log_marginal, stats
 
         return scores, fused
 
@@ -526,15 +524,8 @@ class LinearTruncatedModel(TruncatedModel):
     def _moment_stats(Y, yy, weight, mean, ss, counts):
         """The statistics dict from the posterior moments over explicit states (``mean``
         (B, H) per row, ``ss`` and ``counts`` summed) and ||y||² (B,)."""
-        return LinearTruncatedModel._stats_dict(
-            Y.T.astype(np.float64) @ mean, ss, counts, yy, weight
-        )
-
-    @staticmethod
-    def _stats_dict(sy, ss, counts, yy, weight):
-        """The statistics dict from Σ y <s>ᵀ, the summed moments and ||y||² (B,)."""
         return {
-            "sy": sy,
+            "sy": Y.T.astype(np.float64) @ mean,
             "ss": ss,
             "counts": counts,
             "yy": np.array(float(weight @ yy)),
