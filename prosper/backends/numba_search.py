@@ -659,7 +659,7 @@ def _linear_search(
 
 def _words(X: np.ndarray) -> np.ndarray:
     """X (B, S, H) of uint8 seen as 64-bit words per row, (B, S H / 8)."""
-    return X.reshape(X.shape[0], -1).view(np.uint64)
+    return X.reshape(X.shape[0], X.shape[1] * X.shape[2]).view(np.uint64)
 
 
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
