@@ -149,7 +149,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     )
     deadline = time.time() + 120
     for line in proc.stderr:  # wait until some iterations are recorded, then kill -9
-        if "iteration 12:" in line or time.time() > deadline:
+        if "iteration 12: {" in line or time.time() > deadline:  # after its checkpoint
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)

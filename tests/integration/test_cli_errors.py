@@ -143,7 +143,7 @@ def test_ctrl_c_says_where_the_run_stopped(tmp_path):
     )
     deadline = time.time() + 120
     for line in proc.stderr:
-        if "iteration 3:" in line or time.time() > deadline:
+        if "iteration 3: {" in line or time.time() > deadline:  # after its checkpoint
             break
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()

@@ -85,7 +85,9 @@ def killed_run(job, out, kill_after: int) -> int:
     deadline = time.time() + 120
     try:
         for line in proc.stderr:
-            if f"iteration {kill_after}:" in line or time.time() > deadline:
+            # the solver's line after the checkpoint ("iteration k: {metrics}"), not the
+            # repairs' "iteration k: latent ..." logged in the M-step before it
+            if f"iteration {kill_after}: {{" in line or time.time() > deadline:
                 break
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
