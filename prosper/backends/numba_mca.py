@@ -155,6 +155,8 @@ def _mca_kernel(
     point_count,
     A_part,
     Ay_part,
+    L_part,
+    LW_part,
 ):  # pragma: no cover - compiled
     """Log marginals and, by ``mode`` (0: none, 1: statistics, 2: posterior mean), the rest.
 
@@ -183,7 +185,13 @@ def _mca_kernel(
         E = np.empty(n_slot)  # sign(W) exp(rho (log|W| - M))
         Ep = np.empty(n_slot)  # exp((rho - 1)(log|W| - M))
         S = np.empty(n_slot)  # responsibilities per slot
-        T = np.empty(n_tab)  # t of the table states
+        T = np.empty(n_tab)  # t of the table states (MMCA: ±the winning sign's sum)
+        TP = np.empty(n_tab if signed else 0)  # MMCA: the power sums of the positive
+        TN = np.empty(n_tab if signed else 0)  # and of the negative causes
+        EP = np.empty(n_slot if signed else 0)  # MMCA: max(E, 0) and max(-E, 0)
+        EN = np.empty(n_slot if signed else 0)
+        SL = np.empty(n_slot if signed else 0)  # MMCA: Σ q c (lost) per slot
+        SLW = np.empty(n_slot if signed else 0)  # and Σ q c |W̄| (lost to)
         TA = np.empty(n_tab)  # max(|t|, tiny)
         lg = np.empty(Dp)  # log |t| of one state
         xr = np.empty(Dp)
@@ -199,6 +207,8 @@ def _mca_kernel(
         kbits = np.empty(K, dtype=np.int64)
         A_c = A_part[c]
         Ay_c = Ay_part[c]
+        L_c = L_part[c]
+        LW_c = LW_part[c]
         lo = c * B // n_chunks
         hi = (c + 1) * B // n_chunks
         for n in range(lo, hi):
@@ -235,6 +245,9 @@ def _mca_kernel(
                     row = E[i * Dp : (i + 1) * Dp]
                     for d in range(D):
                         row[d] *= sw[d]
+                for i in range(n_slot):
+                    EP[i] = E[i] if E[i] > 0.0 else 0.0
+                    EN[i] = -E[i] if E[i] < 0.0 else 0.0
             yyn = yy[n]
             err[0] = yyn
             es = err_single[n]
@@ -244,17 +257,39 @@ def _mca_kernel(
             # |t|^(1/rho) = exp(log|t| / rho), the squared error
             for k in range(Kc):
                 p = parent[k]
-                src = E[p * Dp : (p + 1) * Dp] if p < Hp else T[(p - Hp) * Dp : (p - Hp + 1) * Dp]
                 j = last[k]
-                e = E[j * Dp : (j + 1) * Dp]
                 dst = T[k * Dp : (k + 1) * Dp]
                 ta = TA[k * Dp : (k + 1) * Dp]
                 rt = ROOT[k * Dp : (k + 1) * Dp]
-                for d in range(Dp):
-                    dst[d] = src[d] + e[d]
-                for d in range(Dp):
-                    a = dst[d] if dst[d] >= 0.0 else -dst[d]
-                    ta[d] = a if a > _TINY else _TINY
+                if signed:
+                    # the sums of each sign by the tree; the larger wins with its sign
+                    if p < Hp:
+                        sp = EP[p * Dp : (p + 1) * Dp]
+                        sn = EN[p * Dp : (p + 1) * Dp]
+                    else:
+                        sp = TP[(p - Hp) * Dp : (p - Hp + 1) * Dp]
+                        sn = TN[(p - Hp) * Dp : (p - Hp + 1) * Dp]
+                    ep = EP[j * Dp : (j + 1) * Dp]
+                    en = EN[j * Dp : (j + 1) * Dp]
+                    tp = TP[k * Dp : (k + 1) * Dp]
+                    tn = TN[k * Dp : (k + 1) * Dp]
+                    for d in range(Dp):
+                        tp[d] = sp[d] + ep[d]
+                        tn[d] = sn[d] + en[d]
+                    for d in range(Dp):
+                        a = tp[d] if tp[d] >= tn[d] else tn[d]
+                        a = a if a > _TINY else _TINY
+                        ta[d] = a
+                        dst[d] = a if tp[d] >= tn[d] else -a
+                else:
+                    src = (
+                        E[p * Dp : (p + 1) * Dp] if p < Hp else T[(p - Hp) * Dp : (p - Hp + 1) * Dp]
+                    )
+                    e = E[j * Dp : (j + 1) * Dp]
+                    for d in range(Dp):
+                        dst[d] = src[d] + e[d]
+                    for d in range(Dp):
+                        ta[d] = dst[d] if dst[d] > _TINY else _TINY
                 log_rows(ta, lg, bits, expo, Dp)
                 for d in range(Dp):
                     xr[d] = lg[d] * inv_rho
@@ -311,18 +346,41 @@ def _mca_kernel(
             for i in range(n_slot):
                 S[i] = 0.0
             if signed:
-                for i in range(n_tab):
-                    G[i] = ROOT[i] / TA[i]
+                # A where the slot's sign wins; where it loses, the closeness c = |E| / |t|
+                # and c |W̄| (the statistics of the M-step's ordering of opposite signs)
+                for i in range(n_slot):
+                    SL[i] = 0.0
+                    SLW[i] = 0.0
                 for k in range(Kc):
                     qk = q[off + k]
+                    ta = TA[k * Dp : (k + 1) * Dp]
+                    rt = ROOT[k * Dp : (k + 1) * Dp]
+                    tw = T[k * Dp : (k + 1) * Dp]
                     g = G[k * Dp : (k + 1) * Dp]
+                    for d in range(Dp):
+                        g[d] = qk / ta[d]
                     for a in range(sizes[k]):
                         j = slots[k, a]
+                        e = E[j * Dp : (j + 1) * Dp]
                         ep = Ep[j * Dp : (j + 1) * Dp]
                         s = S[j * Dp : (j + 1) * Dp]
+                        sl = SL[j * Dp : (j + 1) * Dp]
+                        slw = SLW[j * Dp : (j + 1) * Dp]
                         for d in range(Dp):
-                            r = ep[d] * g[d]
-                            s[d] += qk * (r if r < 1.0 else 1.0)
+                            if (e[d] > 0.0) == (tw[d] > 0.0):
+                                s[d] += ep[d] * g[d] * rt[d]
+                            else:
+                                close = -e[d] * g[d] if e[d] < 0.0 else e[d] * g[d]
+                                sl[d] += close
+                                slw[d] += close * rt[d] * expM[d]
+                for j in range(Hp):
+                    sl = SL[j * Dp : (j + 1) * Dp]
+                    slw = SLW[j * Dp : (j + 1) * Dp]
+                    l_row = L_c[Ino[j]]
+                    lw_row = LW_c[Ino[j]]
+                    for d in range(Dp):
+                        l_row[d] += sl[d]
+                        lw_row[d] += slw[d]
             else:
                 for k in range(Kc):
                     qk = q[off + k]
@@ -465,6 +523,9 @@ def mca_estep(
     point_count = np.zeros(B)
     A_part = np.zeros((n_chunks, H, Dp))
     Ay_part = np.zeros_like(A_part)
+    # MMCA's statistics of the pixels a cause lost to the other sign
+    L_part = np.zeros((n_chunks, H, Dp) if signed else (n_chunks, 0, 0))
+    LW_part = np.zeros_like(L_part)
     if B:
         run_kernel(
             _mca_kernel,
@@ -495,6 +556,8 @@ def mca_estep(
             point_count,
             A_part,
             Ay_part,
+            L_part,
+            LW_part,
         )
     if mode == 0:
         return log_marginal, None
@@ -502,10 +565,14 @@ def mca_estep(
         return log_marginal, point_q
     A = A_part.sum(axis=0)[:, :D] + point_q.sum(axis=0)[:, None]
     Ay = Ay_part.sum(axis=0)[:, :D] + point_q.T @ Y
-    return log_marginal, {
+    stats = {
         "Ay": Ay.T,
         "A": A.T,
         "counts": np.array([point_count.sum()]),
         "err": np.array(float(point_err.sum())),
         "n": np.array(float(weights.sum())),
     }
+    if signed:
+        stats["lost"] = L_part.sum(axis=0)[:, :D].T
+        stats["lost_to"] = LW_part.sum(axis=0)[:, :D].T
+    return log_marginal, stats

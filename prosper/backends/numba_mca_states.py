@@ -30,6 +30,9 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
     err = np.empty((B, K))
     A = np.zeros((n_chunks, H, D))
     Ay = np.zeros((n_chunks, H, D))
+    # MMCA: closeness-weighted mass and magnitude of the winners where a cause's sign lost
+    lost = np.zeros((n_chunks, H, D))
+    lost_to = np.zeros((n_chunks, H, D))
     counts = np.zeros(n_chunks)
     err_sum = np.zeros(n_chunks)
     step = (B + n_chunks - 1) // n_chunks
@@ -40,6 +43,7 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
         M = np.empty(D)
         t_abs = np.empty(D)
         root = np.empty(D)
+        win = np.empty(D, dtype=np.bool_)
         for b in range(c * step, min(B, (c + 1) * step)):
             for k in range(K):
                 m = 0
@@ -59,13 +63,18 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
                         for i in range(1, m):
                             shift = max(shift, logW[idx[i], d])
                         t = 0.0
+                        t_neg = 0.0  # MMCA: the negative causes' sum (t: the positive's)
                         for i in range(m):
                             e = np.exp(rho * (logW[idx[i], d] - shift))
-                            t += sgnW[idx[i], d] * e if signed else e
-                        ta = max(abs(t), _TINY)
+                            if signed and sgnW[idx[i], d] < 0.0:
+                                t_neg += e
+                            else:
+                                t += e
+                        win[d] = t >= t_neg
+                        ta = max(max(t, t_neg), _TINY)
                         r = ta**inv_rho
                         M[d], t_abs[d], root[d] = shift, ta, r
-                        Wbar[d] = r * np.exp(shift) * (np.sign(t) if signed else 1.0)
+                        Wbar[d] = r * np.exp(shift) * (1.0 if win[d] else -1.0)
                 e2 = 0.0
                 for d in range(D):
                     diff = Y[b, d] - Wbar[d]
@@ -88,13 +97,23 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
                         h = idx[i]
                         for d in range(D):
                             L = logW[h, d] - M[d]
-                            if signed:
-                                a = np.exp((1.0 - rho) * max(np.log(t_abs[d]) * inv_rho - L, 0.0))
-                            else:
-                                a = np.exp((rho - 1.0) * L) * root[d] / t_abs[d]
+                            if signed and (sgnW[h, d] > 0.0) != win[d]:
+                                a = w * np.exp(rho * L) / t_abs[d]
+                                lost[c, h, d] += a
+                                lost_to[c, h, d] += a * root[d] * np.exp(M[d])
+                                continue
+                            a = np.exp((rho - 1.0) * L) * root[d] / t_abs[d]
                             A[c, h, d] += w * a
                             Ay[c, h, d] += w * a * Y[b, d]
-    return err, A.sum(axis=0), Ay.sum(axis=0), counts.sum(), err_sum.sum()
+    return (
+        err,
+        A.sum(axis=0),
+        Ay.sum(axis=0),
+        counts.sum(),
+        err_sum.sum(),
+        lost.sum(axis=0),
+        lost_to.sum(axis=0),
+    )
 
 
 def _run(Y, X, W, rho, signed, q, stats):
@@ -125,10 +144,12 @@ def mca_state_log_joint(Y, X, W, rho, signed):
 
 
 def mca_state_stats(Y, X, q, W, rho, signed):
-    """Σ q A (D, H), Σ q A y (D, H), Σ q |s| and Σ q ||y − W̄||² over explicit states.
+    """Σ q A (D, H), Σ q A y (D, H), Σ q |s|, Σ q ||y − W̄||² over explicit states and, for
+    MMCA, the statistics ``lost`` and ``lost_to`` (D, H) of the pixels where a cause's sign
+    loses (zeros for MCA).
 
     ``q`` (B, K) are the posterior weights; the other arguments as for
     :func:`mca_state_log_joint`.
     """
-    _, A, Ay, counts, err = _run(Y, X, W, rho, signed, q, True)
-    return A.T.copy(), Ay.T.copy(), float(counts), float(err)
+    _, A, Ay, counts, err, lost, lost_to = _run(Y, X, W, rho, signed, q, True)
+    return A.T.copy(), Ay.T.copy(), float(counts), float(err), lost.T.copy(), lost_to.T.copy()

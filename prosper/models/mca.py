@@ -127,16 +127,47 @@ class MCAModel(TruncatedModel):
         M = L.max(axis=1)
         L -= M[:, None, :]
         E = np.exp(rho * L)
+        win = positive = None
         if self.signed:
-            E *= np.sign(W).T[I]
-        t = np.matmul(table, E)  # (Kc, H') @ (B, H', D) -> (B, Kc, D)
-        # MCA: t > 0 up to underflow, so |t| needs no copy
-        t_abs = np.maximum(np.abs(t) if self.signed else t, _TINY, out=None if self.signed else t)
+            # the power sums of the positive and of the negative causes; the larger wins
+            positive = np.sign(W).T[I] > 0
+            t_pos = np.matmul(table, np.where(positive, E, 0.0))
+            t = np.matmul(table, np.where(positive, 0.0, E))  # (B, Kc, D)
+            win = t_pos >= t
+            np.maximum(t, t_pos, out=t)
+        else:
+            t = np.matmul(table, E)  # (Kc, H') @ (B, H', D) -> (B, Kc, D)
+        # t > 0 up to underflow, so the guard needs no copy
+        t_abs = np.maximum(t, _TINY, out=t)
         root = np.power(t_abs, 1.0 / rho)
         Wbar = root * np.exp(M)[:, None, :]
         if self.signed:
-            Wbar *= np.sign(t)
-        return {"Wbar": Wbar, "t_abs": t_abs, "root": root, "L": L, "M": M}
+            np.negative(Wbar, out=Wbar, where=~win)
+        return {
+            "Wbar": Wbar,
+            "t_abs": t_abs,
+            "root": root,
+            "L": L,
+            "M": M,
+            "win": win,
+            "positive": positive,
+            "E": E,
+        }
+
+    def _lost(self, qm: np.ndarray, table: np.ndarray, sm: dict) -> tuple[np.ndarray, np.ndarray]:
+        """MMCA: Σ_k q_k c_dh(s_k) and Σ_k q_k c_dh(s_k) |W̄_d(s_k)|, shapes (B, H', D).
+
+        c_dh(s) = s_h |W_dh|^ρ / |W̄_d^ρ(s)|^ρ where the sign of W_dh loses at pixel d in
+        state s (0 elsewhere): how close h came to overtaking the winner, in (0, 1).
+        """
+        G = qm[:, :, None] / sm["t_abs"]
+        G_mag = G * sm["root"] * np.exp(sm["M"])[:, None, :]
+        out = []
+        for g in (G, G_mag):
+            to_pos = np.matmul(table.T, np.where(sm["win"], 0.0, g))
+            to_neg = np.matmul(table.T, np.where(sm["win"], g, 0.0))
+            out.append(sm["E"] * np.where(sm["positive"], to_pos, to_neg))
+        return out[0], out[1]
 
     def _responsibility(
         self, qm: np.ndarray, table: np.ndarray, sm: dict, rho: float
@@ -153,7 +184,12 @@ class MCAModel(TruncatedModel):
         Ep = np.exp((rho - 1.0) * sm["L"])
         G = np.divide(sm["root"], sm["t_abs"], out=sm["t_abs"])  # t_abs is not used again
         G *= qm[:, :, None]
-        return Ep * np.matmul(table.T, G)  # (H', Kc) @ (B, Kc, D) -> (B, H', D)
+        if sm["win"] is None:
+            return Ep * np.matmul(table.T, G)  # (H', Kc) @ (B, Kc, D) -> (B, H', D)
+        # MMCA: a cause has responsibility only where its sign wins
+        to_pos = np.matmul(table.T, np.where(sm["win"], G, 0.0))
+        to_neg = np.matmul(table.T, np.where(sm["win"], 0.0, G))
+        return Ep * np.where(sm["positive"], to_pos, to_neg)
 
     # -- the E-step -----------------------------------------------------------------------
     def preselection_scores(self, Y, params):
@@ -228,9 +264,17 @@ class MCAModel(TruncatedModel):
         # A_dh = 1 for the singleton of h (W̄ = W_h), 0 for the zero state
         A = np.repeat(qs.sum(axis=0)[:, None], self.D, axis=1)  # (H, D)
         Ay = qs.T @ Y
+        extra = {}
         if table.shape[0]:
-            SA = self._responsibility(qm, table, sm, rho)
             flat = (I[:, :, None] * self.D + np.arange(self.D)).ravel()
+            if self.signed:
+                for key, value in zip(("lost", "lost_to"), self._lost(qm, table, sm), strict=True):
+                    extra[key] = (
+                        np.bincount(flat, weights=value.ravel(), minlength=H * self.D)
+                        .reshape(H, self.D)
+                        .T
+                    )
+            SA = self._responsibility(qm, table, sm, rho)
             A += np.bincount(flat, weights=SA.ravel(), minlength=H * self.D).reshape(H, self.D)
             Ay += np.bincount(
                 flat, weights=(SA * Y[:, None, :]).ravel(), minlength=H * self.D
@@ -243,6 +287,9 @@ class MCAModel(TruncatedModel):
             "err": np.array(float(np.sum(q * err))),
             "n": np.array(float(weight.sum())),
         }
+        if self.signed:
+            zeros = np.zeros((self.D, H))
+            stats.update(lost=extra.get("lost", zeros), lost_to=extra.get("lost_to", zeros))
         return log_marginal, stats
 
     def _run_chunks(self, Y, batch, params, rho, beta, prior_beta, mask, what):
@@ -278,6 +325,8 @@ class MCAModel(TruncatedModel):
                 "err": np.array(0.0),
                 "n": np.array(0.0),
             }
+            if self.signed:
+                out.update(lost=np.zeros((self.D, self.H)), lost_to=np.zeros((self.D, self.H)))
         return lm, out
 
     def runs_on(self, backend):
@@ -366,20 +415,38 @@ class MCAModel(TruncatedModel):
         M = np.where(np.isfinite(M), M, 0.0)  # the zero state
         L -= M[:, :, None, :]
         E = np.exp(rho * L)
+        win = positive = None
         if self.signed:
-            E *= np.vstack([np.sign(W).T, np.zeros((1, D))])[idx]
-        t = E.sum(axis=2)
-        t_abs = np.maximum(np.abs(t), _TINY)
+            # as _smooth_max: the larger power sum of the two signs wins
+            positive = np.vstack([np.sign(W).T, np.zeros((1, D))])[idx] > 0
+            t_pos = np.where(positive, E, 0.0).sum(axis=2)
+            t = np.where(positive, 0.0, E).sum(axis=2)
+            win = t_pos >= t
+            np.maximum(t, t_pos, out=t)
+        else:
+            t = E.sum(axis=2)
+        t_abs = np.maximum(t, _TINY)
         root = np.power(t_abs, 1.0 / rho)
         smooth = root * np.exp(M)
         if self.signed:
-            smooth *= np.sign(t)
+            np.negative(smooth, out=smooth, where=~win)
         # exact maximum for |s| <= 1: the single active column (or 0)
         exact = np.vstack([W.T, np.zeros((1, D))])[idx[..., 0]]
         Wbar = np.where((size >= 2)[..., None], smooth, exact)
         resid = Y[:, None, :] - Wbar
         err = np.einsum("bkd,bkd->bk", resid, resid)
-        return {"idx": idx, "size": size, "err": err, "L": L, "t_abs": t_abs, "root": root}
+        return {
+            "idx": idx,
+            "size": size,
+            "err": err,
+            "L": L,
+            "t_abs": t_abs,
+            "root": root,
+            "win": win,
+            "positive": positive,
+            "E": E,
+            "M": M,
+        }
 
     def _explicit_responsibility(self, terms: dict, rho: float) -> np.ndarray:
         """A_dh(s) of the active latents of explicit states, (B, K, m, D) (0 in padding).
@@ -389,11 +456,9 @@ class MCAModel(TruncatedModel):
         |W̄_d^ρ|)^(ρ−1).
         """
         L, size, idx = terms["L"], terms["size"], terms["idx"]
+        A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
         if self.signed:
-            log_rel = np.log(terms["t_abs"]) / rho  # log|W̄_d| − M
-            A = np.exp((1.0 - rho) * np.maximum(log_rel[:, :, None, :] - L, 0.0))
-        else:
-            A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
+            A *= terms["positive"] == terms["win"][:, :, None, :]
         single = (idx < self.H)[..., None].astype(np.float64)
         return np.where((size >= 2)[:, :, None, None], A, single)
 
@@ -446,9 +511,13 @@ class MCAModel(TruncatedModel):
         n = np.array(float(np.sum(weight)))
         kernel = backend.KERNELS.get("mca_state_stats")
         if kernel is not None:
-            A, Ay, counts, err = kernel(Y, X, q, W, rho, self.signed)
-            return {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
+            A, Ay, counts, err, lost, lost_to = kernel(Y, X, q, W, rho, self.signed)
+            out = {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
+            if self.signed:
+                out.update(lost=lost, lost_to=lost_to)
+            return out
         A_sum, Ay_sum = np.zeros((H + 1) * D), np.zeros((H + 1) * D)
+        L_sum, LW_sum = np.zeros((H + 1) * D), np.zeros((H + 1) * D)
         counts = err = 0.0
         step = self._explicit_rows(X)
         for start in range(0, X.shape[0], step):
@@ -462,13 +531,25 @@ class MCAModel(TruncatedModel):
             Ay_sum += np.bincount(flat, QA.ravel(), minlength=(H + 1) * D)
             counts += float(np.sum(qr * terms["size"]))
             err += float(np.sum(qr * terms["err"]))
-        return {
+            if self.signed:
+                # closeness c = |W_dh|^ρ / |W̄_d|^ρ where the sign of h loses (see _lost)
+                lost = terms["positive"] != terms["win"][:, :, None, :]
+                C = np.where(lost, terms["E"], 0.0) / terms["t_abs"][:, :, None, :]
+                C *= qr[:, :, None, None]
+                L_sum += np.bincount(flat, C.ravel(), minlength=(H + 1) * D)
+                C *= (terms["root"] * np.exp(terms["M"]))[:, :, None, :]
+                LW_sum += np.bincount(flat, C.ravel(), minlength=(H + 1) * D)
+        out = {
             "Ay": Ay_sum[: H * D].reshape(H, D).T.copy(),
             "A": A_sum[: H * D].reshape(H, D).T.copy(),
             "counts": np.array([counts]),
             "err": np.array(err),
             "n": n,
         }
+        if self.signed:
+            out["lost"] = L_sum[: H * D].reshape(H, D).T.copy()
+            out["lost_to"] = LW_sum[: H * D].reshape(H, D).T.copy()
+        return out
 
     def log_joint(self, Y, S, params, beta: float = 1.0):
         """Reference log p(y|s) and log p(s) of explicit binary states (B, K, H).
@@ -485,10 +566,15 @@ class MCAModel(TruncatedModel):
         # exact maximum for |s| <= 1: the single active column (or 0)
         exact = np.einsum("bkh,dh->bkd", S, W)
         logw = np.where(active, rho * np.log(np.abs(W)).T[None, None], -np.inf)
-        sgn = np.broadcast_to(np.sign(W).T[None, None], logw.shape)
         with np.errstate(divide="ignore"):
             if self.signed:
-                lse, sign = logsumexp(logw, axis=2, b=np.where(active, sgn, 0.0), return_sign=True)
+                # the ρ-smoothed maxima of the positive and of the negative causes; the
+                # larger magnitude wins with its sign
+                positive = W.T[None, None] > 0
+                lse_pos = logsumexp(np.where(positive, logw, -np.inf), axis=2)
+                lse = logsumexp(np.where(positive, -np.inf, logw), axis=2)
+                sign = np.where(lse_pos >= lse, 1.0, -1.0)
+                lse = np.maximum(lse, lse_pos)
             else:
                 lse, sign = logsumexp(logw, axis=2), 1.0
         smooth = sign * np.exp(np.where(np.isfinite(lse), lse, -np.inf) / rho)
@@ -651,6 +737,11 @@ class MMCAModel(MCAModel):
     #: inertia scale and floor of the damped W update (original MMCA_ET: alpha, 0.2)
     inertia_scale = 2.5
     inertia_floor = 0.2
+    #: a cause that lost a pixel to the other sign in states of at least this posterior
+    #: mass (closeness-weighted, in data points) stays below the winners' magnitude there
+    lost_min = 1.0
+    #: relative margin by which it stays below
+    tie_margin = 1e-3
 
     def clip_W(self, W: np.ndarray) -> np.ndarray:
         """|W| >= W_MIN keeping the sign (0 goes to +W_MIN)."""
@@ -664,31 +755,24 @@ class MMCAModel(MCAModel):
         W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
         return 2.0 * (np.asarray(Y, dtype=np.float64) @ W) - np.einsum("dh,dh->h", W, W)
 
-    def _responsibility(self, qm, table, sm, rho):
-        """Σ_k q_k A_dh(s_k), shape (B, H', D), with the cap min(1, ·).
-
-        A_dh = s_h exp((1−ρ) max(log|W̄_d| − log|W_dh|, 0)) (the original MMCA_ET code).
-        The cap does not factorise, so the sum runs slot by slot over the H' preselected
-        latents (a loop of length H', vectorised over points, states and pixels), each slot
-        only over the table rows in which it is active.
-        """
-        L = sm["L"]
-        B, Hp, D = L.shape
-        log_rel = np.log(sm["t_abs"]) / rho  # log|W̄_d| − M
-        out = np.empty((B, Hp, D))
-        for j in range(Hp):
-            rows = np.flatnonzero(table[:, j])
-            excess = log_rel[:, rows, :]
-            excess -= L[:, j, None, :]
-            np.maximum(excess, 0.0, out=excess)
-            excess *= 1.0 - rho
-            np.exp(excess, out=excess)
-            out[:, j, :] = np.einsum("bk,bkd->bd", qm[:, rows], excess)
-        return out
-
     def _w_update(self, W_raw, W_old, A):
         inertia = np.maximum(1.0 - np.exp(-A / self.inertia_scale), self.inertia_floor)
         return inertia * W_raw + (1.0 - inertia) * W_old
+
+    def mstep(self, stats, params, gamma):
+        new = super().mstep(stats, params, gamma)
+        lost = np.asarray(stats["lost"], dtype=np.float64)
+        contested = lost >= self.lost_min
+        bound = np.divide(
+            np.asarray(stats["lost_to"], dtype=np.float64),
+            lost,
+            out=np.full_like(lost, np.inf),
+            where=contested,
+        )
+        W = new["W"]
+        capped = np.minimum(np.abs(W), (1.0 - self.tie_margin) * bound)
+        new["W"] = self.clip_W(np.sign(W) * capped)
+        return new
 
     def unexplained(self, params, y, mean_s):
         """Boolean (D,): where |y| exceeds the magnitude of the reconstruction W̄(ŝ) by

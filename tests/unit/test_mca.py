@@ -36,13 +36,15 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None):
     states = [np.array(s, dtype=float) for s in itertools.product([0, 1], repeat=H)]
     lm = np.zeros(N)
     Ay, A, counts, err, n = np.zeros((D, H)), np.zeros((D, H)), 0.0, 0.0, 0.0
+    lost, lost_to = np.zeros((D, H)), np.zeros((D, H))
     for i in range(N):
         y = Y[i]
-        lj, lj_beta, wbars, As = [], [], [], []
+        lj, lj_beta, wbars, As, Cs = [], [], [], [], []
         for s in states:
             k = int(s.sum())
             wbar = np.zeros(D)
             Ad = np.zeros((D, H))
+            Cd = np.zeros((D, H))  # MMCA: closeness where the sign of h loses
             if k == 1:
                 h = int(np.flatnonzero(s)[0])
                 wbar = W[:, h].copy()
@@ -50,32 +52,50 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None):
             elif k >= 2:
                 for d in range(D):
                     if signed:
-                        t = sum(np.sign(W[d, h]) * abs(W[d, h]) ** rho for h in range(H) if s[h])
-                        wbar[d] = np.sign(t) * abs(t) ** (1.0 / rho)
+                        # the ρ-smoothed maxima of each sign; the larger wins with its sign
+                        t_pos = sum(W[d, h] ** rho for h in range(H) if s[h] and W[d, h] > 0)
+                        t_neg = sum((-W[d, h]) ** rho for h in range(H) if s[h] and W[d, h] < 0)
+                        win = 1.0 if t_pos >= t_neg else -1.0
+                        wbar[d] = win * max(t_pos, t_neg) ** (1.0 / rho)
                     else:
                         wbar[d] = sum(W[d, h] ** rho for h in range(H) if s[h]) ** (1.0 / rho)
                     for h in range(H):
                         if s[h]:
                             ratio = abs(W[d, h]) / abs(wbar[d])
-                            Ad[d, h] = (min(1.0, ratio) if signed else ratio) ** (rho - 1.0)
+                            if signed and np.sign(W[d, h]) != np.sign(wbar[d]):
+                                Cd[d, h] = ratio**rho
+                            else:
+                                Ad[d, h] = ratio ** (rho - 1.0)
             ll = -0.5 * D * np.log(2 * np.pi * sigma**2) - np.sum((y - wbar) ** 2) / (2 * sigma**2)
             lp = k * np.log(pi) + (H - k) * np.log(1 - pi)
             lj.append(ll + lp)
             lj_beta.append(beta * (ll + lp))
             wbars.append(wbar)
             As.append(Ad)
+            Cs.append(Cd * np.abs(wbar)[:, None])
         lj, lj_beta = np.array(lj), np.array(lj_beta)
         lm[i] = np.log(np.sum(np.exp(lj - lj.max()))) + lj.max()
         q = np.exp(lj_beta - lj_beta.max())
         q /= q.sum()
         w = 1.0 if mask is None else mask[i]
-        for qk, s, wbar, Ad in zip(q, states, wbars, As, strict=True):
+        for qk, s, wbar, Ad, Cd in zip(q, states, wbars, As, Cs, strict=True):
             Ay += w * qk * Ad * y[:, None]
             A += w * qk * Ad
+            closeness = np.divide(Cd, np.abs(wbar)[:, None], out=np.zeros_like(Cd), where=Cd > 0)
+            lost += w * qk * closeness
+            lost_to += w * qk * Cd
             counts += w * qk * s.sum()
             err += w * qk * np.sum((y - wbar) ** 2)
         n += w
-    return lm, {"Ay": Ay, "A": A, "counts": counts, "err": err, "n": n}
+    return lm, {
+        "Ay": Ay,
+        "A": A,
+        "counts": counts,
+        "err": err,
+        "n": n,
+        "lost": lost,
+        "lost_to": lost_to,
+    }
 
 
 def brute_mstep(st, W, pi, H, D, signed, gamma):
@@ -85,6 +105,10 @@ def brute_mstep(st, W, pi, H, D, signed, gamma):
     if signed:
         inertia = np.maximum(1 - np.exp(-st["A"] / 2.5), 0.2)
         W_new = inertia * W_new + (1 - inertia) * W
+        # below the winners' mean magnitude where the sign lost (mass >= 1)
+        for d, h in zip(*np.nonzero(st["lost"] >= 1.0), strict=True):
+            bound = (1 - 1e-3) * st["lost_to"][d, h] / st["lost"][d, h]
+            W_new[d, h] = np.sign(W_new[d, h]) * min(abs(W_new[d, h]), bound)
         W_new = np.where(W_new < 0, np.minimum(W_new, -1e-4), np.maximum(W_new, 1e-4))
     else:
         W_new = np.maximum(W_new, 1e-4)
@@ -118,7 +142,7 @@ def test_full_enumeration_equals_brute_force(model_cls, beta, with_mask):
     lm, st = model.estep_batch(Y, states, params, beta, beta, mask, True, None)
     lm_ref, st_ref = brute_force(Y, params["W"], 0.3, 0.9, beta, signed, mask)
     np.testing.assert_allclose(lm, lm_ref, rtol=1e-10, atol=1e-10)
-    for key in ("Ay", "A"):
+    for key in ("Ay", "A", "lost", "lost_to") if signed else ("Ay", "A"):
         np.testing.assert_allclose(st[key], st_ref[key], rtol=1e-10, atol=1e-12, err_msg=key)
     for key in ("counts", "err", "n"):
         np.testing.assert_allclose(float(np.sum(st[key])), st_ref[key], rtol=1e-10, err_msg=key)
