@@ -741,7 +741,7 @@ class MMCAModel(MCAModel):
     #: mass (closeness-weighted, in data points) stays below the winners' magnitude there
     lost_min = 1.0
     #: relative margin by which it stays below
-    tie_margin = 1e-3
+    tie_margin = 0.02
 
     def clip_W(self, W: np.ndarray) -> np.ndarray:
         """|W| >= W_MIN keeping the sign (0 goes to +W_MIN)."""
