@@ -343,10 +343,11 @@ def test_an_unused_cause_takes_what_the_maximum_leaves_unexplained(estimator):
 def test_mmca_learns_the_magnitude_of_an_opposite_sign_tie():
     """Two causes, +10 on pixels 0-2 and −10 on pixels 2-4, cross at pixel 2 where the data
     show the first one's value (the tie rule of the bars generator). Started at the
-    generating parameters, 30 EM iterations must keep both magnitudes at 10 with the
-    winner of the data (cause 0) above the loser: the ρ-smoothed maximum of the
-    original MMCA cancelled ±10 to 0 and gave both causes full responsibility, which
-    pulled the loser's crossing pixel towards +10 (to ~0 here, 6-9.5 on the bars)."""
+    generating parameters, 30 EM iterations must keep both magnitudes near 10 with the
+    winner of the data (cause 0) above the loser, and σ at 0.5. The signed ρ-smoothed
+    maximum of the original MMCA cancelled ±10 to 0 where both are on: here it ended with
+    the loser above the winner (9.98 against 9.96) and σ = 2.03 (on the bars, fitted from
+    the data, the loser's crossing pixels came out at 6-9.5)."""
     from prosper.backends import get_backend
 
     W_true = np.zeros((5, 2))
