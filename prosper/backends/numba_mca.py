@@ -19,7 +19,9 @@ statistics). Per data point:
    :class:`prosper.solvers.states.ExpectationTruncation` is ordered by number of active
    slots, then lexicographically, so the parent of a state (the state without its last
    active slot: a slot row for two active slots, an earlier table row otherwise) precedes
-   it, and t = t(parent) + E(last slot) is one row addition per state;
+   it, and t = t(parent) + E(last slot) is one row addition per state (MMCA: the sums t⁺
+   and t⁻ of the positive and the negative entries of E, and t = ±max(t⁺, t⁻) with the
+   sign of the larger);
 3. |t|^(1/ρ) = exp(log|t| / ρ) for all states at once (vectorised log and exp), W̄ and the
    squared errors ||y||² − 2 yᵀW̄ + ||W̄||² (the zero state and the singletons, with the exact
    maximum, come from one GEMM ``Y W`` before the kernel);
@@ -28,9 +30,10 @@ statistics). Per data point:
 5. statistics: MCA's A_dh factorises into exp((ρ−1)(log W_dh − M)) times |t|^(1/ρ)/|t|, and
    the sum over the states that contain slot j runs over the same tree backwards (each
    state's weighted row is added to its parent, and each row once to its last slot: every
-   state containing j is counted once, at its prefix that ends in j); MMCA's capped
-   A_dh = min(1, exp((ρ−1)(log|W_dh| − M)) |t|^(1/ρ)/|t|) runs over the active slots of
-   each state. Both are scattered through I into the thread's (H, D_pad) partial sums.
+   state containing j is counted once, at its prefix that ends in j); MMCA's A_dh (0 where
+   the sign of W_dh loses) and, where it loses, the closeness c = |E_jd| / |t| and c |W̄_d|
+   (statistics ``lost`` and ``lost_to``) run over the active slots of each state. They are
+   scattered through I into the thread's (H, D_pad) partial sums.
 
 Threads run (``prange``) over contiguous chunks of data points; each chunk writes its own
 partial sums of A and Σ A y, and per-point values (singleton weights, weighted errors and
@@ -46,7 +49,7 @@ other). Y is converted to float64 (as the NumPy E-step does), so float32 input g
 float64 result of its float64 copy.
 
 Range: the kernel shares the model's range limit (max/min of |W_dh| over the preselected
-latents at a pixel below exp(700/ρ)); MMCA's capped responsibility is computed as a product
+latents at a pixel below exp(700/ρ)); MMCA's responsibility is computed as a product
 of the two factors above instead of one exp of their log, which agrees to round-off within
 that range.
 """

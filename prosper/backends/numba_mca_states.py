@@ -6,7 +6,10 @@ docstrings define the mathematics. Per data point and state the kernel lists the
 latents (one pass over the H value indices), then works on those only: a state with m
 active causes costs O(H + m D). States with m <= 1 use the exact maximum (0 or W_h);
 for m >= 2, per pixel, the shift M_d = max over the active latents of log|W_dh|,
-t_d = Σ sign(W_dh) exp(ρ (log|W_dh| − M_d)) and W̄_d = sign(t_d) |t_d|^(1/ρ) exp(M_d).
+t_d = Σ exp(ρ (log|W_dh| − M_d)) and W̄_d = t_d^(1/ρ) exp(M_d); MMCA: t⁺_d and t⁻_d over
+the positive and the negative causes, W̄_d = ±max(t⁺_d, t⁻_d)^(1/ρ) exp(M_d) with the sign of
+the larger, A_dh = 0 where the sign of W_dh loses and there the statistics ``lost`` and
+``lost_to`` of the model's M-step.
 
 Threads run (``prange``) over contiguous chunks of data points; each chunk sums its own
 (H, D) partial statistics, added afterwards.

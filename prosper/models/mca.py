@@ -15,9 +15,14 @@ active causes the maximum is replaced by the ρ-smoothed maximum W̄^ρ that Lü
 2008 introduce to derive their M-step:
 
     MCA:  W̄_d^ρ(s) = (Σ_h s_h W_dh^ρ)^(1/ρ)          = exp(logsumexp_h(ρ log W_dh) / ρ)
-    MMCA: W̄_d^ρ(s) = sign(t_d) |t_d|^(1/ρ),  t_d = Σ_h s_h sign(W_dh) |W_dh|^ρ
+    MMCA: W̄_d^ρ(s) = ± max(t⁺_d, t⁻_d)^(1/ρ),  t^±_d = Σ_{h: ±W_dh > 0} s_h |W_dh|^ρ,
 
-and the zero and singleton states use the exact maximum (0 and W_h). W^ρ is never formed:
+with the sign of the larger power sum (+ where they are equal): MMCA's rule (the larger
+magnitude wins with its sign) applied to the ρ-smoothed maxima of the positive and of the
+negative causes, so W̄^ρ tends to the hard maximum of magnitude as ρ → ∞ like MCA's. (The
+original MMCA_ET code smoothed the signed sum t⁺ − t⁻ instead, which cancels two causes of
+opposite sign and equal magnitude to 0 whatever ρ, where the model's maximum is ±|W_dh|.)
+The zero and singleton states use the exact maximum (0 and W_h). W^ρ is never formed:
 the terms are exp(ρ (log|W_dh| − M)), shifted by the largest log|W_dh| among the preselected
 latents of each data point, M. This is exact while max/min of |W_dh| over those latents at a
 pixel stays below exp(700/ρ) (about 4e14 for MCA at ρ = 21, 5e8 for MMCA at ρ = 35); beyond
@@ -105,8 +110,9 @@ class MCAModel(TruncatedModel):
         """ρ-smoothed maximum of the table states of each point.
 
         With the shift M_bd = max over the preselected latents of log|W_dh| and
-        t = Σ_h s_h sign(W_dh) exp(ρ (log|W_dh| − M)) (one batched product with the table),
-        W̄^ρ = sign(t) exp(M) |t|^(1/ρ).
+        t = Σ_h s_h exp(ρ (log|W_dh| − M)) (one batched product with the table),
+        W̄^ρ = exp(M) t^(1/ρ); MMCA: t = max(t⁺, t⁻), the sums over the positive and over
+        the negative causes (two products), and W̄^ρ takes the sign of the larger.
 
         Parameters
         ----------
@@ -118,10 +124,12 @@ class MCAModel(TruncatedModel):
         -------
         dict with
             ``Wbar`` (B, Kc, D): W̄^ρ_d of every table state;
-            ``t_abs`` (B, Kc, D): |t|, guarded to >= tiny (t = 0 by signed cancellation or
-            underflow);
-            ``root`` (B, Kc, D): |t|^(1/ρ) = |W̄^ρ| / exp(M);
-            ``L`` (B, H', D): log|W_dh| − M of the preselected latents; ``M`` (B, D).
+            ``t_abs`` (B, Kc, D): t, guarded to >= tiny (t = 0 by underflow);
+            ``root`` (B, Kc, D): t^(1/ρ) = |W̄^ρ| / exp(M);
+            ``L`` (B, H', D): log|W_dh| − M of the preselected latents; ``M`` (B, D);
+            ``E`` (B, H', D): exp(ρ L);
+            ``win`` (B, Kc, D): MMCA: the positive sign wins (None for MCA);
+            ``positive`` (B, H', D): MMCA: W_dh > 0 (None for MCA).
         """
         L = np.log(np.abs(W)).T[I]
         M = L.max(axis=1)
@@ -341,7 +349,9 @@ class MCAModel(TruncatedModel):
         temperature 1 but with the iteration's ρ; the statistics use the tempered posterior.
 
         Statistics: ``Ay`` (D, H) Σ_n <A_dh> y_dn, ``A`` (D, H) Σ_n <A_dh>, ``counts`` (1,)
-        Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points.
+        Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points; MMCA
+        also ``lost`` (D, H) Σ_n <c_dh> and ``lost_to`` (D, H) Σ_n <c_dh |W̄_d|>, c_dh the
+        closeness of h where its sign loses (:class:`MMCAModel`).
 
         Runs the backend's ``KERNELS["mca_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel.
@@ -452,8 +462,8 @@ class MCAModel(TruncatedModel):
         """A_dh(s) of the active latents of explicit states, (B, K, m, D) (0 in padding).
 
         The same A as the fused E-step (:meth:`_responsibility`): 1 for a singleton's
-        latent; for |s| >= 2, MCA: (W_dh / W̄_d^ρ)^(ρ−1); MMCA: min(1, |W_dh| /
-        |W̄_d^ρ|)^(ρ−1).
+        latent; for |s| >= 2, (|W_dh| / |W̄_d^ρ|)^(ρ−1) (MMCA: 0 where the sign of W_dh
+        loses).
         """
         L, size, idx = terms["L"], terms["size"], terms["idx"]
         A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
@@ -501,9 +511,9 @@ class MCAModel(TruncatedModel):
         return self.preselection_scores(Y, params), log_joint
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
-        """The statistics of :meth:`estep_batch` (``Ay``, ``A``, ``counts``, ``err``, ``n``)
-        from posterior weights ``q`` (B, K) over explicit states X (B, K, H), at the ρ of
-        ``beta``."""
+        """The statistics of :meth:`estep_batch` (``Ay``, ``A``, ``counts``, ``err``, ``n``;
+        MMCA: ``lost``, ``lost_to``) from posterior weights ``q`` (B, K) over explicit
+        states X (B, K, H), at the ρ of ``beta``."""
         rho = self.rho(beta)
         H, D = self.H, self.D
         Y = np.asarray(Y, dtype=np.float64)
@@ -725,9 +735,26 @@ class MMCAModel(MCAModel):
 
     The active cause with the largest |W_dh| wins with its sign; T' = max(T, 1.2) and
     ρ <= 35 (``rho_T_bound`` and ``rho_ubound`` of the original MMCA_ET code), so ρ = 6 at
-    T = 1. A_dh(s) = s_h min(1, |W_dh| / |W̄_d^ρ(s)|)^(ρ−1): the cap keeps A bounded where
-    causes of opposite sign cancel in t_d. The W update is damped by the inertia
+    T = 1. W̄^ρ is the ρ-smoothed maximum of the causes of the winning sign (module
+    docstring), so A_dh(s) = ∂W̄_d^ρ/∂W_dh = s_h (|W_dh| / |W̄_d^ρ(s)|)^(ρ−1) <= 1 for a
+    cause of that sign and 0 for a cause of the other sign: a cause that loses a pixel
+    changes nothing there, as under the hard maximum. The W update is damped by the inertia
     ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the original code.
+
+    Ties of opposite sign. The model's maximum has no tie rule: data in which causes g
+    and h of opposite sign and equal magnitude cross and the pixel shows g's value (the
+    bars generator's rule) are fitted by |W_dh| just below |W_dg|. The fixed point
+    W = Σ<A>y / Σ<A> does not keep that order: h has no responsibility where it loses, so
+    its update is the mean of its own points, which the noise puts above |W_dg| about half
+    of the time, and once above, the states with both on predict h's sign where the data
+    show g's, lose their posterior and nothing moves h back. The M-step therefore keeps the
+    order the posterior shows (a constrained M-step: the W_dh that would overtake the
+    winners of those states, whose data show the winner's value, is stopped short): where
+    the sign of h lost pixel d in states of posterior mass Σ q c >= ``lost_min`` (c =
+    |W_dh|^ρ / |W̄_d^ρ|^ρ in (0, 1], how close h came to winning), |W_dh| is capped at
+    (1 − ``tie_margin``) times the c-weighted mean |W̄_d| of those winners (statistics
+    ``lost`` and ``lost_to``). The order is only kept, not found: a wrong order at the
+    end of the annealing stays wrong.
     """
 
     name = "mmca"
@@ -740,7 +767,8 @@ class MMCAModel(MCAModel):
     #: a cause that lost a pixel to the other sign in states of at least this posterior
     #: mass (closeness-weighted, in data points) stays below the winners' magnitude there
     lost_min = 1.0
-    #: relative margin by which it stays below
+    #: ... by this fraction of it: with 0.1 % the winner's own update (noise 0.4-1 % on the
+    #: 5x5 bars) could pass the capped loser in the same M-step (RESULTS.md, session 8)
     tie_margin = 0.02
 
     def clip_W(self, W: np.ndarray) -> np.ndarray:
@@ -760,6 +788,8 @@ class MMCAModel(MCAModel):
         return inertia * W_raw + (1.0 - inertia) * W_old
 
     def mstep(self, stats, params, gamma):
+        """MCA's M-step with the damped W update, then the cap of the class docstring:
+        |W_dh| <= (1 − tie_margin) ``lost_to`` / ``lost`` where ``lost`` >= ``lost_min``."""
         new = super().mstep(stats, params, gamma)
         lost = np.asarray(stats["lost"], dtype=np.float64)
         contested = lost >= self.lost_min
