@@ -150,6 +150,7 @@ def _mca_kernel(
     prior_beta,
     mask,
     signed,
+    summed,
     mode,
     n_chunks,
     log_marginal,
@@ -177,6 +178,7 @@ def _mca_kernel(
     off = 1 + H
     inv_rho = 1.0 / rho
     tempered = beta != 1.0 or prior_beta != 1.0
+    classes = signed and not summed  # MMCA: the larger of the two signs' sums wins
     n_slot = Hp * Dp
     n_tab = Kc * Dp
     for c in prange(n_chunks):
@@ -189,12 +191,12 @@ def _mca_kernel(
         Ep = np.empty(n_slot)  # exp((rho - 1)(log|W| - M))
         S = np.empty(n_slot)  # responsibilities per slot
         T = np.empty(n_tab)  # t of the table states (MMCA: ±the winning sign's sum)
-        TP = np.empty(n_tab if signed else 0)  # MMCA: the power sums of the positive
-        TN = np.empty(n_tab if signed else 0)  # and of the negative causes
-        EP = np.empty(n_slot if signed else 0)  # MMCA: max(E, 0) and max(-E, 0)
-        EN = np.empty(n_slot if signed else 0)
-        SL = np.empty(n_slot if signed else 0)  # MMCA: Σ q c (lost) per slot
-        SLW = np.empty(n_slot if signed else 0)  # and Σ q c |W̄| (lost to)
+        TP = np.empty(n_tab if classes else 0)  # MMCA: the power sums of the positive
+        TN = np.empty(n_tab if classes else 0)  # and of the negative causes
+        EP = np.empty(n_slot if classes else 0)  # MMCA: max(E, 0) and max(-E, 0)
+        EN = np.empty(n_slot if classes else 0)
+        SL = np.empty(n_slot if classes else 0)  # MMCA: Σ q c (lost) per slot
+        SLW = np.empty(n_slot if classes else 0)  # and Σ q c |W̄| (lost to)
         TA = np.empty(n_tab)  # max(|t|, tiny)
         lg = np.empty(Dp)  # log |t| of one state
         xr = np.empty(Dp)
@@ -248,6 +250,7 @@ def _mca_kernel(
                     row = E[i * Dp : (i + 1) * Dp]
                     for d in range(D):
                         row[d] *= sw[d]
+            if classes:
                 for i in range(n_slot):
                     EP[i] = E[i] if E[i] > 0.0 else 0.0
                     EN[i] = -E[i] if E[i] < 0.0 else 0.0
@@ -264,7 +267,7 @@ def _mca_kernel(
                 dst = T[k * Dp : (k + 1) * Dp]
                 ta = TA[k * Dp : (k + 1) * Dp]
                 rt = ROOT[k * Dp : (k + 1) * Dp]
-                if signed:
+                if classes:
                     # the sums of each sign by the tree; the larger wins with its sign
                     if p < Hp:
                         sp = EP[p * Dp : (p + 1) * Dp]
@@ -292,7 +295,8 @@ def _mca_kernel(
                     for d in range(Dp):
                         dst[d] = src[d] + e[d]
                     for d in range(Dp):
-                        ta[d] = dst[d] if dst[d] > _TINY else _TINY
+                        a = dst[d] if dst[d] >= 0.0 else -dst[d]  # MMCA's signed sum
+                        ta[d] = a if a > _TINY else _TINY
                 log_rows(ta, lg, bits, expo, Dp)
                 for d in range(Dp):
                     xr[d] = lg[d] * inv_rho
@@ -348,7 +352,21 @@ def _mca_kernel(
             exp_shifted(X, 0.0, Ep, bits, n_slot)
             for i in range(n_slot):
                 S[i] = 0.0
-            if signed:
+            if summed:
+                # MMCA's signed sum: the capped A of the original code
+                for i in range(n_tab):
+                    G[i] = ROOT[i] / TA[i]
+                for k in range(Kc):
+                    qk = q[off + k]
+                    g = G[k * Dp : (k + 1) * Dp]
+                    for a in range(sizes[k]):
+                        j = slots[k, a]
+                        ep = Ep[j * Dp : (j + 1) * Dp]
+                        s = S[j * Dp : (j + 1) * Dp]
+                        for d in range(Dp):
+                            r = ep[d] * g[d]
+                            s[d] += qk * (r if r < 1.0 else 1.0)
+            elif signed:
                 # A where the slot's sign wins; where it loses, the closeness c = |E| / |t|
                 # and c |W̄| (the statistics of the M-step's ordering of opposite signs)
                 for i in range(n_slot):
@@ -463,7 +481,7 @@ def mca_estep(
     prior_beta: float = 1.0,
     mask: np.ndarray | None = None,
     what: str = "stats",
-    signed: bool = False,
+    signed: int = 0,
 ) -> tuple[np.ndarray, dict[str, np.ndarray] | np.ndarray | None]:
     """Truncated E-step of MCA (``signed=False``) or MMCA (``signed=True``) on one batch.
 
@@ -485,8 +503,10 @@ def mca_estep(
     what : {"stats", "lm", "mean"}
         "stats": log marginals and statistics; "lm": log marginals only; "mean": log
         marginals and <s> (B, H) (call with ``beta = prior_beta = 1``).
-    signed : bool, default=False
-        MMCA (signed W, the cause of largest magnitude wins) instead of MCA.
+    signed : int, default=0
+        0 (or False): MCA; MMCA (signed W, the cause of largest magnitude wins) with
+        1 (or True): the larger of the smoothed maxima of the two signs, 2: the signed sum
+        of the first half of the iterations (``MMCAModel.kernel_mode``).
 
     Returns
     -------
@@ -499,6 +519,8 @@ def mca_estep(
     if what not in _MODES:
         raise ValueError(f"what must be one of {sorted(_MODES)}; got {what!r}")
     mode = _MODES[what]
+    summed = int(signed) == 2
+    signed = bool(signed)
     Y = np.ascontiguousarray(Y, dtype=np.float64)
     B, D = Y.shape
     W = _clip_W(np.asarray(params["W"], dtype=np.float64), signed)
@@ -527,7 +549,7 @@ def mca_estep(
     A_part = np.zeros((n_chunks, H, Dp))
     Ay_part = np.zeros_like(A_part)
     # MMCA's statistics of the pixels a cause lost to the other sign
-    L_part = np.zeros((n_chunks, H, Dp) if signed else (n_chunks, 0, 0))
+    L_part = np.zeros((n_chunks, H, Dp) if signed and not summed else (n_chunks, 0, 0))
     LW_part = np.zeros_like(L_part)
     if B:
         run_kernel(
@@ -550,7 +572,8 @@ def mca_estep(
             float(beta),
             float(prior_beta),
             weights,
-            bool(signed),
+            signed,
+            summed,
             mode,
             n_chunks,
             log_marginal,
@@ -576,6 +599,7 @@ def mca_estep(
         "n": np.array(float(weights.sum())),
     }
     if signed:
-        stats["lost"] = L_part.sum(axis=0)[:, :D].T
-        stats["lost_to"] = LW_part.sum(axis=0)[:, :D].T
+        zeros = np.zeros((D, H))
+        stats["lost"] = zeros if summed else L_part.sum(axis=0)[:, :D].T
+        stats["lost_to"] = zeros if summed else LW_part.sum(axis=0)[:, :D].T
     return log_marginal, stats

@@ -27,7 +27,7 @@ _TINY = np.finfo(np.float64).tiny
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no cover
+def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pragma: no cover
     B, K, H = X.shape
     D = Y.shape[1]
     err = np.empty((B, K))
@@ -73,7 +73,12 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
                                 t_neg += e
                             else:
                                 t += e
-                        win[d] = t >= t_neg
+                        if summed:  # MMCA's signed sum t⁺ − t⁻
+                            t, t_neg = t - t_neg, 0.0
+                            win[d] = t >= 0.0
+                            t = abs(t)
+                        else:
+                            win[d] = t >= t_neg
                         ta = max(max(t, t_neg), _TINY)
                         r = ta**inv_rho
                         M[d], t_abs[d], root[d] = shift, ta, r
@@ -100,6 +105,11 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, q, n_chunks, stats):  # pragma: no 
                         h = idx[i]
                         for d in range(D):
                             L = logW[h, d] - M[d]
+                            if summed:  # the capped A of the original code
+                                a = np.exp((1.0 - rho) * max(np.log(t_abs[d]) * inv_rho - L, 0.0))
+                                A[c, h, d] += w * a
+                                Ay[c, h, d] += w * a * Y[b, d]
+                                continue
                             if signed and (sgnW[h, d] > 0.0) != win[d]:
                                 a = w * np.exp(rho * L) / t_abs[d]
                                 lost[c, h, d] += a
@@ -126,8 +136,19 @@ def _run(Y, X, W, rho, signed, q, stats):
     sgnW = np.ascontiguousarray(np.sign(W).T)
     n_chunks = max(1, min(numba.get_num_threads(), X.shape[0]))
     q = np.zeros((1, 1)) if q is None else np.ascontiguousarray(q, dtype=np.float64)
+    summed = int(signed) == 2
     return _terms(
-        Y, np.ascontiguousarray(X), W, logW, sgnW, float(rho), bool(signed), q, n_chunks, stats
+        Y,
+        np.ascontiguousarray(X),
+        W,
+        logW,
+        sgnW,
+        float(rho),
+        bool(signed),
+        summed,
+        q,
+        n_chunks,
+        stats,
     )
 
 
@@ -140,8 +161,10 @@ def mca_state_log_joint(Y, X, W, rho, signed):
     X : ndarray of uint8, shape (B, K, H)
     W : ndarray of shape (D, H), in the model's domain (|W| >= 1e-4)
     rho : float
-    signed : bool
-        MMCA (the active cause of largest magnitude wins with its sign) or MCA.
+    signed : int or bool
+        0: MCA; MMCA (the active cause of largest magnitude wins with its sign), 1: the
+        larger of the two signs' smoothed maxima, 2: the signed sum
+        (``MMCAModel.kernel_mode``).
     """
     return _run(Y, X, W, rho, signed, None, False)[0]
 

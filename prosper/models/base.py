@@ -268,6 +268,15 @@ class TruncatedModel(ABC):
         """Whether :meth:`state_stats` is implemented (the evolutionary state set works)."""
         return cls.state_stats is not TruncatedModel.state_stats
 
+    def start_iteration(self, iteration: int, n_iter: int) -> None:
+        """Called by the solver before the E-step of each iteration (0-based, of n_iter).
+
+        Nothing by default; a model whose E-step changes with the iteration (MMCA: the
+        smoothed maximum of its first half) sets its state here, from these two numbers
+        only, so a resumed fit continues the same way.
+        """
+        return None
+
     @abstractmethod
     def truncated_mass(self, params: Params, gamma: int) -> float:
         """A(Θ): prior probability that a state has at most gamma non-zero entries."""

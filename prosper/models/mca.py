@@ -88,6 +88,12 @@ class MCAModel(TruncatedModel):
     def values(self) -> np.ndarray:
         return np.array([0.0, 1.0])
 
+    @property
+    def kernel_mode(self) -> int:
+        """0: MCA; MMCA: 1 (the sign of the larger smoothed maximum wins) or 2 (the signed
+        sum of the first half of the iterations); the kernels' ``signed`` argument."""
+        return 0
+
     # -- helpers --------------------------------------------------------------------------
     def rho(self, beta: float) -> float:
         """Softness ρ of the smoothed maximum at inverse temperature ``beta``."""
@@ -136,7 +142,12 @@ class MCAModel(TruncatedModel):
         L -= M[:, None, :]
         E = np.exp(rho * L)
         win = positive = None
-        if self.signed:
+        if self.kernel_mode == 2:
+            # the signed sum t⁺ − t⁻ (the first half of MMCA's iterations)
+            t = np.matmul(table, E * np.sign(W).T[I])
+            win = t >= 0.0
+            np.abs(t, out=t)
+        elif self.signed:
             # the power sums of the positive and of the negative causes; the larger wins
             positive = np.sign(W).T[I] > 0
             t_pos = np.matmul(table, np.where(positive, E, 0.0))
@@ -145,7 +156,7 @@ class MCAModel(TruncatedModel):
             np.maximum(t, t_pos, out=t)
         else:
             t = np.matmul(table, E)  # (Kc, H') @ (B, H', D) -> (B, Kc, D)
-        # t > 0 up to underflow, so the guard needs no copy
+        # t >= 0, so the guard needs no copy
         t_abs = np.maximum(t, _TINY, out=t)
         root = np.power(t_abs, 1.0 / rho)
         Wbar = root * np.exp(M)[:, None, :]
@@ -168,6 +179,9 @@ class MCAModel(TruncatedModel):
         c_dh(s) = s_h |W_dh|^ρ / |W̄_d^ρ(s)|^ρ where the sign of W_dh loses at pixel d in
         state s (0 elsewhere): how close h came to overtaking the winner, in (0, 1).
         """
+        if self.kernel_mode == 2:  # no statistics of lost pixels, no cap
+            zeros = np.zeros(sm["L"].shape)
+            return zeros, zeros
         G = qm[:, :, None] / sm["t_abs"]
         G_mag = G * sm["root"] * np.exp(sm["M"])[:, None, :]
         out = []
@@ -176,6 +190,28 @@ class MCAModel(TruncatedModel):
             to_neg = np.matmul(table.T, np.where(sm["win"], g, 0.0))
             out.append(sm["E"] * np.where(sm["positive"], to_pos, to_neg))
         return out[0], out[1]
+
+    def _capped_responsibility(
+        self, qm: np.ndarray, table: np.ndarray, sm: dict, rho: float
+    ) -> np.ndarray:
+        """MMCA's signed sum: Σ_k q_k s_h min(1, |W_dh| / |W̄_d^ρ|)^(ρ−1), (B, H', D).
+
+        The cap of the original MMCA_ET code keeps A bounded where causes of opposite sign
+        cancel in t. It does not factorise, so the sum runs slot by slot over the H'
+        preselected latents (vectorised over points, states and pixels), each slot only
+        over the table rows in which it is active.
+        """
+        L = sm["L"]
+        log_rel = np.log(sm["t_abs"]) / rho  # log|W̄_d| − M
+        out = np.empty(L.shape)
+        for j in range(L.shape[1]):
+            rows = np.flatnonzero(table[:, j])
+            excess = log_rel[:, rows, :] - L[:, j, None, :]
+            np.maximum(excess, 0.0, out=excess)
+            excess *= 1.0 - rho
+            np.exp(excess, out=excess)
+            out[:, j, :] = np.einsum("bk,bkd->bd", qm[:, rows], excess)
+        return out
 
     def _responsibility(
         self, qm: np.ndarray, table: np.ndarray, sm: dict, rho: float
@@ -189,6 +225,8 @@ class MCAModel(TruncatedModel):
         function per state; both factors stay finite under the range limit of the module
         docstring.
         """
+        if self.kernel_mode == 2:
+            return self._capped_responsibility(qm, table, sm, rho)
         Ep = np.exp((rho - 1.0) * sm["L"])
         G = np.divide(sm["root"], sm["t_abs"], out=sm["t_abs"])  # t_abs is not used again
         G *= qm[:, :, None]
@@ -368,7 +406,7 @@ class MCAModel(TruncatedModel):
                 prior_beta,
                 mask,
                 "stats" if accumulate else "lm",
-                self.signed,
+                self.kernel_mode,
             )
         lm, stats = self._run_chunks(
             Y,
@@ -387,7 +425,9 @@ class MCAModel(TruncatedModel):
         batch = self.candidates(Y, states, params)
         kernel = backend_kernel(backend, "mca_estep")
         if kernel is not None:
-            return kernel(Y, params, batch, self.rho(1.0), 1.0, 1.0, None, "mean", self.signed)[1]
+            return kernel(
+                Y, params, batch, self.rho(1.0), 1.0, 1.0, None, "mean", self.kernel_mode
+            )[1]
         return self._run_chunks(Y, batch, params, self.rho(1.0), 1.0, 1.0, None, "mean")[1]
 
     # -- explicit states (evolutionary state sets, the generic E-step) ----------------------
@@ -426,7 +466,11 @@ class MCAModel(TruncatedModel):
         L -= M[:, :, None, :]
         E = np.exp(rho * L)
         win = positive = None
-        if self.signed:
+        if self.kernel_mode == 2:
+            t = (E * np.vstack([np.sign(W).T, np.zeros((1, D))])[idx]).sum(axis=2)
+            win = t >= 0.0
+            t = np.abs(t)
+        elif self.signed:
             # as _smooth_max: the larger power sum of the two signs wins
             positive = np.vstack([np.sign(W).T, np.zeros((1, D))])[idx] > 0
             t_pos = np.where(positive, E, 0.0).sum(axis=2)
@@ -466,8 +510,12 @@ class MCAModel(TruncatedModel):
         loses).
         """
         L, size, idx = terms["L"], terms["size"], terms["idx"]
-        A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
-        if self.signed:
+        if self.kernel_mode == 2:
+            log_rel = np.log(terms["t_abs"]) / rho  # log|W̄_d| − M
+            A = np.exp((1.0 - rho) * np.maximum(log_rel[:, :, None, :] - L, 0.0))
+        else:
+            A = np.exp((rho - 1.0) * L) * (terms["root"] / terms["t_abs"])[:, :, None, :]
+        if self.kernel_mode == 1:
             A *= terms["positive"] == terms["win"][:, :, None, :]
         single = (idx < self.H)[..., None].astype(np.float64)
         return np.where((size >= 2)[:, :, None, None], A, single)
@@ -496,7 +544,7 @@ class MCAModel(TruncatedModel):
         def log_joint(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             B, K = X.shape[:2]
             if kernel is not None:
-                ll = const - kernel(Y, X, W, rho, self.signed) / (2.0 * sigma2)
+                ll = const - kernel(Y, X, W, rho, self.kernel_mode) / (2.0 * sigma2)
             else:
                 ll = np.empty((B, K))
                 step = self._explicit_rows(X)
@@ -521,7 +569,7 @@ class MCAModel(TruncatedModel):
         n = np.array(float(np.sum(weight)))
         kernel = backend.KERNELS.get("mca_state_stats")
         if kernel is not None:
-            A, Ay, counts, err, lost, lost_to = kernel(Y, X, q, W, rho, self.signed)
+            A, Ay, counts, err, lost, lost_to = kernel(Y, X, q, W, rho, self.kernel_mode)
             out = {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
             if self.signed:
                 out.update(lost=lost, lost_to=lost_to)
@@ -541,7 +589,7 @@ class MCAModel(TruncatedModel):
             Ay_sum += np.bincount(flat, QA.ravel(), minlength=(H + 1) * D)
             counts += float(np.sum(qr * terms["size"]))
             err += float(np.sum(qr * terms["err"]))
-            if self.signed:
+            if self.kernel_mode == 1:
                 # closeness c = |W_dh|^ρ / |W̄_d|^ρ where the sign of h loses (see _lost)
                 lost = terms["positive"] != terms["win"][:, :, None, :]
                 C = np.where(lost, terms["E"], 0.0) / terms["t_abs"][:, :, None, :]
@@ -577,7 +625,11 @@ class MCAModel(TruncatedModel):
         exact = np.einsum("bkh,dh->bkd", S, W)
         logw = np.where(active, rho * np.log(np.abs(W)).T[None, None], -np.inf)
         with np.errstate(divide="ignore"):
-            if self.signed:
+            if self.kernel_mode == 2:
+                sgn = np.broadcast_to(np.sign(W).T[None, None], logw.shape)
+                b = np.where(active, sgn, 0.0)
+                lse, sign = logsumexp(logw, axis=2, b=b, return_sign=True)
+            elif self.signed:
                 # the ρ-smoothed maxima of the positive and of the negative causes; the
                 # larger magnitude wins with its sign
                 positive = W.T[None, None] > 0
@@ -770,6 +822,19 @@ class MMCAModel(MCAModel):
     #: ... by this fraction of it: with 0.1 % the winner's own update (noise 0.4-1 % on the
     #: 5x5 bars) could pass the capped loser in the same M-step (RESULTS.md, session 8)
     tie_margin = 0.02
+    #: share of the iterations that use the signed sum (the order of ties is found there)
+    order_fraction = 0.5
+    #: the E-step uses the signed sum t⁺ − t⁻ (set by :meth:`start_iteration`)
+    signed_sum = False
+
+    @property
+    def kernel_mode(self) -> int:
+        return 2 if self.signed_sum else 1
+
+    def start_iteration(self, iteration: int, n_iter: int) -> None:
+        """The signed sum in the first ``order_fraction`` of the iterations, then the
+        maximum of the two signs (class docstring)."""
+        self.signed_sum = iteration < int(n_iter * self.order_fraction)
 
     def clip_W(self, W: np.ndarray) -> np.ndarray:
         """|W| >= W_MIN keeping the sign (0 goes to +W_MIN)."""

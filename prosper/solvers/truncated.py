@@ -361,6 +361,7 @@ class TruncatedEM:
         ``batch_size`` rows at a time (twice with ET data selection).
         """
         beta, prior_beta = self.betas(iteration)
+        self.model.start_iteration(iteration, self.n_iter)
         n_cut = self.n_cut(iteration)
         if self.evolutionary:
             self._attach_rows(int(Y.shape[0]), comm)

@@ -82,7 +82,8 @@ def test_numba_kernels_equal_the_numpy_code(model_class):
     X[:, 1] = 1
     q = rng.random((B, 20))
     numpy_kernels, numba_kernels = get_backend("numpy"), get_backend("numba")
-    for beta in (1.0, 0.5):
+    for beta, summed in ((1.0, False), (0.5, False), (1.0, True)):
+        model.signed_sum = summed  # MMCA's signed sum (no effect on MCA)
         a = model.state_scorer(Y, params, numpy_kernels, beta)[1](X)
         b = model.state_scorer(Y, params, numba_kernels, beta)[1](X)
         np.testing.assert_allclose(b[0], a[0], rtol=1e-12)

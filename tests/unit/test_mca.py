@@ -28,8 +28,9 @@ def rho_of(T: float, signed: bool) -> float:
     return Tp / (Tp - 1.0)
 
 
-def brute_force(Y, W, pi, sigma, beta, signed, mask=None):
-    """Log marginals and statistics by explicit loops over points and all 2^H states."""
+def brute_force(Y, W, pi, sigma, beta, signed, mask=None, summed=False):
+    """Log marginals and statistics by explicit loops over points and all 2^H states
+    (``summed``: MMCA's signed sum of the first half of the iterations)."""
     N, D = Y.shape
     H = W.shape[1]
     rho = rho_of(1.0 / beta, signed)
@@ -51,7 +52,10 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None):
                 Ad[:, h] = 1.0
             elif k >= 2:
                 for d in range(D):
-                    if signed:
+                    if summed:
+                        t = sum(np.sign(W[d, h]) * abs(W[d, h]) ** rho for h in range(H) if s[h])
+                        wbar[d] = np.sign(t) * abs(t) ** (1.0 / rho)
+                    elif signed:
                         # the ρ-smoothed maxima of each sign; the larger wins with its sign
                         t_pos = sum(W[d, h] ** rho for h in range(H) if s[h] and W[d, h] > 0)
                         t_neg = sum((-W[d, h]) ** rho for h in range(H) if s[h] and W[d, h] < 0)
@@ -62,7 +66,9 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None):
                     for h in range(H):
                         if s[h]:
                             ratio = abs(W[d, h]) / abs(wbar[d])
-                            if signed and np.sign(W[d, h]) != np.sign(wbar[d]):
+                            if summed:
+                                Ad[d, h] = min(1.0, ratio) ** (rho - 1.0)
+                            elif signed and np.sign(W[d, h]) != np.sign(wbar[d]):
                                 Cd[d, h] = ratio**rho
                             else:
                                 Ad[d, h] = ratio ** (rho - 1.0)
@@ -129,18 +135,21 @@ def problem(signed, H=4, D=6, N=7, seed=0):
     return Y, {"W": W, "pi": np.asarray(0.3), "sigma": np.asarray(0.9)}
 
 
-@pytest.mark.parametrize("model_cls", [MCAModel, MMCAModel])
+@pytest.mark.parametrize(
+    ("model_cls", "summed"), [(MCAModel, False), (MMCAModel, False), (MMCAModel, True)]
+)
 @pytest.mark.parametrize("beta", [1.0, 0.5, 0.2])
 @pytest.mark.parametrize("with_mask", [False, True])
-def test_full_enumeration_equals_brute_force(model_cls, beta, with_mask):
+def test_full_enumeration_equals_brute_force(model_cls, summed, beta, with_mask):
     H, D = 4, 6
     signed = model_cls is MMCAModel
     Y, params = problem(signed, H, D)
     mask = np.array([1, 0, 1, 1, 0, 1, 1], dtype=float) if with_mask else None
     model = model_cls(H, D)
+    model.signed_sum = summed
     states = ExpectationTruncation(H, H, H, model.values)
     lm, st = model.estep_batch(Y, states, params, beta, beta, mask, True, None)
-    lm_ref, st_ref = brute_force(Y, params["W"], 0.3, 0.9, beta, signed, mask)
+    lm_ref, st_ref = brute_force(Y, params["W"], 0.3, 0.9, beta, signed, mask, summed)
     np.testing.assert_allclose(lm, lm_ref, rtol=1e-10, atol=1e-10)
     for key in ("Ay", "A", "lost", "lost_to") if signed else ("Ay", "A"):
         np.testing.assert_allclose(st[key], st_ref[key], rtol=1e-10, atol=1e-12, err_msg=key)

@@ -78,6 +78,19 @@ def test_statistics_match_numpy(cls, config, beta):
     check_stats(got, ref)
 
 
+@pytest.mark.parametrize("config", CONFIGS)
+def test_mmca_signed_sum_matches_numpy(config):
+    """MMCA's signed sum (the first half of the iterations, kernel mode 2) on both paths."""
+    H, Hp, gamma = config
+    model, Y, params = problem(MMCAModel, H, D=13, B=37, seed=4)
+    model.start_iteration(0, 10)
+    assert model.kernel_mode == 2
+    states = ExpectationTruncation(H, Hp, gamma, model.values)
+    got, ref = both(model, Y, states, params, 0.8, 0.8, None, True)
+    check_stats(got, ref)
+    assert not ref[1]["lost"].any()  # no cap in this phase
+
+
 @pytest.mark.parametrize("cls", MODELS)
 def test_prior_beta_and_mask_with_zeros(cls):
     model, Y, params = problem(cls, 8, D=11, B=41, seed=1)
