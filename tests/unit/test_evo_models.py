@@ -14,6 +14,7 @@ from prosper.data import bars
 from prosper.models.gsc import GSCModel
 from prosper.models.mca import MCAModel, MMCAModel
 from prosper.solvers.states import ExpectationTruncation
+from tests.helpers import Stop, stop_at
 
 pytest.importorskip("numba")
 
@@ -152,7 +153,9 @@ def test_resumed_evo_run_continues_exactly(estimator, tmp_path):
     }
     full = estimator(n_iter=4, **common).fit(data.Y)
     out = tmp_path / "evo.h5"
-    estimator(n_iter=2, **common).fit(data.Y, out=out)
+    # interrupted after iteration 1 of the same 4 (MMCA's E-step changes at n_iter / 2)
+    with pytest.raises(Stop):
+        estimator(n_iter=4, callback=stop_at(1), **common).fit(data.Y, out=out)
     resumed = estimator(n_iter=4, **common).fit(data.Y, out=out, resume=True)
     np.testing.assert_allclose(resumed.W_, full.W_, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(resumed.free_energy_, full.free_energy_, rtol=1e-12)
