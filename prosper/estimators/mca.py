@@ -150,12 +150,18 @@ class MMCA(MCA):
     MCA for signed data: binary causes s_h ~ Bernoulli(π) with signed W, and at each pixel
     the active cause of largest magnitude ``|W_dh|`` wins and keeps its sign,
     ``y_d ~ N(W_{d h*}, σ²)`` with ``h* = argmax_{h: s_h = 1} |W_dh|``. States with several
-    causes use the signed ρ-smoothed maximum ``sign(t_d) |t_d|^(1/ρ)``,
-    ``t_d = Σ_h s_h sign(W_dh) |W_dh|^ρ``,
-    with ρ = T'/(T' − 1), T' = max(T, 1.2), ρ <= 35 (ρ = 6 at T = 1). Causes are preselected
-    by the smallest ||W_h − y||². The W update is damped by the inertia
-    ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the original ProSper MMCA code. A component
-    that appears with both signs needs two causes, W_h and −W_h.
+    causes use a ρ-smoothed maximum: in the first half of the iterations the signed
+    ``sign(t_d) |t_d|^(1/ρ)``, ``t_d = Σ_h s_h sign(W_dh) |W_dh|^ρ``, of the original
+    ProSper MMCA code, then ``± max(t⁺_d, t⁻_d)^(1/ρ)``, ``t^±_d`` the sums over the
+    positive and the negative causes, with the sign of the larger and responsibilities for
+    the causes of that sign only. The first sets the order of causes of opposite sign and
+    equal magnitude from the data, the second learns their magnitudes and keeps that order
+    (a cause that lost a pixel to the other sign stays 2 % below the winners' magnitude
+    there); see :class:`prosper.models.mca.MMCAModel`. ρ = T'/(T' − 1), T' = max(T, 1.2),
+    ρ <= 35 (ρ = 6 at T = 1). Causes are preselected by the smallest ||W_h − y||². The W
+    update is damped by the inertia ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the
+    original ProSper MMCA code. A component that appears with both signs needs two causes,
+    W_h and −W_h.
 
     Parameters
     ----------

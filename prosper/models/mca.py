@@ -19,9 +19,11 @@ active causes the maximum is replaced by the ρ-smoothed maximum W̄^ρ that Lü
 
 with the sign of the larger power sum (+ where they are equal): MMCA's rule (the larger
 magnitude wins with its sign) applied to the ρ-smoothed maxima of the positive and of the
-negative causes, so W̄^ρ tends to the hard maximum of magnitude as ρ → ∞ like MCA's. (The
-original MMCA_ET code smoothed the signed sum t⁺ − t⁻ instead, which cancels two causes of
-opposite sign and equal magnitude to 0 whatever ρ, where the model's maximum is ±|W_dh|.)
+negative causes, so W̄^ρ tends to the hard maximum of magnitude as ρ → ∞ like MCA's. The
+original MMCA_ET code smoothed the signed sum, W̄_d^ρ = sign(t_d) |t_d|^(1/ρ) with
+t_d = t⁺_d − t⁻_d, which cancels two causes of opposite sign and equal magnitude to 0
+whatever ρ, where the model's maximum is ±|W_dh|; MMCA uses it in the first half of the
+iterations only, where it sets the order of such ties (:class:`MMCAModel`).
 The zero and singleton states use the exact maximum (0 and W_h). W^ρ is never formed:
 the terms are exp(ρ (log|W_dh| − M)), shifted by the largest log|W_dh| among the preselected
 latents of each data point, M. This is exact while max/min of |W_dh| over those latents at a
@@ -795,18 +797,27 @@ class MMCAModel(MCAModel):
 
     Ties of opposite sign. The model's maximum has no tie rule: data in which causes g
     and h of opposite sign and equal magnitude cross and the pixel shows g's value (the
-    bars generator's rule) are fitted by |W_dh| just below |W_dg|. The fixed point
-    W = Σ<A>y / Σ<A> does not keep that order: h has no responsibility where it loses, so
-    its update is the mean of its own points, which the noise puts above |W_dg| about half
-    of the time, and once above, the states with both on predict h's sign where the data
-    show g's, lose their posterior and nothing moves h back. The M-step therefore keeps the
-    order the posterior shows (a constrained M-step: the W_dh that would overtake the
-    winners of those states, whose data show the winner's value, is stopped short): where
-    the sign of h lost pixel d in states of posterior mass Σ q c >= ``lost_min`` (c =
-    |W_dh|^ρ / |W̄_d^ρ|^ρ in (0, 1], how close h came to winning), |W_dh| is capped at
-    (1 − ``tie_margin``) times the c-weighted mean |W̄_d| of those winners (statistics
-    ``lost`` and ``lost_to``). The order is only kept, not found: a wrong order at the
-    end of the annealing stays wrong.
+    bars generator's rule) are fitted by |W_dh| just below |W_dg|. Two phases learn this:
+
+    1. the first ``order_fraction`` (half) of the iterations use the signed sum of the
+       original code (module docstring) with its capped A_dh = s_h min(1, |W_dh| /
+       |W̄_d^ρ|)^(ρ−1): where g and h are both on, ±10 cancel and both causes get full
+       responsibility for the data's +10, which pulls the loser h below the winner (to
+       6-9.5 on the 5x5 bars), so the data set the order, at the wrong magnitude;
+    2. the rest use the maximum of the two signs with the responsibilities above, so h's
+       update is the mean of its own points (its magnitude), and the M-step keeps the
+       order the posterior shows: where the sign of h lost pixel d in states of posterior
+       mass Σ q c >= ``lost_min`` (c = |W_dh|^ρ / |W̄_d^ρ|^ρ in (0, 1], how close h came to
+       winning), |W_dh| is capped at (1 − ``tie_margin``) times the c-weighted mean |W̄_d|
+       of those winners (statistics ``lost`` and ``lost_to``): a constrained M-step, the
+       W_dh that would overtake the winners of those states, whose data show the winner's
+       value, is stopped short.
+
+    Phase 2 alone does not find the order (measured, RESULTS.md session 8): h's own mean
+    lies above |W_dg| about half of the time, and once above, the states with both on
+    predict h's sign where the data show g's, are cut by ET's data selection or lose their
+    posterior, and nothing moves h back. The phase is set by :meth:`start_iteration`
+    from the iteration and n_iter, so a resumed fit continues the same way.
     """
 
     name = "mmca"
