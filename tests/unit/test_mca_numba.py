@@ -83,7 +83,9 @@ def test_mmca_signed_sum_matches_numpy(config):
     """MMCA's signed sum (the first half of the iterations, kernel mode 2) on both paths."""
     H, Hp, gamma = config
     model, Y, params = problem(MMCAModel, H, D=13, B=37, seed=4)
-    model.start_iteration(0, 10)
+    model.start_iteration(5, 10)
+    assert model.kernel_mode == 1  # the second half: the maximum of the two signs
+    model.start_iteration(4, 10)
     assert model.kernel_mode == 2
     states = ExpectationTruncation(H, Hp, gamma, model.values)
     got, ref = both(model, Y, states, params, 0.8, 0.8, None, True)
