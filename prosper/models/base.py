@@ -34,7 +34,13 @@ if TYPE_CHECKING:  # annotations only: models and kernels never import solvers
     from prosper.solvers.states import CandidateBatch, ExpectationTruncation
 
 
-__all__ = ["LinearTruncatedModel", "TruncatedModel", "backend_kernel", "binomial_truncation"]
+__all__ = [
+    "ActivityRepairs",
+    "LinearTruncatedModel",
+    "TruncatedModel",
+    "backend_kernel",
+    "binomial_truncation",
+]
 
 Params = dict[str, np.ndarray]
 #: (ll, lp) of index states (B, K, H): log-likelihood and log-prior, each (B, K)
@@ -593,3 +599,67 @@ class LinearTruncatedModel(TruncatedModel):
         S = self._sample_latents(n, params, rng)
         Y = S @ params["W"].T + float(params["sigma"]) * rng.standard_normal((n, self.D))
         return Y, S
+
+
+class ActivityRepairs:
+    """The repairs of local optima (:class:`prosper.solvers.truncated.TruncatedEM`,
+    ``reassignment_ratio``) for a :class:`LinearTruncatedModel` whose latents take values
+    other than 0 and 1 (TSC's -1 and 1, DSC's value sets), mixed in before it.
+
+    A latent is on when it is non-zero, whatever its value: two latents are on together by
+    Σ_n <1{s_g ≠ 0} 1{s_h ≠ 0}> (a statistic of its own, computed at the checks only;
+    Σ<s_g s_h> weighs co-activations by their values and, with signed values, subtracts
+    opposite-sign ones). Where the values have both signs, a column and its negative are
+    the same latent (duplicates by the absolute cosine). A merged pair is
+    W_g + sign(Σ<s_g s_h>) W_h, what the pair superposes to when on together.
+    """
+
+    values: np.ndarray
+    H: int
+
+    def latent_similarity(self, params: Params) -> np.ndarray:
+        """Cosine similarity (H, H) of the columns of W, absolute where the values have both
+        signs (a column and its negative then describe the same latent)."""
+        cosines = column_cosines(params["W"])
+        signed = bool(np.any(self.values < 0) and np.any(self.values > 0))
+        return np.abs(cosines) if signed else cosines
+
+    def repair_statistics(
+        self, X: np.ndarray, q: np.ndarray, backend: ModuleType
+    ) -> dict[str, np.ndarray]:
+        """``pairs`` (H, H): Σ_n <1{s_g ≠ 0} 1{s_h ≠ 0}>, how often two latents are on
+        together whatever their values (the diagonal: how often each is on), from posterior
+        weights ``q`` (B, K) over explicit states ``X`` (B, K, H, indices into
+        :attr:`values`)."""
+        on = (self.values != 0).astype(np.float64)
+        moments = backend.KERNELS["linear_state_stats"](X, q, on)
+        return {"pairs": np.asarray(moments[1], dtype=np.float64)}
+
+    def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
+        """Σ_n <1{s_g ≠ 0} 1{s_h ≠ 0}> (:meth:`repair_statistics`); None in an iteration
+        without it."""
+        pairs = stats.get("pairs")
+        return None if pairs is None else np.asarray(pairs, dtype=np.float64)
+
+    def merged(
+        self,
+        params: Params,
+        sources: dict[int, tuple[int, ...]],
+        stats: dict[str, np.ndarray] | None = None,
+    ) -> Params:
+        """Column h becomes W_g + sign(Σ<s_g s_k>) W_k for ``sources[h] = (g, k)``: what
+        the two latents superpose to when on together with their usual relative sign (a
+        latent holding a − b that is on with the opposite sign of a's latent wherever b is
+        present gives W_a − (W_a − W_b) = W_b). The prior and σ stay; without ``stats`` the
+        columns are added."""
+        W = np.array(params["W"], dtype=np.float64)
+        old = W.copy()
+        ss = None if stats is None else np.asarray(stats["ss"], dtype=np.float64)
+        for h, group in sources.items():
+            first, *rest = group
+            column = old[:, first].copy()
+            for k in rest:
+                sign = 1.0 if ss is None or ss[first, k] >= 0 else -1.0
+                column += sign * old[:, k]
+            W[:, h] = column
+        return {**params, "W": W}

@@ -41,13 +41,25 @@ Differences from the original ProSper ``DSC_ET`` (we follow the paper):
   ``B_pi_gamma`` is commented out); we apply the correction above;
 - the σ update uses the new W (the original accumulates the error with the old W);
 - the free energy keeps all normalising constants.
+
+The repairs of latents that EM leaves in a local optimum (``reassignment_ratio``, see
+:class:`prosper.solvers.truncated.TruncatedEM`) are TSC's
+(:class:`prosper.models.base.ActivityRepairs`): a latent is on when it is non-zero whatever
+its value, so two latents are on together by Σ<1{s_g ≠ 0} 1{s_h ≠ 0}> (Σ<s_g s_h> would
+weigh the pairs by their values); duplicates by the cosine, absolute where Φ has values of
+both signs; a latent's usage is Σ<s_h²>.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from prosper.models.base import LinearTruncatedModel, Params, binomial_truncation
+from prosper.models.base import (
+    ActivityRepairs,
+    LinearTruncatedModel,
+    Params,
+    binomial_truncation,
+)
 
 __all__ = ["DSCModel", "check_values"]
 
@@ -80,7 +92,7 @@ def check_values(values) -> np.ndarray:
     return arr
 
 
-class DSCModel(LinearTruncatedModel):
+class DSCModel(ActivityRepairs, LinearTruncatedModel):
     """The mathematics of DSC. Parameters: W (D, H), pi (V,), sigma (scalar).
 
     Parameters

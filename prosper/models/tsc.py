@@ -21,27 +21,26 @@ Differences from the original ProSper ``TSC_ET`` (we follow the paper):
   original took the H' best of the 2H signed singletons and could select a latent twice.
 
 The repairs of latents that EM leaves in a local optimum (``reassignment_ratio``, see
-:class:`prosper.solvers.truncated.TruncatedEM`) are BSC's, read for signed latents: a
-latent's usage is Σ<|s_h|> (= Σ<s_h²>, the diagonal of the second moment), a column and its
-negative are the same latent (duplicates by the absolute cosine), two latents are on
-together by Σ<|s_g| |s_h|> (a statistic of its own, computed at the checks only: Σ<s_g s_h>
-counts same-sign co-activations minus opposite-sign ones), and a merged pair is
+:class:`prosper.solvers.truncated.TruncatedEM`) are BSC's, read for signed latents
+(:class:`prosper.models.base.ActivityRepairs`, shared with DSC): a latent's usage is
+Σ<|s_h|> (= Σ<s_h²>, the diagonal of the second moment), a column and its negative are the
+same latent (duplicates by the absolute cosine), two latents are on together by
+Σ<|s_g| |s_h|> (a statistic of its own, computed at the checks only: Σ<s_g s_h> counts
+same-sign co-activations minus opposite-sign ones), and a merged pair is
 W_g + sign(Σ<s_g s_h>) W_h, what the pair superposes to when on together.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import numpy as np
 
-from prosper.models.base import Params
+from prosper.models.base import ActivityRepairs, Params
 from prosper.models.bsc import BSCModel
 
 __all__ = ["TSCModel"]
 
 
-class TSCModel(BSCModel):
+class TSCModel(ActivityRepairs, BSCModel):
     """The mathematics of TSC. Parameters: W (D, H), pi (scalar), sigma (scalar).
 
     ``pi`` is the probability that a latent is non-zero; each sign has probability π/2.
@@ -75,46 +74,3 @@ class TSCModel(BSCModel):
         """
         norms = np.einsum("dh,dh->h", params["W"], params["W"])
         return np.array([[-2.0], [2.0]]) * np.ones(self.H), np.stack([-norms, -norms])
-
-    # -- repairs of local optima, read for signed latents -----------------------------------
-    def latent_similarity(self, params: Params) -> np.ndarray:
-        """Absolute cosine similarity (H, H) of the columns of W: a column and its negative
-        describe the same latent (its sign flips with the latent's)."""
-        return np.abs(super().latent_similarity(params))
-
-    def repair_statistics(
-        self, X: np.ndarray, q: np.ndarray, backend: ModuleType
-    ) -> dict[str, np.ndarray]:
-        """``pairs`` (H, H): Σ_n <|s_g| |s_h|>, how often two latents are non-zero together
-        whatever their signs (the diagonal: Σ_n <|s_h|>), from posterior weights ``q``
-        (B, K) over explicit states ``X`` (B, K, H, indices into :attr:`values`)."""
-        moments = backend.KERNELS["linear_state_stats"](X, q, np.abs(self.values))
-        return {"pairs": np.asarray(moments[1], dtype=np.float64)}
-
-    def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
-        """Σ_n <|s_g| |s_h|> (:meth:`repair_statistics`); None in an iteration without it."""
-        pairs = stats.get("pairs")
-        return None if pairs is None else np.asarray(pairs, dtype=np.float64)
-
-    def merged(
-        self,
-        params: Params,
-        sources: dict[int, tuple[int, ...]],
-        stats: dict[str, np.ndarray] | None = None,
-    ) -> Params:
-        """Column h becomes W_g + sign(Σ<s_g s_k>) W_k for ``sources[h] = (g, k)``: what
-        the two latents superpose to when on together with their usual relative sign (a
-        latent holding a − b that is on with the opposite sign of a's latent wherever b is
-        present gives W_a − (W_a − W_b) = W_b). π and σ stay; without ``stats`` the
-        columns are added."""
-        W = np.array(params["W"], dtype=np.float64)
-        old = W.copy()
-        ss = None if stats is None else np.asarray(stats["ss"], dtype=np.float64)
-        for h, group in sources.items():
-            first, *rest = group
-            column = old[:, first].copy()
-            for k in rest:
-                sign = 1.0 if ss is None or ss[first, k] >= 0 else -1.0
-                column += sign * old[:, k]
-            W[:, h] = column
-        return {**params, "W": W}
