@@ -144,6 +144,7 @@ class DSC(TruncatedEMEstimator):
     _model_class = DSCModel
     _model_name = "dsc"
     _default_temperature: list = [[0.0, 5.0], [0.8, 1.0]]
+    _default_reassignment = 0.3
 
     def __init__(
         self,
