@@ -140,12 +140,12 @@ def test_gsc_reassigned_latent_gets_the_median_spike_probability():
     np.testing.assert_array_equal(params["pi"], [0.2, 0.001, 0.4])  # not modified in place
 
 
-def test_reassignment_is_on_by_default_for_bsc_and_tsc(blocked):
+def test_reassignment_is_on_by_default_for_bsc_tsc_and_dsc(blocked):
     Y, params = blocked
     assert _step(BSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]["reassigned"] == 0
     assert _step(TSC(**SETTINGS), Y, params, REASSIGN_EVERY)[1]["reassigned"] == 0
     dsc = {"W": params["W"], "pi": np.array([0.8, 0.2]), "sigma": params["sigma"]}
-    assert "reassigned" not in _step(DSC(values=(0, 1), **SETTINGS), Y, dsc, REASSIGN_EVERY)[1]
+    assert _step(DSC(values=(0, 1), **SETTINGS), Y, dsc, REASSIGN_EVERY)[1]["reassigned"] == 0
 
 
 def test_reassignment_ratio_is_checked():
