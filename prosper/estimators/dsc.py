@@ -49,8 +49,16 @@ class DSC(TruncatedEMEstimator):
         the one with the best final free energy, as scikit-learn's GaussianMixture; the kept
         one is fitted once more to record it, so a fit costs n_init + 1 runs when n_init > 1.
     reassignment_ratio : float or None, default=None
-        Re-initialisation of unused latents (see :class:`prosper.BSC`). None: 0 (off)
-        for DSC, whose recovery with it was not measured yet.
+        Repairs of latents EM leaves in a local optimum, every 5 iterations of the first
+        half of the run (see :class:`prosper.BSC`), read for any value set as TSC reads
+        them (:class:`prosper.models.base.ActivityRepairs`): a latent used less than this
+        fraction of the median latent's ``Σ<s_h²>``, or the less used of two columns with
+        cosine > 0.95 (absolute where the values have both signs), takes the residual of a
+        poorly explained point; latents only ever non-zero together are merged into
+        W_g ± W_h. None: 0.3; 0 switches the repairs off. On the discrete-amplitude 10x10
+        bars (values 0..3, N = 2000) they raise the runs that find every bar from 6 of 10
+        to 20 of 20 at π = 1/H and from 9 of 10 to 20 of 20 at π = 2/H: the failed runs
+        kept three latents mixing three bars (benchmarks/RESULTS.md, 2026-12-02 session 8).
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
@@ -61,7 +69,9 @@ class DSC(TruncatedEMEstimator):
         falls linearly from 5 to 1 over the first 80 % of the run (on the discrete-amplitude
         bars test, N=2000, 10 seeds: 10/10 recovered; without annealing the runs settled in
         a state that explains every amplitude by one value and a too large σ;
-        benchmarks/results/discrete.md).
+        benchmarks/results/discrete.md). The repairs' figures (``reassignment_ratio``) were
+        measured with this schedule; BSC's and TSC's 3 → 1 over 60 % was not measured
+        for DSC.
     anneal_prior : bool or None, default=None
         Temper the prior as well as the likelihood (None: likelihood only).
     noise : float, list of pairs or None, default=None
@@ -144,6 +154,8 @@ class DSC(TruncatedEMEstimator):
     _model_class = DSCModel
     _model_name = "dsc"
     _default_temperature: list = [[0.0, 5.0], [0.8, 1.0]]
+    # with TSC's repairs (ActivityRepairs): 20/20 at 10x10 bars, both π (benchmarks/RESULTS.md,
+    # 2026-12-02 session 8)
     _default_reassignment = 0.3
 
     def __init__(
