@@ -59,6 +59,8 @@ class DSC(TruncatedEMEstimator):
         bars (values 0..3, N = 2000) they raise the runs that find every bar from 6 of 10
         to 20 of 20 at π = 1/H and from 9 of 10 to 20 of 20 at π = 2/H: the failed runs
         kept three latents mixing three bars (benchmarks/RESULTS.md, 2026-12-02 session 8).
+        The checks sweep the candidate states once more for the pair counts: with values
+        0..3 at H = 20 a fit took about 2.5 times as long.
     n_iter : int, default=100
         EM iterations.
     batch_size : int, default=1000
