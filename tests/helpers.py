@@ -97,3 +97,29 @@ def stop_at(iteration: int):
             raise Stop
 
     return crash
+
+
+def bars_found(W, W_true, threshold: float = 0.9, absolute: bool = False) -> int:
+    """Generating bars (columns of ``W_true``) matched one to one by a column of ``W`` with
+    cosine above ``threshold`` (``absolute``: its magnitude, for latents defined up to sign)."""
+    from scipy.optimize import linear_sum_assignment
+
+    Wn = W / np.linalg.norm(W, axis=0)
+    cos = (W_true / np.linalg.norm(W_true, axis=0)).T @ Wn
+    if absolute:
+        cos = np.abs(cos)
+    rows, cols = linear_sum_assignment(-cos)
+    return int(np.sum(cos[rows, cols] > threshold))
+
+
+def em_step(est, Y, params, iteration: int):
+    """The engine's parameters, metrics and statistics after one E- and M-step of ``est``'s
+    learner from ``params`` at ``iteration`` (NumPy backend, one rank)."""
+    from prosper.backends import get_backend
+    from prosper.parallel import Communicator
+
+    learner = est._make_learner(Y.shape[1], 0, get_backend("numpy"))
+    learner.set_params(params, Y.shape[0])
+    stats = learner.estep(Y, Communicator(None), iteration)
+    metrics = learner.mstep(dict(stats), iteration)
+    return learner.params, metrics, stats

@@ -4,35 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.optimize import linear_sum_assignment
 
 from prosper import DSC
 from prosper.backends import get_backend
 from prosper.data import bars
 from prosper.models.dsc import DSCModel
-from prosper.parallel import Communicator
 from prosper.solvers.truncated import REASSIGN_EVERY
+from tests.helpers import bars_found, em_step
 
 VALUES = (0.0, 1.0, 2.0, 3.0)
 SETTINGS = {"H": 10, "values": VALUES, "Hprime": 6, "gamma": 3, "n_iter": 40}
 SETTINGS.update(temperature=1.0, ncut_factor=0.0, backend="numpy", reassignment_ratio=0.3)
-
-
-def _bars_found(W, W_true, threshold=0.9):
-    """Bars matched by a column with cosine above ``threshold`` (one to one)."""
-    Wn = W / np.linalg.norm(W, axis=0)
-    cos = (W_true / np.linalg.norm(W_true, axis=0)).T @ Wn
-    rows, cols = linear_sum_assignment(-cos)
-    return int(np.sum(cos[rows, cols] > threshold))
-
-
-def _step(est, Y, params):
-    """The engine's parameters, metrics and statistics after one E- and M-step at a check."""
-    learner = est._make_learner(Y.shape[1], 0, get_backend("numpy"))
-    learner.set_params(params, Y.shape[0])
-    stats = learner.estep(Y, Communicator(None), REASSIGN_EVERY)
-    metrics = learner.mstep(dict(stats), REASSIGN_EVERY)
-    return learner.params, metrics, stats
 
 
 # -- the hooks on hand-made values -------------------------------------------------------------
@@ -85,11 +67,13 @@ def test_three_latents_mixing_three_bars_are_merged_into_them(amplitude_bars):
     W = data.W.copy()
     A, B, C = W[:, 1].copy(), W[:, 2].copy(), W[:, 5].copy()
     W[:, 1], W[:, 2], W[:, 5] = (A + B - C) / 2, (B + C - A) / 2, (C + A - B) / 2
-    new, metrics, stats = _step(DSC(**SETTINGS), data.Y, _params(W))
+    new, metrics, stats = em_step(DSC(**SETTINGS), data.Y, _params(W), REASSIGN_EVERY)
     assert metrics["merged"] == 3 and metrics["reassigned"] == -1
-    assert _bars_found(new["W"], data.W, threshold=0.95) == 10
-    plain, _, stats = _step(DSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, _params(W))
-    assert _bars_found(plain["W"], data.W) < 10 and "pairs" not in stats
+    assert bars_found(new["W"], data.W, threshold=0.95) == 10
+    plain, _, stats = em_step(
+        DSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, _params(W), REASSIGN_EVERY
+    )
+    assert bars_found(plain["W"], data.W) < 10 and "pairs" not in stats
 
 
 def test_the_less_used_of_two_duplicates_is_reinitialised(amplitude_bars):
@@ -97,7 +81,7 @@ def test_the_less_used_of_two_duplicates_is_reinitialised(amplitude_bars):
     data = amplitude_bars
     W = data.W.copy()
     W[:, 0] = 1.02 * W[:, 1]
-    new, metrics, _ = _step(DSC(**SETTINGS), data.Y, _params(W))
+    new, metrics, _ = em_step(DSC(**SETTINGS), data.Y, _params(W), REASSIGN_EVERY)
     assert metrics["reassigned"] in (0.0, 1.0)
     kept = 1 - int(metrics["reassigned"])
     assert np.corrcoef(new["W"][:, kept], data.W[:, 1])[0, 1] > 0.99
@@ -105,5 +89,5 @@ def test_the_less_used_of_two_duplicates_is_reinitialised(amplitude_bars):
 
 def test_no_repair_at_the_generating_parameters(amplitude_bars):
     data = amplitude_bars
-    _, metrics, _ = _step(DSC(**SETTINGS), data.Y, _params(data.W.copy()))
+    _, metrics, _ = em_step(DSC(**SETTINGS), data.Y, _params(data.W.copy()), REASSIGN_EVERY)
     assert metrics["merged"] == 0 and metrics["reassigned"] == -1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from scipy.optimize import linear_sum_assignment
 
 from prosper import BSC, DSC, GSC, TSC
 from prosper.backends import get_backend
@@ -13,14 +12,7 @@ from prosper.models.gsc import GSCModel
 from prosper.models.tsc import TSCModel
 from prosper.parallel import Communicator
 from prosper.solvers.truncated import REASSIGN_EVERY, REASSIGN_QUANTILE, misfit_margin
-
-
-def _bars_found(W, W_true, threshold=0.9):
-    Wn = W / np.linalg.norm(W, axis=0)
-    Tn = W_true / np.linalg.norm(W_true, axis=0)
-    cos = Tn.T @ Wn
-    rows, cols = linear_sum_assignment(-cos)
-    return int(np.sum(cos[rows, cols] > threshold))
+from tests.helpers import bars_found
 
 
 def _learner(est, Y, params):
@@ -118,7 +110,7 @@ def test_reassignment_finds_the_bar_a_mixture_latent_hides():
     for ratio in (0.0, 0.3):
         est = BSC(H=20, n_iter=100, reassignment_ratio=ratio, random_state=1, progress=False)
         est.fit(data.Y)
-        found[ratio] = _bars_found(est.W_, data.W)
+        found[ratio] = bars_found(est.W_, data.W)
         if ratio:
             assert (est.history_["reassigned"] >= 0).any()
     assert found[0.0] < 20 and found[0.3] == 20
@@ -181,9 +173,9 @@ def test_latents_only_ever_on_together_are_merged_into_the_bars_they_stand_for(b
     params = {"W": broken(data.W), "pi": np.asarray(0.06), "sigma": np.asarray(2.0)}
     new, metrics = _step(BSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
     plain, _ = _step(BSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, params, REASSIGN_EVERY)
-    assert _bars_found(plain["W"], data.W) < 10
+    assert bars_found(plain["W"], data.W) < 10
     assert metrics["merged"] == n_merged and metrics["reassigned"] == -1
-    assert _bars_found(new["W"], data.W, threshold=0.95) == 10
+    assert bars_found(new["W"], data.W, threshold=0.95) == 10
 
 
 def test_no_latents_are_merged_at_the_generating_parameters():
@@ -215,16 +207,8 @@ def test_bsc_defaults_find_every_bar_where_a_compound_latent_held_one_before():
     session-5 defaults one latent ended as bar 8 minus another bar (9 of 10 bars found)."""
     data = bars(size=5, n_samples=2300, pi=0.1, amplitude=10.0, sigma=2.0, random_state=9)
     est = BSC(H=10, n_iter=100, random_state=9, progress=False).fit(data.Y[:2000])
-    assert _bars_found(est.W_, data.W) == 10
+    assert bars_found(est.W_, data.W) == 10
     assert (est.history_["merged"] > 0).any()
-
-
-def _abs_bars_found(W, W_true, threshold=0.9):
-    """Bars with a column of absolute cosine above threshold (GSC: columns up to sign)."""
-    Wn = W / np.linalg.norm(W, axis=0)
-    cos = np.abs((W_true / np.linalg.norm(W_true, axis=0)).T @ Wn)
-    rows, cols = linear_sum_assignment(-cos)
-    return int(np.sum(cos[rows, cols] > threshold))
 
 
 GSC_SETTINGS = {**SETTINGS, "Hprime": 6, "gamma": 3}
@@ -247,9 +231,9 @@ def test_gsc_pair_of_a_sum_and_a_difference_latent_is_split_into_its_two_bars():
     est = GSC(**GSC_SETTINGS)
     new, metrics = _step(est, data.Y, params, REASSIGN_EVERY)
     plain, _ = _step(GSC(**{**GSC_SETTINGS, "reassignment_ratio": 0.0}), data.Y, params, 1)
-    assert _abs_bars_found(plain["W"], data.W) < 10
+    assert bars_found(plain["W"], data.W, absolute=True) < 10
     assert metrics["merged"] == 1 and metrics["reassigned"] == -1
-    assert _abs_bars_found(new["W"], data.W, threshold=0.95) == 10
+    assert bars_found(new["W"], data.W, threshold=0.95, absolute=True) == 10
     assert set(np.flatnonzero(new["mu"] == 1.0)) == {a, b}  # both members redefined
 
 
@@ -299,7 +283,7 @@ def test_gsc_defaults_find_every_bar_where_a_sum_and_a_difference_latent_held_tw
 
     data = gsc_data(2300, D=25, H=10, pi=0.1, mu=5.0, psi=1.0, dictionary="bars", random_state=0)
     est = GSC(H=10, n_iter=100, random_state=0, progress=False).fit(data.Y[:2000])
-    assert _abs_bars_found(est.W_, data.W) == 10
+    assert bars_found(est.W_, data.W, absolute=True) == 10
     assert (est.history_["merged"] > 0).any()
 
 
@@ -317,4 +301,4 @@ def test_gsc_copies_of_one_bar_that_share_its_points_are_reinitialised_not_merge
     params = {"W": W, "pi": np.full(10, 0.1), "mu": mu, "psi": psi, "sigma": np.asarray(0.5)}
     new, metrics = _step(GSC(**GSC_SETTINGS), data.Y, params, REASSIGN_EVERY)
     assert metrics["merged"] == 0 and metrics["reassigned"] in (3.0, 8.0)
-    assert _abs_bars_found(new["W"], data.W) == 10
+    assert bars_found(new["W"], data.W, absolute=True) == 10

@@ -5,7 +5,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from scipy.optimize import linear_sum_assignment
 
 from prosper import TSC
 from prosper.backends import get_backend
@@ -13,28 +12,10 @@ from prosper.data import bars
 from prosper.models.tsc import TSCModel
 from prosper.parallel import Communicator
 from prosper.solvers.truncated import REASSIGN_EVERY
-from tests.helpers import Stop, stop_at
+from tests.helpers import Stop, bars_found, em_step, stop_at
 
 SETTINGS = {"H": 10, "Hprime": 6, "gamma": 3, "n_iter": 40, "temperature": 1.0}
 SETTINGS.update(ncut_factor=0.0, backend="numpy", reassignment_ratio=0.3)
-
-
-def _bars_found(W, W_true, threshold=0.9):
-    """Bars matched by a column with absolute cosine above ``threshold`` (one to one)."""
-    Wn = W / np.linalg.norm(W, axis=0)
-    Tn = W_true / np.linalg.norm(W_true, axis=0)
-    cos = np.abs(Tn.T @ Wn)
-    rows, cols = linear_sum_assignment(-cos)
-    return int(np.sum(cos[rows, cols] > threshold))
-
-
-def _step(est, Y, params, iteration=REASSIGN_EVERY):
-    """The engine's parameters, metrics and statistics after one E- and M-step."""
-    learner = est._make_learner(Y.shape[1], 0, get_backend("numpy"))
-    learner.set_params(params, Y.shape[0])
-    stats = learner.estep(Y, Communicator(None), iteration)
-    metrics = learner.mstep(dict(stats), iteration)
-    return learner.params, metrics, stats
 
 
 # -- the hooks on hand-made values -------------------------------------------------------------
@@ -103,12 +84,14 @@ def test_a_compound_latent_is_merged_into_the_bar_it_stands_for(signed_bars, sig
     W = data.W.copy()
     W[:, 7] = sign * (data.W[:, 7] - data.W[:, 3])
     params = {"W": W, "pi": np.asarray(0.06), "sigma": np.asarray(2.0)}
-    new, metrics, stats = _step(TSC(**SETTINGS), data.Y, params)
+    new, metrics, stats = em_step(TSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
     assert np.sign(stats["ss"][3, 7]) == sign and stats["pairs"][3, 7] > 0
     assert metrics["merged"] == 1
-    assert _bars_found(new["W"], data.W, threshold=0.95) == 10
-    plain, _, stats = _step(TSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, params)
-    assert _bars_found(plain["W"], data.W) < 10 and "pairs" not in stats
+    assert bars_found(new["W"], data.W, threshold=0.95, absolute=True) == 10
+    plain, _, stats = em_step(
+        TSC(**{**SETTINGS, "reassignment_ratio": 0.0}), data.Y, params, REASSIGN_EVERY
+    )
+    assert bars_found(plain["W"], data.W, absolute=True) < 10 and "pairs" not in stats
 
 
 def test_a_negated_duplicate_is_reinitialised(signed_bars):
@@ -118,7 +101,7 @@ def test_a_negated_duplicate_is_reinitialised(signed_bars):
     W = data.W.copy()
     W[:, 0] = -1.02 * W[:, 1]
     params = {"W": W, "pi": np.asarray(0.06), "sigma": np.asarray(2.0)}
-    new, metrics, _ = _step(TSC(**SETTINGS), data.Y, params)
+    new, metrics, _ = em_step(TSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
     assert metrics["reassigned"] in (0.0, 1.0)
     kept = 1 - int(metrics["reassigned"])
     assert abs(np.corrcoef(new["W"][:, kept], data.W[:, 1])[0, 1]) > 0.99
@@ -127,7 +110,7 @@ def test_a_negated_duplicate_is_reinitialised(signed_bars):
 def test_no_repair_at_the_generating_parameters(signed_bars):
     data = signed_bars
     params = {"W": data.W.copy(), "pi": np.asarray(0.06), "sigma": np.asarray(2.0)}
-    _, metrics, _ = _step(TSC(**SETTINGS), data.Y, params)
+    _, metrics, _ = em_step(TSC(**SETTINGS), data.Y, params, REASSIGN_EVERY)
     assert metrics["merged"] == 0 and metrics["reassigned"] == -1
 
 
@@ -163,7 +146,7 @@ def test_tsc_defaults_find_every_signed_bar_where_a_merge_is_needed():
     for ratio in (None, 0.0):
         est = TSC(H=10, n_iter=100, reassignment_ratio=ratio, random_state=3, progress=False)
         est.fit(data.Y[:2000])
-        found[ratio] = _bars_found(est.W_, data.W)
+        found[ratio] = bars_found(est.W_, data.W, absolute=True)
         if ratio is None:
             assert (est.history_["merged"] > 0).any()
     assert found[None] == 10 and found[0.0] < 10
