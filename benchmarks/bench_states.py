@@ -17,9 +17,10 @@ schedule: ``list`` prints them). Each run writes one JSON line to
 interrupted grid resumes. Per run it records whether every generating bar has a learned
 column with cosine > 0.9 after an optimal assignment (the absolute cosine where columns
 are defined up to sign: TSC, GSC), the exact log-likelihood per point of the learned and
-of the generating parameters on 300 held-out points (BSC: all 2^H states up to H = 20;
-TSC, DSC, MCA, MMCA, GSC: all V^H states or spike patterns up to H = 12, i.e. 5x5 bars
-only), the seconds of the fit, the median seconds per E-step and the git commit.
+of the generating parameters on 300 held-out points (BSC, MCA, MMCA: all 2^H states up to
+H = 20, i.e. 5x5 and 10x10 bars; TSC, DSC, GSC: all V^H states or spike patterns up to
+H = 12, i.e. 5x5 bars only), the seconds of the fit, the median seconds per E-step and the
+git commit.
 
 Bars variants (``MODELS``): BSC binary bars, amplitude 10, σ = 2; TSC the same with a
 random sign per bar and point; DSC amplitudes 5, 10, 15 (values 0-3 in units of 5, each
@@ -375,7 +376,23 @@ def exact_loglik_ternary(
     return exact_loglik_discrete(Y, W, np.array([0.0, 1.0, -1.0]), probs, sigma, chunk)
 
 
-def exact_loglik_max(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> float:
+def _max_images(W: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """Noise-free images of the states given by ``bits`` (K, H) under the hard maximum.
+
+    The causes are applied from the last to the first, each replacing the image where its
+    magnitude is at least the image's: ties go to the first cause, as in
+    ``prosper.data.bars``.
+    """
+    clean = np.zeros((bits.shape[0], W.shape[0]))
+    for h in range(W.shape[1] - 1, -1, -1):
+        on = bits[:, h]
+        clean[on] = np.where(np.abs(W[:, h]) >= np.abs(clean[on]), W[:, h], clean[on])
+    return clean
+
+
+def exact_loglik_max(
+    Y: np.ndarray, W: np.ndarray, pi: float, sigma: float, low_bits: int = 12
+) -> float:
     """Mean exact log-likelihood per point of MCA / MMCA (hard maximum) over all 2^H states.
 
     Parameters
@@ -383,6 +400,8 @@ def exact_loglik_max(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> f
     Y : ndarray of shape (N, D)
     W : ndarray of shape (D, H)
     pi, sigma : float
+    low_bits : int, default=12
+        States per block: 2^low_bits (memory: 2^low_bits × max(D, N) floats).
 
     Returns
     -------
@@ -394,26 +413,36 @@ def exact_loglik_max(Y: np.ndarray, W: np.ndarray, pi: float, sigma: float) -> f
     Notes
     -----
     The generative model's hard maximum, not the ρ-smoothed maximum the E-step uses while
-    annealing. All 2^H noise-free images (2^H, D) are built at once: H <= 12.
+    annealing. The states are enumerated in blocks that share their last H - low_bits causes:
+    the images of the first low_bits causes are built once, a block combines them with its
+    shared causes' image (the first causes win ties) and takes the log-joints of all points
+    in one product. H = 20, D = 100, 300 points: a few seconds on one thread.
     """
     _, D = Y.shape
     H = W.shape[1]
-    if H > 12:
-        raise ValueError(f"exact max-model log-likelihood needs H <= 12; got H={H}.")
+    if H > H_EXACT:
+        raise ValueError(f"exact max-model log-likelihood needs H <= {H_EXACT}; got H={H}.")
     pi = float(np.clip(pi, 1e-12, 1 - 1e-12))
-    S = ((np.arange(2**H)[:, None] >> np.arange(H)[None, :]) & 1).astype(np.float64)
-    contrib = S[:, None, :] * W[None, :, :]  # (K, D, H)
-    winner = np.abs(contrib).argmax(axis=2)
-    clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]  # (K, D)
-    k = S.sum(axis=1)
-    prior = k * np.log(pi) + (H - k) * np.log1p(-pi)
+    L = min(H, low_bits)
+    low = ((np.arange(2**L)[:, None] >> np.arange(L)[None, :]) & 1).astype(bool)
+    low_clean = _max_images(W[:, :L], low)  # (2^L, D)
+    low_k = low.sum(axis=1)
+    high = ((np.arange(2 ** (H - L))[:, None] >> np.arange(H - L)[None, :]) & 1).astype(bool)
+    high_clean = _max_images(W[:, L:], high)  # (2^(H-L), D)
     inv2s2 = 1.0 / (2.0 * sigma**2)
-    lj = (prior - inv2s2 * np.einsum("kd,kd->k", clean, clean))[:, None] + 2.0 * inv2s2 * (
-        clean @ Y.T
-    )
+    log_odds = np.log(pi) - np.log1p(-pi)
+    Yt = np.ascontiguousarray(Y.T)
+    total = np.full(Y.shape[0], -np.inf)
+    for base, k_high in zip(high_clean, high.sum(axis=1), strict=True):
+        clean = np.where(np.abs(low_clean) >= np.abs(base), low_clean, base)
+        prior = (low_k + k_high) * log_odds + H * np.log1p(-pi)
+        lj = (prior - inv2s2 * np.einsum("kd,kd->k", clean, clean))[:, None] + 2.0 * inv2s2 * (
+            clean @ Yt
+        )
+        total = np.logaddexp(total, logsumexp(lj, axis=0))
     yy = np.einsum("nd,nd->n", Y, Y)
     const = -0.5 * D * np.log(2 * np.pi * sigma**2)
-    return float(np.mean(logsumexp(lj, axis=0) - yy * inv2s2 + const))
+    return float(np.mean(total - yy * inv2s2 + const))
 
 
 def exact_loglik_gsc(
@@ -496,7 +525,7 @@ def match_bars(
 DSC_VALUES = (0.0, 1.0, 2.0, 3.0)
 #: GSC's bars variant (examples/gsc_bars.toml): bars of height 1, slab N(5, 1), σ = 0.5
 GSC_MU, GSC_PSI, GSC_SIGMA = 5.0, 1.0, 0.5
-#: the exact log-likelihoods other than BSC's (enumerations of V^H states): up to this H
+#: the exact log-likelihoods of TSC, DSC and GSC (enumerations of V^H states): up to this H
 H_EXACT_SMALL = 12
 
 #: each model on its own bars variant: estimator, data generator and its arguments, the
@@ -595,14 +624,14 @@ def _exact(model: str, H: int):
     kind = MODELS[model]["exact"]
     if kind == "binary" and H <= H_EXACT:
         return lambda Y, p: exact_loglik(Y, p["W"], float(p["pi"]), p["sigma"])
+    if kind == "max" and H <= H_EXACT:
+        return lambda Y, p: exact_loglik_max(Y, p["W"], float(p["pi"]), p["sigma"])
     if H > H_EXACT_SMALL:
         return None
     if kind == "ternary":
         return lambda Y, p: exact_loglik_ternary(Y, p["W"], float(p["pi"]), p["sigma"])
     if kind == "discrete":
         return lambda Y, p: exact_loglik_discrete(Y, p["W"], p["values"], p["pi"], p["sigma"])
-    if kind == "max":
-        return lambda Y, p: exact_loglik_max(Y, p["W"], float(p["pi"]), p["sigma"])
     if kind == "gsc":
         return lambda Y, p: exact_loglik_gsc(Y, p["W"], p["pi"], p["mu"], p["psi"], p["sigma"])
     return None
