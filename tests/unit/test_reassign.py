@@ -211,6 +211,20 @@ def test_bsc_defaults_find_every_bar_where_a_compound_latent_held_one_before():
     assert (est.history_["merged"] > 0).any()
 
 
+def test_bsc_evo_defaults_find_every_bar_where_the_search_alone_misses_one():
+    """10x10 bars, π = 2/H, seed 0 (session 9, the time-to-quality problem of
+    benchmarks/bench_states.py at N = 2000): evolutionary states without the repairs end
+    with 19 of 20 bars; with BSC's defaults (re-initialisation at ratio 0.3) every bar is
+    found: the re-initialised latents enter the states each point keeps across iterations."""
+    data = bars(size=10, n_samples=2000, pi=0.1, amplitude=10.0, sigma=2.0, random_state=0)
+    settings = {"H": 20, "states": "evo", "n_iter": 40, "random_state": 0, "progress": False}
+    alone = BSC(**settings, reassignment_ratio=0.0).fit(data.Y)
+    assert bars_found(alone.W_, data.W) == 19
+    est = BSC(**settings).fit(data.Y)
+    assert bars_found(est.W_, data.W) == 20
+    assert (est.history_["reassigned"] >= 0).any()
+
+
 GSC_SETTINGS = {**SETTINGS, "Hprime": 6, "gamma": 3}
 
 
