@@ -7,6 +7,8 @@
         [--models ...]
     python benchmarks/bench_states.py ttq [--seeds 0-5] [--configs ttq-evo32-r3 ttq-et32-r3]
         [--workers 2] [--records states_ttq.jsonl]
+    python benchmarks/bench_states.py oracle [--model bsc] [--sizes 5 10] [--pis 1 2]
+        [--ns 2000 10000] [--seeds 0-19] [--records states_oracle.jsonl]
     python benchmarks/bench_states.py list
 
 ``grid`` fits BSC (or ``--model``: each model on its own bars variant, see ``MODELS``) on
@@ -32,6 +34,12 @@ N(5, 1), σ = 0.5). The configuration ``default`` is the estimator's defaults.
 
 ``summary`` prints, per grid point and configuration, the recovery rate and the median gap
 of the exact log-likelihood to the generating parameters' on the successful runs.
+
+``oracle`` computes, per grid point and seed, the gap of the complete-data estimate (the
+parameters estimated with the true latents of the N training points known: least squares
+for BSC, TSC and DSC, per-pixel means of the winning cause for MCA and MMCA) to the
+generating parameters: what estimating from N points costs any learner. ``summary`` shows
+its median over the seeds of the successful runs next to theirs (give both record files).
 
 ``ttq`` measures the time to quality on 10x10 bars (N=5000): after every iteration the
 exact log-likelihood on the held-out points is evaluated (its time not counted) and the run
@@ -575,7 +583,7 @@ def _fixed_sign_max_bars(size: int, n: int, pi: float, seed: int):
     winner = np.abs(contrib).argmax(axis=2)
     clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
     noise = np.random.default_rng([seed, 1]).standard_normal(clean.shape)
-    return SimpleNamespace(Y=clean + SIGMA * noise, W=W, pi=base.pi, sigma=SIGMA)
+    return SimpleNamespace(Y=clean + SIGMA * noise, W=W, S=base.S, pi=base.pi, sigma=SIGMA)
 
 
 def _data(size: int, k_pi: int, n: int, seed: int, model: str = "bsc"):
@@ -622,6 +630,75 @@ def _params(model: str, source: Any, fitted: bool) -> dict[str, Any]:
         if not fitted:
             out["pi"] = source.value_probs
     return out
+
+
+def _max_oracle(Y: np.ndarray, S: np.ndarray, W_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Complete-data estimate of W under the hard maximum, and the images it gives.
+
+    W_dh is the mean of y_d over the points where cause h is active and wins pixel d under
+    the generating W (0 where it never does: the generating zeros are known). Where two
+    causes of equal generating magnitude meet, the first wins; the later one's estimate is
+    clipped below the first's there, so that the estimate keeps the generating winners (the
+    complete-data likelihood does not see the loser's value where both are active).
+    """
+    H = S.shape[1]
+    contrib = S[:, None, :] * W_true[None, :, :]  # (N, D, H)
+    winner = np.abs(contrib).argmax(axis=2)
+    explained = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0] != 0
+    W = np.zeros_like(W_true)
+    for h in range(H):
+        won = (winner == h) & explained  # (N, D)
+        count = won.sum(axis=0)
+        W[:, h] = np.where(count > 0, (Y * won).sum(axis=0) / np.maximum(count, 1), 0.0)
+    mag = np.abs(W_true)
+    for h in range(H):
+        for g in range(h + 1, H):
+            tie = (mag[:, h] == mag[:, g]) & (mag[:, h] > 0) & (np.abs(W[:, g]) >= np.abs(W[:, h]))
+            W[tie, g] = np.sign(W[tie, g]) * np.abs(W[tie, h]) * (1.0 - 1e-9)
+    contrib = S[:, None, :] * W[None, :, :]
+    clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
+    return W, clean
+
+
+def _oracle_params(model: str, data: Any, n: int) -> dict[str, Any] | None:
+    """Parameters learned with the true latents of the n training points known.
+
+    The complete-data maximum-likelihood estimate (least squares for the linear models,
+    :func:`_max_oracle` for the maximum): the gap of its exact log-likelihood to the
+    generating parameters' is what estimation from n points costs any learner, the floor
+    of a fitted model's gap at this N. None where not implemented (GSC).
+    """
+    kind = MODELS[model]["exact"]
+    Y, S = data.Y[:n], np.asarray(data.S[:n], dtype=np.float64)
+    if kind in ("binary", "ternary", "discrete"):
+        W = np.linalg.lstsq(S, Y, rcond=None)[0].T
+        clean = S @ W.T
+    elif kind == "max":
+        W, clean = _max_oracle(Y, S, data.W)
+    else:
+        return None
+    out: dict[str, Any] = {"W": W, "sigma": float(np.sqrt(np.mean((Y - clean) ** 2)))}
+    if kind == "discrete":
+        out["values"] = np.asarray(DSC_VALUES)
+        out["pi"] = (S[:, :, None] == out["values"]).mean(axis=(0, 1))
+    else:
+        out["pi"] = float(np.mean(S != 0))
+    return out
+
+
+def run_oracle_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The gap of the complete-data estimate (no fit): the floor of a fit's gap at this N."""
+    size, k_pi, n, seed = task["size"], task["k_pi"], task["n"], task["seed"]
+    name = task["model"]
+    H = 2 * size
+    data, _, Y_test = _data(size, k_pi, n, seed, name)
+    exact = _exact(name, H)
+    oracle = _oracle_params(name, data, n)
+    if exact is None or oracle is None:
+        raise ValueError(f"no exact log-likelihood or complete-data estimate for {name} at H={H}")
+    rec = dict(task, key=_key(task), H=H, commit=_commit())
+    rec["ll_oracle_gap"] = exact(Y_test, _params(name, data, fitted=False)) - exact(Y_test, oracle)
+    return rec
 
 
 def _exact(model: str, H: int):
@@ -769,7 +846,7 @@ def run_ttq_task(task: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(task: dict[str, Any]) -> dict[str, Any]:
-    fn = run_ttq_task if task["mode"] == "ttq" else run_grid_task
+    fn = {"ttq": run_ttq_task, "grid": run_grid_task, "oracle": run_oracle_task}[task["mode"]]
     try:
         return fn(task)
     except Exception as exc:  # a failed run is recorded, not fatal for the grid
@@ -817,7 +894,9 @@ def _execute(tasks: list[dict[str, Any]], path: Path, workers: int) -> None:
                 rec["key"],
                 rec.get("n_bars"),
                 rec.get("H"),
-                None if rec.get("ll_gap") is None else round(rec["ll_gap"], 3),
+                None
+                if rec.get("ll_gap", rec.get("ll_oracle_gap")) is None
+                else round(rec.get("ll_gap", rec.get("ll_oracle_gap")), 3),
                 rec.get("seconds_fit") or rec.get("seconds_to_quality") or float("nan"),
             )
 
@@ -825,27 +904,38 @@ def _execute(tasks: list[dict[str, Any]], path: Path, workers: int) -> None:
 def summary(paths: list[Path], configs: list[str] | None, models: list[str] | None = None) -> str:
     """Markdown table: recovery rate and median LL gap per grid point and configuration."""
     rows: dict[tuple, list[dict[str, Any]]] = {}
+    oracle: dict[tuple, float] = {}
     for r in itertools.chain.from_iterable(_read(path) for path in paths):
-        if "error" in r or (configs and r["config"] not in configs):
+        if "error" in r or (models and r.get("model", "bsc") not in models):
             continue
-        if models and r.get("model", "bsc") not in models:
+        if r.get("mode") == "oracle":
+            oracle[(r["model"], r["size"], r["k_pi"], r["n"], r["seed"])] = r["ll_oracle_gap"]
+            continue
+        if configs and r["config"] not in configs:
             continue
         group = (r.get("model", "bsc"), r["size"], r["k_pi"], r["n"], r["n_iter"], r["config"])
         rows.setdefault(group, []).append(r)
     lines = [
         "| model | bars | π | N | iters | configuration | recovered | median LL gap (ok runs) "
-        "| bars found by failed runs | median s/fit | median s/E-step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| complete-data gap, same seeds (median) | bars found by failed runs | median s/fit "
+        "| median s/E-step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (name, size, k_pi, n, n_iter, config), rs in sorted(rows.items()):
         ok = [r for r in rs if r["recovered"]]
         gaps = [r["ll_gap"] for r in ok if r.get("ll_gap") is not None]
         gap = f"{np.median(gaps):.3f}" if gaps else "–"
+        floors = [
+            oracle[key]
+            for key in ((name, size, k_pi, n, r["seed"]) for r in ok if r.get("ll_gap") is not None)
+            if key in oracle
+        ]
+        floor = f"{np.median(floors):.3f} ({len(floors)})" if floors else "–"
         failed = sorted(r["n_bars"] for r in rs if not r["recovered"])
         failed_text = ", ".join(map(str, failed)) if failed else "–"
         lines.append(
             f"| {name} | {size}x{size} | {k_pi}/H | {n} | {n_iter} | {config} "
-            f"| {len(ok)}/{len(rs)} | {gap} | {failed_text} "
+            f"| {len(ok)}/{len(rs)} | {gap} | {floor} | {failed_text} "
             f"| {np.median([r['seconds_fit'] for r in rs]):.1f} "
             f"| {1e3 * np.median([r['seconds_estep_median'] for r in rs]):.1f} ms |"
         )
@@ -901,6 +991,18 @@ def main(argv: list[str] | None = None) -> None:
         default="states_ttq.jsonl",
         help="file of JSON lines under benchmarks/results/ (runs already in it are skipped)",
     )
+    orc = sub.add_parser("oracle")
+    orc.add_argument("--model", choices=sorted(MODELS), default="bsc")
+    orc.add_argument("--sizes", type=int, nargs="+", default=[5, 10])
+    orc.add_argument("--pis", type=int, nargs="+", default=[1, 2], help="π = k/H")
+    orc.add_argument("--ns", type=int, nargs="+", default=[2000, 10000])
+    orc.add_argument("--seeds", type=_seeds, default=_seeds("0-19"))
+    orc.add_argument("--workers", type=int, default=2)
+    orc.add_argument(
+        "--records",
+        default="states_oracle.jsonl",
+        help="file of JSON lines under benchmarks/results/ (runs already in it are skipped)",
+    )
     summ = sub.add_parser("summary")
     summ.add_argument("--configs", nargs="*", default=None)
     summ.add_argument("--records", nargs="+", default=["states_grid.jsonl"])
@@ -943,6 +1045,21 @@ def main(argv: list[str] | None = None) -> None:
         tasks.sort(key=lambda t: (t["size"], t["n"], t["k_pi"], t["seed"], t["config"]))
         _execute(tasks, RESULTS / args.records, args.workers)
         print(summary([RESULTS / args.records], args.configs, [args.model]))
+    elif args.mode == "oracle":
+        tasks = [
+            {
+                "mode": "oracle",
+                "model": args.model,
+                "config": "complete-data",
+                "size": s,
+                "k_pi": k,
+                "n": n,
+                "seed": seed,
+                "n_iter": 0,
+            }
+            for s, k, n, seed in itertools.product(args.sizes, args.pis, args.ns, args.seeds)
+        ]
+        _execute(tasks, RESULTS / args.records, args.workers)
     else:
         tasks = [
             {
