@@ -635,11 +635,12 @@ def _params(model: str, source: Any, fitted: bool) -> dict[str, Any]:
 def _max_oracle(Y: np.ndarray, S: np.ndarray, W_true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Complete-data estimate of W under the hard maximum, and the images it gives.
 
-    W_dh is the mean of y_d over the points where cause h is active and wins pixel d under
-    the generating W (0 where it never does: the generating zeros are known). Where two
-    causes of equal generating magnitude meet, the first wins; the later one's estimate is
-    clipped below the first's there, so that the estimate keeps the generating winners (the
-    complete-data likelihood does not see the loser's value where both are active).
+    W_dh is the mean of y_d over the points where cause h is active and either wins pixel d
+    under the generating W or no active cause covers d (the pixels a learner must also
+    estimate as zero). Where two causes of equal generating magnitude meet, the first
+    wins; the later one's estimate is clipped below the first's there, so that the estimate
+    keeps the generating winners (the complete-data likelihood does not see the loser's
+    value where both are active).
     """
     H = S.shape[1]
     contrib = S[:, None, :] * W_true[None, :, :]  # (N, D, H)
@@ -647,7 +648,7 @@ def _max_oracle(Y: np.ndarray, S: np.ndarray, W_true: np.ndarray) -> tuple[np.nd
     explained = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0] != 0
     W = np.zeros_like(W_true)
     for h in range(H):
-        won = (winner == h) & explained  # (N, D)
+        won = ((winner == h) & explained) | (~explained & (S[:, h, None] != 0))  # (N, D)
         count = won.sum(axis=0)
         W[:, h] = np.where(count > 0, (Y * won).sum(axis=0) / np.maximum(count, 1), 0.0)
     mag = np.abs(W_true)
@@ -656,6 +657,7 @@ def _max_oracle(Y: np.ndarray, S: np.ndarray, W_true: np.ndarray) -> tuple[np.nd
             tie = (mag[:, h] == mag[:, g]) & (mag[:, h] > 0) & (np.abs(W[:, g]) >= np.abs(W[:, h]))
             W[tie, g] = np.sign(W[tie, g]) * np.abs(W[tie, h]) * (1.0 - 1e-9)
     contrib = S[:, None, :] * W[None, :, :]
+    winner = np.abs(contrib).argmax(axis=2)
     clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
     return W, clean
 
