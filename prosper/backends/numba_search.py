@@ -427,6 +427,341 @@ def _posterior(
                         )
 
 
+# Binary states (one non-zero value, as BSC's) of up to 64 latents: a state is a bit mask,
+# bit h set where latent h is active. The same choices and arithmetic as the list form
+# above, with no per-state arrays to copy: a child is its parent's mask with a bit cleared
+# and/or set, a copy is found by integer equality (no hash), and the log-joint visits the set
+# bits in ascending order as _score visits the sorted list.
+
+_ONE = np.uint64(1)
+
+
+@njit(cache=True, inline="always")
+def _lowest(bits):  # pragma: no cover - compiled
+    """The index of the lowest set bit of a non-zero uint64."""
+    return np.int64(trailing_zeros(bits))
+
+
+@njit(cache=True, inline="always")
+def _score_bits(mask, WY, WtW, yy, v1, dprior, prior0, inv2s2, const):  # pragma: no cover
+    """(ll, lp) of a binary state as _score computes them (dprior = value_logp[1] -
+    value_logp[0], prior0 = H value_logp[0], v1 = values[1])."""
+    _sbit_prior = prior0
+    _sbit_lin = 0.0
+    _sbit_quad = 0.0
+    _sbit_rest = mask
+    while _sbit_rest != 0:
+        _sbit_h = _lowest(_sbit_rest)
+        _sbit_rest &= _sbit_rest - _ONE
+        _sbit_prior += dprior
+        _sbit_lin += v1 * WY[_sbit_h]
+        _sbit_row = 0.0
+        _sbit_below = mask & ((_ONE << np.uint64(_sbit_h)) - _ONE)
+        while _sbit_below != 0:
+            _sbit_row += WtW[_sbit_h, _lowest(_sbit_below)] * v1
+            _sbit_below &= _sbit_below - _ONE
+        _sbit_quad += v1 * (2.0 * _sbit_row + v1 * WtW[_sbit_h, _sbit_h])
+    return const - (yy - 2.0 * _sbit_lin + _sbit_quad) * inv2s2, _sbit_prior
+
+
+@njit(cache=True, inline="always")
+def _draw_bit(blocked, proposal, cum, H, u):  # pragma: no cover - compiled
+    """_draw_latent for the blocked latents given as a mask (the parent's active latents
+    less the removed one): the same sums in the same order."""
+    _dbit_mass = 0.0
+    _dbit_rest = blocked
+    while _dbit_rest != 0:
+        _dbit_mass += proposal[_lowest(_dbit_rest)]
+        _dbit_rest &= _dbit_rest - _ONE
+    _dbit_target = u * (cum[H - 1] - _dbit_mass)
+    _dbit_shift = 0.0
+    _dbit_lo = 0
+    _dbit_h = -1
+    _dbit_last = H - 1
+    _dbit_rest = blocked
+    while True:
+        _dbit_hi = H
+        if _dbit_rest != 0:
+            _dbit_hi = _lowest(_dbit_rest)
+            _dbit_rest &= _dbit_rest - _ONE
+        if _dbit_lo < _dbit_hi:  # the run _dbit_lo .. _dbit_hi - 1 of eligible latents
+            if cum[_dbit_hi - 1] - _dbit_shift > _dbit_target:
+                _dbit_h = _first_above(cum, _dbit_shift, _dbit_target, _dbit_lo, _dbit_hi - 1)
+                break
+            _dbit_last = _dbit_hi - 1
+        if _dbit_hi == H:
+            break
+        _dbit_shift += proposal[_dbit_hi]
+        _dbit_lo = _dbit_hi + 1
+    return _dbit_h if _dbit_h >= 0 else _dbit_last
+
+
+@njit(cache=True, inline="always")
+def _children_bits(
+    kmask, kcount, kll, klp, fcdf, proposal, cum, base, cmask, ccount, P, C, H
+):  # pragma: no cover - compiled
+    """The P C children of one generation (the choices of _make_children with one non-zero
+    value: three moves, the value always 1) into cmask and ccount."""
+    _cbit_S = kmask.shape[0]
+    _cbit_low = np.inf
+    for _cbit_i in range(_cbit_S):
+        _cbit_lj = kll[_cbit_i] + klp[_cbit_i]
+        if np.isfinite(_cbit_lj) and _cbit_lj < _cbit_low:
+            _cbit_low = _cbit_lj
+    _cbit_total = 0.0
+    for _cbit_i in range(_cbit_S):
+        _cbit_lj = kll[_cbit_i] + klp[_cbit_i]
+        _cbit_total += (_cbit_lj - _cbit_low + 1.0) if np.isfinite(_cbit_lj) else 0.0
+        fcdf[_cbit_i] = _cbit_total
+    for _cbit_i in range(P):
+        _cbit_target = _uniform(base, _cbit_i) * fcdf[_cbit_S - 1]
+        _cbit_n = 0
+        for _cbit_k in range(_cbit_S):
+            _cbit_n += fcdf[_cbit_k] <= _cbit_target
+        _cbit_parent = kmask[min(_cbit_n, _cbit_S - 1)]
+        _cbit_m = kcount[min(_cbit_n, _cbit_S - 1)]
+        for _cbit_j in range(C):
+            _cbit_c = _cbit_i * C + _cbit_j
+            _cbit_ub = P + 4 * _cbit_c
+            _cbit_move = min(int(_uniform(base, _cbit_ub) * 3), 2)
+            if _cbit_m == 0 and _cbit_move != 0:
+                _cbit_move = 0
+            if _cbit_m == H and _cbit_move == 0:
+                _cbit_move = 1
+            _cbit_child = _cbit_parent
+            _cbit_cm = _cbit_m
+            if _cbit_move != 0:  # remove or swap: the rank-th active latent goes
+                _cbit_rank = min(int(_uniform(base, _cbit_ub + 2) * _cbit_m), _cbit_m - 1)
+                _cbit_rest = _cbit_parent
+                for _cbit_a in range(_cbit_rank):
+                    _cbit_rest &= _cbit_rest - _ONE
+                _cbit_child &= ~(_cbit_rest & (~_cbit_rest + _ONE))
+                _cbit_cm -= 1
+            if _cbit_move != 1:  # add or swap
+                _cbit_on = _draw_bit(_cbit_child, proposal, cum, H, _uniform(base, _cbit_ub + 1))
+                _cbit_child |= _ONE << np.uint64(_cbit_on)
+                _cbit_cm += 1
+            cmask[_cbit_c] = _cbit_child
+            ccount[_cbit_c] = _cbit_cm
+
+
+@njit(cache=True)
+def _search_rows_bits(
+    X,
+    Xw,
+    words,
+    in_place,
+    WY,
+    WtW,
+    yy,
+    values,
+    value_logp,
+    inv2s2,
+    const,
+    proposal,
+    gen_keys,
+    rows,
+    P,
+    C,
+    start,
+    stop,
+    out_X,
+    out_Xw,
+    out_ll,
+    out_lp,
+    mode,
+    beta,
+    prior_beta,
+    weight,
+    out_lm,
+    mean,
+    ss,
+    counts,
+):  # pragma: no cover - compiled
+    """_search_rows for binary states of H <= 64 latents held as bit masks: the same states,
+    log-joints and statistics."""
+    S, H = X.shape[1], X.shape[2]
+    PC = P * C
+    v1 = values[1]
+    dprior = value_logp[1] - value_logp[0]
+    prior0 = H * value_logp[0]
+    # the kept states, best first: mask, active count, ll (-inf: duplicate), lp, -(ll + lp)
+    kmask = np.empty(S, dtype=np.uint64)
+    kcount = np.empty(S, dtype=np.int64)
+    kll = np.empty(S)
+    klp = np.empty(S)
+    kkey = np.empty(S)
+    # the states as read (in slot order) and a generation's children
+    rmask = np.empty(S, dtype=np.uint64)
+    rcount = np.empty(S, dtype=np.int64)
+    rll = np.empty(S)
+    rlp = np.empty(S)
+    rkey = np.empty(S)
+    order = np.empty(S, dtype=np.int64)
+    cmask = np.empty(PC, dtype=np.uint64)
+    ccount = np.empty(PC, dtype=np.int64)
+    cll = np.empty(PC)
+    clp = np.empty(PC)
+    ckey = np.empty(PC)
+    cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
+    fcdf = np.empty(S)
+    cum = np.empty(H)
+    lj = np.empty(S)
+    q = np.empty(S)
+    nonzero = np.empty(Xw.shape[1], dtype=np.int64)
+    n_nonzero = 0
+    inv_H = 1.0 / H
+    for b in range(start, stop):
+        for k in range(S):
+            rmask[k] = 0
+            rcount[k] = 0
+        if words:  # the non-zero bytes of the non-zero words, as _read_words visits them
+            n_nonzero = 0
+            for w in range(Xw.shape[1]):
+                word = Xw[b, w]
+                if word == 0:
+                    continue
+                nonzero[n_nonzero] = w
+                n_nonzero += 1
+                bits = word | (word >> np.uint64(4))
+                bits |= bits >> np.uint64(2)
+                bits |= bits >> np.uint64(1)
+                bits &= np.uint64(0x0101010101010101)
+                while bits != 0:
+                    o = 8 * w + (_lowest(bits) >> 3)
+                    bits &= bits - _ONE
+                    k = np.int64((o + 0.5) * inv_H)
+                    rmask[k] |= _ONE << np.uint64(o - k * H)
+                    rcount[k] += 1
+        else:
+            for k in range(S):
+                for h in range(H):
+                    if X[b, k, h] != 0:
+                        rmask[k] |= _ONE << np.uint64(h)
+                        rcount[k] += 1
+        for k in range(S):
+            ll, lp = _score_bits(rmask[k], WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
+            # a copy of an earlier state of the row (the slots it leaves free) has no weight
+            for i in range(k):
+                if rmask[i] == rmask[k]:
+                    ll = -np.inf
+                    break
+            rll[k] = ll
+            rlp[k] = lp
+            rkey[k] = -(ll + lp)
+            order[k] = k
+        _sort_slots(order, rkey, S)
+        for i in range(S):
+            k = order[i]
+            kmask[i] = rmask[k]
+            kcount[i] = rcount[k]
+            kll[i] = rll[k]
+            klp[i] = rlp[k]
+            kkey[i] = rkey[k]
+        acc = 0.0
+        for h in range(H):
+            acc += proposal[b, h]
+            cum[h] = acc
+        for g in range(gen_keys.shape[0]):
+            base = _row_base(rows[b], gen_keys[g])
+            _children_bits(
+                kmask, kcount, kll, klp, fcdf, proposal[b], cum, base, cmask, ccount, P, C, H
+            )
+            # the candidates as in _search_rows: a child that beats the worst kept state and
+            # is no copy of a kept state or of an earlier candidate
+            worst = kkey[S - 1]
+            n_cand = 0
+            for c in range(PC):
+                mask = cmask[c]
+                ll, lp = _score_bits(mask, WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
+                cll[c] = ll
+                clp[c] = lp
+                ckey[c] = -(ll + lp)
+                if ckey[c] < worst:
+                    seen = False
+                    for i in range(S):
+                        seen |= kmask[i] == mask
+                    for i in range(n_cand):
+                        seen |= cmask[cand[i]] == mask
+                    if not seen:
+                        cand[n_cand] = c
+                        n_cand += 1
+            if n_cand == 0:
+                continue
+            _sort_slots(cand, ckey, n_cand)
+            # merge from the back (ties: the kept state first), in place: the kept states
+            # that stay move down, the candidates taken fill the gaps
+            n_taken = 0
+            i = 0
+            for _n in range(S):  # how many candidates enter: those before the S-th place
+                if n_taken < n_cand and ckey[cand[n_taken]] < kkey[i]:
+                    n_taken += 1
+                else:
+                    i += 1
+            i -= 1
+            j = n_taken - 1
+            for n in range(S - 1, -1, -1):
+                # the later of the two tails' last states in the forward merge's order
+                if j >= 0 and (i < 0 or not ckey[cand[j]] < kkey[i]):
+                    c = cand[j]
+                    kmask[n] = cmask[c]
+                    kcount[n] = ccount[c]
+                    kll[n] = cll[c]
+                    klp[n] = clp[c]
+                    kkey[n] = ckey[c]
+                    j -= 1
+                else:
+                    kmask[n] = kmask[i]
+                    kcount[n] = kcount[i]
+                    kll[n] = kll[i]
+                    klp[n] = klp[i]
+                    kkey[n] = kkey[i]
+                    i -= 1
+        if words and in_place:
+            for w in range(n_nonzero):
+                out_Xw[b, nonzero[w]] = 0
+        elif words:
+            for w in range(out_Xw.shape[1]):
+                out_Xw[b, w] = 0
+        else:
+            for i in range(S):
+                for h in range(H):
+                    out_X[b, i, h] = 0
+        for i in range(S):
+            rest = kmask[i]
+            while rest != 0:
+                out_X[b, i, _lowest(rest)] = 1
+                rest &= rest - _ONE
+            out_ll[b, i] = kll[i]
+            out_lp[b, i] = klp[i]
+        if mode > 0:  # _posterior's arithmetic, in its order
+            for i in range(S):
+                lj[i] = kll[i] + klp[i]
+            out_lm[b] = _softmax(lj, q, S)
+            if mode == 2:
+                if beta != 1.0 or prior_beta != 1.0:
+                    for i in range(S):
+                        lj[i] = beta * kll[i] + prior_beta * klp[i]
+                    _softmax(lj, q, S)
+                for i in range(S):
+                    w8 = q[i] * weight[b]
+                    if w8 == 0.0:
+                        continue
+                    mask = kmask[i]
+                    for _a in range(kcount[i]):
+                        counts[1] += w8
+                    wa = w8 * v1
+                    rest = mask
+                    while rest != 0:
+                        ha = _lowest(rest)
+                        rest &= rest - _ONE
+                        mean[b, ha] += wa
+                        rest2 = mask
+                        while rest2 != 0:
+                            ss[ha, _lowest(rest2)] += wa * v1
+                            rest2 &= rest2 - _ONE
+
+
 @njit(cache=True)
 def _search_rows(
     X,
@@ -647,13 +982,23 @@ def _linear_search(
     ss = np.zeros((max(n_chunks * many, 1), H, H))
     counts = np.zeros((max(n_chunks * many, 1), values.shape[0]))
     step = (B + n_chunks - 1) // n_chunks
+    # binary states of up to 64 latents are searched as bit masks (the same states)
+    bits = nz == 1 and H <= 64
     for c in prange(n_chunks):
-        _search_rows(
-            X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const, proposal, keys,
-            gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step), out_X, out_Xw,
-            out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
-            counts[c * many],
-        )  # fmt: skip
+        if bits:
+            _search_rows_bits(
+                X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
+                proposal, gen_keys, rows, P, C, c * step, min(B, (c + 1) * step), out_X, out_Xw,
+                out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
+                counts[c * many],
+            )  # fmt: skip
+        else:
+            _search_rows(
+                X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
+                proposal, keys, gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step),
+                out_X, out_Xw, out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean,
+                ss[c * many], counts[c * many],
+            )  # fmt: skip
     return out_ll, out_lp, out_lm, mean, ss, counts
 
 
