@@ -641,11 +641,13 @@ def _search_rows_bits(
                         rcount[k] += 1
         for k in range(S):
             ll, lp = _score_bits(rmask[k], WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
-            # a copy of an earlier state of the row (the slots it leaves free) has no weight
+            # a copy of an earlier state of the row (the slots it leaves free) has no weight;
+            # copies are counted without branches (a vectorisable sum)
+            n_copies = False
             for i in range(k):
-                if rmask[i] == rmask[k]:
-                    ll = -np.inf
-                    break
+                n_copies |= rmask[i] == rmask[k]
+            if n_copies:
+                ll = -np.inf
             rll[k] = ll
             rlp[k] = lp
             rkey[k] = -(ll + lp)
@@ -667,25 +669,29 @@ def _search_rows_bits(
             _children_bits(
                 kmask, kcount, kll, klp, fcdf, proposal[b], cum, base, cmask, ccount, P, C, H
             )
-            # the candidates as in _search_rows: a child that beats the worst kept state and
-            # is no copy of a kept state or of an earlier candidate
+            # The candidates as in _search_rows: a child that beats the worst kept state and
+            # is no copy of a kept state or of an earlier candidate. A copy of a kept state
+            # or of any earlier child of the generation is not scored: it cannot be one (a
+            # copy of an earlier child scores as that child did and fails as it did, or as
+            # its copy), and only a candidate's score is used.
             worst = kkey[S - 1]
             n_cand = 0
             for c in range(PC):
                 mask = cmask[c]
+                n_copies = False
+                for i in range(S):
+                    n_copies |= kmask[i] == mask
+                for i in range(c):
+                    n_copies |= cmask[i] == mask
+                if n_copies:
+                    continue
                 ll, lp = _score_bits(mask, WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
                 cll[c] = ll
                 clp[c] = lp
                 ckey[c] = -(ll + lp)
                 if ckey[c] < worst:
-                    seen = False
-                    for i in range(S):
-                        seen |= kmask[i] == mask
-                    for i in range(n_cand):
-                        seen |= cmask[cand[i]] == mask
-                    if not seen:
-                        cand[n_cand] = c
-                        n_cand += 1
+                    cand[n_cand] = c
+                    n_cand += 1
             if n_cand == 0:
                 continue
             _sort_slots(cand, ckey, n_cand)
