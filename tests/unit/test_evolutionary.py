@@ -333,6 +333,8 @@ def test_n_init_keeps_the_best_initialisation(bars_data, tmp_path):
         (BSCModel, 13, SearchSettings(n_states=7, n_parents=3, n_children=2, n_generations=2)),
         # ~13 active latents of 64: many runs between blocked latents for the add moves
         (BSCModel, 64, SearchSettings(n_states=8, n_parents=4, n_children=4, n_generations=3)),
+        # binary states of more than 64 latents: sorted lists, not 64-bit masks
+        (BSCModel, 65, SearchSettings(n_states=8, n_parents=4, n_children=4, n_generations=3)),
     ],
 )
 def test_fused_linear_search_makes_the_generic_search_s_choices(model_class, H, settings):
