@@ -24,6 +24,13 @@ It is faster because it works on what changes:
 - an add move finds its latent from one running sum of the proposal per row, in
   O(active latents + log H) (the blocked latents' mass is subtracted run by run), not from
   a sum over all H latents per child.
+
+Binary states (one non-zero value, as BSC's) of up to 64 latents are held as 64-bit masks
+instead (:func:`_search_rows_bits`): a child is its parent's mask with a bit cleared and/or
+set, a copy is found by comparing masks (no hash), the log-joint visits the set bits in
+ascending order (the order of the sorted list, so the same sums), and a child that copies a
+kept state or an earlier child of its generation is not scored at all (it cannot enter the
+kept list). The stored states, choices, log-joints and statistics are those of the list form.
 """
 
 from __future__ import annotations
