@@ -703,19 +703,21 @@ def _search_rows_bits(
                 continue
             _sort_slots(cand, ckey, n_cand)
             # merge from the back (ties: the kept state first), in place: the kept states
-            # that stay move down, the candidates taken fill the gaps
-            n_taken = 0
+            # that stay move down, the candidates taken fill the gaps, and the kept states
+            # before the first candidate taken stay where they are
+            n_taken = 0  # how many candidates enter: those before the S-th place
             i = 0
-            for _n in range(S):  # how many candidates enter: those before the S-th place
-                if n_taken < n_cand and ckey[cand[n_taken]] < kkey[i]:
+            while i + n_taken < S and n_taken < n_cand:
+                if ckey[cand[n_taken]] < kkey[i]:
                     n_taken += 1
                 else:
                     i += 1
-            i -= 1
+            i = S - n_taken - 1  # the last kept state that stays
             j = n_taken - 1
-            for n in range(S - 1, -1, -1):
+            n = S - 1
+            while j >= 0:
                 # the later of the two tails' last states in the forward merge's order
-                if j >= 0 and (i < 0 or not ckey[cand[j]] < kkey[i]):
+                if i < 0 or not ckey[cand[j]] < kkey[i]:
                     c = cand[j]
                     kmask[n] = cmask[c]
                     kcount[n] = ccount[c]
@@ -730,6 +732,7 @@ def _search_rows_bits(
                     klp[n] = klp[i]
                     kkey[n] = kkey[i]
                     i -= 1
+                n -= 1
         if words and in_place:
             for w in range(n_nonzero):
                 out_Xw[b, nonzero[w]] = 0
