@@ -441,12 +441,40 @@ def _posterior(
 # bits in ascending order as _score visits the sorted list.
 
 _ONE = np.uint64(1)
+_LOW_BYTES = np.uint64(0x0101010101010101)
+# (x * _GATHER) >> 56 moves the lowest bit of byte i of x to bit i when every byte of x is 0
+# or 1: the products' bits are distinct powers of two, so nothing carries into the top byte
+_GATHER = np.uint64(0x0102040810204080)
+# the eight bytes (0 or 1) of 64-bit word whose non-zero bytes are the set bits of f < 256
+_SPREAD = np.array(
+    [sum(((f >> i) & 1) << (8 * i) for i in range(8)) for f in range(256)], dtype=np.uint64
+)
 
 
 @njit(cache=True, inline="always")
 def _lowest(bits):  # pragma: no cover - compiled
     """The index of the lowest set bit of a non-zero uint64."""
     return np.int64(trailing_zeros(bits))
+
+
+@njit(cache=True, inline="always")
+def _byte_flags(word):  # pragma: no cover - compiled
+    """Bit i set where byte i of a 64-bit word is non-zero (8 bits)."""
+    _bfl_bits = word | (word >> np.uint64(4))
+    _bfl_bits |= _bfl_bits >> np.uint64(2)
+    _bfl_bits |= _bfl_bits >> np.uint64(1)
+    return ((_bfl_bits & _LOW_BYTES) * _GATHER) >> np.uint64(56)
+
+
+@njit(cache=True, inline="always")
+def _popcount(x):  # pragma: no cover - compiled
+    """The number of set bits of a uint64 (numba has no intrinsic for it)."""
+    _popc_x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    _popc_x = (_popc_x & np.uint64(0x3333333333333333)) + (
+        (_popc_x >> np.uint64(2)) & np.uint64(0x3333333333333333)
+    )
+    _popc_x = (_popc_x + (_popc_x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((_popc_x * _LOW_BYTES) >> np.uint64(56))
 
 
 @njit(cache=True, inline="always")
@@ -557,7 +585,6 @@ def _search_rows_bits(
     X,
     Xw,
     words,
-    in_place,
     WY,
     WtW,
     yy,
@@ -615,31 +642,28 @@ def _search_rows_bits(
     cum = np.empty(H)
     lj = np.empty(S)
     q = np.empty(S)
-    nonzero = np.empty(Xw.shape[1], dtype=np.int64)
-    n_nonzero = 0
-    inv_H = 1.0 / H
+    # With words, a row's S H value indices pass through a stream of S H bits (bit o set
+    # where byte o is non-zero; one spare word), state k's mask being bits k H .. k H + H - 1:
+    # read and written eight bytes at a time, without a branch per active latent
+    n_stream = (S * H + 63) // 64
+    stream = np.zeros(n_stream + 1, dtype=np.uint64)
+    full = ~np.uint64(0) if H == 64 else (_ONE << np.uint64(H)) - _ONE
     for b in range(start, stop):
         for k in range(S):
             rmask[k] = 0
             rcount[k] = 0
-        if words:  # the non-zero bytes of the non-zero words, as _read_words visits them
-            n_nonzero = 0
+        if words:
+            for i in range(n_stream + 1):
+                stream[i] = 0
             for w in range(Xw.shape[1]):
-                word = Xw[b, w]
-                if word == 0:
-                    continue
-                nonzero[n_nonzero] = w
-                n_nonzero += 1
-                bits = word | (word >> np.uint64(4))
-                bits |= bits >> np.uint64(2)
-                bits |= bits >> np.uint64(1)
-                bits &= np.uint64(0x0101010101010101)
-                while bits != 0:
-                    o = 8 * w + (_lowest(bits) >> 3)
-                    bits &= bits - _ONE
-                    k = np.int64((o + 0.5) * inv_H)
-                    rmask[k] |= _ONE << np.uint64(o - k * H)
-                    rcount[k] += 1
+                stream[w >> 3] |= _byte_flags(Xw[b, w]) << np.uint64(8 * (w & 7))
+            for k in range(S):
+                o = k * H
+                mask = stream[o >> 6] >> np.uint64(o & 63)
+                if (o & 63) + H > 64:
+                    mask |= stream[(o >> 6) + 1] << np.uint64(64 - (o & 63))
+                rmask[k] = mask & full
+                rcount[k] = _popcount(rmask[k])
         else:
             for k in range(S):
                 for h in range(H):
@@ -733,21 +757,25 @@ def _search_rows_bits(
                     kkey[n] = kkey[i]
                     i -= 1
                 n -= 1
-        if words and in_place:
-            for w in range(n_nonzero):
-                out_Xw[b, nonzero[w]] = 0
-        elif words:
+        if words:  # every word of the row, from the stream of the kept masks
+            for i in range(n_stream + 1):
+                stream[i] = 0
+            for i in range(S):
+                o = i * H
+                stream[o >> 6] |= kmask[i] << np.uint64(o & 63)
+                if (o & 63) + H > 64:
+                    stream[(o >> 6) + 1] |= kmask[i] >> np.uint64(64 - (o & 63))
             for w in range(out_Xw.shape[1]):
-                out_Xw[b, w] = 0
+                out_Xw[b, w] = _SPREAD[(stream[w >> 3] >> np.uint64(8 * (w & 7))) & np.uint64(255)]
         else:
             for i in range(S):
                 for h in range(H):
                     out_X[b, i, h] = 0
+                rest = kmask[i]
+                while rest != 0:
+                    out_X[b, i, _lowest(rest)] = 1
+                    rest &= rest - _ONE
         for i in range(S):
-            rest = kmask[i]
-            while rest != 0:
-                out_X[b, i, _lowest(rest)] = 1
-                rest &= rest - _ONE
             out_ll[b, i] = kll[i]
             out_lp[b, i] = klp[i]
         if mode > 0:  # _posterior's arithmetic, in its order
@@ -1003,7 +1031,7 @@ def _linear_search(
     for c in prange(n_chunks):
         if bits:
             _search_rows_bits(
-                X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
+                X, Xw, words, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, gen_keys, rows, P, C, c * step, min(B, (c + 1) * step), out_X, out_Xw,
                 out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
                 counts[c * many],
