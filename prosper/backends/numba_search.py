@@ -30,7 +30,9 @@ instead (:func:`_search_rows_bits`): a child is its parent's mask with a bit cle
 set, a copy is found by comparing masks (no hash), the log-joint visits the set bits in
 ascending order (the order of the sorted list, so the same sums), and a child that copies a
 kept state or an earlier child of its generation is not scored at all (it cannot enter the
-kept list). The stored states, choices, log-joints and statistics are those of the list form.
+kept list), and a row's stored states are read and written eight bytes at a time through a
+stream of S H bits (no loop over the active latents' bytes). The stored states, choices,
+log-joints and statistics are those of the list form.
 """
 
 from __future__ import annotations
