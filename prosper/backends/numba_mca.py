@@ -32,8 +32,8 @@ statistics). Per data point:
    state's weighted row is added to its parent, and each row once to its last slot: every
    state containing j is counted once, at its prefix that ends in j); MMCA's A_dh (0 where
    the sign of W_dh loses) and, where it loses, the closeness c = |E_jd| / |t| and c |W̄_d|
-   (statistics ``lost`` and ``lost_to``) run over the active slots of each state. They are
-   scattered through I into the thread's (H, D_pad) partial sums.
+   (statistics ``lost`` and ``lost_to``; ``lost_y``, c y_d, per point) run over the active
+   slots of each state. They are scattered through I into the thread's (H, D_pad) partial sums.
 
 Threads run (``prange``) over contiguous chunks of data points; each chunk writes its own
 partial sums of A and Σ A y, and per-point values (singleton weights, weighted errors and
@@ -161,6 +161,7 @@ def _mca_kernel(
     Ay_part,
     L_part,
     LW_part,
+    LY_part,
 ):  # pragma: no cover - compiled
     """Log marginals and, by ``mode`` (0: none, 1: statistics, 2: posterior mean), the rest.
 
@@ -214,6 +215,7 @@ def _mca_kernel(
         Ay_c = Ay_part[c]
         L_c = L_part[c]
         LW_c = LW_part[c]
+        LY_c = LY_part[c]
         lo = c * B // n_chunks
         hi = (c + 1) * B // n_chunks
         for n in range(lo, hi):
@@ -399,9 +401,11 @@ def _mca_kernel(
                     slw = SLW[j * Dp : (j + 1) * Dp]
                     l_row = L_c[Ino[j]]
                     lw_row = LW_c[Ino[j]]
+                    ly_row = LY_c[Ino[j]]
                     for d in range(Dp):
                         l_row[d] += sl[d]
                         lw_row[d] += slw[d]
+                        ly_row[d] += sl[d] * y[d]
             else:
                 for k in range(Kc):
                     qk = q[off + k]
@@ -551,6 +555,7 @@ def mca_estep(
     # MMCA's statistics of the pixels a cause lost to the other sign
     L_part = np.zeros((n_chunks, H, Dp) if signed and not summed else (n_chunks, 0, 0))
     LW_part = np.zeros_like(L_part)
+    LY_part = np.zeros_like(L_part)
     if B:
         run_kernel(
             _mca_kernel,
@@ -584,6 +589,7 @@ def mca_estep(
             Ay_part,
             L_part,
             LW_part,
+            LY_part,
         )
     if mode == 0:
         return log_marginal, None
@@ -602,4 +608,5 @@ def mca_estep(
         zeros = np.zeros((D, H))
         stats["lost"] = zeros if summed else L_part.sum(axis=0)[:, :D].T
         stats["lost_to"] = zeros if summed else LW_part.sum(axis=0)[:, :D].T
+        stats["lost_y"] = zeros if summed else LY_part.sum(axis=0)[:, :D].T
     return log_marginal, stats

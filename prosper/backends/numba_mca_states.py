@@ -8,8 +8,8 @@ active causes costs O(H + m D). States with m <= 1 use the exact maximum (0 or W
 for m >= 2, per pixel, the shift M_d = max over the active latents of log|W_dh|,
 t_d = Σ exp(ρ (log|W_dh| − M_d)) and W̄_d = t_d^(1/ρ) exp(M_d); MMCA: t⁺_d and t⁻_d over
 the positive and the negative causes, W̄_d = ±max(t⁺_d, t⁻_d)^(1/ρ) exp(M_d) with the sign of
-the larger, A_dh = 0 where the sign of W_dh loses and there the statistics ``lost`` and
-``lost_to`` of the model's M-step.
+the larger, A_dh = 0 where the sign of W_dh loses and there the statistics ``lost``,
+``lost_to`` and ``lost_y`` of the model's M-step.
 
 Threads run (``prange``) over contiguous chunks of data points; each chunk sums its own
 (H, D) partial statistics, added afterwards.
@@ -36,6 +36,7 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
     # MMCA: closeness-weighted mass and magnitude of the winners where a cause's sign lost
     lost = np.zeros((n_chunks, H, D))
     lost_to = np.zeros((n_chunks, H, D))
+    lost_y = np.zeros((n_chunks, H, D))  # ... and the data there
     counts = np.zeros(n_chunks)
     err_sum = np.zeros(n_chunks)
     step = (B + n_chunks - 1) // n_chunks
@@ -114,6 +115,7 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
                                 a = w * np.exp(rho * L) / t_abs[d]
                                 lost[c, h, d] += a
                                 lost_to[c, h, d] += a * root[d] * np.exp(M[d])
+                                lost_y[c, h, d] += a * Y[b, d]
                                 continue
                             a = np.exp((rho - 1.0) * L) * root[d] / t_abs[d]
                             A[c, h, d] += w * a
@@ -126,6 +128,7 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
         err_sum.sum(),
         lost.sum(axis=0),
         lost_to.sum(axis=0),
+        lost_y.sum(axis=0),
     )
 
 
@@ -171,11 +174,19 @@ def mca_state_log_joint(Y, X, W, rho, signed):
 
 def mca_state_stats(Y, X, q, W, rho, signed):
     """Σ q A (D, H), Σ q A y (D, H), Σ q |s|, Σ q ||y − W̄||² over explicit states and, for
-    MMCA, the statistics ``lost`` and ``lost_to`` (D, H) of the pixels where a cause's sign
-    loses (zeros for MCA).
+    MMCA, the statistics ``lost``, ``lost_to`` and ``lost_y`` (D, H) of the pixels where a
+    cause's sign loses (zeros for MCA).
 
     ``q`` (B, K) are the posterior weights; the other arguments as for
     :func:`mca_state_log_joint`.
     """
-    _, A, Ay, counts, err, lost, lost_to = _run(Y, X, W, rho, signed, q, True)
-    return A.T.copy(), Ay.T.copy(), float(counts), float(err), lost.T.copy(), lost_to.T.copy()
+    _, A, Ay, counts, err, lost, lost_to, lost_y = _run(Y, X, W, rho, signed, q, True)
+    return (
+        A.T.copy(),
+        Ay.T.copy(),
+        float(counts),
+        float(err),
+        lost.T.copy(),
+        lost_to.T.copy(),
+        lost_y.T.copy(),
+    )

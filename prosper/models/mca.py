@@ -175,15 +175,18 @@ class MCAModel(TruncatedModel):
             "E": E,
         }
 
-    def _lost(self, qm: np.ndarray, table: np.ndarray, sm: dict) -> tuple[np.ndarray, np.ndarray]:
-        """MMCA: Σ_k q_k c_dh(s_k) and Σ_k q_k c_dh(s_k) |W̄_d(s_k)|, shapes (B, H', D).
+    def _lost(
+        self, Y: np.ndarray, qm: np.ndarray, table: np.ndarray, sm: dict
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """MMCA: Σ_k q_k c_dh(s_k), Σ_k q_k c_dh(s_k) |W̄_d(s_k)| and Σ_k q_k c_dh(s_k) y_d,
+        shapes (B, H', D).
 
         c_dh(s) = s_h |W_dh|^ρ / |W̄_d^ρ(s)|^ρ where the sign of W_dh loses at pixel d in
         state s (0 elsewhere): how close h came to overtaking the winner, in (0, 1).
         """
         if self.kernel_mode == 2:  # no statistics of lost pixels, no cap
             zeros = np.zeros(sm["L"].shape)
-            return zeros, zeros
+            return zeros, zeros, zeros
         G = qm[:, :, None] / sm["t_abs"]
         G_mag = G * sm["root"] * np.exp(sm["M"])[:, None, :]
         out = []
@@ -191,7 +194,7 @@ class MCAModel(TruncatedModel):
             to_pos = np.matmul(table.T, np.where(sm["win"], 0.0, g))
             to_neg = np.matmul(table.T, np.where(sm["win"], g, 0.0))
             out.append(sm["E"] * np.where(sm["positive"], to_pos, to_neg))
-        return out[0], out[1]
+        return out[0], out[1], out[0] * Y[:, None, :]
 
     def _capped_responsibility(
         self, qm: np.ndarray, table: np.ndarray, sm: dict, rho: float
@@ -316,7 +319,8 @@ class MCAModel(TruncatedModel):
         if table.shape[0]:
             flat = (I[:, :, None] * self.D + np.arange(self.D)).ravel()
             if self.signed:
-                for key, value in zip(("lost", "lost_to"), self._lost(qm, table, sm), strict=True):
+                lost = self._lost(Y, qm, table, sm)
+                for key, value in zip(("lost", "lost_to", "lost_y"), lost, strict=True):
                     extra[key] = (
                         np.bincount(flat, weights=value.ravel(), minlength=H * self.D)
                         .reshape(H, self.D)
@@ -337,7 +341,7 @@ class MCAModel(TruncatedModel):
         }
         if self.signed:
             zeros = np.zeros((self.D, H))
-            stats.update(lost=extra.get("lost", zeros), lost_to=extra.get("lost_to", zeros))
+            stats.update({key: extra.get(key, zeros) for key in ("lost", "lost_to", "lost_y")})
         return log_marginal, stats
 
     def _run_chunks(self, Y, batch, params, rho, beta, prior_beta, mask, what):
@@ -374,7 +378,8 @@ class MCAModel(TruncatedModel):
                 "n": np.array(0.0),
             }
             if self.signed:
-                out.update(lost=np.zeros((self.D, self.H)), lost_to=np.zeros((self.D, self.H)))
+                zeros = np.zeros((self.D, self.H))
+                out.update(dict.fromkeys(("lost", "lost_to", "lost_y"), zeros))
         return lm, out
 
     def runs_on(self, backend):
@@ -390,8 +395,9 @@ class MCAModel(TruncatedModel):
 
         Statistics: ``Ay`` (D, H) Σ_n <A_dh> y_dn, ``A`` (D, H) Σ_n <A_dh>, ``counts`` (1,)
         Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points; MMCA
-        also ``lost`` (D, H) Σ_n <c_dh> and ``lost_to`` (D, H) Σ_n <c_dh |W̄_d|>, c_dh the
-        closeness of h where its sign loses (:class:`MMCAModel`).
+        also ``lost`` (D, H) Σ_n <c_dh>, ``lost_to`` (D, H) Σ_n <c_dh |W̄_d|> and ``lost_y``
+        (D, H) Σ_n <c_dh> y_dn, c_dh the closeness of h where its sign loses
+        (:class:`MMCAModel`).
 
         Runs the backend's ``KERNELS["mca_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel.
@@ -562,7 +568,7 @@ class MCAModel(TruncatedModel):
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         """The statistics of :meth:`estep_batch` (``Ay``, ``A``, ``counts``, ``err``, ``n``;
-        MMCA: ``lost``, ``lost_to``) from posterior weights ``q`` (B, K) over explicit
+        MMCA: ``lost``, ``lost_to``, ``lost_y``) from posterior weights ``q`` (B, K) over explicit
         states X (B, K, H), at the ρ of ``beta``."""
         rho = self.rho(beta)
         H, D = self.H, self.D
@@ -571,13 +577,13 @@ class MCAModel(TruncatedModel):
         n = np.array(float(np.sum(weight)))
         kernel = backend.KERNELS.get("mca_state_stats")
         if kernel is not None:
-            A, Ay, counts, err, lost, lost_to = kernel(Y, X, q, W, rho, self.kernel_mode)
+            A, Ay, counts, err, lost, lost_to, lost_y = kernel(Y, X, q, W, rho, self.kernel_mode)
             out = {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
             if self.signed:
-                out.update(lost=lost, lost_to=lost_to)
+                out.update(lost=lost, lost_to=lost_to, lost_y=lost_y)
             return out
         A_sum, Ay_sum = np.zeros((H + 1) * D), np.zeros((H + 1) * D)
-        L_sum, LW_sum = np.zeros((H + 1) * D), np.zeros((H + 1) * D)
+        L_sum, LW_sum, LY_sum = (np.zeros((H + 1) * D) for _ in range(3))
         counts = err = 0.0
         step = self._explicit_rows(X)
         for start in range(0, X.shape[0], step):
@@ -597,6 +603,9 @@ class MCAModel(TruncatedModel):
                 C = np.where(lost, terms["E"], 0.0) / terms["t_abs"][:, :, None, :]
                 C *= qr[:, :, None, None]
                 L_sum += np.bincount(flat, C.ravel(), minlength=(H + 1) * D)
+                LY_sum += np.bincount(
+                    flat, (C * Y[rows, None, None, :]).ravel(), minlength=(H + 1) * D
+                )
                 C *= (terms["root"] * np.exp(terms["M"]))[:, :, None, :]
                 LW_sum += np.bincount(flat, C.ravel(), minlength=(H + 1) * D)
         out = {
@@ -609,6 +618,7 @@ class MCAModel(TruncatedModel):
         if self.signed:
             out["lost"] = L_sum[: H * D].reshape(H, D).T.copy()
             out["lost_to"] = LW_sum[: H * D].reshape(H, D).T.copy()
+            out["lost_y"] = LY_sum[: H * D].reshape(H, D).T.copy()
         return out
 
     def log_joint(self, Y, S, params, beta: float = 1.0):
@@ -833,6 +843,9 @@ class MMCAModel(MCAModel):
     #: ... by this fraction of it: with 0.1 % the winner's own update (noise 0.4-1 % on the
     #: 5x5 bars) could pass the capped loser in the same M-step (RESULTS.md, session 8)
     tie_margin = 0.02
+    #: log-likelihood ratio (nats, the contested data at σ) that decides the order of a
+    #: contested pixel against the other rules (MMCAModel.mstep)
+    order_nats = 10.0
     #: share of the iterations that use the signed sum (the order of ties is found there)
     order_fraction = 0.5
     #: the E-step uses the signed sum t⁺ − t⁻ (set by :meth:`start_iteration`)
@@ -864,20 +877,39 @@ class MMCAModel(MCAModel):
         return inertia * W_raw + (1.0 - inertia) * W_old
 
     def mstep(self, stats, params, gamma):
-        """MCA's M-step with the damped W update, then the cap of the class docstring:
-        |W_dh| <= (1 − tie_margin) ``lost_to`` / ``lost`` where ``lost`` >= ``lost_min``."""
+        """MCA's M-step with the damped W update, then the order of the class docstring.
+
+        With the contested mass l = ``lost``, the winners' mean magnitude b = ``lost_to`` /
+        l and the mean datum m = ``lost_y`` / l there, s = sign(W_dh), the overtaking value
+        v = s max(|W_dh|, (1 + tie_margin) b) and the evidence e = l ((m + s b)² − (m −
+        v)²) / (2σ²) for it against the winners' value −s b: |W_dh| = |v| where e >=
+        ``order_nats``, else |W_dh| <= (1 − tie_margin) b where l >= ``lost_min`` or e <=
+        −``order_nats``.
+        """
         new = super().mstep(stats, params, gamma)
         lost = np.asarray(stats["lost"], dtype=np.float64)
-        contested = lost >= self.lost_min
-        bound = np.divide(
-            np.asarray(stats["lost_to"], dtype=np.float64),
-            lost,
-            out=np.full_like(lost, np.inf),
-            where=contested,
-        )
+        seen = lost > 0.0
+
+        def mean(key: str) -> np.ndarray:
+            total = np.asarray(stats[key], dtype=np.float64)
+            return np.divide(total, lost, out=np.zeros_like(lost), where=seen)
+
+        bound, data = mean("lost_to"), mean("lost_y")
         W = new["W"]
-        capped = np.minimum(np.abs(W), (1.0 - self.tie_margin) * bound)
-        new["W"] = self.clip_W(np.sign(W) * capped)
+        sign = np.where(W < 0, -1.0, 1.0)  # clip_W's sign (0 is positive)
+        above = np.maximum(np.abs(W), (1.0 + self.tie_margin) * bound)
+        # the c-weighted squared error of the contested data, Σ q c (y − v)², differs
+        # between the two orders by l ((m − v_1)² − (m − v_2)²): a log-likelihood ratio
+        evidence = (
+            lost
+            * ((data + sign * bound) ** 2 - (data - sign * above) ** 2)
+            / (2.0 * float(params["sigma"]) ** 2)
+        )
+        overtake = seen & (evidence >= self.order_nats)
+        cap = ~overtake & ((lost >= self.lost_min) | (seen & (evidence <= -self.order_nats)))
+        below = np.minimum(np.abs(W), (1.0 - self.tie_margin) * bound)
+        magnitude = np.where(overtake, above, np.where(cap, below, np.abs(W)))
+        new["W"] = self.clip_W(sign * magnitude)
         return new
 
     def unexplained(self, params, y, mean_s):

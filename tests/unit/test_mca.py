@@ -37,7 +37,7 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None, summed=False):
     states = [np.array(s, dtype=float) for s in itertools.product([0, 1], repeat=H)]
     lm = np.zeros(N)
     Ay, A, counts, err, n = np.zeros((D, H)), np.zeros((D, H)), 0.0, 0.0, 0.0
-    lost, lost_to = np.zeros((D, H)), np.zeros((D, H))
+    lost, lost_to, lost_y = np.zeros((D, H)), np.zeros((D, H)), np.zeros((D, H))
     for i in range(N):
         y = Y[i]
         lj, lj_beta, wbars, As, Cs = [], [], [], [], []
@@ -89,6 +89,7 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None, summed=False):
             A += w * qk * Ad
             closeness = np.divide(Cd, np.abs(wbar)[:, None], out=np.zeros_like(Cd), where=Cd > 0)
             lost += w * qk * closeness
+            lost_y += w * qk * closeness * y[:, None]
             lost_to += w * qk * Cd
             counts += w * qk * s.sum()
             err += w * qk * np.sum((y - wbar) ** 2)
@@ -101,20 +102,31 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None, summed=False):
         "n": n,
         "lost": lost,
         "lost_to": lost_to,
+        "lost_y": lost_y,
     }
 
 
-def brute_mstep(st, W, pi, H, D, signed, gamma):
+def brute_mstep(st, W, pi, sigma, H, D, signed, gamma):
     used = st["A"] > 1e-12 * st["n"]
     W_new = W.copy()
     W_new[used] = st["Ay"][used] / st["A"][used]
     if signed:
         inertia = np.maximum(1 - np.exp(-st["A"] / 2.5), 0.2)
         W_new = inertia * W_new + (1 - inertia) * W
-        # below the winners' mean magnitude where the sign lost (mass >= 1)
-        for d, h in zip(*np.nonzero(st["lost"] >= 1.0), strict=True):
-            bound = (1 - 0.02) * st["lost_to"][d, h] / st["lost"][d, h]
-            W_new[d, h] = np.sign(W_new[d, h]) * min(abs(W_new[d, h]), bound)
+        # where the sign lost: above the winners' mean magnitude if the contested data
+        # favour that value by >= 10 nats, below it if they favour the winners' by as much
+        # or the contested mass is >= 1
+        for d, h in zip(*np.nonzero(st["lost"] > 0), strict=True):
+            mass = st["lost"][d, h]
+            winners = st["lost_to"][d, h] / mass
+            datum = st["lost_y"][d, h] / mass
+            sign = -1.0 if W_new[d, h] < 0 else 1.0
+            up = sign * max(abs(W_new[d, h]), 1.02 * winners)
+            nats = mass * ((datum + sign * winners) ** 2 - (datum - up) ** 2) / (2 * sigma**2)
+            if nats >= 10.0:
+                W_new[d, h] = up
+            elif mass >= 1.0 or nats <= -10.0:
+                W_new[d, h] = sign * min(abs(W_new[d, h]), 0.98 * winners)
         W_new = np.where(W_new < 0, np.minimum(W_new, -1e-4), np.maximum(W_new, 1e-4))
     else:
         W_new = np.maximum(W_new, 1e-4)
@@ -151,12 +163,12 @@ def test_full_enumeration_equals_brute_force(model_cls, summed, beta, with_mask)
     lm, st = model.estep_batch(Y, states, params, beta, beta, mask, True, None)
     lm_ref, st_ref = brute_force(Y, params["W"], 0.3, 0.9, beta, signed, mask, summed)
     np.testing.assert_allclose(lm, lm_ref, rtol=1e-10, atol=1e-10)
-    for key in ("Ay", "A", "lost", "lost_to") if signed else ("Ay", "A"):
+    for key in ("Ay", "A", "lost", "lost_to", "lost_y") if signed else ("Ay", "A"):
         np.testing.assert_allclose(st[key], st_ref[key], rtol=1e-10, atol=1e-12, err_msg=key)
     for key in ("counts", "err", "n"):
         np.testing.assert_allclose(float(np.sum(st[key])), st_ref[key], rtol=1e-10, err_msg=key)
     new = model.mstep(st, params, H)
-    W_ref, pi_ref, sigma_ref = brute_mstep(st_ref, params["W"], 0.3, H, D, signed, H)
+    W_ref, pi_ref, sigma_ref = brute_mstep(st_ref, params["W"], 0.3, 0.9, H, D, signed, H)
     np.testing.assert_allclose(new["W"], W_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(float(new["pi"]), pi_ref, rtol=1e-10)
     np.testing.assert_allclose(float(new["sigma"]), sigma_ref, rtol=1e-10)
@@ -379,3 +391,41 @@ def test_mmca_learns_the_magnitude_of_an_opposite_sign_tie():
     assert abs(W[2, 1]) < abs(W[2, 0])  # the data's winner keeps the larger magnitude
     np.testing.assert_allclose(W[[0, 1, 3, 4]], W_true[[0, 1, 3, 4]], atol=0.2)
     assert float(params["sigma"]) < 0.6
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("shown", [0, 1])
+def test_mmca_mstep_lets_the_data_set_the_order_of_a_tie(backend, shown):
+    """Causes 0 (+, pixels 0-1) and 1 (−, pixels 0 and 2-7) cross at pixel 0, cause 1 above
+    (10.2 against 9.8): one point has both on and shows cause ``shown``'s value there (its
+    contested mass, below ``lost_min``, capped nothing before). Where it shows cause 0's,
+    the M-step lets cause 0 overtake; before, cause 0 kept the mean of its own points, 9.8,
+    and cause 1 its own with the point, 9.95, and the wrong order stayed. Where it shows
+    cause 1's, cause 0 stays below."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    from prosper.backends import get_backend
+
+    W = np.zeros((8, 2))
+    W[:2, 0] = 9.8
+    W[[0, 2, 3, 4, 5, 6, 7], 1] = -10.2
+    Y = np.zeros((141, 8))
+    Y[0] = W[:, 0] + W[:, 1]
+    Y[0, 0] = W[0, shown]  # both on
+    Y[1:41] = W[:, 0]
+    Y[41:121] = W[:, 1]
+    W = np.where(W == 0, 1e-4, W)
+    params = {"W": W, "pi": np.asarray(0.4), "sigma": np.asarray(2.0)}
+    model = MMCAModel(H=2, D=8)
+    model.start_iteration(99, 100)  # the second phase: the maximum of the two signs
+    states = ExpectationTruncation(2, 2, 2, model.values)
+    _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, get_backend(backend))
+    assert 0.5 < stats["lost"][0, 0] < model.lost_min  # the one point, c = (9.8/10.2)^6
+    new = model.mstep(stats, params, 2)["W"]
+    # cause 1 wins the point: its mean, pulled down by the point where that shows +9.8
+    assert abs(new[0, 1]) == pytest.approx((80 * 10.2 - Y[0, 0]) / 81, rel=1e-6)
+    if shown == 0:
+        assert abs(new[0, 0]) == pytest.approx(1.02 * 10.2, rel=1e-3)  # just above the winner
+    else:
+        assert abs(new[0, 0]) < abs(new[0, 1])
+    np.testing.assert_allclose(new[1:], W[1:], atol=1e-3)  # nothing else moves

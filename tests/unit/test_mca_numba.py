@@ -55,7 +55,7 @@ def check_stats(got, ref):
     assert_close(got[0], ref[0])
     keys = {"Ay", "A", "counts", "err", "n"}
     if "lost" in ref[1]:  # MMCA: the pixels a cause's sign lost
-        keys |= {"lost", "lost_to"}
+        keys |= {"lost", "lost_to", "lost_y"}
     assert set(got[1]) == set(ref[1]) == keys
     for key in ref[1]:
         assert np.shape(got[1][key]) == np.shape(ref[1][key]), key
