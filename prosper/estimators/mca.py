@@ -155,9 +155,10 @@ class MMCA(MCA):
     ProSper MMCA code, then ``± max(t⁺_d, t⁻_d)^(1/ρ)``, ``t^±_d`` the sums over the
     positive and the negative causes, with the sign of the larger and responsibilities for
     the causes of that sign only. The first sets the order of causes of opposite sign and
-    equal magnitude from the data, the second learns their magnitudes and keeps that order
-    (a cause that lost a pixel to the other sign stays 2 % below the winners' magnitude
-    there); see :class:`prosper.models.mca.MMCAModel`. ρ = T'/(T' − 1), T' = max(T, 1.2),
+    equal magnitude from the data, the second learns their magnitudes and the order the
+    data of the contested states show (where a cause lost a pixel to the other sign, it
+    stays 2 % below the winners' magnitude or, where those data show its value, overtakes
+    them); see :class:`prosper.models.mca.MMCAModel`. ρ = T'/(T' − 1), T' = max(T, 1.2),
     ρ <= 35 (ρ = 6 at T = 1). Causes are preselected by the smallest ||W_h − y||². The W
     update is damped by the inertia ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the
     original ProSper MMCA code. A component that appears with both signs needs two causes,

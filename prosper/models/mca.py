@@ -815,18 +815,30 @@ class MMCAModel(MCAModel):
        responsibility for the data's +10, which pulls the loser h below the winner (to
        6-9.5 on the 5x5 bars), so the data set the order, at the wrong magnitude;
     2. the rest use the maximum of the two signs with the responsibilities above, so h's
-       update is the mean of its own points (its magnitude), and the M-step keeps the
-       order the posterior shows: where the sign of h lost pixel d in states of posterior
-       mass Σ q c >= ``lost_min`` (c = |W_dh|^ρ / |W̄_d^ρ|^ρ in (0, 1], how close h came to
-       winning), |W_dh| is capped at (1 − ``tie_margin``) times the c-weighted mean |W̄_d|
-       of those winners (statistics ``lost`` and ``lost_to``): a constrained M-step, the
-       W_dh that would overtake the winners of those states, whose data show the winner's
-       value, is stopped short.
+       update is the mean of its own points (its magnitude), and the M-step lets the data
+       of the contested states set the order (a constrained M-step, :meth:`mstep`): where
+       the sign of h lost pixel d in states of posterior mass l = Σ q c (c = |W_dh|^ρ /
+       |W̄_d^ρ|^ρ in (0, 1], how close h came to winning; statistic ``lost``), with b the
+       c-weighted mean |W̄_d| of those winners (``lost_to``) and m the c-weighted mean of
+       their data y_d (``lost_y``), the two orders predict −sign(W_dh) b (the winners
+       keep the pixel) or sign(W_dh) max(|W_dh|, (1 + ``tie_margin``) b) (h overtakes);
+       their c-weighted squared errors differ by l times the difference of the squared
+       distances to m. Where that log-likelihood ratio (at the current σ) favours h by at
+       least ``order_nats``, h overtakes, and the other cause, now the loser, is judged by
+       the same data in the next M-step; where it favours the winners by as much, or
+       l >= ``lost_min`` and it is not decisive, |W_dh| is capped at (1 − ``tie_margin``) b.
+       The ratio, not the mass alone, decides: at 10x10 with π = 1/H a crossing has ~5
+       points with both bars on (0 or 1 at some crossings: contested mass below
+       ``lost_min``), and a single point shows its winner by ~40 nats; small values of
+       opposite sign at a pixel that neither cause's bar covers give ratios near 0 and
+       are only capped as before.
 
     Phase 2 alone does not find the order (measured, RESULTS.md session 8): h's own mean
     lies above |W_dg| about half of the time, and once above, the states with both on
     predict h's sign where the data show g's, are cut by ET's data selection or lose their
-    posterior, and nothing moves h back. The phase is set by :meth:`start_iteration`
+    posterior; with the cap alone (session 8) nothing moved h back where the phase-1 order
+    was wrong, the order rule above does where the contested states keep posterior mass
+    (RESULTS.md, session 9). The phase is set by :meth:`start_iteration`
     from the iteration and n_iter, so a resumed fit continues the same way.
     """
 
