@@ -165,6 +165,9 @@ CONFIGS.update(
         # time to quality with BSC's defaults (the headline figure; session 9)
         "ttq-evo32-r3": {**_evo(32, 4, 4, 2), **_T3L, "reassignment_ratio": 0.3},
         "ttq-et32-r3": {**_ET32, **_T3L, "reassignment_ratio": 0.3},
+        # fewer children per E-step: one generation of 16 or of 8 (session 9)
+        "ttq-evo32-4-4-1-r3": {**_evo(32, 4, 4, 1), **_T3L, "reassignment_ratio": 0.3},
+        "ttq-evo32-4-2-1-r3": {**_evo(32, 4, 2, 1), **_T3L, "reassignment_ratio": 0.3},
         # TSC (--model tsc) with the re-initialisation
         "et63-T5l-ncl-r3": {**_ET63, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
         "et-T5l-ncl-r3": {**_ET, **_T5L, **_NCUT_LATE, "reassignment_ratio": 0.3},
