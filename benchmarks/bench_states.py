@@ -659,10 +659,7 @@ def _max_oracle(Y: np.ndarray, S: np.ndarray, W_true: np.ndarray) -> tuple[np.nd
         for g in range(h + 1, H):
             tie = (mag[:, h] == mag[:, g]) & (mag[:, h] > 0) & (np.abs(W[:, g]) >= np.abs(W[:, h]))
             W[tie, g] = np.sign(W[tie, g]) * np.abs(W[tie, h]) * (1.0 - 1e-9)
-    contrib = S[:, None, :] * W[None, :, :]
-    winner = np.abs(contrib).argmax(axis=2)
-    clean = np.take_along_axis(contrib, winner[:, :, None], axis=2)[:, :, 0]
-    return W, clean
+    return W, _max_images(W, S != 0)
 
 
 def _oracle_params(model: str, data: Any, n: int) -> dict[str, Any] | None:
