@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 
@@ -123,3 +126,42 @@ def em_step(est, Y, params, iteration: int):
     stats = learner.estep(Y, Communicator(None), iteration)
     metrics = learner.mstep(dict(stats), iteration)
     return learner.params, metrics, stats
+
+
+def killed_run(job, out, kill_after: int) -> int:
+    """Start the job on 2 ranks and SIGKILL every process of it once rank 0 has logged
+    iteration ``kill_after``; returns the checkpoint iteration the file was left at."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    fit = [sys.executable, "-m", "prosper", "fit", str(job), "--out", str(out)]
+    proc = subprocess.Popen(
+        [mpiexec_path(), "-n", "2", *fit, "--log-level", "DEBUG"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=job.parent,
+        env=env,
+        start_new_session=True,  # the launcher and both ranks in one process group
+    )
+    deadline = time.time() + 120
+    try:
+        for line in proc.stderr:
+            # the solver's line after the checkpoint ("iteration k: {metrics}"), not the
+            # repairs' "iteration k: latent ..." logged in the M-step before it
+            if f"iteration {kill_after}: {{" in line or time.time() > deadline:
+                break
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    # the killed ranks release the file's lock when the kernel has reaped them, which on a
+    # loaded machine may be a moment after the launcher is gone
+    for _ in range(150):
+        try:
+            f = h5py.File(out, "r")
+            break
+        except BlockingIOError:
+            time.sleep(0.2)
+    else:
+        raise AssertionError(f"{out} is still locked 30 s after the kill")
+    with f:
+        assert "model" not in f, "the run finished before the kill: raise N_ITER"
+        return int(f["checkpoint"].attrs["iteration"])

@@ -6,18 +6,12 @@ Adding a model is one line in MODELS: its [model] table and its [data] table.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-
 import h5py
 import numpy as np
 import pytest
 
 from prosper.data.kronecker import kronecker_problem
-from tests.helpers import ROOT, mpiexec_path, run_mpi
+from tests.helpers import killed_run, mpiexec_path, run_mpi
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 
@@ -66,45 +60,6 @@ import sys
 from prosper.cli import main
 sys.exit(max(main(["fit", *job.split()]) for job in sys.argv[1:]))
 """
-
-
-def killed_run(job, out, kill_after: int) -> int:
-    """Start the job on 2 ranks and SIGKILL every process of it once rank 0 has logged
-    iteration ``kill_after``; returns the checkpoint iteration the file was left at."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    fit = [sys.executable, "-m", "prosper", "fit", str(job), "--out", str(out)]
-    proc = subprocess.Popen(
-        [mpiexec_path(), "-n", "2", *fit, "--log-level", "DEBUG"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=job.parent,
-        env=env,
-        start_new_session=True,  # the launcher and both ranks in one process group
-    )
-    deadline = time.time() + 120
-    try:
-        for line in proc.stderr:
-            # the solver's line after the checkpoint ("iteration k: {metrics}"), not the
-            # repairs' "iteration k: latent ..." logged in the M-step before it
-            if f"iteration {kill_after}: {{" in line or time.time() > deadline:
-                break
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    # the killed ranks release the file's lock when the kernel has reaped them, which on a
-    # loaded machine may be a moment after the launcher is gone
-    for _ in range(150):
-        try:
-            f = h5py.File(out, "r")
-            break
-        except BlockingIOError:
-            time.sleep(0.2)
-    else:
-        raise AssertionError(f"{out} is still locked 30 s after the kill")
-    with f:
-        assert "model" not in f, "the run finished before the kill: raise N_ITER"
-        return int(f["checkpoint"].attrs["iteration"])
 
 
 @pytest.fixture(scope="module")

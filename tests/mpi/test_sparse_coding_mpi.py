@@ -3,20 +3,14 @@ with SIGKILL resumes to the uninterrupted result."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 import prosper
 from prosper.data import get_generator
-from tests.helpers import ROOT, mpiexec_path, run_mpi
+from tests.helpers import ROOT, killed_run, mpiexec_path, run_mpi
 
 pytestmark = pytest.mark.mpi
 
@@ -83,21 +77,13 @@ name = "sparse_coding"
 H = 24
 penalty = "{penalty}"
 lam = 0.1
-n_iter = 12
+n_iter = 20
 batch_size = 100
 random_state = 5
 
 [data]
 file = "Y.npy"
 """
-
-
-def _checkpoint_iteration(path: Path) -> int:
-    try:
-        with h5py.File(path, "r") as f:
-            return int(f["checkpoint"].attrs["iteration"])
-    except (OSError, KeyError):
-        return 0
 
 
 @pytest.mark.parametrize("penalty", ["l0"])
@@ -115,28 +101,11 @@ def test_sigkill_and_resume_gives_the_uninterrupted_result(tmp_path, penalty):
     full = tmp_path / "full.h5"
     run_mpi(2, ["prosper", "fit", "job.toml", "--out", str(full)], cwd=tmp_path)
     killed = tmp_path / "killed.h5"
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     stop_after = int(np.random.default_rng().integers(1, 10))
-    proc = subprocess.Popen(
-        [exe, "-n", "2", sys.executable, "-m", "prosper", "fit", "job.toml", "--out", str(killed)],
-        cwd=tmp_path,
-        env=env,
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline:
-        if _checkpoint_iteration(killed) >= stop_after:
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait(timeout=30)
-    reached = _checkpoint_iteration(killed)
-    assert 0 < reached < 12 or proc.returncode == 0, "the run was not interrupted"
+    reached = killed_run(tmp_path / "job.toml", killed, stop_after)
+    assert stop_after <= reached < 20, (stop_after, reached)
     run_mpi(2, ["prosper", "fit", "job.toml", "--out", str(killed), "--resume"], cwd=tmp_path)
     a, b = prosper.load(full), prosper.load(killed)
-    assert b.n_iter_ == 12
+    assert b.n_iter_ == 20
     np.testing.assert_allclose(b.W_, a.W_, rtol=0, atol=1e-10)
     np.testing.assert_allclose(b.free_energy_, a.free_energy_, rtol=0, atol=1e-10)
