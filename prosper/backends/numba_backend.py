@@ -90,6 +90,7 @@ def numba_threads(n: int) -> Iterator[int]:
 __all__ = [
     "KERNELS",
     "gsc_estep",
+    "linear_activity_pairs",
     "linear_estep",
     "linear_posterior_mean",
     "mca_estep",
@@ -197,6 +198,7 @@ def _linear_kernel(
     full,
     Hp,
     nz,
+    mom_nz,
     lp,
     parent,
     err_terms,
@@ -223,7 +225,9 @@ def _linear_kernel(
 
     Writes ``log_marginal`` (B,) and, with ``accumulate``, <s> into ``mean`` (B, H) and the
     per-chunk partial sums ``ss_part`` (n_chunks, H, H) and ``counts_part``
-    (n_chunks, V-1). State order: [zero, singletons value-major, table rows].
+    (n_chunks, V-1). State order: [zero, singletons value-major, table rows]. The moments
+    weigh a latent's value v by ``mom_nz`` (the singletons) and ``mom_coef`` (the table):
+    ``nz`` and its products give <s> and Σ<s sᵀ>, ones give <1{s ≠ 0}> and the co-activations.
     """
     B, H = WY.shape
     V1 = nz.shape[0]
@@ -354,7 +358,7 @@ def _linear_kernel(
                 for j in range(nb):
                     MT[h, j] = 0.0
             for v in range(V1):
-                s = nz[v]
+                s = mom_nz[v]
                 cn = CN[v]
                 for h in range(H):
                     qk = Q[1 + v * H + h]
@@ -412,9 +416,13 @@ def _linear_kernel(
             counts_part[c, v] += CN[v].sum()
 
 
-def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):
+def _run(
+    Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate, activity=False
+):
     """GEMMs and kernel of one batch: log marginals (B,), and <s> (B, H) plus the statistics'
-    parts (``ss`` (H, H), ``counts`` (V-1,), weights (B,), ||y||² (B,)) when ``accumulate``."""
+    parts (``ss`` (H, H), ``counts`` (V-1,), weights (B,), ||y||² (B,)) when ``accumulate``.
+    With ``activity`` the moments count non-zero latents instead: <1{s ≠ 0}> and
+    Σ<1{s_g ≠ 0} 1{s_h ≠ 0}> in place of <s> and Σ<s sᵀ>."""
     Y = np.asarray(Y)
     B, D = Y.shape
     H = W.shape[1]
@@ -425,6 +433,12 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
     yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
     terms = table_terms(states.table, states.values)
     nz = np.ascontiguousarray(states.values[1:], dtype=np.float64)
+    mom_nz, mom_coef = nz, terms.mom_coef
+    if activity:  # every non-zero value, and so every product of them, counts as 1
+        mom_nz = np.ones_like(nz)
+        mom_coef = (np.arange(mom_coef.shape[1])[None, :] < terms.mom_terms[:, None]).astype(
+            np.float64
+        )
     # the scores by the shared NumPy expression, so that every backend ranks the same numbers
     scores = np.zeros((0, H)) if states.full else preselection_scores(WY, presel)
     n_chunks = max(1, min(B, numba.get_num_threads()))
@@ -443,6 +457,7 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
             bool(states.full),
             int(terms.n_slots),
             nz,
+            mom_nz,
             state_log_prior(value_logp, H, states.value_counts),
             terms.parent,
             terms.err_terms,
@@ -450,7 +465,7 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
             terms.err_coef,
             terms.mom_terms,
             terms.mom_index,
-            terms.mom_coef,
+            mom_coef,
             terms.pair_a,
             terms.pair_b,
             float(-0.5 * D * np.log(2.0 * np.pi * sigma2)),
@@ -513,6 +528,33 @@ def linear_posterior_mean(
     Arguments as for :func:`linear_estep`.
     """
     return _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)[1]
+
+
+def linear_activity_pairs(
+    Y: np.ndarray,
+    W: np.ndarray,
+    sigma2: float,
+    value_logp: np.ndarray,
+    states: ExpectationTruncation,
+    presel: tuple[np.ndarray, np.ndarray],
+    beta: float,
+    prior_beta: float,
+    mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Σ_n <1{s_g ≠ 0} 1{s_h ≠ 0}> (H, H) of one batch under the truncated posterior at the
+    inverse temperatures ``beta``, ``prior_beta``, weighted by ``mask``: the co-activations
+    that the repairs of :class:`prosper.models.base.ActivityRepairs` read.
+
+    Arguments as for :func:`linear_estep`. This is the E-step's own kernel with every
+    non-zero value counted as one, so it costs one E-step pass; the sweep over explicit
+    states it replaces cost about 40 passes at 10x10 DSC bars (1721 states per point).
+    """
+    return _run(
+        Y, W, float(sigma2), value_logp, states, presel, beta, prior_beta, mask, True, True
+    )[2]
+
+
+KERNELS["linear_activity_pairs"] = linear_activity_pairs
 
 
 def needs_compiling() -> bool:

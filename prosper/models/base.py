@@ -352,6 +352,22 @@ class TruncatedModel(ABC):
         """
         return {}
 
+    def repair_batch(
+        self,
+        Y: np.ndarray,
+        states: ExpectationTruncation,
+        params: Params,
+        beta: float,
+        prior_beta: float,
+        mask: np.ndarray | None,
+        backend: ModuleType,
+    ) -> dict[str, np.ndarray] | None:
+        """:meth:`repair_statistics` of a batch under ET states by a fused kernel of
+        ``backend`` (arguments as :meth:`estep_batch`), or None where the backend has none:
+        the solver then scores the batch's explicit candidate states and calls
+        :meth:`repair_statistics`."""
+        return None
+
     def canonical_params(self, params: Params) -> Params:
         """The same model in its documented gauge (where parameters trade scale).
 
@@ -634,6 +650,26 @@ class ActivityRepairs:
         on = (self.values != 0).astype(np.float64)
         moments = backend.KERNELS["linear_state_stats"](X, q, on)
         return {"pairs": np.asarray(moments[1], dtype=np.float64)}
+
+    def repair_batch(self, Y, states, params, beta, prior_beta, mask, backend):
+        """``pairs`` of :meth:`repair_statistics` by the backend's fused E-step kernel with
+        every non-zero value counted as one (``linear_activity_pairs``), where it has one."""
+        run = backend_kernel(backend, "linear_activity_pairs")
+        if run is None:
+            return None
+        W = params["W"].astype(Y.dtype, copy=False)
+        pairs = run(
+            Y,
+            W,
+            self.sigma2(params),
+            self.value_log_prior(params),
+            states,
+            self.preselection_coefficients(params),
+            beta,
+            prior_beta,
+            mask,
+        )
+        return {"pairs": np.asarray(pairs, dtype=np.float64)}
 
     def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
         """Σ_n <1{s_g ≠ 0} 1{s_h ≠ 0}> (:meth:`repair_statistics`); None in an iteration

@@ -421,15 +421,23 @@ class TruncatedEM:
         total: dict[str, np.ndarray] = {}
         for rows in self._batches(Y.shape[0]):
             block = Y[rows]
+            weight = None if mask is None else np.asarray(mask[rows], dtype=np.float64)
             if self.evolutionary:
-                X = self.states.X[rows]  # this E-step's states, after its search
+                part, X = None, self.states.X[rows]  # this E-step's states, after its search
             else:
-                X = self.model.candidates(block, self.states, self.params).indices()
-            ll, lp = self.model.state_scorer(block, self.params, self.backend, beta)[1](X)
-            q = log_normalise(beta * np.asarray(ll) + prior_beta * np.asarray(lp))[1]
-            if mask is not None:
-                q = q * np.asarray(mask[rows], dtype=np.float64)[:, None]
-            part = self.model.repair_statistics(X, q, self.backend)
+                # a fused kernel where the backend has one (no explicit states), else the
+                # batch's candidate states enumerated
+                part = self.model.repair_batch(
+                    block, self.states, self.params, beta, prior_beta, weight, self.backend
+                )
+                if part is None:
+                    X = self.model.candidates(block, self.states, self.params).indices()
+            if part is None:
+                ll, lp = self.model.state_scorer(block, self.params, self.backend, beta)[1](X)
+                q = log_normalise(beta * np.asarray(ll) + prior_beta * np.asarray(lp))[1]
+                if weight is not None:
+                    q = q * weight[:, None]
+                part = self.model.repair_statistics(X, q, self.backend)
             total = {k: total[k] + part[k] for k in part} if total else part
         return total
 

@@ -7,8 +7,11 @@ import pytest
 
 from prosper import DSC
 from prosper.backends import get_backend
+from prosper.backends.numpy_backend import log_normalise
 from prosper.data import bars
 from prosper.models.dsc import DSCModel
+from prosper.models.tsc import TSCModel
+from prosper.solvers.states import ExpectationTruncation
 from prosper.solvers.truncated import REASSIGN_EVERY
 from tests.helpers import bars_found, em_step
 
@@ -91,3 +94,35 @@ def test_no_repair_at_the_generating_parameters(amplitude_bars):
     data = amplitude_bars
     _, metrics, _ = em_step(DSC(**SETTINGS), data.Y, _params(data.W.copy()), REASSIGN_EVERY)
     assert metrics["merged"] == 0 and metrics["reassigned"] == -1
+
+
+# -- the fused co-activation count ------------------------------------------------------------
+@pytest.mark.parametrize(
+    "model, pi",
+    [
+        (DSCModel(9, 16, values=VALUES), np.array([0.7, 0.1, 0.1, 0.1])),
+        (DSCModel(9, 16, values=(-1.0, 0.0, 2.0)), np.array([0.2, 0.7, 0.1])),
+        (TSCModel(9, 16), np.asarray(0.3)),
+    ],
+    ids=["dsc", "dsc-signed", "tsc"],
+)
+def test_fused_pairs_equal_the_sweep_over_explicit_states(model, pi):
+    """numba's ``linear_activity_pairs`` (the E-step kernel counting every non-zero value as
+    one) gives the co-activations of the sweep over the batch's explicit candidate states,
+    under annealing and data selection, to round-off."""
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(16, 9))
+    params = {"W": W, "pi": pi, "sigma": np.asarray(0.8)}
+    Y = rng.normal(size=(150, 16)) @ np.diag(rng.uniform(0.5, 2.0, 16))
+    states = ExpectationTruncation(9, 5, 3, model.values)
+    mask = (rng.uniform(size=150) < 0.7).astype(np.float64)
+    beta, prior_beta = 0.4, 0.6
+    numpy_backend, numba_backend = get_backend("numpy"), get_backend("numba")
+    assert model.repair_batch(Y, states, params, beta, prior_beta, mask, numpy_backend) is None
+    fused = model.repair_batch(Y, states, params, beta, prior_beta, mask, numba_backend)["pairs"]
+    X = model.candidates(Y, states, params).indices()
+    ll, lp = model.state_scorer(Y, params, numpy_backend)[1](X)
+    q = log_normalise(beta * ll + prior_beta * lp)[1] * mask[:, None]
+    swept = model.repair_statistics(X, q, numpy_backend)["pairs"]
+    assert swept[np.triu_indices(9, 1)].max() > 1.0  # latents are on together
+    np.testing.assert_allclose(fused, swept, rtol=1e-10, atol=1e-10)
