@@ -42,7 +42,7 @@ import sys
 import numba
 import numpy as np
 from numba import njit, prange
-from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.cpython.unsafe.numbers import leading_zeros, trailing_zeros
 
 from prosper.backends.evolution import GOLDEN, M1, M2
 
@@ -502,40 +502,44 @@ def _score_bits(mask, WY, WtW, yy, v1, dprior, prior0, inv2s2, const):  # pragma
 
 
 @njit(cache=True, inline="always")
-def _draw_bit(blocked, proposal, cum, H, u):  # pragma: no cover - compiled
+def _draw_bit(blocked, proposal, cum, shifts, H, full, u):  # pragma: no cover - compiled
     """_draw_latent for the blocked latents given as a mask (the parent's active latents
-    less the removed one): the same sums in the same order."""
+    less the removed one): the same sums in the same order, and the same latent.
+
+    The blocked mass before each run of eligible latents (shifts[k]: the first k blocked
+    latents' proposal, summed in ascending order) is formed first; then every latent is
+    tested at once, cum[h] - shift > target, into a mask whose lowest eligible set bit is
+    the first eligible latent above the target. A fixed loop of H tests costs less than
+    walking the runs and searching the one that holds the target, whose lengths and exits
+    vary from child to child (mispredicted branches)."""
     _dbit_mass = 0.0
+    shifts[0] = 0.0
+    _dbit_n = 0
     _dbit_rest = blocked
     while _dbit_rest != 0:
         _dbit_mass += proposal[_lowest(_dbit_rest)]
         _dbit_rest &= _dbit_rest - _ONE
+        _dbit_n += 1
+        shifts[_dbit_n] = _dbit_mass
     _dbit_target = u * (cum[H - 1] - _dbit_mass)
-    _dbit_shift = 0.0
-    _dbit_lo = 0
-    _dbit_h = -1
-    _dbit_last = H - 1
-    _dbit_rest = blocked
-    while True:
-        _dbit_hi = H
-        if _dbit_rest != 0:
-            _dbit_hi = _lowest(_dbit_rest)
-            _dbit_rest &= _dbit_rest - _ONE
-        if _dbit_lo < _dbit_hi:  # the run _dbit_lo .. _dbit_hi - 1 of eligible latents
-            if cum[_dbit_hi - 1] - _dbit_shift > _dbit_target:
-                _dbit_h = _first_above(cum, _dbit_shift, _dbit_target, _dbit_lo, _dbit_hi - 1)
-                break
-            _dbit_last = _dbit_hi - 1
-        if _dbit_hi == H:
-            break
-        _dbit_shift += proposal[_dbit_hi]
-        _dbit_lo = _dbit_hi + 1
-    return _dbit_h if _dbit_h >= 0 else _dbit_last
+    _dbit_above = np.uint64(0)
+    _dbit_k = np.int64(0)  # blocked latents below h
+    for _dbit_h in range(H):
+        _dbit_above |= np.uint64(cum[_dbit_h] - shifts[_dbit_k] > _dbit_target) << np.uint64(
+            _dbit_h
+        )
+        _dbit_k += np.int64((blocked >> np.uint64(_dbit_h)) & _ONE)
+    _dbit_eligible = ~blocked & full
+    _dbit_above &= _dbit_eligible
+    # none above (rounding): the last eligible latent
+    if _dbit_above == 0:
+        return 63 - np.int64(leading_zeros(_dbit_eligible))
+    return _lowest(_dbit_above)
 
 
 @njit(cache=True, inline="always")
 def _children_bits(
-    kmask, kcount, kll, klp, fcdf, proposal, cum, base, cmask, ccount, P, C, H
+    kmask, kcount, kll, klp, fcdf, proposal, cum, shifts, full, base, cmask, ccount, P, C, H
 ):  # pragma: no cover - compiled
     """The P C children of one generation (the choices of _make_children with one non-zero
     value: three moves, the value always 1) into cmask and ccount."""
@@ -575,7 +579,9 @@ def _children_bits(
                 _cbit_child &= ~(_cbit_rest & (~_cbit_rest + _ONE))
                 _cbit_cm -= 1
             if _cbit_move != 1:  # add or swap
-                _cbit_on = _draw_bit(_cbit_child, proposal, cum, H, _uniform(base, _cbit_ub + 1))
+                _cbit_on = _draw_bit(
+                    _cbit_child, proposal, cum, shifts, H, full, _uniform(base, _cbit_ub + 1)
+                )
                 _cbit_child |= _ONE << np.uint64(_cbit_on)
                 _cbit_cm += 1
             cmask[_cbit_c] = _cbit_child
@@ -642,6 +648,7 @@ def _search_rows_bits(
     cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
     fcdf = np.empty(S)
     cum = np.empty(H)
+    shifts = np.empty(H + 1)  # blocked mass before each run (_draw_bit)
     lj = np.empty(S)
     q = np.empty(S)
     # With words, a row's S H value indices pass through a stream of S H bits (bit o set
@@ -700,8 +707,9 @@ def _search_rows_bits(
         for g in range(gen_keys.shape[0]):
             base = _row_base(rows[b], gen_keys[g])
             _children_bits(
-                kmask, kcount, kll, klp, fcdf, proposal[b], cum, base, cmask, ccount, P, C, H
-            )
+                kmask, kcount, kll, klp, fcdf, proposal[b], cum, shifts, full, base, cmask, ccount,
+                P, C, H,
+            )  # fmt: skip
             # The candidates as in _search_rows: a child that beats the worst kept state and
             # is no copy of a kept state or of an earlier candidate. A copy of a kept state
             # or of any earlier child of the generation is not scored: it cannot be one (a
