@@ -480,61 +480,67 @@ def _popcount(x):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _score_bits(mask, WY, WtW, yy, v1, dprior, prior0, inv2s2, const):  # pragma: no cover
-    """(ll, lp) of a binary state as _score computes them (dprior = value_logp[1] -
-    value_logp[0], prior0 = H value_logp[0], v1 = values[1])."""
-    _sbit_prior = prior0
-    _sbit_lin = 0.0
-    _sbit_quad = 0.0
-    _sbit_rest = mask
-    while _sbit_rest != 0:
-        _sbit_h = _lowest(_sbit_rest)
-        _sbit_rest &= _sbit_rest - _ONE
-        _sbit_prior += dprior
-        _sbit_lin += v1 * WY[_sbit_h]
-        _sbit_row = 0.0
-        _sbit_below = mask & ((_ONE << np.uint64(_sbit_h)) - _ONE)
-        while _sbit_below != 0:
-            _sbit_row += WtW[_sbit_h, _lowest(_sbit_below)] * v1
-            _sbit_below &= _sbit_below - _ONE
-        _sbit_quad += v1 * (2.0 * _sbit_row + v1 * WtW[_sbit_h, _sbit_h])
-    return const - (yy - 2.0 * _sbit_lin + _sbit_quad) * inv2s2, _sbit_prior
+def _score_masks(
+    masks, counts, todo, n, WY, WtW, quad2, prior_m, yy, v1, inv2s2, const, out_ll, out_lp
+):  # pragma: no cover - compiled
+    """(ll, lp) of the binary states masks[k] (counts[k] active latents) for k in todo[:n],
+    into out_ll[k], out_lp[k], as _score computes them (v1 = values[1]; quad2 and prior_m
+    from _pair_terms).
+
+    The quadratic term of the two lowest active latents does not depend on the data point,
+    so it comes from the table quad2 (most states of a sparse model have at most two), and
+    only the later latents, if any, are summed here, in _score's order. One call scores
+    many states: each array passed to an inlined function costs an atomic reference count
+    increment and decrement per call, which per state cost more than the score."""
+    for _smas_i in range(n):
+        _smas_k = todo[_smas_i]
+        _smas_mask = masks[_smas_k]
+        _smas_lin = 0.0
+        _smas_quad = 0.0
+        if _smas_mask != 0:
+            _smas_h = _lowest(_smas_mask)
+            _smas_lin += v1 * WY[_smas_h]
+            _smas_rest = _smas_mask & (_smas_mask - _ONE)
+            if _smas_rest == 0:
+                _smas_quad = quad2[_smas_h, _smas_h]
+            else:
+                _smas_h2 = _lowest(_smas_rest)
+                _smas_rest &= _smas_rest - _ONE
+                _smas_lin += v1 * WY[_smas_h2]
+                _smas_quad = quad2[_smas_h, _smas_h2]
+                while _smas_rest != 0:
+                    _smas_h = _lowest(_smas_rest)
+                    _smas_rest &= _smas_rest - _ONE
+                    _smas_lin += v1 * WY[_smas_h]
+                    _smas_row = 0.0
+                    _smas_below = _smas_mask & ((_ONE << np.uint64(_smas_h)) - _ONE)
+                    while _smas_below != 0:
+                        _smas_row += WtW[_smas_h, _lowest(_smas_below)] * v1
+                        _smas_below &= _smas_below - _ONE
+                    _smas_quad += v1 * (2.0 * _smas_row + v1 * WtW[_smas_h, _smas_h])
+        out_ll[_smas_k] = const - (yy - 2.0 * _smas_lin + _smas_quad) * inv2s2
+        out_lp[_smas_k] = prior_m[counts[_smas_k]]
 
 
 @njit(cache=True, inline="always")
-def _draw_bit(blocked, proposal, cum, shifts, H, full, u):  # pragma: no cover - compiled
-    """_draw_latent for the blocked latents given as a mask (the parent's active latents
-    less the removed one): the same sums in the same order, and the same latent.
-
-    The blocked mass before each run of eligible latents (shifts[k]: the first k blocked
-    latents' proposal, summed in ascending order) is formed first; then every latent is
-    tested at once, cum[h] - shift > target, into a mask whose lowest eligible set bit is
-    the first eligible latent above the target. A fixed loop of H tests costs less than
-    walking the runs and searching the one that holds the target, whose lengths and exits
-    vary from child to child (mispredicted branches)."""
-    _dbit_mass = 0.0
-    shifts[0] = 0.0
-    _dbit_n = 0
-    _dbit_rest = blocked
-    while _dbit_rest != 0:
-        _dbit_mass += proposal[_lowest(_dbit_rest)]
-        _dbit_rest &= _dbit_rest - _ONE
-        _dbit_n += 1
-        shifts[_dbit_n] = _dbit_mass
-    _dbit_target = u * (cum[H - 1] - _dbit_mass)
-    _dbit_above = np.uint64(0)
-    _dbit_k = np.int64(0)  # blocked latents below h
-    for _dbit_h in range(H):
-        _dbit_above |= np.uint64(cum[_dbit_h] - shifts[_dbit_k] > _dbit_target) << np.uint64(
-            _dbit_h
-        )
-        _dbit_k += np.int64((blocked >> np.uint64(_dbit_h)) & _ONE)
-    _dbit_eligible = ~blocked & full
-    _dbit_above &= _dbit_eligible
-    # none above (rounding): the last eligible latent
-    if _dbit_above == 0:
-        return 63 - np.int64(leading_zeros(_dbit_eligible))
-    return _lowest(_dbit_above)
+def _pair_terms(WtW, v1, value_logp, H, quad2, prior_m):  # pragma: no cover - compiled
+    """The parts of a binary state's log-joint that depend on its two lowest active
+    latents or its active count only, summed as _score sums them: quad2[h, h] the quadratic
+    term of latent h alone, quad2[h, g] (h < g) that of h and g (the first two terms of
+    _score's sum), prior_m[m] the log-prior of m active latents."""
+    for h in range(H):
+        first = 0.0
+        first += v1 * (2.0 * 0.0 + v1 * WtW[h, h])
+        quad2[h, h] = first
+        for g in range(h + 1, H):
+            row = 0.0
+            row += WtW[g, h] * v1
+            quad2[h, g] = first + v1 * (2.0 * row + v1 * WtW[g, g])
+    prior = H * value_logp[0]
+    prior_m[0] = prior
+    for m in range(1, H + 1):
+        prior += value_logp[1] - value_logp[0]
+        prior_m[m] = prior
 
 
 @njit(cache=True, inline="always")
@@ -542,7 +548,42 @@ def _children_bits(
     kmask, kcount, kll, klp, fcdf, proposal, cum, shifts, full, base, cmask, ccount, P, C, H
 ):  # pragma: no cover - compiled
     """The P C children of one generation (the choices of _make_children with one non-zero
-    value: three moves, the value always 1) into cmask and ccount."""
+    value: three moves, the value always 1) into cmask and ccount.
+
+    An add move's latent is drawn as _draw_latent draws it, from the proposal over the
+    latents inactive after the removal (blocked: the parent's active latents less the
+    removed one), with the same sums in the same order: the blocked mass before each run of
+    eligible latents (shifts[k]: the first k blocked latents' proposal, summed in ascending
+    order) is formed first; then every latent is tested, cum[h] - shift > target, into a
+    mask whose lowest eligible set bit is the first eligible latent above the target (none
+    above, by rounding: the last eligible latent). A fixed loop of H tests costs less than
+    walking the runs and searching the one that holds the target, whose lengths and exits
+    vary from child to child (mispredicted branches). The draw is a closure rather than an
+    inlined function of its own, which would count references to its three arrays at every
+    child."""
+
+    def _draw_bit(blocked, u):
+        mass = 0.0
+        shifts[0] = 0.0
+        n = 0
+        rest = blocked
+        while rest != 0:
+            mass += proposal[_lowest(rest)]
+            rest &= rest - _ONE
+            n += 1
+            shifts[n] = mass
+        target = u * (cum[H - 1] - mass)
+        above = np.uint64(0)
+        k = np.int64(0)  # blocked latents below h
+        for h in range(H):
+            above |= np.uint64(cum[h] - shifts[k] > target) << np.uint64(h)
+            k += np.int64((blocked >> np.uint64(h)) & _ONE)
+        eligible = ~blocked & full
+        above &= eligible
+        if above == 0:
+            return 63 - np.int64(leading_zeros(eligible))
+        return _lowest(above)
+
     _cbit_S = kmask.shape[0]
     _cbit_low = np.inf
     for _cbit_i in range(_cbit_S):
@@ -579,10 +620,9 @@ def _children_bits(
                 _cbit_child &= ~(_cbit_rest & (~_cbit_rest + _ONE))
                 _cbit_cm -= 1
             if _cbit_move != 1:  # add or swap
-                _cbit_on = _draw_bit(
-                    _cbit_child, proposal, cum, shifts, H, full, _uniform(base, _cbit_ub + 1)
+                _cbit_child |= _ONE << np.uint64(
+                    _draw_bit(_cbit_child, _uniform(base, _cbit_ub + 1))
                 )
-                _cbit_child |= _ONE << np.uint64(_cbit_on)
                 _cbit_cm += 1
             cmask[_cbit_c] = _cbit_child
             ccount[_cbit_c] = _cbit_cm
@@ -625,8 +665,9 @@ def _search_rows_bits(
     S, H = X.shape[1], X.shape[2]
     PC = P * C
     v1 = values[1]
-    dprior = value_logp[1] - value_logp[0]
-    prior0 = H * value_logp[0]
+    quad2 = np.empty((H, H))
+    prior_m = np.empty(H + 1)
+    _pair_terms(WtW, v1, value_logp, H, quad2, prior_m)
     # the kept states, best first: mask, active count, ll (-inf: duplicate), lp, -(ll + lp)
     kmask = np.empty(S, dtype=np.uint64)
     kcount = np.empty(S, dtype=np.int64)
@@ -645,10 +686,11 @@ def _search_rows_bits(
     cll = np.empty(PC)
     clp = np.empty(PC)
     ckey = np.empty(PC)
+    fresh = np.empty(PC, dtype=np.int64)  # children that copy no state seen before
     cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
     fcdf = np.empty(S)
     cum = np.empty(H)
-    shifts = np.empty(H + 1)  # blocked mass before each run (_draw_bit)
+    shifts = np.empty(H + 1)  # blocked mass before each run (_children_bits)
     lj = np.empty(S)
     q = np.empty(S)
     # With words, a row's S H value indices pass through a stream of S H bits (bit o set
@@ -658,6 +700,10 @@ def _search_rows_bits(
     stream = np.zeros(n_stream + 1, dtype=np.uint64)
     full = ~np.uint64(0) if H == 64 else (_ONE << np.uint64(H)) - _ONE
     for b in range(start, stop):
+        # the row's views, made once (a view made per call costs a reference count each)
+        wy = WY[b]
+        yb = yy[b]
+        prop = proposal[b]
         for k in range(S):
             rmask[k] = 0
             rcount[k] = 0
@@ -680,18 +726,19 @@ def _search_rows_bits(
                         rmask[k] |= _ONE << np.uint64(h)
                         rcount[k] += 1
         for k in range(S):
-            ll, lp = _score_bits(rmask[k], WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
+            order[k] = k
+        _score_masks(
+            rmask, rcount, order, S, wy, WtW, quad2, prior_m, yb, v1, inv2s2, const, rll, rlp
+        )
+        for k in range(S):
             # a copy of an earlier state of the row (the slots it leaves free) has no weight;
             # copies are counted without branches (a vectorisable sum)
             n_copies = False
             for i in range(k):
                 n_copies |= rmask[i] == rmask[k]
             if n_copies:
-                ll = -np.inf
-            rll[k] = ll
-            rlp[k] = lp
-            rkey[k] = -(ll + lp)
-            order[k] = k
+                rll[k] = -np.inf
+            rkey[k] = -(rll[k] + rlp[k])
         _sort_slots(order, rkey, S)
         for i in range(S):
             k = order[i]
@@ -702,12 +749,12 @@ def _search_rows_bits(
             kkey[i] = rkey[k]
         acc = 0.0
         for h in range(H):
-            acc += proposal[b, h]
+            acc += prop[h]
             cum[h] = acc
         for g in range(gen_keys.shape[0]):
             base = _row_base(rows[b], gen_keys[g])
             _children_bits(
-                kmask, kcount, kll, klp, fcdf, proposal[b], cum, shifts, full, base, cmask, ccount,
+                kmask, kcount, kll, klp, fcdf, prop, cum, shifts, full, base, cmask, ccount,
                 P, C, H,
             )  # fmt: skip
             # The candidates as in _search_rows: a child that beats the worst kept state and
@@ -715,8 +762,7 @@ def _search_rows_bits(
             # or of any earlier child of the generation is not scored: it cannot be one (a
             # copy of an earlier child scores as that child did and fails as it did, or as
             # its copy), and only a candidate's score is used.
-            worst = kkey[S - 1]
-            n_cand = 0
+            n_new = 0
             for c in range(PC):
                 mask = cmask[c]
                 n_copies = False
@@ -724,28 +770,41 @@ def _search_rows_bits(
                     n_copies |= kmask[i] == mask
                 for i in range(c):
                     n_copies |= cmask[i] == mask
-                if n_copies:
-                    continue
-                ll, lp = _score_bits(mask, WY[b], WtW, yy[b], v1, dprior, prior0, inv2s2, const)
-                cll[c] = ll
-                clp[c] = lp
-                ckey[c] = -(ll + lp)
+                if not n_copies:
+                    fresh[n_new] = c
+                    n_new += 1
+            _score_masks(
+                cmask, ccount, fresh, n_new, wy, WtW, quad2, prior_m, yb, v1, inv2s2, const,
+                cll, clp,
+            )  # fmt: skip
+            worst = kkey[S - 1]
+            n_cand = 0
+            for i in range(n_new):
+                c = fresh[i]
+                ckey[c] = -(cll[c] + clp[c])
                 if ckey[c] < worst:
                     cand[n_cand] = c
                     n_cand += 1
             if n_cand == 0:
                 continue
             _sort_slots(cand, ckey, n_cand)
-            # merge from the back (ties: the kept state first), in place: the kept states
-            # that stay move down, the candidates taken fill the gaps, and the kept states
-            # before the first candidate taken stay where they are
-            n_taken = 0  # how many candidates enter: those before the S-th place
-            i = 0
-            while i + n_taken < S and n_taken < n_cand:
-                if ckey[cand[n_taken]] < kkey[i]:
-                    n_taken += 1
-                else:
-                    i += 1
+            # How many candidates enter: candidate j goes to place j + #(kept states not
+            # after it) of the forward merge (ties: the kept state first), so it enters
+            # while j < #(kept states whose key it beats), counted by a fixed loop over the
+            # kept states (a walk over them until the candidates are placed exits at a
+            # different place each time)
+            n_taken = 0
+            while n_taken < n_cand:
+                key_j = ckey[cand[n_taken]]
+                beaten = 0
+                for i in range(S):
+                    beaten += key_j < kkey[i]
+                if n_taken >= beaten:
+                    break
+                n_taken += 1
+            # merge from the back, in place: the kept states that stay move down, the
+            # candidates taken fill the gaps, and the kept states before the first
+            # candidate taken stay where they are
             i = S - n_taken - 1  # the last kept state that stays
             j = n_taken - 1
             n = S - 1
