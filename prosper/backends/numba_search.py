@@ -460,6 +460,12 @@ def _lowest(bits):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def _low_bits(n):  # pragma: no cover - compiled
+    """The mask of bits 0 .. n - 1 (0 <= n <= 64)."""
+    return ~np.uint64(0) if n >= 64 else (_ONE << np.uint64(n)) - _ONE
+
+
+@njit(cache=True, inline="always")
 def _byte_flags(word):  # pragma: no cover - compiled
     """Bit i set where byte i of a 64-bit word is non-zero (8 bits)."""
     _bfl_bits = word | (word >> np.uint64(4))
@@ -545,43 +551,48 @@ def _pair_terms(WtW, v1, value_logp, H, quad2, prior_m):  # pragma: no cover - c
 
 @njit(cache=True, inline="always")
 def _children_bits(
-    kmask, kcount, kll, klp, fcdf, proposal, cum, shifts, full, base, cmask, ccount, P, C, H
+    kmask, kcount, kll, klp, fcdf, proposal, cum, full, base, cmask, ccount, P, C, H
 ):  # pragma: no cover - compiled
     """The P C children of one generation (the choices of _make_children with one non-zero
     value: three moves, the value always 1) into cmask and ccount.
 
     An add move's latent is drawn as _draw_latent draws it, from the proposal over the
     latents inactive after the removal (blocked: the parent's active latents less the
-    removed one), with the same sums in the same order: the blocked mass before each run of
-    eligible latents (shifts[k]: the first k blocked latents' proposal, summed in ascending
-    order) is formed first; then every latent is tested, cum[h] - shift > target, into a
-    mask whose lowest eligible set bit is the first eligible latent above the target (none
-    above, by rounding: the last eligible latent). A fixed loop of H tests costs less than
-    walking the runs and searching the one that holds the target, whose lengths and exits
-    vary from child to child (mispredicted branches). The draw is a closure rather than an
-    inlined function of its own, which would count references to its three arrays at every
-    child."""
+    removed one), with the same sums in the same order. On a run of eligible latents the
+    eligible running sum is cum minus the blocked mass before the run (shift); cum[h] -
+    shift is ascending in h, so the latents above the target form a final segment, found
+    by counting those not above it in a fixed, vectorisable loop over all H latents; the
+    lowest latent above the target in any run is the one drawn (none, by rounding: the last
+    eligible latent). Fixed loops cost less than searching the run that holds the target,
+    whose lengths and exits vary from child to child (mispredicted branches). The draw is a
+    closure rather than an inlined function of its own, which would count references to
+    its arrays at every child.
+    """
 
     def _draw_bit(blocked, u):
         mass = 0.0
-        shifts[0] = 0.0
-        n = 0
         rest = blocked
         while rest != 0:
             mass += proposal[_lowest(rest)]
             rest &= rest - _ONE
-            n += 1
-            shifts[n] = mass
         target = u * (cum[H - 1] - mass)
         above = np.uint64(0)
-        k = np.int64(0)  # blocked latents below h
-        for h in range(H):
-            above |= np.uint64(cum[h] - shifts[k] > target) << np.uint64(h)
-            k += np.int64((blocked >> np.uint64(h)) & _ONE)
-        eligible = ~blocked & full
-        above &= eligible
+        shift = 0.0  # the blocked mass before the run, summed as mass was
+        lo = 0
+        rest = blocked
+        while True:  # the runs lo .. hi - 1 of eligible latents
+            hi = _lowest(rest) if rest != 0 else H
+            tau = 0  # the latents h with cum[h] - shift <= target: an initial segment
+            for h in range(H):
+                tau += cum[h] - shift <= target
+            above |= _low_bits(hi) & ~_low_bits(max(lo, tau))
+            if rest == 0:
+                break
+            shift += proposal[hi]
+            rest &= rest - _ONE
+            lo = hi + 1
         if above == 0:
-            return 63 - np.int64(leading_zeros(eligible))
+            return 63 - np.int64(leading_zeros(~blocked & full))
         return _lowest(above)
 
     _cbit_S = kmask.shape[0]
@@ -690,7 +701,6 @@ def _search_rows_bits(
     cand = np.empty(PC, dtype=np.int64)  # children that can enter the kept list
     fcdf = np.empty(S)
     cum = np.empty(H)
-    shifts = np.empty(H + 1)  # blocked mass before each run (_children_bits)
     lj = np.empty(S)
     q = np.empty(S)
     # With words, a row's S H value indices pass through a stream of S H bits (bit o set
@@ -754,7 +764,7 @@ def _search_rows_bits(
         for g in range(gen_keys.shape[0]):
             base = _row_base(rows[b], gen_keys[g])
             _children_bits(
-                kmask, kcount, kll, klp, fcdf, prop, cum, shifts, full, base, cmask, ccount,
+                kmask, kcount, kll, klp, fcdf, prop, cum, full, base, cmask, ccount,
                 P, C, H,
             )  # fmt: skip
             # The candidates as in _search_rows: a child that beats the worst kept state and
