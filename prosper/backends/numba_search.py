@@ -31,8 +31,13 @@ set, a copy is found by comparing masks (no hash), the log-joint visits the set 
 ascending order (the order of the sorted list, so the same sums), and a child that copies a
 kept state or an earlier child of its generation is not scored at all (it cannot enter the
 kept list), and a row's stored states are read and written eight bytes at a time through a
-stream of S H bits (no loop over the active latents' bytes). The stored states, choices,
-log-joints and statistics are those of the list form.
+stream of S H bits (no loop over the active latents' bytes). The quadratic term of a
+state's two lowest active latents comes from a table made once per call (it does not depend
+on the data point), the add move's latent from fixed loops over the H latents, and the
+states are scored many per call of an inlined helper: numba counts the references of every
+array passed to an inlined function with an atomic increment and decrement per call, which
+cost more than a state's score. The stored states, choices, log-joints and statistics are
+those of the list form.
 """
 
 from __future__ import annotations
