@@ -539,19 +539,21 @@ def _pair_terms(WtW, v1, value_logp, H, quad2, prior_m):  # pragma: no cover - c
     latents or its active count only, summed as _score sums them: quad2[h, h] the quadratic
     term of latent h alone, quad2[h, g] (h < g) that of h and g (the first two terms of
     _score's sum), prior_m[m] the log-prior of m active latents."""
-    for h in range(H):
-        first = 0.0
-        first += v1 * (2.0 * 0.0 + v1 * WtW[h, h])
-        quad2[h, h] = first
-        for g in range(h + 1, H):
-            row = 0.0
-            row += WtW[g, h] * v1
-            quad2[h, g] = first + v1 * (2.0 * row + v1 * WtW[g, g])
-    prior = H * value_logp[0]
-    prior_m[0] = prior
-    for m in range(1, H + 1):
-        prior += value_logp[1] - value_logp[0]
-        prior_m[m] = prior
+    for _pair_h in range(H):
+        _pair_first = 0.0
+        _pair_first += v1 * (2.0 * 0.0 + v1 * WtW[_pair_h, _pair_h])
+        quad2[_pair_h, _pair_h] = _pair_first
+        for _pair_g in range(_pair_h + 1, H):
+            _pair_row = 0.0
+            _pair_row += WtW[_pair_g, _pair_h] * v1
+            quad2[_pair_h, _pair_g] = _pair_first + v1 * (
+                2.0 * _pair_row + v1 * WtW[_pair_g, _pair_g]
+            )
+    _pair_prior = H * value_logp[0]
+    prior_m[0] = _pair_prior
+    for _pair_m in range(1, H + 1):
+        _pair_prior += value_logp[1] - value_logp[0]
+        prior_m[_pair_m] = _pair_prior
 
 
 @njit(cache=True, inline="always")
@@ -575,30 +577,30 @@ def _children_bits(
     """
 
     def _draw_bit(blocked, u):
-        mass = 0.0
-        rest = blocked
-        while rest != 0:
-            mass += proposal[_lowest(rest)]
-            rest &= rest - _ONE
-        target = u * (cum[H - 1] - mass)
-        above = np.uint64(0)
-        shift = 0.0  # the blocked mass before the run, summed as mass was
-        lo = 0
-        rest = blocked
-        while True:  # the runs lo .. hi - 1 of eligible latents
-            hi = _lowest(rest) if rest != 0 else H
-            tau = 0  # the latents h with cum[h] - shift <= target: an initial segment
-            for h in range(H):
-                tau += cum[h] - shift <= target
-            above |= _low_bits(hi) & ~_low_bits(max(lo, tau))
-            if rest == 0:
+        _dbit_mass = 0.0
+        _dbit_rest = blocked
+        while _dbit_rest != 0:
+            _dbit_mass += proposal[_lowest(_dbit_rest)]
+            _dbit_rest &= _dbit_rest - _ONE
+        _dbit_target = u * (cum[H - 1] - _dbit_mass)
+        _dbit_above = np.uint64(0)
+        _dbit_shift = 0.0  # the blocked mass before the run, summed as the mass was
+        _dbit_lo = 0
+        _dbit_rest = blocked
+        while True:  # the runs _dbit_lo .. _dbit_hi - 1 of eligible latents
+            _dbit_hi = _lowest(_dbit_rest) if _dbit_rest != 0 else H
+            _dbit_tau = 0  # the latents with cum[h] - shift <= target: an initial segment
+            for _dbit_h in range(H):
+                _dbit_tau += cum[_dbit_h] - _dbit_shift <= _dbit_target
+            _dbit_above |= _low_bits(_dbit_hi) & ~_low_bits(max(_dbit_lo, _dbit_tau))
+            if _dbit_rest == 0:
                 break
-            shift += proposal[hi]
-            rest &= rest - _ONE
-            lo = hi + 1
-        if above == 0:
-            return 63 - np.int64(leading_zeros(~blocked & full))
-        return _lowest(above)
+            _dbit_shift += proposal[_dbit_hi]
+            _dbit_rest &= _dbit_rest - _ONE
+            _dbit_lo = _dbit_hi + 1
+        # none above the target (rounding): the last eligible latent
+        _dbit_last = 63 - np.int64(leading_zeros(~blocked & full))
+        return _lowest(_dbit_above) if _dbit_above != 0 else _dbit_last
 
     _cbit_S = kmask.shape[0]
     _cbit_low = np.inf
