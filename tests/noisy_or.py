@@ -72,6 +72,7 @@ class NoisyORModel(TruncatedModel):
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         """``ysP`` (D, H) Σ⟨s_h y_d / P_d(s)⟩, ``s`` (H,) Σ⟨s_h⟩ and ``n`` (weight of the
         points), from weights q (B, K) over index states X (B, K, H)."""
+        q = q * weight[:, None]
         S = X.astype(np.float64)
         P = np.maximum(-np.expm1(self._log_off(S, params)), P_FLOOR)  # (B, K, D)
         R = q[:, :, None] * Y[:, None, :] / P

@@ -595,7 +595,7 @@ def warmup() -> float:
     values = np.arange(2.0)
     linear_state_log_joint(np.zeros((2, 3)), np.eye(3), np.zeros(2), X, values, logp, 1.0, 2)
     linear_state_stats(X, np.ones((2, 2)), values)
-    mca_state_stats(Y, X, np.ones((2, 2)), W, 2.0, False)
+    mca_state_stats(Y, X, np.ones((2, 2)), np.ones(2), W, 2.0, False)
     keys = np.ones((3, 2), dtype=np.uint64)
     evo_select(X, np.zeros((2, 2)), np.zeros((2, 2)), keys, 1)
     evo_children(X, np.zeros((2, 2)), np.ones((2, 3)), 1, np.arange(2), 1, 1, 1)

@@ -167,7 +167,8 @@ def _mca_kernel(
 
     Mode 1 writes the masked singleton weights into ``point_q`` (B, H), Σ_k q_k err_k into
     ``point_err``, Σ_k q_k |s_k| into ``point_count`` and the chunks' partial sums of the
-    table states' Σ A and Σ A y into ``A_part`` and ``Ay_part`` (n_chunks, H, D_pad).
+    table states' Σ A and Σ A y into ``A_part`` and ``Ay_part`` (n_chunks, H, D_pad);
+    MMCA's ``L_part``, ``LW_part``, ``LY_part`` sum over all points (``mask`` not applied).
     Mode 2 writes <s> into ``point_q``. State order: [zero, H singletons, table rows].
     """
     B, D = Y.shape
@@ -198,6 +199,7 @@ def _mca_kernel(
         EN = np.empty(n_slot if classes else 0)
         SL = np.empty(n_slot if classes else 0)  # MMCA: Σ q c (lost) per slot
         SLW = np.empty(n_slot if classes else 0)  # and Σ q c |W̄| (lost to)
+        QA = np.empty(Kc if classes else 0)  # MMCA: q of the table states, unmasked
         TA = np.empty(n_tab)  # max(|t|, tiny)
         lg = np.empty(Dp)  # log |t| of one state
         xr = np.empty(Dp)
@@ -327,7 +329,13 @@ def _mca_kernel(
                         qn[Ino[slots[k, a]]] += qk
                 continue
             w = mask[n] / tot
-            if w == 0.0:
+            if classes:
+                # MMCA's contested statistics count every point, masked or not: a point
+                # ET's data selection cuts can be the only one to show a crossing's order
+                w_all = 1.0 / tot
+                for k in range(Kc):
+                    QA[k] = q[off + k] * w_all
+            elif w == 0.0:
                 for h in range(H):
                     qn[h] = 0.0
                 point_err[n] = 0.0
@@ -375,7 +383,7 @@ def _mca_kernel(
                     SL[i] = 0.0
                     SLW[i] = 0.0
                 for k in range(Kc):
-                    qk = q[off + k]
+                    qk = QA[k]
                     ta = TA[k * Dp : (k + 1) * Dp]
                     rt = ROOT[k * Dp : (k + 1) * Dp]
                     tw = T[k * Dp : (k + 1) * Dp]
@@ -406,6 +414,10 @@ def _mca_kernel(
                         l_row[d] += sl[d]
                         lw_row[d] += slw[d]
                         ly_row[d] += sl[d] * y[d]
+                # A counts the selected points only
+                mn = mask[n]
+                for i in range(n_slot):
+                    S[i] *= mn
             else:
                 for k in range(Kc):
                     qk = q[off + k]
@@ -503,7 +515,8 @@ def mca_estep(
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior in the posterior weights.
     mask : ndarray of shape (B,) or None
-        Weight of each point in the statistics; None = all 1.
+        Weight of each point in the statistics (not in MMCA's ``lost``, ``lost_to``,
+        ``lost_y``, which count every point); None = all 1.
     what : {"stats", "lm", "mean"}
         "stats": log marginals and statistics; "lm": log marginals only; "mean": log
         marginals and <s> (B, H) (call with ``beta = prior_beta = 1``).

@@ -27,7 +27,9 @@ _TINY = np.finfo(np.float64).tiny
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pragma: no cover
+def _terms(
+    Y, X, W, logW, sgnW, rho, signed, summed, q, weight, n_chunks, stats
+):  # pragma: no cover
     B, K, H = X.shape
     D = Y.shape[1]
     err = np.empty((B, K))
@@ -91,8 +93,10 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
                 err[b, k] = e2
                 if not stats:
                     continue
-                w = q[b, k]
-                if w == 0.0:
+                # MMCA's lost statistics count every point (weight not applied)
+                q_all = q[b, k]
+                w = q_all * weight[b]
+                if w == 0.0 and (summed or not signed or q_all == 0.0):
                     continue
                 counts[c] += w * m
                 err_sum[c] += w * e2
@@ -112,7 +116,7 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
                                 Ay[c, h, d] += w * a * Y[b, d]
                                 continue
                             if signed and (sgnW[h, d] > 0.0) != win[d]:
-                                a = w * np.exp(rho * L) / t_abs[d]
+                                a = q_all * np.exp(rho * L) / t_abs[d]
                                 lost[c, h, d] += a
                                 lost_to[c, h, d] += a * root[d] * np.exp(M[d])
                                 lost_y[c, h, d] += a * Y[b, d]
@@ -132,13 +136,14 @@ def _terms(Y, X, W, logW, sgnW, rho, signed, summed, q, n_chunks, stats):  # pra
     )
 
 
-def _run(Y, X, W, rho, signed, q, stats):
+def _run(Y, X, W, rho, signed, q, weight, stats):
     Y = np.ascontiguousarray(Y, dtype=np.float64)
     W = np.ascontiguousarray(W, dtype=np.float64)
     logW = np.ascontiguousarray(np.log(np.abs(W)).T)
     sgnW = np.ascontiguousarray(np.sign(W).T)
     n_chunks = max(1, min(numba.get_num_threads(), X.shape[0]))
     q = np.zeros((1, 1)) if q is None else np.ascontiguousarray(q, dtype=np.float64)
+    weight = np.zeros(1) if weight is None else np.ascontiguousarray(weight, dtype=np.float64)
     summed = int(signed) == 2
     return _terms(
         Y,
@@ -150,6 +155,7 @@ def _run(Y, X, W, rho, signed, q, stats):
         bool(signed),
         summed,
         q,
+        weight,
         n_chunks,
         stats,
     )
@@ -169,18 +175,18 @@ def mca_state_log_joint(Y, X, W, rho, signed):
         larger of the two signs' smoothed maxima, 2: the signed sum
         (``MMCAModel.kernel_mode``).
     """
-    return _run(Y, X, W, rho, signed, None, False)[0]
+    return _run(Y, X, W, rho, signed, None, None, False)[0]
 
 
-def mca_state_stats(Y, X, q, W, rho, signed):
-    """Σ q A (D, H), Σ q A y (D, H), Σ q |s|, Σ q ||y − W̄||² over explicit states and, for
-    MMCA, the statistics ``lost``, ``lost_to`` and ``lost_y`` (D, H) of the pixels where a
-    cause's sign loses (zeros for MCA).
+def mca_state_stats(Y, X, q, weight, W, rho, signed):
+    """Σ w q A (D, H), Σ w q A y (D, H), Σ w q |s|, Σ w q ||y − W̄||² over explicit states
+    and, for MMCA, the statistics ``lost``, ``lost_to`` and ``lost_y`` (D, H) of the pixels
+    where a cause's sign loses, over all points (without w; zeros for MCA).
 
-    ``q`` (B, K) are the posterior weights; the other arguments as for
-    :func:`mca_state_log_joint`.
+    ``q`` (B, K) are the posterior weights, ``weight`` (B,) the points' weights w (ET's
+    data selection); the other arguments as for :func:`mca_state_log_joint`.
     """
-    _, A, Ay, counts, err, lost, lost_to, lost_y = _run(Y, X, W, rho, signed, q, True)
+    _, A, Ay, counts, err, lost, lost_to, lost_y = _run(Y, X, W, rho, signed, q, weight, True)
     return (
         A.T.copy(),
         Ay.T.copy(),

@@ -244,9 +244,10 @@ class TruncatedModel(ABC):
         X : ndarray of uint8, shape (B, K, H)
             States as indices into :attr:`values`.
         q : ndarray of shape (B, K)
-            Posterior weights of the states, already multiplied by ``weight``.
+            Posterior weights of the states (not multiplied by ``weight``).
         weight : ndarray of shape (B,)
-            Weight of each data point (1, or 0/1 under data selection).
+            Weight of each data point in the statistics (1, or 0/1 under data selection);
+            a model may also sum statistics over all points (MMCA's contested statistics).
         params : dict
         backend : module
         beta : float, default=1.0
@@ -564,7 +565,7 @@ class LinearTruncatedModel(TruncatedModel):
         }
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
-        moments = backend.KERNELS["linear_state_stats"](X, q, self.values)
+        moments = backend.KERNELS["linear_state_stats"](X, q * weight[:, None], self.values)
         yy = np.einsum("nd,nd->n", Y, Y, dtype=np.float64)
         return self._moment_stats(Y, yy, weight, *moments)
 

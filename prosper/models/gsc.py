@@ -602,6 +602,7 @@ class GSCModel(TruncatedModel):
         """The statistics of :meth:`estep_batch` (``sy``, ``b``, ``ss``, ``dz``, ``dz2``,
         ``bb``, ``yy``, ``n``) from posterior weights ``q`` (B, K) over explicit spike
         patterns."""
+        q = q * weight[:, None]
         H = self.H
         W = params["W"]
         WY = (Y @ W.astype(Y.dtype, copy=False)).astype(np.float64)

@@ -309,6 +309,9 @@ class MCAModel(TruncatedModel):
             if table.shape[0]:
                 np.put_along_axis(mean, I, np.take_along_axis(mean, I, axis=1) + qm @ table, axis=1)
             return log_marginal, mean
+        # MMCA's contested statistics count every point: a point that ET's data selection
+        # cuts can be the only one that shows the order of a crossing (MMCAModel)
+        qm_all = qm
         if mask is not None:
             q = q * mask[:, None]
             qs, qm = q[:, 1 : 1 + H], q[:, 1 + H :]
@@ -319,7 +322,7 @@ class MCAModel(TruncatedModel):
         if table.shape[0]:
             flat = (I[:, :, None] * self.D + np.arange(self.D)).ravel()
             if self.signed:
-                lost = self._lost(Y, qm, table, sm)
+                lost = self._lost(Y, qm_all, table, sm)
                 for key, value in zip(("lost", "lost_to", "lost_y"), lost, strict=True):
                     extra[key] = (
                         np.bincount(flat, weights=value.ravel(), minlength=H * self.D)
@@ -397,7 +400,7 @@ class MCAModel(TruncatedModel):
         Σ_n <|s|>, ``err`` Σ_n <||y_n − W̄(s)||²>, ``n`` number (weight) of points; MMCA
         also ``lost`` (D, H) Σ_n <c_dh>, ``lost_to`` (D, H) Σ_n <c_dh |W̄_d|> and ``lost_y``
         (D, H) Σ_n <c_dh> y_dn, c_dh the closeness of h where its sign loses
-        (:class:`MMCAModel`).
+        (:class:`MMCAModel`); these three sum over all points, ``mask`` weights the others.
 
         Runs the backend's ``KERNELS["mca_estep"]`` where it has one (numba), else the
         NumPy code here, which is the reference for that kernel.
@@ -568,8 +571,8 @@ class MCAModel(TruncatedModel):
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         """The statistics of :meth:`estep_batch` (``Ay``, ``A``, ``counts``, ``err``, ``n``;
-        MMCA: ``lost``, ``lost_to``, ``lost_y``) from posterior weights ``q`` (B, K) over explicit
-        states X (B, K, H), at the ρ of ``beta``."""
+        MMCA: ``lost``, ``lost_to``, ``lost_y``, over all points as there) from posterior
+        weights ``q`` (B, K) over explicit states X (B, K, H), at the ρ of ``beta``."""
         rho = self.rho(beta)
         H, D = self.H, self.D
         Y = np.asarray(Y, dtype=np.float64)
@@ -577,7 +580,9 @@ class MCAModel(TruncatedModel):
         n = np.array(float(np.sum(weight)))
         kernel = backend.KERNELS.get("mca_state_stats")
         if kernel is not None:
-            A, Ay, counts, err, lost, lost_to, lost_y = kernel(Y, X, q, W, rho, self.kernel_mode)
+            A, Ay, counts, err, lost, lost_to, lost_y = kernel(
+                Y, X, q, weight, W, rho, self.kernel_mode
+            )
             out = {"Ay": Ay, "A": A, "counts": np.array([counts]), "err": np.array(err), "n": n}
             if self.signed:
                 out.update(lost=lost, lost_to=lost_to, lost_y=lost_y)
@@ -589,7 +594,8 @@ class MCAModel(TruncatedModel):
         for start in range(0, X.shape[0], step):
             rows = slice(start, min(start + step, X.shape[0]))
             terms = self._explicit_terms(Y[rows], X[rows], W, rho)
-            qr = q[rows]
+            q_all = q[rows]
+            qr = q_all * weight[rows, None]
             QA = self._explicit_responsibility(terms, rho) * qr[:, :, None, None]
             flat = (terms["idx"][..., None] * D + np.arange(D)).ravel()
             A_sum += np.bincount(flat, QA.ravel(), minlength=(H + 1) * D)
@@ -601,7 +607,7 @@ class MCAModel(TruncatedModel):
                 # closeness c = |W_dh|^ρ / |W̄_d|^ρ where the sign of h loses (see _lost)
                 lost = terms["positive"] != terms["win"][:, :, None, :]
                 C = np.where(lost, terms["E"], 0.0) / terms["t_abs"][:, :, None, :]
-                C *= qr[:, :, None, None]
+                C *= q_all[:, :, None, None]
                 L_sum += np.bincount(flat, C.ravel(), minlength=(H + 1) * D)
                 LY_sum += np.bincount(
                     flat, (C * Y[rows, None, None, :]).ravel(), minlength=(H + 1) * D

@@ -278,7 +278,6 @@ class TruncatedEM:
             return log_marginal, None
         if beta != 1.0 or prior_beta != 1.0:
             q = log_normalise(beta * ll + prior_beta * lp)[1]
-        q *= weight[:, None]
         stats = self.model.state_stats(Y, X, q, weight, self.params, self.backend, beta)
         return log_marginal, stats
 

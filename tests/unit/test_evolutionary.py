@@ -386,7 +386,7 @@ def test_fused_search_estep_equals_search_then_posterior(model_class):
         scores, search = model.state_search(Y, params, kernels)
         Xs, ll, lp = states.evolve(X, None, scores, rows, it, fresh, kernels.KERNELS, search)
         lm, q = log_normalise(ll + lp)
-        q = log_normalise(beta * ll + lp)[1] * weight[:, None]
+        q = log_normalise(beta * ll + lp)[1]
         stats = model.state_stats(Y, Xs, q, weight, params, kernels)
         scores, estep = model.state_estep(Y, params, kernels)
         Xf, lmf, statsf = states.evolve_estep(
