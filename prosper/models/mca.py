@@ -837,7 +837,10 @@ class MMCAModel(MCAModel):
        points with both bars on (0 or 1 at some crossings: contested mass below
        ``lost_min``), and a single point shows its winner by ~40 nats; small values of
        opposite sign at a pixel that neither cause's bar covers give ratios near 0 and
-       are only capped as before.
+       are only capped as before. ``lost``, ``lost_to`` and ``lost_y`` sum over all
+       points, not only those ET's data selection keeps for the W update: a point with
+       both bars of a crossing on is among the worst explained while the order is wrong,
+       and where it is the crossing's only one the selection would hide the order.
 
     Phase 2 alone does not find the order (measured, RESULTS.md session 8): h's own mean
     lies above |W_dg| about half of the time, and once above, the states with both on
