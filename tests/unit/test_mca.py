@@ -394,6 +394,22 @@ def test_mmca_learns_the_magnitude_of_an_opposite_sign_tie():
     assert float(params["sigma"]) < 0.6
 
 
+def _crossing(shown: int, n_empty: int):
+    """MMCA's crossing of causes 0 (+9.8, pixels 0-1) and 1 (−10.2, pixels 0 and 2-7) at
+    pixel 0: one point with both on, whose pixel 0 shows cause ``shown``'s value, 40 points
+    of cause 0, 80 of cause 1 and ``n_empty`` empty ones; the generating parameters."""
+    W = np.zeros((8, 2))
+    W[:2, 0] = 9.8
+    W[[0, 2, 3, 4, 5, 6, 7], 1] = -10.2
+    Y = np.zeros((121 + n_empty, 8))
+    Y[0] = W[:, 0] + W[:, 1]
+    Y[0, 0] = W[0, shown]
+    Y[1:41] = W[:, 0]
+    Y[41:121] = W[:, 1]
+    W = np.where(W == 0, 1e-4, W)
+    return Y, {"W": W, "pi": np.asarray(0.4), "sigma": np.asarray(2.0)}
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 @pytest.mark.parametrize("shown", [0, 1])
 def test_mmca_mstep_lets_the_data_set_the_order_of_a_tie(backend, shown):
@@ -407,16 +423,7 @@ def test_mmca_mstep_lets_the_data_set_the_order_of_a_tie(backend, shown):
         pytest.importorskip("numba")
     from prosper.backends import get_backend
 
-    W = np.zeros((8, 2))
-    W[:2, 0] = 9.8
-    W[[0, 2, 3, 4, 5, 6, 7], 1] = -10.2
-    Y = np.zeros((141, 8))
-    Y[0] = W[:, 0] + W[:, 1]
-    Y[0, 0] = W[0, shown]  # both on
-    Y[1:41] = W[:, 0]
-    Y[41:121] = W[:, 1]
-    W = np.where(W == 0, 1e-4, W)
-    params = {"W": W, "pi": np.asarray(0.4), "sigma": np.asarray(2.0)}
+    Y, params = _crossing(shown, n_empty=20)
     model = MMCAModel(H=2, D=8)
     model.start_iteration(99, 100)  # the second phase: the maximum of the two signs
     states = ExpectationTruncation(2, 2, 2, model.values)
@@ -429,7 +436,7 @@ def test_mmca_mstep_lets_the_data_set_the_order_of_a_tie(backend, shown):
         assert abs(new[0, 0]) == pytest.approx(1.02 * 10.2, rel=1e-3)  # just above the winner
     else:
         assert abs(new[0, 0]) < abs(new[0, 1])
-    np.testing.assert_allclose(new[1:], W[1:], atol=1e-3)  # nothing else moves
+    np.testing.assert_allclose(new[1:], params["W"][1:], atol=1e-3)  # nothing else moves
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -445,16 +452,7 @@ def test_mmca_order_counts_a_point_the_data_selection_cut(backend, path):
     from prosper.backends import get_backend
     from prosper.backends.numpy_backend import log_normalise
 
-    W = np.zeros((8, 2))
-    W[:2, 0] = 9.8
-    W[[0, 2, 3, 4, 5, 6, 7], 1] = -10.2
-    Y = np.zeros((121, 8))
-    Y[0] = W[:, 0] + W[:, 1]
-    Y[0, 0] = W[0, 0]  # both on; the pixel shows cause 0's value
-    Y[1:41] = W[:, 0]
-    Y[41:121] = W[:, 1]
-    W = np.where(W == 0, 1e-4, W)
-    params = {"W": W, "pi": np.asarray(0.4), "sigma": np.asarray(2.0)}
+    Y, params = _crossing(0, n_empty=0)
     mask = np.ones(Y.shape[0])
     mask[0] = 0.0
     model = MMCAModel(H=2, D=8)
