@@ -484,19 +484,18 @@ class LinearTruncatedModel(TruncatedModel):
         W = params["W"].astype(Y.dtype, copy=False)
         return preselection_scores(Y @ W, self.preselection_coefficients(params))
 
-    def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
+    def kernel_args(self, Y, params, states) -> tuple:
+        """The leading arguments of the backends' linear kernels (``linear_estep``,
+        ``linear_posterior_mean``, ``linear_activity_pairs``) for a batch ``Y``: Y, W at Y's
+        precision, σ², log p(s_h = v), the states and the preselection coefficients."""
         W = params["W"].astype(Y.dtype, copy=False)
+        logp = self.value_log_prior(params)
+        presel = self.preselection_coefficients(params)
+        return Y, W, self.sigma2(params), logp, states, presel
+
+    def estep_batch(self, Y, states, params, beta, prior_beta, mask, accumulate, backend):
         return backend.linear_estep(
-            Y,
-            W,
-            self.sigma2(params),
-            self.value_log_prior(params),
-            states,
-            self.preselection_coefficients(params),
-            beta,
-            prior_beta,
-            mask=mask,
-            accumulate=accumulate,
+            *self.kernel_args(Y, params, states), beta, prior_beta, mask=mask, accumulate=accumulate
         )
 
     def _batch_terms(self, Y, params):
@@ -570,14 +569,7 @@ class LinearTruncatedModel(TruncatedModel):
         return self._moment_stats(Y, yy, weight, *moments)
 
     def posterior_mean(self, Y, states, params, backend):
-        return backend.linear_posterior_mean(
-            Y,
-            params["W"].astype(Y.dtype, copy=False),
-            self.sigma2(params),
-            self.value_log_prior(params),
-            states,
-            self.preselection_coefficients(params),
-        )
+        return backend.linear_posterior_mean(*self.kernel_args(Y, params, states))
 
     def latent_usage(self, stats):
         """Σ_n <s_h²>: the diagonal of the second-moment statistic."""
@@ -658,18 +650,7 @@ class ActivityRepairs:
         run = backend_kernel(backend, "linear_activity_pairs")
         if run is None:
             return None
-        W = params["W"].astype(Y.dtype, copy=False)
-        pairs = run(
-            Y,
-            W,
-            self.sigma2(params),
-            self.value_log_prior(params),
-            states,
-            self.preselection_coefficients(params),
-            beta,
-            prior_beta,
-            mask,
-        )
+        pairs = run(*self.kernel_args(Y, params, states), beta, prior_beta, mask)
         return {"pairs": np.asarray(pairs, dtype=np.float64)}
 
     def latent_pairs(self, stats: dict[str, np.ndarray]) -> np.ndarray | None:
