@@ -556,7 +556,9 @@ class LinearTruncatedModel(TruncatedModel):
         """The statistics dict from the posterior moments over explicit states (``mean``
         (B, H) per row, ``ss`` and ``counts`` summed) and ||y||² (B,)."""
         return {
-            "sy": Y.T.astype(np.float64) @ mean,
+            # Yᵀ as a view where Y is float64: astype's copy had the view's layout, so the
+            # product is the same, without a pass that copies the batch
+            "sy": Y.T.astype(np.float64, copy=False) @ mean,
             "ss": ss,
             "counts": counts,
             "yy": np.array(float(weight @ yy)),
