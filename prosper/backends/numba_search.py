@@ -679,7 +679,7 @@ def _search_rows_bits(
     counts,
 ):  # pragma: no cover - compiled
     """_search_rows for binary states of H <= 64 latents held as bit masks: the same states,
-    log-joints and statistics."""
+    log-joints and statistics (ss zero on entry: its upper triangle is summed and mirrored)."""
     S, H = X.shape[1], X.shape[2]
     PC = P * C
     v1 = values[1]
@@ -873,23 +873,33 @@ def _search_rows_bits(
                     for i in range(S):
                         lj[i] = beta * kll[i] + prior_beta * klp[i]
                     _softmax(lj, q, S)
+                # counts[1] in a local (the same additions in the same order, without a
+                # store and load per addition through an array that may alias ss)
+                count1 = counts[1]
                 for i in range(S):
                     w8 = q[i] * weight[b]
                     if w8 == 0.0:
                         continue
                     mask = kmask[i]
                     for _a in range(kcount[i]):
-                        counts[1] += w8
+                        count1 += w8
                     wa = w8 * v1
                     rest = mask
                     while rest != 0:
                         ha = _lowest(rest)
                         rest &= rest - _ONE
                         mean[b, ha] += wa
-                        rest2 = mask
+                        # ss[ha, hb] and ss[hb, ha] receive the same additions in the same
+                        # order: the upper triangle is summed, the lower one copied from it
+                        rest2 = mask & ~_low_bits(ha)
                         while rest2 != 0:
                             ss[ha, _lowest(rest2)] += wa * v1
                             rest2 &= rest2 - _ONE
+                counts[1] = count1
+    if mode == 2:  # the lower triangle of ss (zero on entry, as the upper one)
+        for ha in range(H):
+            for hb in range(ha + 1, H):
+                ss[hb, ha] = ss[ha, hb]
 
 
 @njit(cache=True)
