@@ -36,8 +36,9 @@ state's two lowest active latents comes from a table made once per call (it does
 on the data point), the add move's latent from fixed loops over the H latents, and the
 states are scored many per call of an inlined helper: numba counts the references of every
 array passed to an inlined function with an atomic increment and decrement per call, which
-cost more than a state's score. The stored states, choices, log-joints and statistics are
-those of the list form.
+cost more than a state's score. The posterior's Σ⟨s sᵀ⟩ is summed in its upper triangle
+and mirrored once per call (both triangles receive the same additions in the same order).
+The stored states, choices, log-joints and statistics are those of the list form.
 """
 
 from __future__ import annotations
