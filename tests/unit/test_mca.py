@@ -114,6 +114,12 @@ def brute_mstep(st, W, pi, sigma, H, D, signed, gamma):
     if signed:
         inertia = np.maximum(1 - np.exp(-st["A"] / 2.5), 0.2)
         W_new = inertia * W_new + (1 - inertia) * W
+        # values whose data fit them less than 4 nats (sparse_nats) better than 0 go to 0
+        for d in range(D):
+            for h in range(H):
+                nats = st["Ay"][d, h] ** 2 / (max(st["A"][d, h], 1e-300) * 2 * sigma**2)
+                if nats < 4.0:
+                    W_new[d, h] = -1e-4 if W_new[d, h] < 0 else 1e-4
         # where the sign lost: above the winners' mean magnitude if the contested data
         # favour that value by >= 10 nats, below it if they favour the winners' by as much
         # or the contested mass is >= 1
@@ -470,3 +476,33 @@ def test_mmca_order_counts_a_point_the_data_selection_cut(backend, path):
     new = model.mstep(stats, params, 2)["W"]
     assert abs(new[0, 1]) == pytest.approx(10.2, rel=1e-9)
     assert abs(new[0, 0]) == pytest.approx(1.02 * 10.2, rel=1e-3)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("sparse_nats", [0.0, 2.0])
+def test_mmca_mstep_sets_values_the_data_do_not_show_to_zero(backend, sparse_nats):
+    """Cause 0 (+10, pixels 0-1) alone in 40 points whose pixels 2-3 are noise of mean 0.3
+    and 0.9 at σ = 2: its values there gain 40 · 0.3² / 8 = 0.45 and 40 · 0.9² / 8 = 4.05
+    nats over 0. With ``sparse_nats`` = 2 the M-step sets the first to 0 and keeps the
+    second and the bar; with 0 (the rule off, as before) all keep their means."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    from prosper.backends import get_backend
+
+    noise = np.tile([[2.0], [-2.0]], (20, 1))  # mean 0, spread σ
+    Y = np.zeros((40, 4))
+    Y[:, :2] = 10.0
+    Y[:, 2:] = noise + np.array([0.3, 0.9])
+    W = np.array([[10.0, 1e-4], [10.0, 1e-4], [1e-4, -10.0], [1e-4, -10.0]])
+    params = {"W": W, "pi": np.asarray(0.3), "sigma": np.asarray(2.0)}
+    model = MMCAModel(H=2, D=4)
+    model.sparse_nats = sparse_nats
+    model.start_iteration(99, 100)
+    states = ExpectationTruncation(2, 2, 2, model.values)
+    _, stats = model.estep_batch(Y, states, params, 1.0, 1.0, None, True, get_backend(backend))
+    assert float(stats["A"][2, 0]) == pytest.approx(40.0, rel=1e-6)  # cause 0 alone wins
+    new = model.mstep(stats, params, 2)["W"]
+    np.testing.assert_allclose(new[:2, 0], 10.0, rtol=1e-6)
+    np.testing.assert_allclose(new[3, 0], 0.9, rtol=1e-3)
+    # the inertia 1 − exp(−40 / 2.5) leaves the old value's share below 1e-6
+    assert new[2, 0] == (pytest.approx(0.3, rel=1e-3) if sparse_nats == 0 else 1e-4)
