@@ -871,8 +871,8 @@ class MMCAModel(MCAModel):
     order_fraction = 0.5
     #: the E-step uses the signed sum t⁺ − t⁻ (set by :meth:`start_iteration`)
     signed_sum = False
-    #: a value whose data fit it less than this many nats better than 0 is set to 0
-    #: (:meth:`mstep`); 0 switches the rule off (RESULTS.md, session 11)
+    #: in the second phase, a value whose data fit it less than this many nats better
+    #: than 0 is set to 0 (:meth:`mstep`); 0 switches the rule off (RESULTS.md, session 11)
     sparse_nats = 4.0
 
     @property
@@ -904,14 +904,15 @@ class MMCAModel(MCAModel):
         """MCA's M-step with the damped W update, the values no data show set to 0, then
         the order of the class docstring.
 
-        A value W_dh whose points (responsibilities A_dh, mean m = Σ A y / Σ A) fit it
-        better than 0 by less than ``sparse_nats``, Σ_n <A_dh> m² / (2σ²) < ``sparse_nats``
-        nats, is set to 0 (±1e-4, its sign kept): the M-step of a prior that puts mass at
-        0 and costs each other value ``sparse_nats`` nats, with 0 scored as if the pixel
-        stayed dark where h wins it (the next active cause's value is not looked at). Under
-        the maximum a value off the cause's component is estimated from the few points
-        where it wins the pixel, and the largest such noise among the active causes sets
-        every pixel they leave dark (RESULTS.md, session 11).
+        In the second phase, a value W_dh whose points (responsibilities A_dh, mean
+        m = Σ A y / Σ A) fit it better than 0 by less than ``sparse_nats``,
+        Σ_n <A_dh> m² / (2σ²) < ``sparse_nats`` nats, is set to 0 (±1e-4, its sign kept;
+        in the first phase it also took causes that were still forming): the M-step of a
+        prior that puts mass at 0 and costs each other value ``sparse_nats`` nats, with 0
+        scored as if the pixel stayed dark where h wins it (the next active cause's value
+        is not looked at). Under the maximum a value off the cause's component is
+        estimated from the few points where it wins the pixel, and the largest such noise
+        among the active causes sets every pixel they leave dark (RESULTS.md, session 11).
 
         With the contested mass l = ``lost``, the winners' mean magnitude b = ``lost_to`` /
         l and the mean datum m = ``lost_y`` / l there, s = sign(W_dh), the overtaking value
@@ -921,7 +922,7 @@ class MMCAModel(MCAModel):
         −``order_nats``.
         """
         new = super().mstep(stats, params, gamma)
-        if self.sparse_nats > 0.0:
+        if self.sparse_nats > 0.0 and not self.signed_sum:
             resp = np.asarray(stats["A"], dtype=np.float64)
             resp_y = np.asarray(stats["Ay"], dtype=np.float64)
             # Σ A (y − m)² is smaller than Σ A y² by (Σ A y)² / Σ A at the mean m

@@ -107,18 +107,19 @@ def brute_force(Y, W, pi, sigma, beta, signed, mask=None, summed=False):
     }
 
 
-def brute_mstep(st, W, pi, sigma, H, D, signed, gamma):
+def brute_mstep(st, W, pi, sigma, H, D, signed, gamma, summed=False):
     used = st["A"] > 1e-12 * st["n"]
     W_new = W.copy()
     W_new[used] = st["Ay"][used] / st["A"][used]
     if signed:
         inertia = np.maximum(1 - np.exp(-st["A"] / 2.5), 0.2)
         W_new = inertia * W_new + (1 - inertia) * W
-        # values whose data fit them less than 4 nats (sparse_nats) better than 0 go to 0
+        # in the second phase, values whose data fit them less than 4 nats (sparse_nats)
+        # better than 0 go to 0
         for d in range(D):
             for h in range(H):
                 nats = st["Ay"][d, h] ** 2 / (max(st["A"][d, h], 1e-300) * 2 * sigma**2)
-                if nats < 4.0:
+                if not summed and nats < 4.0:
                     W_new[d, h] = -1e-4 if W_new[d, h] < 0 else 1e-4
         # where the sign lost: above the winners' mean magnitude if the contested data
         # favour that value by >= 10 nats, below it if they favour the winners' by as much
@@ -175,7 +176,7 @@ def test_full_enumeration_equals_brute_force(model_cls, summed, beta, with_mask)
     for key in ("counts", "err", "n"):
         np.testing.assert_allclose(float(np.sum(st[key])), st_ref[key], rtol=1e-10, err_msg=key)
     new = model.mstep(st, params, H)
-    W_ref, pi_ref, sigma_ref = brute_mstep(st_ref, params["W"], 0.3, 0.9, H, D, signed, H)
+    W_ref, pi_ref, sigma_ref = brute_mstep(st_ref, params["W"], 0.3, 0.9, H, D, signed, H, summed)
     np.testing.assert_allclose(new["W"], W_ref, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(float(new["pi"]), pi_ref, rtol=1e-10)
     np.testing.assert_allclose(float(new["sigma"]), sigma_ref, rtol=1e-10)
