@@ -158,12 +158,14 @@ class MMCA(MCA):
     equal magnitude from the data, the second learns their magnitudes and the order the
     data of the contested states show (where a cause lost a pixel to the other sign, it
     stays 2 % below the winners' magnitude or, where those data show its value, overtakes
-    them; these contested data count every point, also those ET's data selection cuts);
-    see :class:`prosper.models.mca.MMCAModel`. ρ = T'/(T' − 1), T' = max(T, 1.2),
-    ρ <= 35 (ρ = 6 at T = 1). Causes are preselected by the smallest ||W_h − y||². The W
-    update is damped by the inertia ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the
-    original ProSper MMCA code. A component that appears with both signs needs two causes,
-    W_h and −W_h.
+    them; these contested data count every point, also those ET's data selection cuts),
+    and sets to 0 the values whose data fit them less than 4 nats better than 0 (the noise
+    a cause learns off its component from the few points where it wins a pixel; class
+    attribute ``sparse_nats``); see :class:`prosper.models.mca.MMCAModel`.
+    ρ = T'/(T' − 1), T' = max(T, 1.2), ρ <= 35 (ρ = 6 at T = 1). Causes are preselected
+    by the smallest ||W_h − y||². The W update is damped by the inertia
+    ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the original ProSper MMCA code. A
+    component that appears with both signs needs two causes, W_h and −W_h.
 
     Parameters
     ----------

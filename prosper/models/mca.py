@@ -842,6 +842,9 @@ class MMCAModel(MCAModel):
        both bars of a crossing on is among the worst explained while the order is wrong,
        and where it is the crossing's only one the selection would hide the order.
 
+    In phase 2 the M-step also sets to 0 the values whose data fit them less than
+    ``sparse_nats`` nats better than 0 (:meth:`mstep`).
+
     Phase 2 alone does not find the order (measured, RESULTS.md session 8): h's own mean
     lies above |W_dg| about half of the time, and once above, the states with both on
     predict h's sign where the data show g's, are cut by ET's data selection or lose their
