@@ -114,12 +114,12 @@ def brute_mstep(st, W, pi, sigma, H, D, signed, gamma, summed=False):
     if signed:
         inertia = np.maximum(1 - np.exp(-st["A"] / 2.5), 0.2)
         W_new = inertia * W_new + (1 - inertia) * W
-        # in the second phase, values whose data fit them less than 4 nats (sparse_nats)
-        # better than 0 go to 0
-        for d in range(D):
+        # in the second phase (not the signed sum), values whose data fit them less than
+        # 4 nats (sparse_nats) better than 0 go to 0
+        for d in range(D if not summed else 0):
             for h in range(H):
                 nats = st["Ay"][d, h] ** 2 / (max(st["A"][d, h], 1e-300) * 2 * sigma**2)
-                if not summed and nats < 4.0:
+                if nats < 4.0:
                     W_new[d, h] = -1e-4 if W_new[d, h] < 0 else 1e-4
         # where the sign lost: above the winners' mean magnitude if the contested data
         # favour that value by >= 10 nats, below it if they favour the winners' by as much
