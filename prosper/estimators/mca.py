@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 from prosper.estimators.base import TruncatedEMEstimator
 from prosper.models.mca import MCAModel, MMCAModel
+from prosper.utils.validation import Interval
 
 __all__ = ["MCA", "MMCA"]
 
@@ -160,8 +165,8 @@ class MMCA(MCA):
     stays 2 % below the winners' magnitude or, where those data show its value, overtakes
     them; these contested data count every point, also those ET's data selection cuts),
     and sets to 0 the values whose data fit them less than 4 nats better than 0 (the noise
-    a cause learns off its component from the few points where it wins a pixel; class
-    attribute ``sparse_nats``); see :class:`prosper.models.mca.MMCAModel`.
+    a cause learns off its component from the few points where it wins a pixel;
+    ``sparse_nats``); see :class:`prosper.models.mca.MMCAModel`.
     ρ = T'/(T' − 1), T' = max(T, 1.2), ρ <= 35 (ρ = 6 at T = 1). Causes are preselected
     by the smallest ||W_h − y||². The W update is damped by the inertia
     ι = max(1 − exp(−Σ_n <A_dh> / 2.5), 0.2) of the original ProSper MMCA code. A
@@ -171,8 +176,18 @@ class MMCA(MCA):
     ----------
     H : int, default=10
         Number of causes (dictionary elements).
-    Hprime, gamma, reassignment_ratio, n_iter, batch_size, anneal_prior, noise, \
-ncut_factor, init, backend, dtype, random_state, comm, callback, progress
+    sparse_nats : float or None, default=None
+        In the second half of the iterations, a value W_dh whose data fit it less than
+        this many nats better than 0 (Σ_n <A_dh> m_dh² / (2σ²), m_dh the updated value) is
+        set to 0 (±1e-4): a prior with mass at 0 that charges every other value
+        ``sparse_nats`` nats. None means 4, which took the exact log-likelihood gap to the
+        generating parameters' on 10x10 bars from 0.5-0.8 to 0.06-0.27 nats per point
+        (benchmarks/RESULTS.md, session 11); 0 switches the rule off (the fit of ProSper
+        before it). The evidence grows with the number of points a value is seen in, so
+        with much data only values near 0 are affected.
+    states, Hprime, gamma, n_states, n_parents, n_children, n_generations, n_init, \
+reassignment_ratio, n_iter, batch_size, anneal_prior, noise, ncut_factor, init, backend, \
+dtype, random_state, comm, callback, progress, max_memory
         As for :class:`MCA`.
     temperature : float, list of [position, value] pairs or None, default=None
         As for :class:`MCA`; None: T = 1 throughout (ρ = 6), the best of the schedules
@@ -217,3 +232,64 @@ ncut_factor, init, backend, dtype, random_state, comm, callback, progress
     _model_class = MMCAModel
     _model_name = "mmca"
     _default_temperature = 1.0
+    _parameter_constraints = {"sparse_nats": [None, Interval("real", 0.0, None)]}
+
+    def __init__(
+        self,
+        H: int = 10,
+        *,
+        sparse_nats: float | None = None,
+        states: str = "et",
+        Hprime: int | None = None,
+        gamma: int | None = None,
+        n_states: int | None = None,
+        n_parents: int | None = None,
+        n_children: int | None = None,
+        n_generations: int | None = None,
+        n_init: int = 1,
+        reassignment_ratio: float | None = None,
+        n_iter: int = 100,
+        batch_size: int = 1000,
+        temperature: Any = None,
+        anneal_prior: bool | None = None,
+        noise: Any = None,
+        ncut_factor: Any = None,
+        init: str = "data",
+        backend: str = "auto",
+        dtype: Any = "float64",
+        random_state: int | np.random.Generator | None = None,
+        comm: Any = None,
+        callback: Any = None,
+        progress: bool | None = None,
+        max_memory: int | str | None = None,
+    ) -> None:
+        super().__init__(
+            H,
+            states=states,
+            Hprime=Hprime,
+            gamma=gamma,
+            n_states=n_states,
+            n_parents=n_parents,
+            n_children=n_children,
+            n_generations=n_generations,
+            n_init=n_init,
+            reassignment_ratio=reassignment_ratio,
+            n_iter=n_iter,
+            batch_size=batch_size,
+            temperature=temperature,
+            anneal_prior=anneal_prior,
+            noise=noise,
+            ncut_factor=ncut_factor,
+            init=init,
+            backend=backend,
+            dtype=dtype,
+            random_state=random_state,
+            comm=comm,
+            callback=callback,
+            progress=progress,
+            max_memory=max_memory,
+        )
+        self.sparse_nats = sparse_nats
+
+    def _model_kwargs(self) -> dict[str, Any]:
+        return {"sparse_nats": self.sparse_nats}

@@ -875,8 +875,14 @@ class MMCAModel(MCAModel):
     #: the E-step uses the signed sum t⁺ − t⁻ (set by :meth:`start_iteration`)
     signed_sum = False
     #: in the second phase, a value whose data fit it less than this many nats better
-    #: than 0 is set to 0 (:meth:`mstep`); 0 switches the rule off (RESULTS.md, session 11)
+    #: than 0 is set to 0 (:meth:`mstep`); 0 switches the rule off (RESULTS.md, session 11).
+    #: The default of ``MMCA(sparse_nats=None)``; the constructor's argument overrides it
     sparse_nats = 4.0
+
+    def __init__(self, H: int, D: int, sparse_nats: float | None = None) -> None:
+        super().__init__(H, D)
+        if sparse_nats is not None:
+            self.sparse_nats = float(sparse_nats)
 
     @property
     def kernel_mode(self) -> int:

@@ -267,6 +267,41 @@ def test_bad_input(cls):
         model.sample(0)
 
 
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "4"])
+def test_mmca_sparse_nats_is_checked_before_any_work(bad):
+    with pytest.raises(ValueError, match="sparse_nats"):
+        MMCA(H=3, sparse_nats=bad).fit(np.ones((5, 4)))
+
+
+def test_mmca_sparse_nats_reaches_the_m_step_and_the_result_file(tmp_path, monkeypatch):
+    """``MMCA(sparse_nats=0)`` fits exactly as the model with the rule switched off, the
+    default (None) as the model's 4 nats, the two differ, and a loaded result file keeps
+    the setting."""
+    from prosper import load
+
+    data = bars(
+        size=3,
+        n_samples=200,
+        pi=0.2,
+        amplitude=5.0,
+        sigma=1.0,
+        signed=True,
+        combine="max",
+        random_state=1,
+    )
+    kwargs = {"H": 6, "Hprime": 4, "gamma": 2, "n_iter": 8, "random_state": 0}
+    off = MMCA(sparse_nats=0.0, **kwargs).fit(data.Y, out=tmp_path / "off.h5")
+    default = MMCA(**kwargs).fit(data.Y)
+    assert not np.array_equal(off.W_, default.W_)
+    with monkeypatch.context() as patch:
+        patch.setattr(MMCAModel, "sparse_nats", 0.0)
+        np.testing.assert_array_equal(MMCA(**kwargs).fit(data.Y).W_, off.W_)
+    np.testing.assert_array_equal(MMCA(sparse_nats=4.0, **kwargs).fit(data.Y).W_, default.W_)
+    loaded = load(tmp_path / "off.h5")
+    assert loaded.sparse_nats == 0.0
+    np.testing.assert_array_equal(loaded.W_, off.W_)
+
+
 # -- the re-initialisation of unused and duplicate latents (reassignment_ratio) --------------
 
 
