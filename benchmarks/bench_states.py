@@ -195,6 +195,9 @@ CONFIGS.update(
         # MCA, MMCA (session 7): the estimator's defaults with the re-initialisation off
         # (their defaults before it became 0.3)
         "default-r0": {"reassignment_ratio": 0.0},
+        # MMCA (session 12): the defaults with another threshold of the zero rule
+        # (sparse_nats; the default is 4, 0 switches it off)
+        **{f"default-sn{v:g}": {"sparse_nats": float(v)} for v in (0, 1, 2, 8, 16)},
     }
 )
 # GSC (--model gsc), session 7: its session-6 defaults spelled out (ET H'=8, gamma=4; T 3->1
