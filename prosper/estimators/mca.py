@@ -79,7 +79,9 @@ class MCA(TruncatedEMEstimator):
     init : {"data", "random"}, default="data"
         W starts around the data mean ("data") or as noise of the data's spread ("random").
     backend : {"auto", "numpy", "numba", "cupy"}, default="auto"
-        Accepted for a uniform interface; MCA's E-step is NumPy code on every backend.
+        E-step kernels: numba runs a fused kernel (chosen by "auto" where numba is
+        installed), "numpy" the reference E-step; there is no GPU kernel for MCA yet, so
+        "cupy" runs the NumPy E-step on the host.
     dtype : {"float64", "float32"}, default="float64"
         Precision of the data; the non-linear E-step always computes in float64.
     random_state : int, numpy.random.Generator or None, default=None
