@@ -146,6 +146,12 @@ class TruncatedModel(ABC):
     #: runs the generic E-step over the explicit candidate states)
     fused_estep: bool = False
 
+    #: statistics that sum over every point whatever the data selection's ``mask`` (MMCA's
+    #: contested statistics); every other statistic must be a sum over points weighted by
+    #: the mask, since the solver takes the selected points' statistics as those of all
+    #: points minus those of the few it cut
+    unmasked_stats: tuple[str, ...] = ()
+
     def estep_batch(
         self,
         Y: np.ndarray,

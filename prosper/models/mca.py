@@ -858,6 +858,7 @@ class MMCAModel(MCAModel):
     rho_temperature_floor = 1.2
     rho_max = 35.0
     signed = True
+    unmasked_stats = ("lost", "lost_to", "lost_y")
     #: inertia scale and floor of the damped W update (original MMCA_ET: alpha, 0.2)
     inertia_scale = 2.5
     inertia_floor = 0.2

@@ -1,10 +1,12 @@
 """Truncated EM (Expectation Truncation) for every discrete-latent model.
 
 One E-step visits this rank's rows in batches: preselection, candidate states, log-joints,
-log marginals and local sufficient statistics. With ET data selection (N_cut < N) it makes
-two passes: the first ranks all points of all ranks by their log marginal (a distributed
-selection of scalars, no data moves), the second accumulates the statistics of the chosen
-points. Memory is bounded by ``batch_size``, plus one float per local data point.
+log marginals and local sufficient statistics. With ET data selection (N_cut < N) the
+log marginals of all points of all ranks choose the N_cut best explained (a distributed
+selection of scalars, no data moves); where few points are cut, the pass that gives them
+also sums the statistics of all points and those of the cut points are subtracted (the cut
+points read again), else a second pass sums the statistics of the chosen points. Memory is
+bounded by ``batch_size``, plus one float per local data point.
 
 With an evolutionary state set (:class:`prosper.solvers.evolutionary.EvolutionaryStates`)
 the solver runs the E-step itself over explicit per-row states: the set's search improves
@@ -55,6 +57,12 @@ MERGE_SHARE = 0.4
 #: ... and at least this many times as often as independent latents with their usage would
 #: be (for binary latents, :meth:`TruncatedModel.latent_pairs`)
 MERGE_LIFT = 2.0
+#: ET data selection: where at most this share of the points is cut, one E-step pass sums
+#: the statistics of all points and those of the cut points are subtracted (the cut points
+#: read twice) instead of a first pass of log marginals only over all points. Set below the
+#: cost of a log-marginal pass relative to a statistics pass (0.4-0.5 for MCA and MMCA,
+#: RESULTS.md, session 13)
+SUBTRACT_CUT = 0.25
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,13 @@ def misfit_margin(D: int) -> float:
     """Nats below the median log marginal beyond which a point counts as poorly explained
     (see ``REASSIGN_MISFIT_P``)."""
     return 0.5 * float(chi2.isf(REASSIGN_MISFIT_P, D) - chi2.median(D))
+
+
+def _added(total: dict | None, part: dict | None) -> dict | None:
+    """Statistics summed key by key (None: nothing yet)."""
+    if part is None:
+        return total
+    return part if total is None else {k: total[k] + part[k] for k in total}
 
 
 def _components(linked: np.ndarray) -> list[list[int]]:
@@ -329,28 +344,53 @@ class TruncatedEM:
                 if not np.may_share_memory(new, st.X):
                     st.X[rows] = new
                 st.fresh[rows] = False
-            elif not self.model.fused_estep:
-                lm, stats = self._generic_batch(
+            else:
+                lm, stats = self._et_batch(
                     Y[rows], beta, prior_beta, None if mask is None else mask[rows], accumulate
                 )
-            else:
-                lm, stats = self.model.estep_batch(
-                    Y[rows],
-                    self.states,
-                    self.params,
-                    beta,
-                    prior_beta,
-                    None if mask is None else mask[rows],
-                    accumulate,
-                    self.backend,
-                )
             log_marginal[rows] = lm
-            if stats is not None:
-                total = stats if total is None else {k: total[k] + stats[k] for k in total}
+            total = _added(total, stats)
         if total is not None:
             # a GPU backend keeps the statistics on the device until the pass is done
             total = self.backend.to_host(total)
         return log_marginal, total
+
+    def _et_batch(self, block, beta, prior_beta, mask, accumulate):
+        """The E-step of one batch over the ET candidate states: the model's fused E-step,
+        else the generic one over the explicit states."""
+        if not self.model.fused_estep:
+            return self._generic_batch(block, beta, prior_beta, mask, accumulate)
+        return self.model.estep_batch(
+            block, self.states, self.params, beta, prior_beta, mask, accumulate, self.backend
+        )
+
+    def _selected_stats(self, Y, beta, prior_beta, n_cut, comm):
+        """Log marginals of all local points and the statistics of those ET's data selection
+        keeps (the ``n_cut`` best explained of all ranks), with the mask of the kept points.
+
+        Where few points are cut (at most ``SUBTRACT_CUT`` of them) one pass gives the log
+        marginals that choose them and the statistics of all points, from which those of the
+        cut points, read again, are taken away (except the model's
+        :attr:`~prosper.models.base.TruncatedModel.unmasked_stats`); else a first pass of
+        log marginals only chooses the points and a second sums the kept points' statistics.
+        Both give the same statistics up to round-off.
+        """
+        subtract = self.n_total - n_cut <= SUBTRACT_CUT * self.n_total
+        log_marginal, stats = self._pass(Y, beta, prior_beta, None, subtract)
+        kept = global_top_mask(log_marginal, n_cut, comm)
+        mask = kept.astype(Y.dtype)
+        if not subtract:
+            return log_marginal, self._pass(Y, beta, prior_beta, mask, True)[1], mask
+        cut = np.flatnonzero(~kept)
+        removed = None
+        for start in range(0, cut.size, self.batch_size):
+            block = Y[cut[start : start + self.batch_size]]
+            removed = _added(removed, self._et_batch(block, beta, prior_beta, None, True)[1])
+        if removed is not None:
+            removed = self.backend.to_host(removed)
+            whole = self.model.unmasked_stats
+            stats = {k: v if k in whole else v - removed[k] for k, v in stats.items()}
+        return log_marginal, stats, mask
 
     def estep(self, Y: Rows, comm: Communicator, iteration: int) -> dict[str, np.ndarray]:
         """Local sufficient statistics of this rank's rows (summed, not yet reduced).
@@ -368,9 +408,7 @@ class TruncatedEM:
             log_marginal, stats = self._pass(Y, beta, prior_beta, None, True, iteration)
             mask = None
         else:
-            log_marginal, _ = self._pass(Y, beta, prior_beta, None, False)
-            mask = global_top_mask(log_marginal, n_cut, comm).astype(Y.dtype)
-            _, stats = self._pass(Y, beta, prior_beta, mask, True)
+            log_marginal, stats, mask = self._selected_stats(Y, beta, prior_beta, n_cut, comm)
         if self._reassigns(iteration):
             self._spare = self._spare_point(Y, comm, log_marginal)
             stats.update(self._repair_stats(Y, beta, prior_beta, mask))

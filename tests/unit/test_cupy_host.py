@@ -129,11 +129,12 @@ def test_host_side_bsc_fit_matches_numpy(cupy_on_host, monkeypatch):
         _DeviceArray.copies = 0
 
     fits = annealed_et_fits(("numpy", "cupy"), before_each=reset_copies)
-    # per batch the scores and the log marginals; the statistics once per iteration. Every
-    # iteration selects N_cut < N points: a pass for the log marginals, one for the
-    # statistics, over 3 batches (300 points in 128s) each; after the last iteration the
-    # degenerate-fit check's posterior-mean pass copies scores and means per batch
-    assert _DeviceArray.copies == 5 * (2 * (2 * 3) + 1) + 2 * 3
+    # per batch the scores and the log marginals; the statistics once per pass. Every
+    # iteration cuts a few points (at most SUBTRACT_CUT): one pass over 3 batches (300 points
+    # in 128s) for the log marginals and the statistics of all points, one over the cut
+    # points (1 batch) for theirs; after the last iteration the degenerate-fit check's
+    # posterior-mean pass copies scores and means per batch
+    assert _DeviceArray.copies == 5 * ((2 * 3 + 1) + (2 * 1 + 1)) + 2 * 3
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(fits["cupy"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
     assert np.ptp(fits["cupy"].free_energy_) > 0.1

@@ -141,7 +141,7 @@ def test_fit_holds_a_few_batches_of_a_large_memmap(tmp_path, dtype):
     del mm
     Y = np.load(tmp_path / "big.npy", mmap_mode="r")
     model = BSC(H=4, n_iter=2, batch_size=500, backend="numpy", random_state=0, dtype=dtype)
-    model.set_params(ncut_factor=[[0.0, 0.5]])  # ET data selection: two passes per E-step
+    model.set_params(ncut_factor=[[0.0, 0.5]])  # ET data selection: rows read twice
     tracemalloc.start()
     try:
         model.fit(Y)
