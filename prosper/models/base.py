@@ -252,8 +252,10 @@ class TruncatedModel(ABC):
         q : ndarray of shape (B, K)
             Posterior weights of the states (not multiplied by ``weight``).
         weight : ndarray of shape (B,)
-            Weight of each data point in the statistics (1, or 0/1 under data selection);
-            a model may also sum statistics over all points (MMCA's contested statistics).
+            Weight of each data point in the statistics (1, or 0/1 under data selection):
+            every statistic is a sum over points weighted by it, except those the model
+            names in :attr:`unmasked_stats`, which sum over all points (MMCA's contested
+            statistics).
         params : dict
         backend : module
         beta : float, default=1.0

@@ -60,8 +60,8 @@ MERGE_LIFT = 2.0
 #: ET data selection: where at most this share of the points is cut, one E-step pass sums
 #: the statistics of all points and those of the cut points are subtracted (the cut points
 #: read twice) instead of a first pass of log marginals only over all points. Set below the
-#: cost of a log-marginal pass relative to a statistics pass (0.4-0.5 for MCA and MMCA,
-#: RESULTS.md, session 13)
+#: cost of a log-marginal pass relative to a statistics pass, where the two break even
+#: (0.57-0.83 for the six models on bars, RESULTS.md, session 13)
 SUBTRACT_CUT = 0.25
 
 
