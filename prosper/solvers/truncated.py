@@ -397,7 +397,8 @@ class TruncatedEM:
 
         The returned dict also holds ``free_energy`` (sum of log marginals of all local
         points at temperature 1) and ``n_cut`` (this rank's selected points). ``Y`` is read
-        ``batch_size`` rows at a time (twice with ET data selection).
+        ``batch_size`` rows at a time (with ET data selection the cut points, or all points,
+        a second time).
         """
         beta, prior_beta = self.betas(iteration)
         self.model.start_iteration(iteration, self.n_iter)
