@@ -35,14 +35,18 @@ def _bsc(**kw):
 
 
 def test_fit_reads_batches_in_the_data_dtype():
-    """Every read is at most one batch, float32 stays float32, no other access."""
+    """Every read is at most one batch, float32 stays float32, no other access; with ET data
+    selection cutting points (gamma < H), their rows are read again, also by batches."""
     Y = _data()
     spy = SpySource(Y)
-    model = _bsc(dtype="float32", ncut_factor=[[0.0, 0.5]]).fit(spy)
+    model = _bsc(dtype="float32", ncut_factor=[[0.0, 0.5]], gamma=2).fit(spy)
+    assert np.all(model.history_["n_cut"][1:] < 600)
     assert spy.reads, "the fit read nothing through the source"
     assert max(n for n, _ in spy.reads) <= 100
     assert {dt for _, dt in spy.reads} == {np.dtype(np.float32)}
-    reference = _bsc(dtype="float32", ncut_factor=[[0.0, 0.5]]).fit(Y)
+    # the cut points' rows: reads that are not whole batches of 100
+    assert any(n % 100 for n, _ in spy.reads)
+    reference = _bsc(dtype="float32", ncut_factor=[[0.0, 0.5]], gamma=2).fit(Y)
     np.testing.assert_array_equal(model.W_, reference.W_)
     np.testing.assert_array_equal(model.free_energy_, reference.free_energy_)
 
