@@ -364,6 +364,12 @@ class TruncatedEM:
             block, self.states, self.params, beta, prior_beta, mask, accumulate, self.backend
         )
 
+    def _subtracts(self, n_cut: int) -> bool:
+        """Whether ET data selection keeping ``n_cut`` points subtracts the cut points'
+        statistics (few cut, ``SUBTRACT_CUT``) instead of making two passes; the same on
+        every rank."""
+        return self.n_total - n_cut <= SUBTRACT_CUT * self.n_total
+
     def _selected_stats(self, Y, beta, prior_beta, n_cut, comm):
         """Log marginals of all local points and the statistics of those ET's data selection
         keeps (the ``n_cut`` best explained of all ranks), with the mask of the kept points.
@@ -375,7 +381,7 @@ class TruncatedEM:
         log marginals only chooses the points and a second sums the kept points' statistics.
         Both give the same statistics up to round-off.
         """
-        subtract = self.n_total - n_cut <= SUBTRACT_CUT * self.n_total
+        subtract = self._subtracts(n_cut)
         log_marginal, stats = self._pass(Y, beta, prior_beta, None, subtract)
         kept = global_top_mask(log_marginal, n_cut, comm)
         mask = kept.astype(Y.dtype)

@@ -29,15 +29,15 @@ def _data(name: str) -> np.ndarray:
 
 def _fit(name: str, backend: str, subtract_cut: float, monkeypatch):
     calls = {"subtracted": 0, "two_passes": 0}
-    original = truncated.TruncatedEM._selected_stats
+    original = truncated.TruncatedEM._subtracts
 
-    def spy(self, Y, beta, prior_beta, n_cut, comm):
-        few = self.n_total - n_cut <= truncated.SUBTRACT_CUT * self.n_total
+    def spy(self, n_cut):
+        few = original(self, n_cut)
         calls["subtracted" if few else "two_passes"] += 1
-        return original(self, Y, beta, prior_beta, n_cut, comm)
+        return few
 
     monkeypatch.setattr(truncated, "SUBTRACT_CUT", subtract_cut)
-    monkeypatch.setattr(truncated.TruncatedEM, "_selected_stats", spy)
+    monkeypatch.setattr(truncated.TruncatedEM, "_subtracts", spy)
     estimator = NoisyOR if name == "noisy_or" else get_estimator_class(name)
     H = 6 if name == "noisy_or" else 8
     model = estimator(H=H, backend=backend, **SETTINGS).fit(_data(name))

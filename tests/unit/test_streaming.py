@@ -145,13 +145,15 @@ def test_fit_holds_a_few_batches_of_a_large_memmap(tmp_path, dtype):
     del mm
     Y = np.load(tmp_path / "big.npy", mmap_mode="r")
     model = BSC(H=4, n_iter=2, batch_size=500, backend="numpy", random_state=0, dtype=dtype)
-    model.set_params(ncut_factor=[[0.0, 0.5]])  # ET data selection: rows read twice
+    # ET data selection cutting points (gamma < H): the cut rows are read a second time
+    model.set_params(ncut_factor=[[0.0, 0.5]], gamma=2)
     tracemalloc.start()
     try:
         model.fit(Y)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    assert model.history_["n_cut"][-1] < n
     # batches of 500 rows are 128-256 kB; per-row state (log marginals, selection) 0.6 MB
     assert peak < Y.nbytes / 4, f"peak {peak / 1e6:.1f} MB for {Y.nbytes / 1e6:.1f} MB of data"
 
