@@ -53,7 +53,7 @@ from numba import njit, prange
 from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
 from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
-from prosper.backends.numba_mca import mca_estep
+from prosper.backends.numba_mca import mca_estep, mca_preselection
 from prosper.backends.numba_mca_states import mca_state_log_joint, mca_state_stats
 from prosper.backends.numba_search import linear_search, linear_search_estep
 from prosper.backends.numba_sparse import sparse_bcd, sparse_cd, sparse_code_stats, sparse_update
@@ -112,6 +112,7 @@ KERNELS = {
     # fused E-steps of the model families (see the models' runs_on)
     "gsc_estep": gsc_estep,
     "mca_estep": mca_estep,
+    "mca_preselection": mca_preselection,
     "sparse_cd": sparse_cd,
     "sparse_bcd": sparse_bcd,
     # the online learner's mini-batch: coding with statistics, and the update
@@ -591,6 +592,7 @@ def warmup() -> float:
     batch = states.select(np.zeros((2, 3)), 2)
     gsc_estep(Y, params, batch)
     mca_estep(Y, {"W": W, "pi": 0.5, "sigma": 1.0}, batch, 2.0)  # MMCA: same kernel
+    mca_preselection(Y, W)
     X = np.zeros((2, 2, 3), dtype=np.uint8)
     values = np.arange(2.0)
     linear_state_log_joint(np.zeros((2, 3)), np.eye(3), np.zeros(2), X, values, logp, 1.0, 2)

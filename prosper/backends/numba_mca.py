@@ -1,4 +1,6 @@
-"""numba kernel for the truncated E-step of MCA and MMCA (:mod:`prosper.models.mca`).
+"""numba kernels for the truncated E-step of MCA and MMCA (:mod:`prosper.models.mca`), and
+MCA's preselection scores (:func:`mca_preselection`: no excess array is stored; the NumPy
+scores' order of summation, so the same numbers).
 
 Same results as the NumPy E-step of :class:`prosper.models.mca.MCAModel` and
 :class:`~prosper.models.mca.MMCAModel` (log marginals, the statistics ``Ay``, ``A``,
@@ -68,7 +70,7 @@ from prosper.backends.numba_math import FMA, exp_shifted, log_rows, run_kernel
 if TYPE_CHECKING:  # annotations only: kernels never import solvers
     from prosper.solvers.states import CandidateBatch
 
-__all__ = ["mca_estep"]
+__all__ = ["mca_estep", "mca_preselection"]
 
 #: smallest |W_dh|, as prosper.models.mca.W_MIN (not imported: no model imports)
 W_MIN = 1e-4
@@ -454,6 +456,29 @@ def _mca_kernel(
                     ay_row[d] += s[d] * y[d]
 
 
+@njit(cache=True, parallel=True, error_model="numpy")
+def _preselection_kernel(Y, W, out, n_chunks):  # pragma: no cover - compiled
+    """out[n, h] = −Σ_d max(W_dh − y_nd, 0), summed over d in ascending order (the order of
+    the NumPy scores: bit for bit), vectorised over h."""
+    B, D = Y.shape
+    H = W.shape[1]
+    for c in prange(n_chunks):
+        acc = np.empty(H)
+        for n in range(c * B // n_chunks, (c + 1) * B // n_chunks):
+            yn = Y[n]
+            for h in range(H):
+                acc[h] = 0.0
+            for d in range(D):
+                wd = W[d]
+                yd = yn[d]
+                for h in range(H):
+                    e = wd[h] - yd
+                    acc[h] += e if e > 0.0 else 0.0
+            on = out[n]
+            for h in range(H):
+                on[h] = -acc[h]
+
+
 # -- the table's tree ------------------------------------------------------------------------
 @lru_cache(maxsize=16)
 def _tree(table_bytes: bytes, shape: tuple[int, int]):
@@ -488,6 +513,26 @@ def _clip_W(W: np.ndarray, signed: bool) -> np.ndarray:
 
 
 # -- public entry point ----------------------------------------------------------------------
+def mca_preselection(Y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """MCA's preselection scores −Σ_d max(W_dh − y_d, 0), (B, H): the same numbers as
+    :meth:`prosper.models.mca.MCAModel.preselection_scores`, bit for bit.
+
+    Parameters
+    ----------
+    Y : ndarray of shape (B, D)
+        float64 or float32 (converted to float64).
+    W : ndarray of shape (D, H)
+        In the model's domain (already clipped).
+    """
+    Y = np.ascontiguousarray(Y, dtype=np.float64)
+    W = np.ascontiguousarray(W, dtype=np.float64)
+    out = np.empty((Y.shape[0], W.shape[1]))
+    if Y.shape[0]:
+        n_chunks = max(1, min(Y.shape[0], numba.get_num_threads()))
+        run_kernel(_preselection_kernel, Y, W, out, n_chunks)
+    return out
+
+
 def mca_estep(
     Y: np.ndarray,
     params: dict,

@@ -223,6 +223,22 @@ def test_preselection_scores():
     np.testing.assert_allclose(scores, -dist + np.sum(Y**2, axis=1, keepdims=True), atol=1e-12)
 
 
+@pytest.mark.parametrize("elements", [1, 3 * 40 * 5, 1 << 15])
+def test_mca_preselection_sums_each_pixel_in_order_whatever_the_buffer(monkeypatch, elements):
+    """The scores do not depend on how many rows the buffer holds (1, 3 with a remainder,
+    all): each (row, h) sums its pixels' excesses in ascending d, bit for bit."""
+    monkeypatch.setattr(mca_module, "PRESELECTION_ELEMENTS", elements)
+    rng = np.random.default_rng(2)
+    W = rng.uniform(0, 2, (40, 5))
+    Y = rng.uniform(0, 2, (10, 40))
+    params = {"W": W, "pi": np.asarray(0.2), "sigma": np.asarray(1.0)}
+    expected = np.zeros((10, 5))
+    for d in range(40):
+        expected += np.maximum(W[d][None, :] - Y[:, d, None], 0.0)
+    scores = MCAModel(5, 40).preselection_scores(Y, params)
+    np.testing.assert_array_equal(scores, -expected)
+
+
 def test_rho_schedule():
     assert MCAModel(2, 2).rho(1.0) == pytest.approx(21.0)
     assert MMCAModel(2, 2).rho(1.0) == pytest.approx(6.0)

@@ -210,3 +210,34 @@ def test_kernel_is_not_the_numpy_path(monkeypatch):
     monkeypatch.setattr(model, "_run_chunks", fail)
     model.estep_batch(Y, states, params, 1.0, 1.0, None, True, BACKEND)
     model.posterior_mean(Y, states, params, BACKEND)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_numba_preselection_scores_are_the_numpy_scores_bit_for_bit(dtype):
+    """MCA's preselection kernel sums the excesses in the NumPy scores' order (ascending d),
+    so the H' causes it preselects are the same, ties included."""
+    model, Y, params = problem(MCAModel, H=13, D=37, B=29, seed=4)
+    Y = Y.astype(dtype)
+    W = model.clip_W(params["W"])
+    got = numba_mca.mca_preselection(Y, W)
+    np.testing.assert_array_equal(got, model.preselection_scores(Y, params))
+    assert numba_mca.mca_preselection(Y[:0], W).shape == (0, 13)
+
+
+def test_mca_estep_preselects_with_the_numba_kernel(monkeypatch):
+    """Through the numba backend MCA's E-step scores with the kernel (MMCA keeps its matrix
+    product) and gives the NumPy E-step's log marginals."""
+    backend = get_backend("numba")
+    calls = []
+    kernel = backend.KERNELS["mca_preselection"]
+    monkeypatch.setitem(
+        backend.KERNELS, "mca_preselection", lambda Y, W: calls.append(len(Y)) or kernel(Y, W)
+    )
+    states = ExpectationTruncation(H=9, Hprime=5, gamma=3, values=(0.0, 1.0))
+    for cls, expected in ((MCAModel, [31]), (MMCAModel, [])):
+        calls.clear()
+        model, Y, params = problem(cls, H=9, D=20, B=31, seed=5)
+        got = model.estep_batch(Y, states, params, 1.0, 1.0, None, False, backend)
+        ref = model.estep_batch(Y, states, params, 1.0, 1.0, None, False, None)
+        assert calls == expected
+        assert_close(got[0], ref[0])
