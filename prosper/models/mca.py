@@ -250,7 +250,7 @@ class MCAModel(TruncatedModel):
 
         The preselection of the original MCA_ET code (Puertas et al. 2010). The excesses
         (rows, D, H) are formed a few rows at a time in one buffer that stays in the cache
-        (about ``PRESELECTION_ELEMENTS`` floats: 2-3x faster than large chunks, which spend
+        (about ``PRESELECTION_ELEMENTS`` floats: 1.5-2x faster than large chunks, which spend
         their time on page faults and memory traffic) and summed over d in ascending order
         for each (row, h).
         """
