@@ -269,10 +269,12 @@ class MCAModel(TruncatedModel):
         return np.negative(out, out=out)
 
     def candidates(self, Y, states, params, backend=None):
-        """The H' causes with the best preselection scores; the scores by the backend's
-        ``KERNELS["mca_preselection"]`` where it has one (numba: the same numbers)."""
+        """The H' causes with the best preselection scores; MCA's scores by the backend's
+        ``KERNELS["mca_preselection"]`` where it has one (numba: the same numbers). A class
+        with scores of its own (MMCA: one matrix product) gets them."""
         kernel = None if states.full else backend_kernel(backend, "mca_preselection")
-        if kernel is None or self.signed:  # MMCA's scores are one matrix product
+        own_scores = type(self).preselection_scores is not MCAModel.preselection_scores
+        if kernel is None or own_scores:
             return super().candidates(Y, states, params)
         W = self.clip_W(np.asarray(params["W"], dtype=np.float64))
         return states.select(kernel(Y, W), Y.shape[0])
