@@ -9,6 +9,7 @@
         [--workers 2] [--records states_ttq.jsonl]
     python benchmarks/bench_states.py oracle [--model bsc] [--sizes 5 10] [--pis 1 2]
         [--ns 2000 10000] [--seeds 0-19] [--records states_oracle.jsonl]
+    python benchmarks/bench_states.py table [--rst] [--manifest grid_current.toml]
     python benchmarks/bench_states.py list
 
 ``grid`` fits BSC (or ``--model``: each model on its own bars variant, see ``MODELS``) on
@@ -34,6 +35,11 @@ N(5, 1), σ = 0.5). The configuration ``default`` is the estimator's defaults.
 
 ``summary`` prints, per grid point and configuration, the recovery rate and the median gap
 of the exact log-likelihood to the generating parameters' on the successful runs.
+
+``table`` prints the whole grid (every model, size, π and N) from the records that
+``benchmarks/results/grid_current.toml`` names as measuring each model's current defaults:
+runs that found every bar, the median (max) exact log-likelihood gap, and which grid points
+miss their model's target (BSC 95 %, the others 90 % of seeds).
 
 ``oracle`` computes, per grid point and seed, the gap of the complete-data estimate (the
 parameters estimated with the true latents of the N training points known: least squares
@@ -957,6 +963,126 @@ def summary(paths: list[Path], configs: list[str] | None, models: list[str] | No
     return "\n".join(lines)
 
 
+#: the grid's targets (issue #11): share of seeds that find every bar with the defaults
+TARGETS = {"bsc": 0.95, "tsc": 0.9, "dsc": 0.9, "mca": 0.9, "mmca": 0.9, "gsc": 0.9}
+#: seeds per grid point that the issue asks for
+GRID_SEEDS = 20
+
+
+def _load_manifest(path: Path) -> dict[str, Any]:
+    """The manifest of the records that measure each model's current defaults (TOML)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python < 3.11
+        import tomli as tomllib
+    if not path.exists():
+        raise SystemExit(f"manifest {path} not found")
+    with open(path, "rb") as f:
+        manifest = tomllib.load(f)
+    if not manifest.get("models"):
+        raise SystemExit(f"{path}: no [models.<name>] tables")
+    unknown = set(manifest["models"]) - set(MODELS)
+    if unknown:
+        raise SystemExit(f"{path}: unknown models {sorted(unknown)}; known: {sorted(MODELS)}")
+    for name, entry in manifest["models"].items():
+        for source in entry.get("records", []):
+            if not (path.parent / source["file"]).exists():
+                raise SystemExit(f"{path}: [{name}] names {source['file']}, which is missing")
+    return manifest
+
+
+def _grid_cells(path: Path) -> dict[tuple, list[dict[str, Any]]]:
+    """Runs per (model, size, N, k_pi) of the records that the manifest at ``path`` names;
+    a later file's run of the same grid point and seed replaces an earlier one's."""
+    manifest = _load_manifest(path)
+    runs: dict[tuple, dict[str, Any]] = {}
+    for name, entry in manifest["models"].items():
+        for source in entry.get("records", []):
+            for r in _read(path.parent / source["file"]):
+                if (
+                    "error" in r
+                    or r.get("mode") != "grid"
+                    or r.get("model", "bsc") != name
+                    or r["config"] != source.get("config", "default")
+                    or r["n_iter"] != 100
+                ):
+                    continue
+                runs[(name, r["size"], r["n"], r["k_pi"], r["seed"])] = r
+    cells: dict[tuple, list[dict[str, Any]]] = {
+        (name, size, n, k_pi): []
+        for name in manifest["models"]
+        for size, n, k_pi in itertools.product((5, 10, 16), (2000, 10000), (1, 2))
+    }
+    for key, r in runs.items():
+        cells[key[:4]].append(r)
+    return cells
+
+
+def grid_table(path: Path, rst: bool = False) -> str:
+    """The whole grid with each model's current defaults, as Markdown (or a reST list-table).
+
+    The manifest at ``path`` names, per model, the record files (and the configuration in
+    them that is the model's current default). A Markdown cell reads ``found/runs`` with the
+    median (max) exact log-likelihood gap of the successful runs where it is known; ``·``
+    where nothing ran.
+    """
+    cells = _grid_cells(path)
+    below = {
+        key: len([r for r in rs if r["recovered"]]) < TARGETS[key[0]] * len(rs)
+        for key, rs in cells.items()
+    }
+
+    def found(key: tuple) -> str:
+        rs = cells[key]
+        if not rs:
+            return "·"
+        text = f"{sum(r['recovered'] for r in rs)}/{len(rs)}"
+        return f"**{text}**" if below[key] else text
+
+    if rst:
+        lines = [
+            ".. list-table::",
+            "   :header-rows: 1",
+            "",
+            "   * - model",
+            "     - N",
+            "     - 5×5 (H = 10)",
+            "     - 10×10 (H = 20)",
+            "     - 16×16 (H = 32)",
+        ]
+        for name, n in dict.fromkeys((key[0], key[2]) for key in cells):
+            lines += [f"   * - {name.upper()}", f"     - {n}"]
+            lines += [
+                f"     - {found((name, size, n, 1))}, {found((name, size, n, 2))}"
+                for size in (5, 10, 16)
+            ]
+        return "\n".join(lines)
+    lines = [
+        "| model | bars | N | π = 1/H: found all bars | gap | π = 2/H: found all bars | gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, size, n in dict.fromkeys(key[:3] for key in cells):
+        row = [name.upper(), f"{size}x{size}", str(n)]
+        for k_pi in (1, 2):
+            gaps = [
+                r["ll_gap"]
+                for r in cells[(name, size, n, k_pi)]
+                if r["recovered"] and r.get("ll_gap") is not None
+            ]
+            gap = f"{np.median(gaps):.3f} ({max(gaps):.3f})" if gaps else "–"
+            row += [found((name, size, n, k_pi)), gap if cells[(name, size, n, k_pi)] else "·"]
+        lines.append("| " + " | ".join(row) + " |")
+    complete = [key for key, rs in cells.items() if len(rs) >= GRID_SEEDS]
+    lines += [
+        "",
+        f"{len(complete)} of {len(cells)} grid points have {GRID_SEEDS} or more seeds, "
+        f"{sum(not below[key] for key in complete)} of them meet their model's target; "
+        f"grid points below it (bold): {sum(below.values())}; "
+        f"without runs (·): {sum(not rs for rs in cells.values())}.",
+    ]
+    return "\n".join(lines)
+
+
 def ttq_summary(path: Path) -> str:
     """Markdown table: time to quality per configuration (median over seeds)."""
     rows: dict[str, list[dict[str, Any]]] = {}
@@ -1022,12 +1148,22 @@ def main(argv: list[str] | None = None) -> None:
     summ.add_argument("--configs", nargs="*", default=None)
     summ.add_argument("--records", nargs="+", default=["states_grid.jsonl"])
     summ.add_argument("--models", nargs="*", default=None)
+    table = sub.add_parser("table")
+    table.add_argument("--rst", action="store_true", help="a reST list-table for docs/")
+    table.add_argument(
+        "--manifest",
+        default="grid_current.toml",
+        help="TOML under benchmarks/results/ naming each model's records of its defaults",
+    )
     sub.add_parser("list")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.mode == "list":
         for name, cfg in CONFIGS.items():
             print(f"{name}: {cfg}")
+        return
+    if args.mode == "table":
+        print(grid_table(RESULTS / args.manifest, args.rst))
         return
     if args.mode == "summary":
         print(summary([RESULTS / r for r in args.records], args.configs, args.models))
