@@ -1110,7 +1110,7 @@ def main(argv: list[str] | None = None) -> None:
     grid.add_argument("--sizes", type=int, nargs="+", default=list(GRID_SIZES))
     grid.add_argument("--pis", type=int, nargs="+", default=list(GRID_PIS), help="π = k/H")
     grid.add_argument("--ns", type=int, nargs="+", default=list(GRID_NS))
-    grid.add_argument("--seeds", type=_seeds, default=_seeds("0-19"))
+    grid.add_argument("--seeds", type=_seeds, default=_seeds(f"0-{GRID_SEEDS - 1}"))
     grid.add_argument("--configs", nargs="+", default=["et-T5p", "evo32-4-4-2-T3l"])
     grid.add_argument("--n-iter", type=int, default=100)
     grid.add_argument("--workers", type=int, default=2)
