@@ -18,7 +18,8 @@ per point, Kc of them multi-latent, the reference algorithm does per E-step
 Usage::
 
     python benchmarks/bench_backends.py                  # both cases, numpy + numba, MPI 1 vs 2
-    python benchmarks/bench_backends.py --gpu            # also cupy (needs a GPU)
+    python benchmarks/bench_backends.py --gpu            # also cupy, float64 and float32
+    python benchmarks/bench_backends.py --gpu --gpu-batch-size 10000,50000 --no-compile-check
     python benchmarks/bench_backends.py --cases bars --n-bars 20000 --no-mpi
 """
 
@@ -97,7 +98,7 @@ def worker(args) -> dict:
     comm = get_comm(None)
     c = CASES[args.case]
     model, params, Y = make_case(args.case, args.n)
-    Y = np.ascontiguousarray(Y[row_block(args.n, comm)])
+    Y = np.ascontiguousarray(Y[row_block(args.n, comm)], dtype=args.dtype)
     states = ExpectationTruncation(c["H"], c["Hprime"], c["gamma"], model.values)
     t0 = time.perf_counter()
     backend = get_backend(args.backend)
@@ -116,16 +117,53 @@ def worker(args) -> dict:
         t0 = time.perf_counter()
         estep_pass(model, params, states, Y, backend, args.batch_size, comm)
         times.append(comm.allreduce(time.perf_counter() - t0, op="max"))
-    W = params["W"]
-    gemm_t = min(_timed(lambda: Y @ W) for _ in range(max(args.repeats, 3)))
+    W = params["W"].astype(Y.dtype)
+    if args.backend == "cupy":
+        gemm_t = device_gemm_seconds(Y, W, max(args.repeats, 3))
+        rate = device_gemm_gflops(Y.dtype)
+    else:
+        gemm_t = min(_timed(lambda: Y @ W) for _ in range(max(args.repeats, 3)))
+        rate = gemm_gflops(n=1024, dtype=Y.dtype) if comm.size == 1 else None
     info.update(
         seconds=min(times),
         gemm_NDH_s=comm.allreduce(gemm_t, op="max"),
-        gemm_gflops=gemm_gflops(n=1024) if comm.size == 1 else None,
+        gemm_gflops=rate,
         ranks=comm.size,
         threading_layer=_threading_layer(args.backend),
     )
     return info
+
+
+def _device_best_seconds(fn, repeats: int) -> float:
+    """Best device time of ``fn()`` over ``repeats`` calls, by CUDA events, after a warm-up."""
+    import cupy as cp
+
+    fn()  # cuBLAS handle, workspace
+    best = np.inf
+    for _ in range(repeats):
+        start, stop = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        best = min(best, cp.cuda.get_elapsed_time(start, stop) / 1e3)
+    return best
+
+
+def device_gemm_seconds(Y: np.ndarray, W: np.ndarray, repeats: int) -> float:
+    """Best time of the product ``Y W`` with both factors already on the GPU (cuBLAS)."""
+    import cupy as cp
+
+    dY, dW = cp.asarray(Y), cp.asarray(W)
+    return _device_best_seconds(lambda: dY @ dW, repeats)
+
+
+def device_gemm_gflops(dtype, n: int = 8192, repeats: int = 5) -> float:
+    """The GPU's measured n×n×n GEMM rate at ``dtype`` (GFLOP/s, best of ``repeats``)."""
+    import cupy as cp
+
+    a = cp.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+    return 2.0 * n**3 / _device_best_seconds(lambda: a @ a, repeats) / 1e9
 
 
 def _threading_layer(backend: str) -> str | None:
@@ -145,7 +183,9 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def run_config(case, backend, n, threads, repeats, batch_size, ranks=None, cache_dir=None):
+def run_config(
+    case, backend, n, threads, repeats, batch_size, ranks=None, cache_dir=None, dtype="float64"
+):
     """Run :func:`worker` in a child process (under mpiexec with ``ranks``)."""
     env = dict(os.environ)
     # numba parallelises the per-state work; its per-batch GEMMs are small, and BLAS threads
@@ -162,6 +202,7 @@ def run_config(case, backend, n, threads, repeats, batch_size, ranks=None, cache
         env["NUMBA_CACHE_DIR"] = str(cache_dir)
     cmd = [sys.executable, __file__, "--worker", "--case", case, "--backend", backend]
     cmd += ["--n", str(n), "--repeats", str(repeats), "--batch-size", str(batch_size)]
+    cmd += ["--dtype", dtype]
     if ranks is not None:
         mpiexec = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
         cmd = [mpiexec, "-n", str(ranks), *cmd]
@@ -195,8 +236,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default="1,2", help="numba/BLAS thread counts")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=1000, help="CPU batch size")
-    parser.add_argument("--gpu-batch-size", type=int, default=10000)
-    parser.add_argument("--gpu", action="store_true", help="also benchmark the cupy backend")
+    parser.add_argument(
+        "--gpu-batch-size", default="10000", help="cupy batch sizes, comma-separated"
+    )
+    parser.add_argument(
+        "--gpu", action="store_true", help="also benchmark the cupy backend (float64, float32)"
+    )
+    parser.add_argument(
+        "--no-compile-check",
+        action="store_true",
+        help="skip timing numba's compilation into an empty cache (two extra processes)",
+    )
     parser.add_argument("--no-mpi", action="store_true", help="skip the 1 vs 2 ranks runs")
     parser.add_argument("--name", default="backends", help="record name (results/<name>.json)")
     # worker mode (internal)
@@ -204,6 +254,7 @@ def main(argv=None) -> int:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float64", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
@@ -217,15 +268,23 @@ def main(argv=None) -> int:
     info = print_header("E-step backends", machine_info(gpu=args.gpu))
     threads = [int(t) for t in args.threads.split(",")]
     record = {"command": " ".join(sys.argv), "machine": info, "results": [], "mpi": []}
-    record["numba_compile"] = cold_compile_seconds()
-    print(
-        f"numba first-call compile (empty cache): {record['numba_compile']['compile_s']:.1f} s, "
-        f"cached load in a new process: {record['numba_compile']['cached_load_s']:.2f} s"
-    )
+    if not args.no_compile_check:
+        record["numba_compile"] = cold_compile_seconds()
+        print(
+            "numba first-call compile (empty cache): "
+            f"{record['numba_compile']['compile_s']:.1f} s, "
+            f"cached load in a new process: {record['numba_compile']['cached_load_s']:.2f} s"
+        )
     sizes = {"bars": args.n_bars, "large": args.n_large}
-    configs = [("numpy", 1)] + [("numba", t) for t in threads]
+    # (backend, threads, batch size, dtype)
+    configs = [("numpy", 1, args.batch_size, "float64")]
+    configs += [("numba", t, args.batch_size, "float64") for t in threads]
     if args.gpu:
-        configs.append(("cupy", 1))
+        configs += [
+            ("cupy", 1, int(bs), dtype)
+            for dtype in ("float64", "float32")
+            for bs in args.gpu_batch_size.split(",")
+        ]
     rows = []
     for case in args.cases.split(","):
         N = sizes[case]
@@ -237,10 +296,10 @@ def main(argv=None) -> int:
             f"({fl['gemm'] / 1e9:.3f} in the two NxDxH GEMMs)"
         )
         base = None
-        for backend, t in configs:
-            bs = args.gpu_batch_size if backend == "cupy" else args.batch_size
-            res = run_config(case, backend, N, t, args.repeats, bs)
-            res.update(case=case, backend=backend, threads=t, N=N, batch_size=bs, **fl)
+        for backend, t, bs, dtype in configs:
+            res = run_config(case, backend, N, t, args.repeats, bs, dtype=dtype)
+            res.update(case=case, backend=backend, threads=t, N=N, batch_size=bs, dtype=dtype)
+            res.update(fl)
             res["gflops"] = fl["total"] / res["seconds"] / 1e9
             res["vs_gemm"] = res["seconds"] / res["gemm_NDH_s"]
             base = res["seconds"] if backend == "numpy" else base
@@ -248,7 +307,8 @@ def main(argv=None) -> int:
             record["results"].append(res)
             rows.append(res)
             print(
-                f"{backend:6s} {t} thr: {res['seconds']:8.3f} s  {res['gflops']:6.2f} GFLOP/s  "
+                f"{backend:6s} {t:2d} thr {dtype} B={bs}: {res['seconds']:8.4f} s  "
+                f"{res['gflops']:7.2f} GFLOP/s  "
                 f"x{res['speedup_vs_numpy']:.2f} vs numpy  E-step/GEMM(NxDxH) "
                 f"{res['vs_gemm']:6.1f}  (GEMM rate {res['gemm_gflops'] or 0:.1f} GFLOP/s)"
             )
@@ -267,13 +327,14 @@ def main(argv=None) -> int:
 
 def markdown_table(rows, mpi) -> str:
     lines = [
-        "| case | backend | threads | E-step s | GFLOP/s | vs numpy | E-step / GEMM(N×D×H) |"
-        " GEMM GFLOP/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| case | backend | threads | dtype | batch | E-step s | GFLOP/s | vs numpy |"
+        " E-step / GEMM(N×D×H) | GEMM GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['case']} | {r['backend']} | {r['threads']} | {r['seconds']:.3f} | "
+            f"| {r['case']} | {r['backend']} | {r['threads']} | {r.get('dtype', 'float64')} | "
+            f"{r['batch_size']} | {r['seconds']:.4f} | "
             f"{r['gflops']:.2f} | {r['speedup_vs_numpy']:.2f}x | {r['vs_gemm']:.1f} | "
             f"{r['gemm_gflops'] or 0:.1f} |"
         )

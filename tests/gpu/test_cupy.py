@@ -141,3 +141,67 @@ def test_select_device_single_process():
 def test_bsc_cupy_matches_numpy_end_to_end():
     fits = annealed_et_fits(("numpy", "cupy"))
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
+
+
+def _signed_bars():
+    from prosper.data import bars
+
+    return bars(
+        size=4, n_samples=300, pi=0.2, amplitude=5.0, sigma=0.5, signed=True, random_state=2
+    ).Y
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("states", ["et", "evo", "full"])
+@pytest.mark.parametrize("name", ["BSC", "TSC", "DSC"])
+def test_linear_estimators_on_cupy_match_numpy(name, states):
+    # ET runs the CUDA kernel; evo and full run the generic E-step (host kernels) under the
+    # cupy backend: all three learn the NumPy reference's model
+    import prosper
+
+    kw = {"H": 8, "n_iter": 4, "random_state": 3, "states": states, "progress": False}
+    if states == "et":
+        kw.update(Hprime=5, gamma=3)
+    if name == "DSC":
+        kw["values"] = (0.0, 1.0, 2.0)
+    Y = _signed_bars()
+    fits = {b: getattr(prosper, name)(backend=b, **kw).fit(Y) for b in ("numpy", "cupy")}
+    np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fits["cupy"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
+
+
+@gpu
+@pytest.mark.gpu
+def test_bsc_float32_on_cupy_follows_float64():
+    from prosper import BSC
+    from prosper.data import bars
+
+    data = bars(size=5, n_samples=2000, pi=0.2, amplitude=10.0, sigma=2.0, random_state=0)
+    kw = {"H": 10, "Hprime": 6, "gamma": 3, "n_iter": 3, "random_state": 1, "progress": False}
+    f64 = BSC(backend="numpy", **kw).fit(data.Y)
+    f32 = BSC(backend="cupy", dtype="float32", batch_size=4096, **kw).fit(data.Y)
+    np.testing.assert_allclose(f32.W_, f64.W_, rtol=0, atol=1e-3 * np.abs(f64.W_).max())
+    np.testing.assert_allclose(f32.free_energy_, f64.free_energy_, rtol=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["GSC", "MCA"])
+def test_models_without_a_cuda_kernel_run_under_cupy(name):
+    # backend="cupy" for a model without a CuPy kernel runs the model's NumPy E-step
+    import prosper
+    from prosper.data import bars
+
+    data = bars(
+        size=4,
+        n_samples=200,
+        pi=0.2,
+        amplitude=5.0,
+        sigma=0.5,
+        random_state=4,
+        combine="max" if name == "MCA" else "sum",
+    )
+    kw = {"H": 8, "n_iter": 3, "random_state": 0, "progress": False}
+    fits = {b: getattr(prosper, name)(backend=b, **kw).fit(data.Y) for b in ("numpy", "cupy")}
+    np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-10)
