@@ -9,7 +9,7 @@
 # mpi4py for the MPI step. A machine without network access and without the pure-Python
 # dependencies gets them from a folder made beforehand on another machine and copied along:
 #
-#     pip install --target .gpu_site --no-deps threadpoolctl tqdm hypothesis attrs sortedcontainers
+#     pip install --target .gpu_site --no-deps threadpoolctl tqdm
 set -u
 cd "$(dirname "$0")/.."
 OUTDIR="${OUT:-benchmarks/results}"
@@ -50,6 +50,8 @@ fit_rc=${PIPESTATUS[0]}
 #    when the machine has one): the learned W must agree
 mpi_rc=0
 MPIEXEC="$(command -v mpiexec || true)"
+# Open MPI refuses to start as root (containers) unless told twice
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ -n "$MPIEXEC" ]; then
   for n in 1 2; do
     timeout 120 "$MPIEXEC" -n "$n" "$PY" -m prosper fit examples/bsc_bars.toml \

@@ -5,9 +5,10 @@ log marginals come back as host arrays, the statistics stay on the device (see b
 batch runs on the current GPU as
 
 1. the batch copied to the device through a reused page-locked (pinned) host buffer;
-2. ``Y W`` (cuBLAS); the preselection scores from it, ranked on the host by
-   :meth:`prosper.solvers.states.ExpectationTruncation.select` (a (B, H) copy each way, so
-   that ties break exactly as on the CPU backends);
+2. ``Y W`` (cuBLAS); the preselection scores from it and the H' best latents of every
+   point on the device (an elementwise kernel ranks each latent within its row, ties to the
+   lower index as :meth:`prosper.solvers.states.ExpectationTruncation.select` breaks them):
+   no (B, H) array crosses the bus;
 3. ``Wᵀ W`` and the table states' quadratic forms f · forward as cuBLAS GEMMs, with the
    per-point features f = [Wᵀy on I_n, lower triangle of the I_n block of WᵀW] (see
    :func:`prosper.backends.linear_terms.table_coefficients`);
@@ -93,6 +94,29 @@ def kernel_source() -> str:
 
 # compiled by NVRTC on first launch and kept in CuPy's kernel cache (memory and disk)
 _posterior_kernel = cp.RawKernel(kernel_source(), "prosper_linear_posterior") if AVAILABLE else None
+# keep[b, h]: latent h is among the k best of row b. Its rank counts the latents that beat
+# it, a tie going to the lower index: the set ExpectationTruncation.select picks on the host
+# (O(H) per element; H is at most a few hundred)
+_top_latents = (
+    cp.ElementwiseKernel(
+        "raw float64 scores, int32 H, int32 k",
+        "bool keep",
+        """
+        const long long row = (i / H) * H;
+        const int h = i % H;
+        const double s = scores[i];
+        int rank = 0;
+        for (int j = 0; j < H; ++j) {
+            const double t = scores[row + j];
+            rank += (t > s) || (t == s && j < h);
+        }
+        keep = rank < k;
+        """,
+        "prosper_top_latents",
+    )
+    if AVAILABLE
+    else None
+)
 
 
 # -- device selection under MPI --------------------------------------------------------------
@@ -195,6 +219,24 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
     return cached
 
 
+def _candidates(states: ExpectationTruncation, WY, presel, B: int):
+    """The H' candidate latents of every point, ascending, as a (B, H') device array."""
+    Hp = states.Hprime
+    if states.full:
+        return cp.ascontiguousarray(cp.broadcast_to(cp.arange(Hp, dtype=cp.int64), (B, Hp)))
+    scores = preselection_scores(WY, tuple(cp.asarray(c, dtype=cp.float64) for c in presel))
+    H = scores.shape[1]
+    if Hp >= H:
+        return cp.ascontiguousarray(cp.broadcast_to(cp.arange(H, dtype=cp.int64), (B, H)))
+    keep = cp.empty(scores.shape, dtype=cp.bool_)
+    _top_latents(cp.ascontiguousarray(scores), np.int32(H), np.int32(Hp), keep)
+    # row-major order: each row's latents come out ascending, as on the host
+    latents = cp.nonzero(keep)[1]
+    if latents.size != B * Hp:  # NaN scores rank nowhere
+        raise FloatingPointError("non-finite preselection scores: the parameters diverged")
+    return latents.reshape(B, Hp).astype(cp.int64, copy=False)
+
+
 def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):
     """Device part of one batch; returns the log marginals and, with ``accumulate``, the
     device arrays the statistics are reduced from."""
@@ -210,16 +252,13 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
     dY = _stage.to_device(Y)
     dW = cp.asarray(W, dtype=Y.dtype)
     # GEMMs over the data at the precision of Y, the rest in float64
-    WY_low = dY @ dW
-    scores = None if states.full else preselection_scores(WY_low.get(), presel)
-    batch = states.select(scores, B)
-    Hp = batch.I.shape[1]
-    WY = cp.ascontiguousarray(WY_low.astype(cp.float64, copy=False))
+    WY = cp.ascontiguousarray((dY @ dW).astype(cp.float64, copy=False))
+    I = _candidates(states, WY, presel, B)
+    Hp = I.shape[1]
     Y64 = dY.astype(cp.float64, copy=False)
     W64 = dW.astype(cp.float64, copy=False)
     WtW = W64.T @ W64
     yy = cp.einsum("nd,nd->n", Y64, Y64)
-    I = cp.asarray(batch.I, dtype=cp.int64)
     feat = cp.concatenate(
         [cp.take_along_axis(WY, I, axis=1), WtW[I[:, tables["tri_i"]], I[:, tables["tri_j"]]]],
         axis=1,

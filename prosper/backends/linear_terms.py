@@ -1,4 +1,4 @@
-"""Backend-independent preparation for the E-step of linear models (plain NumPy).
+"""Backend-independent preparation for the E-step of linear models (NumPy).
 
 What every backend derives from the model's parameters and the candidate-state table before
 its kernels run: the preselection scores, the log-prior of every candidate state, and the
@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+
+from prosper.backends import get_namespace
 
 __all__ = [
     "TableTerms",
@@ -39,10 +41,11 @@ def preselection_scores(WY: np.ndarray, coef: tuple[np.ndarray, np.ndarray]) -> 
     -------
     ndarray of shape (B, H)
     """
+    xp = get_namespace(WY)  # also on the GPU (cupy_backend), with A and C there
     A, C = coef
     scores = WY * A[0] + C[0]
     for a, c in zip(A[1:], C[1:], strict=True):
-        np.maximum(scores, WY * a + c, out=scores)
+        xp.maximum(scores, WY * a + c, out=scores)
     return scores
 
 

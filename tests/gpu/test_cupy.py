@@ -205,3 +205,13 @@ def test_models_without_a_cuda_kernel_run_under_cupy(name):
     kw = {"H": 8, "n_iter": 3, "random_state": 0, "progress": False}
     fits = {b: getattr(prosper, name)(backend=b, **kw).fit(data.Y) for b in ("numpy", "cupy")}
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-10)
+
+
+@gpu
+@pytest.mark.gpu
+def test_candidates_on_the_device_break_ties_as_the_host():
+    import cupy
+
+    from tests.unit.test_cupy_host import check_candidates_match_host
+
+    check_candidates_match_host(cb, cupy.asarray)

@@ -50,7 +50,15 @@ def _fake_cupy() -> types.SimpleNamespace:
     wrap = ("asarray", "ascontiguousarray", "empty", "ones", "concatenate", "take_along_axis")
     wrap += ("einsum", "diag", "arange", "bincount", "ravel")
     fake = types.SimpleNamespace(**{name: _wrapped(getattr(np, name)) for name in wrap})
-    fake.float64, fake.int64, fake.ndarray = np.float64, np.int64, _DeviceArray
+    fake.float64, fake.int64, fake.bool_, fake.ndarray = (
+        np.float64,
+        np.int64,
+        np.bool_,
+        _DeviceArray,
+    )
+    fake.maximum = np.maximum
+    fake.broadcast_to = _wrapped(np.broadcast_to)
+    fake.nonzero = lambda x: tuple(_dev(i) for i in np.nonzero(x))
     device = types.SimpleNamespace(id=0, use=lambda: None)
     fake.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
@@ -78,10 +86,20 @@ def _posterior_kernel(grid, block, args):
         q[...] = ref.log_normalise(beta * ll + prior_beta * lp)[1] * mask[:, None]
 
 
+def _top_latents(scores, H, k, keep):
+    """NumPy transcription of the ``prosper_top_latents`` elementwise kernel."""
+    h = np.arange(int(H))
+    beats = (scores[:, None, :] > scores[:, :, None]) | (
+        (scores[:, None, :] == scores[:, :, None]) & (h[None, :] < h[:, None])
+    )
+    keep[...] = beats.sum(axis=2) < int(k)
+
+
 @pytest.fixture
 def cupy_on_host(monkeypatch):
     monkeypatch.setattr(cb, "cp", _fake_cupy())
     monkeypatch.setattr(cb, "_posterior_kernel", _posterior_kernel)
+    monkeypatch.setattr(cb, "_top_latents", _top_latents)
     monkeypatch.setattr(cb, "_stage", cb._PinnedStage())
     cb._table_cache.clear()
     yield cb
@@ -129,12 +147,34 @@ def test_host_side_bsc_fit_matches_numpy(cupy_on_host, monkeypatch):
         _DeviceArray.copies = 0
 
     fits = annealed_et_fits(("numpy", "cupy"), before_each=reset_copies)
-    # per batch the scores and the log marginals; the statistics once per pass. Every
-    # iteration cuts a few points (at most SUBTRACT_CUT): one pass over 3 batches (300 points
-    # in 128s) for the log marginals and the statistics of all points, one over the cut
-    # points (1 batch) for theirs; after the last iteration the degenerate-fit check's
-    # posterior-mean pass copies scores and means per batch
-    assert _DeviceArray.copies == 5 * ((2 * 3 + 1) + (2 * 1 + 1)) + 2 * 3
+    # per batch the log marginals (the candidates are chosen on the device); the statistics
+    # once per pass. Every iteration cuts a few points (at most SUBTRACT_CUT): one pass over
+    # 3 batches (300 points in 128s) for the log marginals and the statistics of all points,
+    # one over the cut points (1 batch) for theirs; after the last iteration the
+    # degenerate-fit check's posterior-mean pass copies the means per batch
+    assert _DeviceArray.copies == 5 * ((3 + 1) + (1 + 1)) + 3
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(fits["cupy"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
     assert np.ptp(fits["cupy"].free_energy_) > 0.1
+
+
+def test_host_side_candidates_break_ties_as_the_host(cupy_on_host):
+    check_candidates_match_host(cupy_on_host, np.asarray)
+
+
+def check_candidates_match_host(module, to_device):
+    """The device's H' best latents per point equal ExpectationTruncation.select's, also
+    where scores tie across the H'-th place (integer-valued Wᵀy, many ties)."""
+    from prosper.backends.linear_terms import preselection_scores
+    from prosper.solvers.states import ExpectationTruncation
+
+    rng = np.random.default_rng(0)
+    states = ExpectationTruncation(12, 5, 3, (0.0, 1.0, -1.0))
+    WY = rng.integers(-3, 4, size=(500, 12)).astype(np.float64)
+    presel = (np.stack([np.ones(12), -np.ones(12)]), np.zeros((2, 12)))
+    expected = states.select(preselection_scores(WY, presel), 500).I
+    actual = module._candidates(states, to_device(WY), presel, 500)
+    np.testing.assert_array_equal(np.asarray(getattr(actual, "get", lambda: actual)()), expected)
+    WY[7, 3] = np.nan
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        module._candidates(states, to_device(WY), presel, 500)
