@@ -18,7 +18,9 @@ SITE=""
 [ -d .gpu_site ] && SITE="$PWD/.gpu_site:"
 export PYTHONPATH="$SITE$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PROSPER_BENCH_RESULTS="$OUTDIR"
-PY="${PYTHON:-python}"
+# an absolute path: Open MPI's mpiexec, itself called by its absolute path, puts its own
+# prefix's bin first on the ranks' PATH, where "python" may be another interpreter
+PY="$(command -v "${PYTHON:-python}")"
 
 {
   echo "# gpu_check $(date -u +%FT%TZ)"

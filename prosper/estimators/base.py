@@ -12,11 +12,13 @@ import json
 import logging
 import os
 import types
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from prosper.backends import get_backend
+from prosper.backends.evolution import REFERENCE as EVO_REFERENCE
 from prosper.base import BaseEstimator
 from prosper.exceptions import ConfigError
 from prosper.io.config import dump_toml
@@ -845,11 +847,26 @@ class TruncatedEMEstimator(EMEstimator):
         Hprime, gamma = self._resolved()
         return ExpectationTruncation(self.H, Hprime, gamma, model.values)
 
+    def _auto_candidates(self, model) -> Callable[[types.ModuleType], bool]:
+        """The backends ``backend="auto"`` may choose for this fit.
+
+        Those with a kernel for the model; with evolutionary states also a compiled search:
+        a backend whose ``KERNELS`` list the NumPy reference's (CuPy) would run the search
+        on the host, slower than numba's compiled one.
+        """
+        if self.states != "evo":
+            return model.runs_on
+        return lambda module: (
+            model.runs_on(module)
+            and (module.KERNELS.get("evo_select") is not EVO_REFERENCE["evo_select"])
+        )
+
     def _make_learner(self, D: int, seed: int, backend) -> TruncatedEM:
         model = self._make_model(D)
-        if self.backend == "auto" and not model.runs_on(backend):
-            # the best backend that has a kernel for this model, not the best backend
-            backend = get_backend("auto", supports=model.runs_on)
+        candidates = self._auto_candidates(model)
+        if self.backend == "auto" and not candidates(backend):
+            # the best backend that runs this fit compiled, not the best backend
+            backend = get_backend("auto", supports=candidates)
         return TruncatedEM(
             model,
             self._states(model, seed),

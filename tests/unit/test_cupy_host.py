@@ -178,3 +178,19 @@ def check_candidates_match_host(module, to_device):
     WY[7, 3] = np.nan
     with pytest.raises(FloatingPointError, match="non-finite"):
         module._candidates(states, to_device(WY), presel, 500)
+
+
+@pytest.mark.parametrize(("states", "chosen"), [("et", "cupy"), ("full", "cupy"), ("evo", "numba")])
+def test_auto_on_a_gpu_machine_picks_a_compiled_search(cupy_on_host, monkeypatch, states, chosen):
+    # CuPy lists the NumPy reference's evolutionary search (run on the host): "auto" gives
+    # evolutionary states numba's compiled one instead
+    import prosper.backends as backends
+    from prosper import BSC
+
+    real = backends._try_import
+    monkeypatch.setattr(cupy_on_host, "AVAILABLE", True)
+    monkeypatch.setattr(backends, "_try_import", lambda n: cb if n == "cupy" else real(n))
+    est = BSC(H=6, states=states, backend="auto")
+    learner = est._make_learner(16, 0, backends.get_backend("auto"))
+    picked = learner.backend.NAME
+    assert picked == chosen
