@@ -31,6 +31,7 @@ __all__ = [
     "machine_info",
     "print_header",
     "results_dir",
+    "worker_env",
     "write_record",
 ]
 
@@ -174,6 +175,26 @@ def gemm_gflops(n: int = 1024, dtype: Any = np.float64, repeats: int = 5) -> flo
     b = rng.standard_normal((n, n)).astype(dtype)
     a @ b  # warm up: thread pool start, page faults
     return 2.0 * n**3 / best_time(lambda: a @ b, repeats=repeats) / 1e9
+
+
+def worker_env(backend: str, threads: int) -> dict[str, str]:
+    """Environment of a benchmark worker process running ``backend`` on ``threads`` threads.
+
+    numba parallelises the per-state work; its per-batch GEMMs are small, and BLAS threads
+    spinning beside numba's threads slow it down, so BLAS stays single-threaded for numba
+    (``threads`` BLAS threads otherwise). The repository root goes first on PYTHONPATH.
+    """
+    env = dict(os.environ)
+    blas = 1 if backend == "numba" else threads
+    root = str(Path(__file__).resolve().parent.parent)
+    env.update(
+        OMP_NUM_THREADS=str(blas),
+        OPENBLAS_NUM_THREADS=str(blas),
+        MKL_NUM_THREADS=str(blas),
+        NUMBA_NUM_THREADS=str(threads),
+        PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""),
+    )
+    return env
 
 
 def results_dir() -> Path:

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 # run as a script: its folder is on sys.path
-from _common import gemm_gflops, machine_info, print_header, write_record
+from _common import gemm_gflops, machine_info, print_header, worker_env, write_record
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
@@ -187,17 +187,7 @@ def run_config(
     case, backend, n, threads, repeats, batch_size, ranks=None, cache_dir=None, dtype="float64"
 ):
     """Run :func:`worker` in a child process (under mpiexec with ``ranks``)."""
-    env = dict(os.environ)
-    # numba parallelises the per-state work; its per-batch GEMMs are small, and BLAS threads
-    # spinning beside numba's threads slow it down, so BLAS stays single-threaded for numba
-    blas = 1 if backend == "numba" else threads
-    env.update(
-        OMP_NUM_THREADS=str(blas),
-        OPENBLAS_NUM_THREADS=str(blas),
-        MKL_NUM_THREADS=str(blas),
-        NUMBA_NUM_THREADS=str(threads),
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
+    env = worker_env(backend, threads)
     if cache_dir is not None:
         env["NUMBA_CACHE_DIR"] = str(cache_dir)
     cmd = [sys.executable, __file__, "--worker", "--case", case, "--backend", backend]

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
-from _common import machine_info, print_header, write_record
+from _common import machine_info, print_header, worker_env, write_record
 
-ROOT = Path(__file__).resolve().parent.parent
 SIZE, AMPLITUDE, SIGMA = 10, 10.0, 2.0
 
 
@@ -87,15 +84,7 @@ def worker(args) -> dict:
 
 
 def run_config(backend, threads, dtype, batch_size, seed, args) -> dict:
-    env = dict(os.environ)
-    blas = 1 if backend == "numba" else threads
-    env.update(
-        OMP_NUM_THREADS=str(blas),
-        OPENBLAS_NUM_THREADS=str(blas),
-        MKL_NUM_THREADS=str(blas),
-        NUMBA_NUM_THREADS=str(threads),
-        PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-    )
+    env = worker_env(backend, threads)
     cmd = [sys.executable, __file__, "--worker", "--backend", backend, "--dtype", dtype]
     cmd += ["--batch-size", str(batch_size), "--seed", str(seed), "--n", str(args.n)]
     cmd += ["--n-iter", str(args.n_iter)]
