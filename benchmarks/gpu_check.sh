@@ -20,7 +20,7 @@ export PYTHONPATH="$SITE$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PROSPER_BENCH_RESULTS="$OUTDIR"
 # an absolute path: Open MPI's mpiexec, itself called by its absolute path, puts its own
 # prefix's bin first on the ranks' PATH, where "python" may be another interpreter
-PY="$(command -v "${PYTHON:-python}")"
+PY="$(command -v "${PYTHON:-python}")" || { echo "gpu_check: ${PYTHON:-python} not found" >&2; exit 2; }
 
 {
   echo "# gpu_check $(date -u +%FT%TZ)"
@@ -55,10 +55,14 @@ MPIEXEC="$(command -v mpiexec || true)"
 # Open MPI refuses to start as root (containers) unless told twice
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ -n "$MPIEXEC" ]; then
+  # no result of an earlier run may stand in for a failed fit
+  rm -f "$OUTDIR/mpi_cupy_1.h5" "$OUTDIR/mpi_cupy_2.h5"
   for n in 1 2; do
     timeout 120 "$MPIEXEC" -n "$n" "$PY" -m prosper fit examples/bsc_bars.toml \
       --out "$OUTDIR/mpi_cupy_$n.h5" --overwrite --no-progress \
-      --set model.backend=cupy --set model.n_iter=20 2>&1 | tail -4
+      --set model.backend=cupy --set model.n_iter=20 > "$OUTDIR/mpi_cupy_$n.log" 2>&1 \
+      || echo "mpiexec -n $n: exit $? (whole log: $OUTDIR/mpi_cupy_$n.log)"
+    tail -4 "$OUTDIR/mpi_cupy_$n.log"
   done | tee "$OUTDIR/mpi_cupy.txt"
   "$PY" - "$OUTDIR" <<'EOF' 2>&1 | tee -a "$OUTDIR/mpi_cupy.txt"
 import sys

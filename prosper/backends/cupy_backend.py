@@ -232,7 +232,10 @@ def _candidates(states: ExpectationTruncation, WY, presel, B: int):
     _top_latents(cp.ascontiguousarray(scores), np.int32(H), np.int32(Hp), keep)
     # row-major order: each row's latents come out ascending, as on the host
     latents = cp.nonzero(keep)[1]
-    if latents.size != B * Hp:  # NaN scores rank nowhere
+    # a NaN score compares false both ways: it is kept and beats nothing, so its row keeps
+    # more than H' latents. The CPU backends would go on with NaN ranked last; a diverged
+    # fit stops here instead
+    if latents.size != B * Hp:
         raise FloatingPointError("non-finite preselection scores: the parameters diverged")
     return latents.reshape(B, Hp).astype(cp.int64, copy=False)
 

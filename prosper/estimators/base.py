@@ -24,6 +24,7 @@ from prosper.exceptions import ConfigError
 from prosper.io.config import dump_toml
 from prosper.io.results import ResultWriter, encode_params, read_checkpoint, read_history
 from prosper.io.sources import as_source
+from prosper.models.base import backend_kernel
 from prosper.parallel import Communicator, get_comm
 from prosper.solvers.annealing import Schedule
 from prosper.solvers.em import run_em
@@ -858,7 +859,7 @@ class TruncatedEMEstimator(EMEstimator):
             return model.runs_on
         return lambda module: (
             model.runs_on(module)
-            and (module.KERNELS.get("evo_select") is not EVO_REFERENCE["evo_select"])
+            and (backend_kernel(module, "evo_select") is not EVO_REFERENCE["evo_select"])
         )
 
     def _make_learner(self, D: int, seed: int, backend) -> TruncatedEM:
