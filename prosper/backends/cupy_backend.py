@@ -226,8 +226,6 @@ def _candidates(states: ExpectationTruncation, WY, presel, B: int):
         return cp.ascontiguousarray(cp.broadcast_to(cp.arange(Hp, dtype=cp.int64), (B, Hp)))
     scores = preselection_scores(WY, tuple(cp.asarray(c, dtype=cp.float64) for c in presel))
     H = scores.shape[1]
-    if Hp >= H:
-        return cp.ascontiguousarray(cp.broadcast_to(cp.arange(H, dtype=cp.int64), (B, H)))
     keep = cp.empty(scores.shape, dtype=cp.bool_)
     _top_latents(cp.ascontiguousarray(scores), np.int32(H), np.int32(Hp), keep)
     # row-major order: each row's latents come out ascending, as on the host
@@ -237,7 +235,7 @@ def _candidates(states: ExpectationTruncation, WY, presel, B: int):
     # fit stops here instead
     if latents.size != B * Hp:
         raise FloatingPointError("non-finite preselection scores: the parameters diverged")
-    return latents.reshape(B, Hp).astype(cp.int64, copy=False)
+    return latents.reshape(B, Hp)  # nonzero's indices are int64, as the host's
 
 
 def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):

@@ -106,6 +106,17 @@ def cupy_on_host(monkeypatch):
     cb._table_cache.clear()
 
 
+@pytest.fixture
+def cupy_available(cupy_on_host, monkeypatch):
+    """The stand-in CuPy backend as ``get_backend`` sees it on a GPU machine."""
+    import prosper.backends as backends
+
+    real = backends._try_import
+    monkeypatch.setattr(cupy_on_host, "AVAILABLE", True)
+    monkeypatch.setattr(backends, "_try_import", lambda n: cb if n == "cupy" else real(n))
+    return cupy_on_host
+
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 @pytest.mark.parametrize("annealed", [False, True], ids=["beta1", "annealed"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
@@ -135,13 +146,8 @@ def test_host_side_batch_sizes_and_posterior_mean(cupy_on_host, B):
     np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-10)
 
 
-def test_host_side_bsc_fit_matches_numpy(cupy_on_host, monkeypatch):
+def test_host_side_bsc_fit_matches_numpy(cupy_available):
     """A short annealed ET fit with data selection through the estimator, backend='cupy'."""
-    import prosper.backends as backends
-
-    real = backends._try_import
-    monkeypatch.setattr(cupy_on_host, "AVAILABLE", True)
-    monkeypatch.setattr(backends, "_try_import", lambda n: cb if n == "cupy" else real(n))
 
     def reset_copies(name):
         _DeviceArray.copies = 0
@@ -174,23 +180,21 @@ def check_candidates_match_host(module, to_device):
     presel = (np.stack([np.ones(12), -np.ones(12)]), np.zeros((2, 12)))
     expected = states.select(preselection_scores(WY, presel), 500).I
     actual = module._candidates(states, to_device(WY), presel, 500)
-    np.testing.assert_array_equal(np.asarray(getattr(actual, "get", lambda: actual)()), expected)
+    assert actual.dtype == np.int64
+    np.testing.assert_array_equal(actual.get(), expected)
     WY[7, 3] = np.nan
     with pytest.raises(FloatingPointError, match="non-finite"):
         module._candidates(states, to_device(WY), presel, 500)
 
 
 @pytest.mark.parametrize(("states", "chosen"), [("et", "cupy"), ("full", "cupy"), ("evo", "numba")])
-def test_auto_on_a_gpu_machine_picks_a_compiled_search(cupy_on_host, monkeypatch, states, chosen):
+def test_auto_on_a_gpu_machine_picks_a_compiled_search(cupy_available, states, chosen):
     # CuPy lists the NumPy reference's evolutionary search (run on the host): "auto" gives
     # evolutionary states numba's compiled one instead
-    import prosper.backends as backends
     from prosper import BSC
+    from prosper.backends import get_backend
 
-    real = backends._try_import
-    monkeypatch.setattr(cupy_on_host, "AVAILABLE", True)
-    monkeypatch.setattr(backends, "_try_import", lambda n: cb if n == "cupy" else real(n))
     est = BSC(H=6, states=states, backend="auto")
-    learner = est._make_learner(16, 0, backends.get_backend("auto"))
+    learner = est._make_learner(16, 0, get_backend("auto"))
     picked = learner.backend.NAME
     assert picked == chosen
