@@ -7,8 +7,8 @@ batch runs on the current GPU as
 1. the batch copied to the device through a reused page-locked (pinned) host buffer;
 2. ``Y W`` (cuBLAS); the preselection scores from it and the H' best latents of every
    point on the device (an elementwise kernel ranks each latent within its row, ties to the
-   lower index as :meth:`prosper.solvers.states.ExpectationTruncation.select` breaks them):
-   no (B, H) array crosses the bus;
+   lower index as :meth:`prosper.solvers.states.ExpectationTruncation.select` breaks them,
+   and a second one lists each row's kept latents): no (B, H) array crosses the bus;
 3. ``Wᵀ W`` and the table states' quadratic forms f · forward as cuBLAS GEMMs, with the
    per-point features f = [Wᵀy on I_n, lower triangle of the I_n block of WᵀW] (see
    :func:`prosper.backends.linear_terms.table_coefficients`);
@@ -18,6 +18,10 @@ batch runs on the current GPU as
    arrays: the solver adds them up over the batches on the device and :func:`to_host`
    copies the sums back in one transfer per pass (per iteration without ET data
    selection).
+
+Apart from that one copy per pass, the only transfer that waits for the device is the
+batch's log marginals (B floats): nothing else in a batch synchronises with the GPU, so the
+host queues the next kernels while the device runs.
 
 Use large batches on a GPU (``batch_size`` of 10^4 or more). Under MPI each rank binds to
 one GPU (local rank mod visible devices, :func:`select_device`, called by ``fit``); the
@@ -104,7 +108,7 @@ _top_latents = (
         """
         const long long row = (i / H) * H;
         const int h = i % H;
-        const double s = scores[i];
+        const double s = scores[row + h];
         int rank = 0;
         for (int j = 0; j < H; ++j) {
             const double t = scores[row + j];
@@ -113,6 +117,31 @@ _top_latents = (
         keep = rank < k;
         """,
         "prosper_top_latents",
+    )
+    if AVAILABLE
+    else None
+)
+# one thread per row: the kept latents of the row in ascending order into latents[row, :k],
+# and how many were kept. A NaN score compares false both ways, so its row keeps more than
+# k; the surplus is dropped (the indices stay valid) and the count tells (see _run)
+_compact_latents = (
+    cp.ElementwiseKernel(
+        "raw bool keep, int32 H, int32 k",
+        "raw int64 latents, int32 count",
+        """
+        const long long row = (long long)i * H;
+        const long long out = (long long)i * k;
+        int n = 0;
+        for (int h = 0; h < H; ++h) {
+            if (keep[row + h]) {
+                if (n < k) latents[out + n] = h;
+                ++n;
+            }
+        }
+        for (int m = n; m < k; ++m) latents[out + m] = 0;
+        count = n;
+        """,
+        "prosper_compact_latents",
     )
     if AVAILABLE
     else None
@@ -214,28 +243,39 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
             backward=cp.asarray(backward),
             tri_i=cp.asarray(tri_i),
             tri_j=cp.asarray(tri_j),
-            offdiag=cp.asarray(tri_i != tri_j),
+            # column numbers, not a mask: a boolean index would wait for its count
+            offdiag=cp.asarray(np.flatnonzero(tri_i != tri_j)),
         )
     return cached
 
 
 def _candidates(states: ExpectationTruncation, WY, presel, B: int):
-    """The H' candidate latents of every point, ascending, as a (B, H') device array."""
+    """The H' candidate latents of every point, ascending, as a (B, H') int64 device array,
+    and per point how many latents it kept ((B,) int32; H' unless a score is NaN)."""
     Hp = states.Hprime
     if states.full:
-        return cp.ascontiguousarray(cp.broadcast_to(cp.arange(Hp, dtype=cp.int64), (B, Hp)))
+        latents = cp.ascontiguousarray(cp.broadcast_to(cp.arange(Hp, dtype=cp.int64), (B, Hp)))
+        return latents, None
     scores = preselection_scores(WY, tuple(cp.asarray(c, dtype=cp.float64) for c in presel))
     H = scores.shape[1]
     keep = cp.empty(scores.shape, dtype=cp.bool_)
     _top_latents(cp.ascontiguousarray(scores), np.int32(H), np.int32(Hp), keep)
-    # row-major order: each row's latents come out ascending, as on the host
-    latents = cp.nonzero(keep)[1]
-    # a NaN score compares false both ways: it is kept and beats nothing, so its row keeps
-    # more than H' latents. The CPU backends would go on with NaN ranked last; a diverged
-    # fit stops here instead
-    if latents.size != B * Hp:
-        raise FloatingPointError("non-finite preselection scores: the parameters diverged")
-    return latents.reshape(B, Hp)  # nonzero's indices are int64, as the host's
+    # int64 as the host's; no device-to-host copy (cp.nonzero would wait for the sizes)
+    latents = cp.empty((B, Hp), dtype=cp.int64)
+    count = cp.empty(B, dtype=cp.int32)
+    _compact_latents(keep, np.int32(H), np.int32(Hp), latents, count)
+    return latents, count
+
+
+def _checked(log_marginal) -> np.ndarray:
+    """The log marginals on the host; NaN ones (parameters that diverged, or a NaN
+    preselection score, see :func:`_run`) stop the fit here rather than in the M-step."""
+    host = log_marginal.get()
+    if np.isnan(host).any():
+        raise FloatingPointError(
+            "non-finite log marginals or preselection scores: the parameters diverged"
+        )
+    return host
 
 
 def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accumulate):
@@ -254,7 +294,7 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
     dW = cp.asarray(W, dtype=Y.dtype)
     # GEMMs over the data at the precision of Y, the rest in float64
     WY = cp.ascontiguousarray((dY @ dW).astype(cp.float64, copy=False))
-    I = _candidates(states, WY, presel, B)
+    I, kept = _candidates(states, WY, presel, B)
     Hp = I.shape[1]
     Y64 = dY.astype(cp.float64, copy=False)
     W64 = dW.astype(cp.float64, copy=False)
@@ -294,6 +334,9 @@ def _run(Y, W, sigma2, value_logp, states, presel, beta, prior_beta, mask, accum
             q,
         ),
     )
+    if kept is not None:
+        # a row whose scores held a NaN got an arbitrary candidate set: mark it for _checked
+        log_marginal = cp.where(kept == Hp, log_marginal, np.nan)
     if not accumulate:
         return log_marginal, None
     n_single = V1 * H
@@ -324,9 +367,11 @@ def _statistics(ctx: dict[str, Any], H: int) -> list:
     pairs = moments[:, Hp : Hp + P]
     lower = (I[:, tables["tri_i"]] * H + I[:, tables["tri_j"]]).ravel()
     off = tables["offdiag"]
-    upper = (I[:, tables["tri_j"]] * H + I[:, tables["tri_i"]])[:, off].ravel()
-    ss = cp.bincount(lower, weights=pairs.ravel(), minlength=H * H)
-    ss += cp.bincount(upper, weights=pairs[:, off].ravel(), minlength=H * H)
+    upper = (I[:, tables["tri_j"][off]] * H + I[:, tables["tri_i"][off]]).ravel()
+    # scatter-adds (atomic): unlike bincount they need no maximum from the device first
+    ss = cp.zeros(H * H)
+    cp.add.at(ss, lower, pairs.ravel())
+    cp.add.at(ss, upper, pairs[:, off].ravel())
     ss = ss.reshape(H, H)
     ss[cp.arange(H), cp.arange(H)] += cp.einsum("v,bvh->h", ctx["nz"] ** 2, ctx["q_single"])
     counts = ctx["q_single"].sum(axis=(0, 2)) + moments[:, Hp + P :].sum(axis=0)
@@ -366,11 +411,11 @@ def linear_estep(
         Y, W, float(sigma2), value_logp, states, presel, beta, prior_beta, mask, accumulate
     )
     if ctx is None:
-        return log_marginal.get(), None
+        return _checked(log_marginal), None
     # the statistics stay on the device: the solver adds them up over the batches and
     # copies the sums back once per pass (to_host)
     sy, ss, counts, yy, n = _statistics(ctx, H)
-    return log_marginal.get(), {"sy": sy, "ss": ss, "counts": counts, "yy": yy, "n": n}
+    return _checked(log_marginal), {"sy": sy, "ss": ss, "counts": counts, "yy": yy, "n": n}
 
 
 def to_host(stats: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -408,5 +453,6 @@ def linear_posterior_mean(
     """
     if np.shape(Y)[0] == 0:
         return np.zeros((0, np.shape(W)[1]))
-    _, ctx = _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)
+    log_marginal, ctx = _run(Y, W, float(sigma2), value_logp, states, presel, 1.0, 1.0, None, True)
+    _checked(log_marginal)
     return ctx["mean"].get()

@@ -215,3 +215,12 @@ def test_candidates_on_the_device_break_ties_as_the_host():
     from tests.unit.test_cupy_host import check_candidates_match_host
 
     check_candidates_match_host(cb, cupy.asarray)
+
+
+@gpu
+@pytest.mark.gpu
+def test_nan_parameters_stop_the_estep_on_the_device():
+    from tests.unit.test_cupy_host import check_nan_parameters_stop_the_estep
+
+    check_nan_parameters_stop_the_estep(cb)
+

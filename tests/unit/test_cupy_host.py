@@ -48,17 +48,18 @@ def _dev(x):
 
 def _fake_cupy() -> types.SimpleNamespace:
     wrap = ("asarray", "ascontiguousarray", "empty", "ones", "concatenate", "take_along_axis")
-    wrap += ("einsum", "diag", "arange", "bincount", "ravel")
+    wrap += ("einsum", "diag", "arange", "zeros", "where", "ravel")
     fake = types.SimpleNamespace(**{name: _wrapped(getattr(np, name)) for name in wrap})
-    fake.float64, fake.int64, fake.bool_, fake.ndarray = (
+    fake.float64, fake.int64, fake.int32, fake.bool_, fake.ndarray = (
         np.float64,
         np.int64,
+        np.int32,
         np.bool_,
         _DeviceArray,
     )
     fake.maximum = np.maximum
     fake.broadcast_to = _wrapped(np.broadcast_to)
-    fake.nonzero = lambda x: tuple(_dev(i) for i in np.nonzero(x))
+    fake.add = types.SimpleNamespace(at=np.add.at)
     device = types.SimpleNamespace(id=0, use=lambda: None)
     fake.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
@@ -95,11 +96,21 @@ def _top_latents(scores, H, k, keep):
     keep[...] = beats.sum(axis=2) < int(k)
 
 
+def _compact_latents(keep, H, k, latents, count):
+    """NumPy transcription of the ``prosper_compact_latents`` elementwise kernel."""
+    count[...] = keep.sum(axis=1)
+    for row in range(keep.shape[0]):
+        kept = np.flatnonzero(keep[row])[: int(k)]
+        latents[row] = 0
+        latents[row, : kept.size] = kept
+
+
 @pytest.fixture
 def cupy_on_host(monkeypatch):
     monkeypatch.setattr(cb, "cp", _fake_cupy())
     monkeypatch.setattr(cb, "_posterior_kernel", _posterior_kernel)
     monkeypatch.setattr(cb, "_top_latents", _top_latents)
+    monkeypatch.setattr(cb, "_compact_latents", _compact_latents)
     monkeypatch.setattr(cb, "_stage", cb._PinnedStage())
     cb._table_cache.clear()
     yield cb
@@ -157,8 +168,9 @@ def test_host_side_bsc_fit_matches_numpy(cupy_available):
     # once per pass. Every iteration cuts a few points (at most SUBTRACT_CUT): one pass over
     # 3 batches (300 points in 128s) for the log marginals and the statistics of all points,
     # one over the cut points (1 batch) for theirs; after the last iteration the
-    # degenerate-fit check's posterior-mean pass copies the means per batch
-    assert _DeviceArray.copies == 5 * ((3 + 1) + (1 + 1)) + 3
+    # degenerate-fit check's posterior-mean pass copies the log marginals (to check them)
+    # and the means per batch
+    assert _DeviceArray.copies == 5 * ((3 + 1) + (1 + 1)) + 2 * 3
     np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
     np.testing.assert_allclose(fits["cupy"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)
     assert np.ptp(fits["cupy"].free_energy_) > 0.1
@@ -179,12 +191,33 @@ def check_candidates_match_host(module, to_device):
     WY = rng.integers(-3, 4, size=(500, 12)).astype(np.float64)
     presel = (np.stack([np.ones(12), -np.ones(12)]), np.zeros((2, 12)))
     expected = states.select(preselection_scores(WY, presel), 500).I
-    actual = module._candidates(states, to_device(WY), presel, 500)
+    actual, count = module._candidates(states, to_device(WY), presel, 500)
     assert actual.dtype == np.int64
     np.testing.assert_array_equal(actual.get(), expected)
+    np.testing.assert_array_equal(count.get(), 5)
+    # a NaN score is kept and beats nothing: its row keeps 6 latents, the others 5
     WY[7, 3] = np.nan
+    actual, count = module._candidates(states, to_device(WY), presel, 500)
+    assert (count.get() > 5).tolist() == [row == 7 for row in range(500)]
+    assert actual.get().min() >= 0 and actual.get().max() < 12
+
+
+def check_nan_parameters_stop_the_estep(module):
+    """A NaN in W (a diverged fit) raises in the E-step and in the posterior mean instead of
+    flowing into the M-step."""
+    p = make_problem(VALUE_SETS["binary"], B=50, seed=2)
+    p["W"] = p["W"].copy()
+    p["W"][3, 1] = np.nan
+    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "states", "presel")]
+    for accumulate in (True, False):
+        with pytest.raises(FloatingPointError, match="non-finite"):
+            module.linear_estep(*args, 1.0, 1.0, accumulate=accumulate)
     with pytest.raises(FloatingPointError, match="non-finite"):
-        module._candidates(states, to_device(WY), presel, 500)
+        module.linear_posterior_mean(*args)
+
+
+def test_host_side_nan_parameters_stop_the_estep(cupy_on_host):
+    check_nan_parameters_stop_the_estep(cupy_on_host)
 
 
 @pytest.mark.parametrize(("states", "chosen"), [("et", "cupy"), ("full", "cupy"), ("evo", "numba")])
@@ -198,3 +231,4 @@ def test_auto_on_a_gpu_machine_picks_a_compiled_search(cupy_available, states, c
     learner = est._make_learner(16, 0, get_backend("auto"))
     picked = learner.backend.NAME
     assert picked == chosen
+
