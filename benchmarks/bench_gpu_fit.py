@@ -1,6 +1,7 @@
 """Time to a correct result on a GPU: BSC on 10x10 bars, CuPy (float64, float32) beside numba.
 
-    python benchmarks/bench_gpu_fit.py [--n 50000] [--seeds 0,1] [--threads 2,16]
+    python benchmarks/bench_gpu_fit.py [--n 50000] [--seeds 0,1] [--threads 2,16] \
+        [--gpu-batch-size 0,10000]
 
 The problem is the recovery grid's (benchmarks/bench_states.py): 10x10 bars (H = 20,
 amplitude 10, π = 2/H, σ = 2), here with N = 50000 points, learned by ``BSC(H=20)`` with its
@@ -10,7 +11,9 @@ iteration after which every bar is matched by a learned column (cosine > 0.9, th
 criterion), or after ``n_iter`` (100). Reported per fit: seconds to that iteration
 (compilation excluded: a one-iteration fit on 2000 points runs first), median seconds per
 iteration, bars found, free energy at the end. numba runs with batches of 1000 (the
-default) and single-threaded BLAS, CuPy with batches of ``--gpu-batch-size``.
+default) and single-threaded BLAS, CuPy with batches of each of ``--gpu-batch-size`` (0:
+the library's default ``batch_size=None``, which sizes them from the free device memory;
+the record gives the size it chose).
 
 Same seed, same model: float64 CuPy and numba learn the same dictionary (tests/gpu), so
 their times to recovery compare iteration for iteration; float32 may take another path.
@@ -50,10 +53,13 @@ def worker(args) -> dict:
     common = {
         "H": H,
         "backend": args.backend,
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or None,
         "dtype": args.dtype,
         "progress": False,
     }
+    from prosper.backends import get_backend
+
+    chosen = BSC(**common)._make_learner(data.Y.shape[1], 0, get_backend(args.backend)).batch_size
     t0 = time.perf_counter()
     BSC(n_iter=1, random_state=0, **common).fit(data.Y[:2000])
     warmup = time.perf_counter() - t0
@@ -80,7 +86,15 @@ def worker(args) -> dict:
         "seconds_to_recovery": stamps[-1] - t0 if found[-1] == H else None,
         "median_iteration_s": float(np.median(per_iter)),
         "free_energy": float(model.free_energy_[-1]),
+        "batch_chosen": chosen,
     }
+
+
+def _batch(res: dict) -> str:
+    """The batch size of a fit as set, or None and the size the library chose."""
+    if res["batch_size"] is None:
+        return f"None ({res['batch_chosen']})"
+    return str(res["batch_size"])
 
 
 def run_config(backend, threads, dtype, batch_size, seed, args) -> dict:
@@ -100,7 +114,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--threads", default="2,16", help="numba thread counts")
     parser.add_argument("--n-iter", type=int, default=100)
-    parser.add_argument("--gpu-batch-size", type=int, default=10000)
+    parser.add_argument(
+        "--gpu-batch-size", default="0,10000", help="CuPy's batch sizes (0: batch_size=None)"
+    )
     parser.add_argument("--no-gpu", action="store_true", help="numba only (CPU check)")
     parser.add_argument("--name", default="gpu_fit", help="record name (results/<name>.json)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -116,7 +132,8 @@ def main(argv=None) -> int:
     info = print_header("BSC time to recovery: GPU beside CPU", machine_info(gpu=not args.no_gpu))
     configs = [("numba", int(t), "float64", 1000) for t in args.threads.split(",")]
     if not args.no_gpu:
-        configs += [("cupy", 1, d, args.gpu_batch_size) for d in ("float64", "float32")]
+        sizes = [int(b) for b in args.gpu_batch_size.split(",")]
+        configs += [("cupy", 1, d, b) for b in sizes for d in ("float64", "float32")]
     print(
         f"10x10 bars, H=20, N={args.n}, pi=2/H, sigma={SIGMA}; BSC defaults, n_iter={args.n_iter}"
     )
@@ -124,11 +141,12 @@ def main(argv=None) -> int:
     for seed in (int(s) for s in args.seeds.split(",")):
         for backend, threads, dtype, bs in configs:
             res = run_config(backend, threads, dtype, bs, seed, args)
-            res.update(backend=backend, threads=threads, dtype=dtype, batch_size=bs, seed=seed)
+            res.update(backend=backend, threads=threads, dtype=dtype, batch_size=bs or None)
+            res["seed"] = seed
             record["results"].append(res)
             to_target = res["seconds_to_recovery"]
             print(
-                f"seed {seed} {backend:5s} {threads:2d} thr {dtype} B={bs}: "
+                f"seed {seed} {backend:5s} {threads:2d} thr {dtype} B={_batch(res)}: "
                 f"{res['iterations']:3d} it, {res['bars_found']}/20 bars, to recovery "
                 + (f"{to_target:7.2f} s" if to_target is not None else "   never")
                 + f", {res['median_iteration_s'] * 1e3:7.1f} ms/it, "
@@ -143,12 +161,13 @@ def main(argv=None) -> int:
         rows = [
             r
             for r in record["results"]
-            if (r["backend"], r["threads"], r["dtype"]) == (backend, threads, dtype)
+            if (r["backend"], r["threads"], r["dtype"], r["batch_size"])
+            == (backend, threads, dtype, bs or None)
         ]
         reached = [r["seconds_to_recovery"] for r in rows if r["recovered"]]
         to_target = f"{statistics.median(reached):.2f}" if reached else "—"
         print(
-            f"| {backend} | {threads} | {dtype} | {bs} | "
+            f"| {backend} | {threads} | {dtype} | {_batch(rows[0])} | "
             f"{statistics.median(r['median_iteration_s'] for r in rows):.4f} | {to_target} | "
             f"{len(reached)}/{len(rows)} |"
         )

@@ -50,6 +50,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from prosper.backends import numpy_backend
 from prosper.backends.linear_terms import preselection_scores, state_log_prior, table_terms
 from prosper.backends.numba_gsc import gsc_estep
 from prosper.backends.numba_math import FMA, run_kernel, softmax_columns
@@ -89,6 +90,7 @@ def numba_threads(n: int) -> Iterator[int]:
 
 __all__ = [
     "KERNELS",
+    "batch_points",
     "gsc_estep",
     "linear_activity_pairs",
     "linear_estep",
@@ -618,6 +620,12 @@ def warmup() -> float:
         1,
     )
     return time.perf_counter() - start
+
+
+def batch_points(bytes_per_point: int) -> int:
+    """Points per E-step batch when the estimator leaves ``batch_size`` to the backend: the
+    CPU's :data:`prosper.backends.numpy_backend.BATCH_POINTS` (argument as there)."""
+    return numpy_backend.BATCH_POINTS
 
 
 def to_host(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,7 +21,9 @@ NAME = "numpy"
 AVAILABLE = True
 
 __all__ = [
+    "BATCH_POINTS",
     "KERNELS",
+    "batch_points",
     "linear_candidates",
     "linear_estep",
     "linear_posterior_mean",
@@ -312,6 +314,23 @@ KERNELS = {
     "linear_state_stats": linear_state_stats,
     **REFERENCE,
 }
+
+
+#: points per E-step batch on the CPU when the estimator's ``batch_size`` is None: enough
+#: to amortise the per-batch Python work, few enough for the batch's arrays to stay in cache
+BATCH_POINTS = 1000
+
+
+def batch_points(bytes_per_point: int) -> int:
+    """Points per E-step batch when the estimator leaves ``batch_size`` to the backend.
+
+    Parameters
+    ----------
+    bytes_per_point : int
+        Working memory of the E-step per data point of a batch (the GPU backend sizes its
+        batches from it; the CPU backends take :data:`BATCH_POINTS`).
+    """
+    return BATCH_POINTS
 
 
 def to_host(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from prosper.backends import get_backend
 from prosper.backends.evolution import REFERENCE as EVO_REFERENCE
+from prosper.backends.numpy_backend import BATCH_POINTS
 from prosper.base import BaseEstimator
 from prosper.exceptions import ConfigError
 from prosper.io.config import dump_toml
@@ -126,6 +127,11 @@ class EMEstimator(BaseEstimator):
             advice=self._memory_advice,
         )
 
+    @property
+    def _read_rows(self) -> int:
+        """Rows per block when the data are read outside the E-step (checks, checksums)."""
+        return int(getattr(self, "batch_size", None) or BATCH_POINTS)
+
     # -- fitting -----------------------------------------------------------------------
     def _validate(self) -> None:
         constraints: dict[str, list] = {}
@@ -226,7 +232,7 @@ class EMEstimator(BaseEstimator):
         comm = self._comm()
         comm.agree(_error_of(self._validate))  # every rank raises, none waits
         # streamed: checked block by block and read batch by batch, never copied whole
-        Y = check_source(Y, comm=comm, dtype=_dtype_name(self.dtype), batch_size=self.batch_size)
+        Y = check_source(Y, comm=comm, dtype=_dtype_name(self.dtype), batch_size=self._read_rows)
         D = Y.shape[1]
         n_total = comm.allreduce(int(Y.shape[0]))
         if self._rows_are_points and n_total < D:
@@ -345,9 +351,9 @@ class EMEstimator(BaseEstimator):
         """
         found = []
         source = as_source(Y)
-        batch = int(getattr(self, "batch_size", 1000) or 1000)
         sumsq = sum(
-            float(np.einsum("nd,nd->", b, b, dtype=np.float64)) for _, b in source.batches(batch)
+            float(np.einsum("nd,nd->", b, b, dtype=np.float64))
+            for _, b in source.batches(self._read_rows)
         )
         sums = comm.allreduce_arrays({"sumsq": np.array(sumsq)})
         rms = float(np.sqrt(sums["sumsq"] / (n_total * source.n_features)))
@@ -371,6 +377,8 @@ class EMEstimator(BaseEstimator):
         if isinstance(W, np.ndarray) and W.ndim == 2 and W.shape[1] > 1:
             local = np.zeros(W.shape[1])
             codes = self._training_codes(learner)
+            # the E-step's batches (a GPU's are large), else the read blocks
+            batch = int(getattr(learner, "batch_size", None) or self._read_rows)
             for rows, b in source.batches(batch):
                 local += np.abs(np.asarray(codes(rows, b), dtype=np.float64)).sum(axis=0)
             usage = comm.allreduce_arrays({"u": local})["u"]
@@ -444,7 +452,7 @@ class EMEstimator(BaseEstimator):
         """Continue from the checkpoint in ``out``; the file is changed only once every check
         has passed, so a refused resume leaves a finished run intact."""
         n_total = comm.allreduce(int(Y.shape[0]))
-        checksum = _data_checksum(Y, comm, self.batch_size)
+        checksum = _data_checksum(Y, comm, self._read_rows)
         ckpt, error = None, None
         if comm.rank == 0:
             try:
@@ -548,7 +556,7 @@ class EMEstimator(BaseEstimator):
             "estimator_params": encode_params(params),
             "n_samples": comm.allreduce(int(Y.shape[0])),
             "n_features": Y.shape[1],
-            "data_checksum": _data_checksum(Y, comm, self.batch_size),
+            "data_checksum": _data_checksum(Y, comm, self._read_rows),
         }
 
     def _set_fitted(
@@ -640,6 +648,7 @@ class TruncatedEMEstimator(EMEstimator):
         "anneal_prior": [None, bool],
         "noise": [_schedule_like],
         "ncut_factor": [_schedule_like],
+        "batch_size": [None, Interval("int", 1, None)],
     }
     _model_class: type = None
 
@@ -684,7 +693,7 @@ class TruncatedEMEstimator(EMEstimator):
         n_init: int = 1,
         reassignment_ratio: float | None = None,
         n_iter: int = 100,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         temperature: Any = None,
         anneal_prior: bool | None = None,
         noise: Any = None,
@@ -813,9 +822,11 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
         H = int(self.H)
+        # host memory: with batch_size=None a GPU holds the large batches' state arrays, the
+        # host a (B, D) block and its page-locked copy (not counted here)
+        B = max(1, min(self._read_rows, n_local))
         if self.states == "evo":
             search = self._search()
-            B = max(1, min(int(self.batch_size), n_local))
             K = search.n_states + search.n_parents * search.n_children
             return {
                 "parameters": _F8 * (10 * D * H + 4 * H * H),
@@ -827,17 +838,37 @@ class TruncatedEMEstimator(EMEstimator):
                 "per data point": _F8 * 2 * n_local,
             }
         Hprime, gamma = self._resolved()
-        V = len(self._model_class(1, 1, **self._model_kwargs()).values)
+        V = self._n_values()
         K = count_states(H, Hprime, gamma, V)
         table_rows = K - 1 - (V - 1) * H
-        B = max(1, min(int(self.batch_size), n_local))
         return {
             # W, its statistics, the two checkpoint slots, the trace row and M-step copies
             "parameters": _F8 * (10 * D * H + 4 * H * H),
             "state table": _F8 * table_rows * (Hprime + Hprime * Hprime + V),
-            "E-step batch": B * K * self._bytes_per_state(H, gamma) + _F8 * 4 * B * (D + H),
+            "E-step batch": B * self._et_bytes_per_point(D),
             "per data point": _F8 * 2 * n_local,
         }
+
+    def _n_values(self) -> int:
+        """Number of values a latent takes (0 included)."""
+        return len(self._model_class(1, 1, **self._model_kwargs()).values)
+
+    def _et_bytes_per_point(self, D: int) -> int:
+        """Working memory of the ET E-step per data point of a batch."""
+        H = int(self.H)
+        Hprime, gamma = self._resolved()
+        K = count_states(H, Hprime, gamma, self._n_values())
+        return K * self._bytes_per_state(H, gamma) + _F8 * 4 * (D + H)
+
+    def _batch_size(self, model, backend: types.ModuleType, D: int) -> int:
+        """Points per E-step batch: ``batch_size``, or for None the backend's choice where
+        the E-step runs on its kernels (large batches on a GPU), else the CPU's 1000."""
+        if self.batch_size is not None:
+            return int(self.batch_size)
+        if self.states == "evo" or not model.runs_on(backend):
+            # the search, and these models' E-steps, run on the host whatever the backend
+            return BATCH_POINTS
+        return int(backend.batch_points(self._et_bytes_per_point(D)))
 
     def _make_model(self, D: int):
         return self._model_class(self.H, D, **self._model_kwargs())
@@ -873,7 +904,7 @@ class TruncatedEMEstimator(EMEstimator):
             self._states(model, seed),
             self._schedules(),
             n_iter=self.n_iter,
-            batch_size=self.batch_size,
+            batch_size=self._batch_size(model, backend, D),
             backend=backend,
             seed=seed,
             reassignment_ratio=(

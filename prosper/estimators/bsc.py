@@ -51,8 +51,10 @@ class BSC(TruncatedEMEstimator):
         over 20 seeds per size, benchmarks/RESULTS.md); 0 switches all of it off.
     n_iter : int, default=100
         EM iterations.
-    batch_size : int, default=1000
-        Data points per E-step batch (bounds the memory per rank).
+    batch_size : int or None, default=None
+        Data points per E-step batch (bounds the memory per rank). None: 1000 on the CPU;
+        on a GPU (``backend="cupy"``, ET or all states) as many as a quarter of its free
+        memory holds, at most 50000: each batch costs a GPU ~2 ms of fixed overhead.
     temperature : float, list of [position, value] pairs or None, default=None
         Annealing temperature T >= 1 (the E-step uses 1/T); positions are iteration numbers
         (ints) or fractions of the run (floats). None: the measured default

@@ -62,9 +62,10 @@ class GSC(TruncatedEMEstimator):
         session 7). 0 switches it off.
     n_iter : int, default=100
         EM iterations.
-    batch_size : int, default=1000
+    batch_size : int or None, default=None
         Data points per E-step batch (bounds the memory per rank: about
         batch_size * C(Hprime, gamma) * gamma² floats for the largest group of patterns).
+        None: 1000 (GSC's E-step runs on the CPU on every backend).
     temperature : float, list of [position, value] pairs or None, default=None
         Annealing temperature T >= 1 (the E-step uses 1/T); positions are iteration numbers
         (ints) or fractions of the run (floats), e.g. ``[[0, 5.0], [0.8, 1.0]]``. None:
@@ -191,8 +192,8 @@ class GSC(TruncatedEMEstimator):
         model, states, params = learner.model, learner.states, learner.params
         mean_s = np.empty((Y.shape[0], self.H))
         mean_b = np.empty((Y.shape[0], self.H))
-        for start in range(0, Y.shape[0], self.batch_size):
-            rows = slice(start, min(start + self.batch_size, Y.shape[0]))
+        for start in range(0, Y.shape[0], learner.batch_size):
+            rows = slice(start, min(start + learner.batch_size, Y.shape[0]))
             Yb = Y[rows]
             if learner.evolutionary:
                 # new rows: their states are searched first, as in the solver's transform

@@ -61,9 +61,10 @@ class MCA(TruncatedEMEstimator):
         (MMCA: in magnitude), at y's values. 0 switches it off (the former default).
     n_iter : int, default=100
         EM iterations.
-    batch_size : int, default=1000
+    batch_size : int or None, default=None
         Data points per E-step batch (bounds the memory per rank together with an internal
-        sub-chunking of the (rows, states, D) working arrays).
+        sub-chunking of the (rows, states, D) working arrays). None: 1000 (MCA's E-step
+        runs on the CPU on every backend).
     temperature : float, list of [position, value] pairs or None, default=None
         Annealing temperature T >= 1 (the E-step uses 1/T for the whole joint and sets ρ);
         positions are iteration numbers (ints) or fractions of the run (floats).
@@ -251,7 +252,7 @@ dtype, random_state, comm, callback, progress, max_memory
         n_init: int = 1,
         reassignment_ratio: float | None = None,
         n_iter: int = 100,
-        batch_size: int = 1000,
+        batch_size: int | None = None,
         temperature: Any = None,
         anneal_prior: bool | None = None,
         noise: Any = None,

@@ -56,8 +56,10 @@ class TSC(TruncatedEMEstimator):
         π = 1/H; benchmarks/RESULTS.md, 2026-12-02 session 7).
     n_iter : int, default=100
         EM iterations.
-    batch_size : int, default=1000
-        Data points per E-step batch (bounds the memory per rank).
+    batch_size : int or None, default=None
+        Data points per E-step batch (bounds the memory per rank). None: 1000 on the CPU;
+        on a GPU (``backend="cupy"``, ET or all states) as many as a quarter of its free
+        memory holds, at most 50000: each batch costs a GPU ~2 ms of fixed overhead.
     temperature : float, list of [position, value] pairs or None, default=None
         Annealing temperature T >= 1 (the E-step uses 1/T); positions are iteration numbers
         (ints) or fractions of the run (floats), e.g. ``[[0, 5.0], [0.8, 1.0]]``. None: T

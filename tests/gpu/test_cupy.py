@@ -224,3 +224,19 @@ def test_nan_parameters_stop_the_estep_on_the_device():
 
     check_nan_parameters_stop_the_estep(cb)
 
+
+@gpu
+@pytest.mark.gpu
+def test_default_batch_on_the_gpu_holds_every_point_and_fits_as_numpy():
+    # batch_size=None: the 3000 points go to the device as one batch (the CPU backends read
+    # 1000 at a time); the model learned is the same
+    from prosper import BSC
+    from prosper.backends import get_backend
+    from prosper.data import bars
+
+    Y = bars(size=5, n_samples=3000, pi=0.2, amplitude=5.0, sigma=1.0, random_state=1).Y
+    kw = {"H": 10, "n_iter": 15, "random_state": 0}
+    assert BSC(**kw)._make_learner(25, 0, get_backend("cupy")).batch_size >= 3000
+    fits = {b: BSC(backend=b, **kw).fit(Y) for b in ("numpy", "cupy")}
+    np.testing.assert_allclose(fits["cupy"].W_, fits["numpy"].W_, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(fits["cupy"].free_energy_, fits["numpy"].free_energy_, rtol=1e-10)

@@ -286,7 +286,7 @@ def _fake_gpu_backend(calls):
     """A stand-in for the CuPy backend: linear kernels only (NumPy's), records binding.
 
     It has the interface every backend declares: the fused linear E-step, ``KERNELS``,
-    ``to_host`` and ``select_device``."""
+    ``batch_points``, ``to_host`` and ``select_device``."""
     import types
 
     return types.SimpleNamespace(
@@ -295,6 +295,7 @@ def _fake_gpu_backend(calls):
         KERNELS=dict(ref.KERNELS),
         linear_estep=ref.linear_estep,
         linear_posterior_mean=ref.linear_posterior_mean,
+        batch_points=ref.batch_points,
         to_host=ref.to_host,
         select_device=lambda comm: calls.append(comm.size) or 0,
     )

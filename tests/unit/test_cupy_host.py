@@ -60,7 +60,7 @@ def _fake_cupy() -> types.SimpleNamespace:
     fake.maximum = np.maximum
     fake.broadcast_to = _wrapped(np.broadcast_to)
     fake.add = types.SimpleNamespace(at=np.add.at)
-    device = types.SimpleNamespace(id=0, use=lambda: None)
+    device = types.SimpleNamespace(id=0, use=lambda: None, mem_info=(16 << 30, 80 << 30))
     fake.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
         alloc_pinned_memory=bytearray,
@@ -232,3 +232,29 @@ def test_auto_on_a_gpu_machine_picks_a_compiled_search(cupy_available, states, c
     picked = learner.backend.NAME
     assert picked == chosen
 
+
+def test_batch_size_none_gives_a_gpu_large_batches_and_the_cpu_1000(cupy_available, monkeypatch):
+    """batch_size=None: the backend sizes the E-step batch where its kernels run it."""
+    from prosper import BSC, GSC, TSC
+    from prosper.backends import get_backend
+
+    def resolved(est, name="cupy"):
+        return est._make_learner(16, 0, get_backend(name)).batch_size
+
+    for name in ("numpy", "numba"):
+        assert resolved(BSC(H=6), name) == ref.BATCH_POINTS == 1000
+    # the stand-in GPU has 16 GiB free: far more than 50000 points need
+    assert resolved(BSC(H=6)) == resolved(BSC(H=6, backend="auto"), "auto") == 50000
+    assert resolved(TSC(H=6, states="full")) == 50000
+    # an explicit size stands; the search and GSC's E-step run on the host
+    assert resolved(BSC(H=6, batch_size=300)) == 300
+    assert resolved(BSC(H=6, states="evo")) == 1000
+    assert resolved(GSC(H=6)) == 1000
+    # a quarter of the free memory bounds it: room for 3000 points of this E-step
+    per_point = BSC(H=6)._et_bytes_per_point(16)
+    device = cupy_available.cp.cuda.Device()
+    monkeypatch.setattr(device, "mem_info", (4 * 3000 * per_point, 80 << 30))
+    assert resolved(BSC(H=6)) == 3000
+    # never below the CPU's batch, whatever the memory says (the memory check guards it)
+    monkeypatch.setattr(device, "mem_info", (10 * per_point, 80 << 30))
+    assert resolved(BSC(H=6)) == 1000
