@@ -57,9 +57,6 @@ def worker(args) -> dict:
         "dtype": args.dtype,
         "progress": False,
     }
-    from prosper.backends import get_backend
-
-    chosen = BSC(**common)._make_learner(data.Y.shape[1], 0, get_backend(args.backend)).batch_size
     t0 = time.perf_counter()
     BSC(n_iter=1, random_state=0, **common).fit(data.Y[:2000])
     warmup = time.perf_counter() - t0
@@ -76,6 +73,10 @@ def worker(args) -> dict:
     t0 = time.perf_counter()
     model.fit(data.Y)
     total = time.perf_counter() - t0
+    # the batch size batch_size=None chose, read after the fit as the fit saw the device
+    from prosper.backends import get_backend
+
+    chosen = BSC(**common)._make_learner(data.Y.shape[1], 0, get_backend(args.backend)).batch_size
     per_iter = np.diff([t0, *stamps])
     return {
         "warmup_s": warmup,

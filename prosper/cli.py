@@ -158,6 +158,12 @@ def _describe(exc: BaseException) -> tuple[int, str]:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if isinstance(exc, (ValueError, OSError, ImportError, MPIUnavailableError)):
         return 2, text
+    if isinstance(exc, FloatingPointError):
+        # not a bug: the data or the hyper-parameters drove the parameters to NaN
+        return 2, (
+            f"the fit diverged ({text}); check the data for extreme values or scale them, "
+            'use dtype = "float64", or fewer latents H.'
+        )
     if isinstance(exc, MemoryError):
         return 1, f"out of memory ({text}); lower batch_size or the problem size."
     return 1, (

@@ -23,9 +23,10 @@ Apart from that one copy per pass, the only transfer that waits for the device i
 batch's log marginals (B floats): nothing else in a batch synchronises with the GPU, so the
 host queues the next kernels while the device runs.
 
-Use large batches on a GPU (``batch_size`` of 10^4 or more). Under MPI each rank binds to
-one GPU (local rank mod visible devices, :func:`select_device`, called by ``fit``); the
-Allreduce stays on host arrays.
+A GPU needs large batches: the estimators' default ``batch_size=None`` takes them from
+:func:`batch_points` (at most 50000 points, as free device memory allows). Under MPI each
+rank binds to one GPU (local rank mod visible devices, :func:`select_device`, called by
+``fit``); the Allreduce stays on host arrays.
 
 Importing this module never requires CuPy: without it, or without a visible CUDA device,
 ``AVAILABLE`` is False and ``get_backend("auto")`` falls back to numba.
@@ -246,6 +247,8 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
             tri_j=cp.asarray(tri_j),
             # column numbers, not a mask: a boolean index would wait for its count
             offdiag=cp.asarray(np.flatnonzero(tri_i != tri_j)),
+            off_i=cp.asarray(tri_i[tri_i != tri_j]),
+            off_j=cp.asarray(tri_j[tri_i != tri_j]),
         )
     return cached
 
@@ -368,7 +371,7 @@ def _statistics(ctx: dict[str, Any], H: int) -> list:
     pairs = moments[:, Hp : Hp + P]
     lower = (I[:, tables["tri_i"]] * H + I[:, tables["tri_j"]]).ravel()
     off = tables["offdiag"]
-    upper = (I[:, tables["tri_j"][off]] * H + I[:, tables["tri_i"][off]]).ravel()
+    upper = (I[:, tables["off_j"]] * H + I[:, tables["off_i"]]).ravel()
     # scatter-adds (atomic): unlike bincount they need no maximum from the device first
     ss = cp.zeros(H * H)
     cp.add.at(ss, lower, pairs.ravel())
@@ -435,7 +438,9 @@ def batch_points(bytes_per_point: int) -> int:
     at ``bytes_per_point``, at most :data:`MAX_BATCH_POINTS` and at least the CPU's
     :data:`prosper.backends.numpy_backend.BATCH_POINTS`.
     """
-    free = cp.cuda.Device().mem_info[0]
+    # memory CuPy's pool holds for reuse is free for this process: counting it keeps the
+    # choice the same from one fit (or restart) to the next in a process
+    free = cp.cuda.Device().mem_info[0] + cp.get_default_memory_pool().free_bytes()
     fits = int(BATCH_MEMORY_SHARE * free) // max(1, int(bytes_per_point))
     return max(numpy_backend.BATCH_POINTS, min(MAX_BATCH_POINTS, fits))
 

@@ -822,9 +822,16 @@ class TruncatedEMEstimator(EMEstimator):
 
     def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
         H = int(self.H)
-        # host memory: with batch_size=None a GPU holds the large batches' state arrays, the
-        # host a (B, D) block and its page-locked copy (not counted here)
         B = max(1, min(self._read_rows, n_local))
+        # batch_size=None on a GPU: the device holds the batch's state arrays, the host its
+        # (B, D) block and the page-locked copy sent to the device, at the largest size
+        gpu = {}
+        if self.batch_size is None and self.backend in ("auto", "cupy"):
+            from prosper.backends import available_backends
+            from prosper.backends.cupy_backend import MAX_BATCH_POINTS
+
+            if "cupy" in available_backends():
+                gpu = {"GPU batch (host side)": 2 * min(MAX_BATCH_POINTS, n_local) * D * _F8}
         if self.states == "evo":
             search = self._search()
             K = search.n_states + search.n_parents * search.n_children
@@ -847,6 +854,7 @@ class TruncatedEMEstimator(EMEstimator):
             "state table": _F8 * table_rows * (Hprime + Hprime * Hprime + V),
             "E-step batch": B * self._et_bytes_per_point(D),
             "per data point": _F8 * 2 * n_local,
+            **gpu,
         }
 
     def _n_values(self) -> int:
@@ -865,8 +873,9 @@ class TruncatedEMEstimator(EMEstimator):
         the E-step runs on its kernels (large batches on a GPU), else the CPU's 1000."""
         if self.batch_size is not None:
             return int(self.batch_size)
-        if self.states == "evo" or not model.runs_on(backend):
-            # the search, and these models' E-steps, run on the host whatever the backend
+        if self.states == "evo" or not (model.fused_estep and model.runs_on(backend)):
+            # the search, and the E-steps without the backend's fused kernel (the generic
+            # path, GSC, MCA), run on the host whatever the backend
             return BATCH_POINTS
         return int(backend.batch_points(self._et_bytes_per_point(D)))
 

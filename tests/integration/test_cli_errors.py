@@ -85,6 +85,17 @@ def test_internal_errors_are_one_line_with_status_1(tmp_path, monkeypatch, capsy
         cli.main(["info", "x.h5"])
 
 
+def test_a_diverged_fit_is_not_reported_as_a_bug(monkeypatch, capsys):
+    def diverged(path):
+        raise FloatingPointError("non-finite log marginals or preselection scores")
+
+    monkeypatch.setattr(cli, "_info", diverged)
+    monkeypatch.delenv("PROSPER_DEBUG", raising=False)
+    assert cli.main(["info", "x.h5"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "the fit diverged (non-finite log marginals" in line and "internal" not in line
+
+
 def test_missing_extra_names_the_pip_command(tmp_path, monkeypatch, capsys, job):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert cli.main(["plot", str(job), "-o", str(tmp_path / "p.png")]) == 2

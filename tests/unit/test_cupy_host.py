@@ -61,6 +61,7 @@ def _fake_cupy() -> types.SimpleNamespace:
     fake.broadcast_to = _wrapped(np.broadcast_to)
     fake.add = types.SimpleNamespace(at=np.add.at)
     device = types.SimpleNamespace(id=0, use=lambda: None, mem_info=(16 << 30, 80 << 30))
+    fake.get_default_memory_pool = lambda: types.SimpleNamespace(free_bytes=lambda: 0)
     fake.cuda = types.SimpleNamespace(
         Device=lambda *a: device,
         alloc_pinned_memory=bytearray,
@@ -206,14 +207,20 @@ def check_nan_parameters_stop_the_estep(module):
     """A NaN in W (a diverged fit) raises in the E-step and in the posterior mean instead of
     flowing into the M-step."""
     p = make_problem(VALUE_SETS["binary"], B=50, seed=2)
-    p["W"] = p["W"].copy()
-    p["W"][3, 1] = np.nan
-    args = [p[k] for k in ("Y", "W", "sigma2", "value_logp", "states", "presel")]
-    for accumulate in (True, False):
+    names = ("Y", "W", "sigma2", "value_logp", "states", "presel")
+    # a NaN in W makes the log-joints NaN; a NaN preselection coefficient only the scores
+    # (finite log-joints over an arbitrary candidate set, caught by the kept count)
+    W = p["W"].copy()
+    W[3, 1] = np.nan
+    presel = tuple(c.copy() for c in p["presel"])
+    presel[1][0, 1] = np.nan
+    for bad in ({"W": W}, {"presel": presel}):
+        args = [{**p, **bad}[k] for k in names]
+        for accumulate in (True, False):
+            with pytest.raises(FloatingPointError, match="non-finite"):
+                module.linear_estep(*args, 1.0, 1.0, accumulate=accumulate)
         with pytest.raises(FloatingPointError, match="non-finite"):
-            module.linear_estep(*args, 1.0, 1.0, accumulate=accumulate)
-    with pytest.raises(FloatingPointError, match="non-finite"):
-        module.linear_posterior_mean(*args)
+            module.linear_posterior_mean(*args)
 
 
 def test_host_side_nan_parameters_stop_the_estep(cupy_on_host):
@@ -250,11 +257,24 @@ def test_batch_size_none_gives_a_gpu_large_batches_and_the_cpu_1000(cupy_availab
     assert resolved(BSC(H=6, batch_size=300)) == 300
     assert resolved(BSC(H=6, states="evo")) == 1000
     assert resolved(GSC(H=6)) == 1000
-    # a quarter of the free memory bounds it: room for 3000 points of this E-step
+    # a model without the backend's fused E-step runs the generic path on the host
+    from tests.noisy_or import NoisyOR
+
+    assert resolved(NoisyOR(H=6)) == 1000
+    # a quarter of the free memory (the pool's cached blocks included) bounds it: room for
+    # 3000 points of this E-step
     per_point = BSC(H=6)._et_bytes_per_point(16)
+    pool = 1000 * per_point
     device = cupy_available.cp.cuda.Device()
-    monkeypatch.setattr(device, "mem_info", (4 * 3000 * per_point, 80 << 30))
+    monkeypatch.setattr(device, "mem_info", (4 * 3000 * per_point - pool, 80 << 30))
+    cached = types.SimpleNamespace(free_bytes=lambda: pool)
+    monkeypatch.setattr(cupy_available.cp, "get_default_memory_pool", lambda: cached)
     assert resolved(BSC(H=6)) == 3000
-    # never below the CPU's batch, whatever the memory says (the memory check guards it)
+    # never below the CPU's batch, whatever the memory says (a device that short of memory
+    # fails with CuPy's OutOfMemoryError, a MemoryError: lower batch_size)
     monkeypatch.setattr(device, "mem_info", (10 * per_point, 80 << 30))
     assert resolved(BSC(H=6)) == 1000
+    # the memory check counts the host's side of a GPU batch: the (B, D) block and its copy
+    host_side = "GPU batch (host side)"
+    assert BSC(H=6)._memory_needs(16, 70000)[host_side] == 2 * 50000 * 16 * 8
+    assert host_side not in BSC(H=6, batch_size=300)._memory_needs(16, 70000)
