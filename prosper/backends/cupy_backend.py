@@ -236,6 +236,7 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
         and cached.get("device") == device
     ):
         forward, backward, tri_i, tri_j = table_coefficients(table, value_counts)
+        off = tri_i != tri_j
         cached.clear()
         cached.update(
             table=table,
@@ -246,9 +247,9 @@ def _device_tables(table: np.ndarray, value_counts: np.ndarray) -> dict[str, Any
             tri_i=cp.asarray(tri_i),
             tri_j=cp.asarray(tri_j),
             # column numbers, not a mask: a boolean index would wait for its count
-            offdiag=cp.asarray(np.flatnonzero(tri_i != tri_j)),
-            off_i=cp.asarray(tri_i[tri_i != tri_j]),
-            off_j=cp.asarray(tri_j[tri_i != tri_j]),
+            offdiag=cp.asarray(np.flatnonzero(off)),
+            off_i=cp.asarray(tri_i[off]),
+            off_j=cp.asarray(tri_j[off]),
         )
     return cached
 
