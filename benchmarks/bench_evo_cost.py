@@ -118,7 +118,7 @@ def _same_states(model, params, Y, warm: EvolutionaryStates, comm) -> bool:
         learner._attach_rows(Y.shape[0], comm)
         states.restore(warm.packed()[: Y.shape[0]])
         learner.estep(Y, comm, 3)
-        out.append(states.X.copy())
+        out.append(states.packed().copy())
     return bool(np.array_equal(out[0], out[1]))
 
 

@@ -8,7 +8,7 @@ BSC, numba, one thread, T = 1, N = 5000 points at the generating parameters, S =
 and 2 generations, without and with the posterior and statistics; the differences of the
 medians of CPU (process) time give each part in µs per point:
 
-- ``read_rescore_sort_write``: reading the 32 stored states, scoring them under the current
+- ``read_rescore_sort_write``: reading the 32 stored states (bits), scoring them under the current
   parameters, marking copies, sorting, and writing them back;
 - ``generation_1``, ``generation_2``: one generation of 16 children each;
 - ``posterior_stats``: log marginals, posterior weights, ⟨s⟩, Σ⟨s sᵀ⟩ and counts;
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         evo.estep(Y, comm, it)
         et.estep(Y, comm, it)
     states = evo.states
-    X0 = states.X[:BATCH].copy()
+    X0 = states.packed()[:BATCH].copy()  # the stored form: bits
     (WY, yy, WtW, logp, sigma2), scores = model._batch_terms(Y[:BATCH], params)
     weights = proposal(scores, H, BATCH)
     rows = np.arange(BATCH, dtype=np.int64)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         numba_search._run(
             X, WY, WtW, yy, model.values, logp, sigma2, model.D, weights, states.keys,
             gen_keys[:n_generations], rows, SEARCH.n_parents, SEARCH.n_children, mode, 1.0,
-            1.0, np.ones(BATCH), X,
+            1.0, np.ones(BATCH), X, packed=True,
         )  # fmt: skip
         return time.process_time() - start
 

@@ -39,6 +39,10 @@ array passed to an inlined function with an atomic increment and decrement per c
 cost more than a state's score. The posterior's Σ⟨s sᵀ⟩ is summed in its upper triangle
 and mirrored once per call (both triangles receive the same additions in the same order).
 The stored states, choices, log-joints and statistics are those of the list form.
+
+Binary states may also come as bits (``packed``: the solver's storage, a bit per latent in
+np.packbits' order), read into masks or lists and written back as bits: S ⌈H / 8⌉ bytes per
+row instead of S H (H = 300: 1216 bytes instead of 9600).
 """
 
 from __future__ import annotations
@@ -457,6 +461,9 @@ _GATHER = np.uint64(0x0102040810204080)
 _SPREAD = np.array(
     [sum(((f >> i) & 1) << (8 * i) for i in range(8)) for f in range(256)], dtype=np.uint64
 )
+# a byte with its bits in reverse order: np.packbits puts latent 8 j + i at bit 7 - i of
+# byte j, a mask has it at bit i
+_REVERSED = np.array([int(f"{f:08b}"[::-1], 2) for f in range(256)], dtype=np.uint8)
 
 
 @njit(cache=True, inline="always")
@@ -652,6 +659,7 @@ def _search_rows_bits(
     X,
     Xw,
     words,
+    packed,
     WY,
     WtW,
     yy,
@@ -681,7 +689,7 @@ def _search_rows_bits(
 ):  # pragma: no cover - compiled
     """_search_rows for binary states of H <= 64 latents held as bit masks: the same states,
     log-joints and statistics (ss zero on entry: its upper triangle is summed and mirrored)."""
-    S, H = X.shape[1], X.shape[2]
+    S, H = X.shape[1], WY.shape[1]
     PC = P * C
     v1 = values[1]
     quad2 = np.empty((H, H))
@@ -725,7 +733,14 @@ def _search_rows_bits(
         for k in range(S):
             rmask[k] = 0
             rcount[k] = 0
-        if words:
+        if packed:  # bit h of a state at byte h // 8, bit 7 - h % 8 (np.packbits' order)
+            for k in range(S):
+                mask = np.uint64(0)
+                for j in range(X.shape[2]):
+                    mask |= np.uint64(_REVERSED[X[b, k, j]]) << np.uint64(8 * j)
+                rmask[k] = mask
+                rcount[k] = _popcount(mask)
+        elif words:
             for i in range(n_stream + 1):
                 stream[i] = 0
             for w in range(Xw.shape[1]):
@@ -844,7 +859,12 @@ def _search_rows_bits(
                     kkey[n] = kkey[i]
                     i -= 1
                 n -= 1
-        if words:  # every word of the row, from the stream of the kept masks
+        if packed:
+            for i in range(S):
+                mask = kmask[i]
+                for j in range(out_X.shape[2]):
+                    out_X[b, i, j] = _REVERSED[(mask >> np.uint64(8 * j)) & np.uint64(255)]
+        elif words:  # every word of the row, from the stream of the kept masks
             for i in range(n_stream + 1):
                 stream[i] = 0
             for i in range(S):
@@ -908,6 +928,7 @@ def _search_rows(
     X,
     Xw,
     words,
+    packed,
     in_place,
     WY,
     WtW,
@@ -944,8 +965,10 @@ def _search_rows(
 
     With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
     a row is read and cleared eight latents at a time (a sparse state is mostly zero
-    words). ``in_place``: out_X is X, so that clearing a row's non-zero words clears it."""
-    S, H = X.shape[1], X.shape[2]
+    words). ``in_place``: out_X is X, so that clearing a row's non-zero words clears it.
+    With ``packed`` (binary states), X and out_X hold the states as bits (B, S, ⌈H / 8⌉),
+    latent h at byte h // 8, bit 7 - h % 8 (np.packbits' order)."""
+    S, H = X.shape[1], WY.shape[1]
     PC = P * C
     K = S + PC
     # the thread's workspace: a pool of K states as sorted lists of active latents
@@ -969,7 +992,18 @@ def _search_rows(
     n_nonzero = 0
     for b in range(start, stop):
         # read the kept states as sorted lists, re-score them, keep them sorted
-        if words:
+        if packed:
+            for k in range(S):
+                m = 0
+                for j in range(X.shape[2]):
+                    byte = np.uint64(_REVERSED[X[b, k, j]])  # bit i: latent 8 j + i
+                    while byte != 0:
+                        pidx[k, m] = 8 * j + _lowest(byte)
+                        pval[k, m] = 1
+                        m += 1
+                        byte &= byte - _ONE
+                pm[k] = m
+        elif words:
             n_nonzero = _read_words(Xw[b], pidx, pval, pm, S, H, 1.0 / H, nonzero)
         else:
             for k in range(S):
@@ -1061,20 +1095,31 @@ def _search_rows(
         # the row of out_X may be the row of X just read (the solver's in-place update): then
         # only its non-zero words are cleared, so that the others are not written (H = 300:
         # a few of S H / 8 = 1200)
-        if words and in_place:
-            for w in range(n_nonzero):
-                out_Xw[b, nonzero[w]] = 0
-        elif words:
-            for w in range(out_Xw.shape[1]):
-                out_Xw[b, w] = 0
-        else:
+        if packed:
             for i in range(S):
-                for h in range(H):
-                    out_X[b, i, h] = 0
+                for j in range(out_X.shape[2]):
+                    out_X[b, i, j] = 0
+                s = kept[i]
+                for a in range(pm[s]):
+                    h = pidx[s, a]
+                    out_X[b, i, h >> 3] |= np.uint8(128 >> (h & 7))
+        else:
+            if words and in_place:
+                for w in range(n_nonzero):
+                    out_Xw[b, nonzero[w]] = 0
+            elif words:
+                for w in range(out_Xw.shape[1]):
+                    out_Xw[b, w] = 0
+            else:
+                for i in range(S):
+                    for h in range(H):
+                        out_X[b, i, h] = 0
+            for i in range(S):
+                s = kept[i]
+                for a in range(pm[s]):
+                    out_X[b, i, pidx[s, a]] = pval[s, a]
         for i in range(S):
             s = kept[i]
-            for a in range(pm[s]):
-                out_X[b, i, pidx[s, a]] = pval[s, a]
             out_ll[b, i] = pll[s]
             out_lp[b, i] = plp[s]
         if mode > 0:
@@ -1091,6 +1136,7 @@ def _linear_search(
     out_X,
     out_Xw,
     words,
+    packed,
     in_place,
     WY,
     WtW,
@@ -1112,7 +1158,7 @@ def _linear_search(
     prior_beta,
     weight,
 ):  # pragma: no cover - compiled
-    B, S, H = X.shape
+    B, S, H = X.shape[0], X.shape[1], WY.shape[1]
     out_ll = np.empty((B, S))
     out_lp = np.empty((B, S))
     out_lm = np.empty(B)
@@ -1128,14 +1174,14 @@ def _linear_search(
     for c in prange(n_chunks):
         if bits:
             _search_rows_bits(
-                X, Xw, words, WY, WtW, yy, values, value_logp, inv2s2, const,
+                X, Xw, words, packed, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, gen_keys, rows, P, C, c * step, min(B, (c + 1) * step), out_X, out_Xw,
                 out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
                 counts[c * many],
             )  # fmt: skip
         else:
             _search_rows(
-                X, Xw, words, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
+                X, Xw, words, packed, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, keys, gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step),
                 out_X, out_Xw, out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean,
                 ss[c * many], counts[c * many],
@@ -1149,9 +1195,14 @@ def _words(X: np.ndarray) -> np.ndarray:
 
 
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
-         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None):  # fmt: skip
+         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None, packed=False):  # fmt: skip
     B = X.shape[0]
     X = np.ascontiguousarray(X, dtype=np.uint8)
+    if packed and (len(values) != 2 or X.shape[2] != (WY.shape[1] + 7) // 8):
+        raise ValueError(
+            f"packed states need binary latents and {(WY.shape[1] + 7) // 8} bytes per state; "
+            f"got {len(values)} values and {X.shape[2]} bytes."
+        )
     usable = (
         out is not None
         and out.shape == X.shape
@@ -1163,7 +1214,8 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
     # a row is read and cleared in 64-bit words where it is a whole number of aligned words
     # of a little-endian machine (else byte by byte: the same states)
     words = (
-        sys.byteorder == "little"
+        not packed
+        and sys.byteorder == "little"
         and X.shape[1] * X.shape[2] % 8 == 0
         and X.ctypes.data % 8 == 0
         and out_X.ctypes.data % 8 == 0
@@ -1175,6 +1227,7 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         out_X,
         _words(out_X) if words else empty,
         words,
+        bool(packed),
         out_X is X,
         np.ascontiguousarray(WY, dtype=np.float64),
         np.ascontiguousarray(WtW, dtype=np.float64),
@@ -1201,7 +1254,7 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
 
 def linear_search(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-    n_parents, n_children,
+    n_parents, n_children, packed=False,
 ):  # fmt: skip
     """One E-step's evolutionary search of a linear model, all generations fused per row.
 
@@ -1211,8 +1264,9 @@ def linear_search(
 
     Parameters
     ----------
-    X : ndarray of uint8, shape (B, S, H)
-        Current states (value indices).
+    X : ndarray of uint8, shape (B, S, H), or (B, S, ⌈H / 8⌉) if ``packed``
+        Current states: value indices, or for binary latents with ``packed`` their bits in
+        the order of ``np.packbits`` (latent h at byte h // 8, bit 7 - h % 8).
     WY : ndarray of shape (B, H)
         Wᵀy of the batch.
     WtW : ndarray of shape (H, H)
@@ -1231,28 +1285,30 @@ def linear_search(
     rows : ndarray of int, shape (B,)
         Global row indices.
     n_parents, n_children : int
+    packed : bool
+        Whether X holds bits (binary latents only); the new states are then bits too.
 
     Returns
     -------
     X, ll, lp
-        States (B, S, H), best first, their log-likelihoods (−inf for duplicates) and
-        log-priors (B, S).
+        States (B, S, H) (bits if ``packed``), best first, their log-likelihoods (−inf for
+        duplicates) and log-priors (B, S).
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-               n_parents, n_children)  # fmt: skip
+               n_parents, n_children, packed=packed)  # fmt: skip
     return out[0], out[1], out[2]
 
 
 def linear_search_estep(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
-    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None,
+    n_parents, n_children, beta, prior_beta, weight, accumulate, out=None, packed=False,
 ):  # fmt: skip
     """:func:`linear_search`, then each row's posterior over its new states, in one pass.
 
     Parameters
     ----------
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, \
-    n_parents, n_children
+    n_parents, n_children, packed
         As for :func:`linear_search`.
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior for the statistics.
@@ -1260,14 +1316,14 @@ def linear_search_estep(
         Weight of each row in the statistics.
     accumulate : bool
         Whether to compute the statistics.
-    out : ndarray of uint8, shape (B, S, H), optional
+    out : ndarray of uint8, the shape of X, optional
         Where the new states go; may be ``X`` itself (each row is read before it is
         written), which spares a copy of the states. A new array if None or unsuitable
         (not C-contiguous, not writable, another shape or dtype).
 
     Returns
     -------
-    X : ndarray of uint8, shape (B, S, H)
+    X : ndarray of uint8, the shape of X
         The new states (``out`` where it was used).
     log_marginal : ndarray of shape (B,)
         log Σ_k p(s_k, y) over them at T=1.
@@ -1279,7 +1335,7 @@ def linear_search_estep(
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
                n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight,
-               out)  # fmt: skip
+               out, packed)  # fmt: skip
     if not accumulate:
         return out[0], out[3], None
     return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])

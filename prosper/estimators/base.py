@@ -835,11 +835,12 @@ class TruncatedEMEstimator(EMEstimator):
         if self.states == "evo":
             search = self._search()
             K = search.n_states + search.n_parents * search.n_children
+            width = (H + 7) // 8 if self._n_values() == 2 else H
             return {
                 "parameters": _F8 * (10 * D * H + 4 * H * H),
-                # one byte per latent, state and local row, plus the checkpoint's gathered copy
-                # on rank 0 (bits for binary latents)
-                "evolutionary states": n_local * search.n_states * H * 2,
+                # a bit (binary latents) or a byte per latent, state and local row, plus the
+                # checkpoint's gathered copy on rank 0
+                "evolutionary states": n_local * search.n_states * width * 2,
                 # the search's dense index states, hashes and log-joints of a batch
                 "E-step batch": B * K * (H * 17 + 8 * 8) + _F8 * 4 * B * (D + H),
                 "per data point": _F8 * 2 * n_local,

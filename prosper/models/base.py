@@ -224,9 +224,10 @@ class TruncatedModel(ABC):
         -------
         None or (scores, estep)
             ``scores`` as :meth:`state_scorer`'s; ``estep(X, proposal, keys, gen_keys, rows,
-            n_parents, n_children, beta, prior_beta, weight, accumulate, out=None)`` returns
-            the new states (B, S, H) (those of :meth:`state_search`; written into ``out``
-            where given, which may be X itself), the log marginals (B,) at T=1 over them
+            n_parents, n_children, beta, prior_beta, weight, accumulate, out=None,
+            packed=False)`` returns the new states (B, S, H) (those of :meth:`state_search`;
+            written into ``out`` where given, which may be X itself; with ``packed``, binary
+            states as bits (B, S, ⌈H / 8⌉) in and out), the log marginals (B,) at T=1 over them
             and, if ``accumulate``, the statistics :meth:`state_stats` gives for the
             tempered posterior weights times ``weight`` (else None).
         """
@@ -549,10 +550,10 @@ class LinearTruncatedModel(TruncatedModel):
         (WY, yy, WtW, logp, sigma2), scores = self._batch_terms(Y, params)
 
         def fused(X, proposal, keys, gen_keys, rows, n_parents, n_children, beta, prior_beta,
-                  weight, accumulate, out=None):  # fmt: skip
+                  weight, accumulate, out=None, packed=False):  # fmt: skip
             X, log_marginal, moments = estep(
                 X, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys, gen_keys,
-                rows, n_parents, n_children, beta, prior_beta, weight, accumulate, out,
+                rows, n_parents, n_children, beta, prior_beta, weight, accumulate, out, packed,
             )  # fmt: skip
             stats = None if moments is None else self._moment_stats(Y, yy, weight, *moments)
             return X, log_marginal, stats

@@ -22,8 +22,11 @@ One generation, per data point (all points of a batch at once, as array operatio
 3. selection: the S states with the largest log-joint among K_n and the children, duplicates
    removed (by a 64-bit Zobrist hash of the state).
 
-States are stored per data point as value indices (``uint8``, 0 = the zero value) in an
-array of shape (N_local, S, H) on the rank that holds the rows: N_local · S · H bytes.
+States are stored per data point on the rank that holds the rows: binary latents as bits in
+the order of ``np.packbits`` (an array of shape (N_local, S, ⌈H / 8⌉): N_local · S · ⌈H / 8⌉
+bytes), latents of more values as value indices (``uint8``, 0 = the zero value, shape
+(N_local, S, H): N_local · S · H bytes). The fused numba search reads and writes the bits in
+place; the other paths unpack a batch at a time.
 The search draws its randomness from a counter-based generator keyed by (seed, iteration,
 global row index, generation), so the states of a row do not depend on how many ranks share
 the data nor on the batch it falls in, and a resumed run continues exactly.
@@ -101,7 +104,10 @@ class EvolutionaryStates:
         self.settings = settings
         self.seed = int(seed)
         self.keys = zobrist_keys(self.H, len(self.values))
-        self.X = np.zeros((0, settings.n_states, self.H), dtype=np.uint8)
+        #: whether the states are stored as bits (binary latents)
+        self.bits = len(self.values) == 2
+        #: the local states in storage form (:meth:`packed`), shape (N_local, S, width)
+        self.data = np.zeros((0, settings.n_states, self._width), dtype=np.uint8)
         self.offset = 0
         self.fresh = np.zeros(0, dtype=bool)
         if len(self.values) > 255:
@@ -121,33 +127,51 @@ class EvolutionaryStates:
         return self.settings.n_states
 
     # -- storage --------------------------------------------------------------------------
+    @property
+    def _width(self) -> int:
+        """Bytes per stored state."""
+        return (self.H + 7) // 8 if self.bits else self.H
+
     def attach(self, n_local: int, offset: int) -> None:
         """Hold the states of ``n_local`` rows whose global indices start at ``offset``."""
-        self.X = np.zeros((int(n_local), self.settings.n_states, self.H), dtype=np.uint8)
+        self.data = np.zeros((int(n_local), self.settings.n_states, self._width), dtype=np.uint8)
         self.fresh = np.ones(int(n_local), dtype=bool)
         self.offset = int(offset)
 
-    def packed(self) -> np.ndarray:
-        """The local states for a checkpoint: bits for binary latents, else value indices."""
-        if len(self.values) == 2:
-            return np.packbits(self.X, axis=-1)
-        return self.X
+    def rows(self, rows: slice) -> np.ndarray:
+        """The states of a block of local rows as value indices (B, S, H), for reading (a
+        view of the storage where it holds value indices)."""
+        return self.unpack(self.data[rows])
+
+    def store(self, rows: slice, X: np.ndarray) -> None:
+        """Set the states of a block of local rows from value indices (B, S, H)."""
+        self.data[rows] = self.pack(X)
+
+    def pack(self, X: np.ndarray) -> np.ndarray:
+        """Value indices (..., H) in storage form: bits for binary latents."""
+        return np.packbits(X, axis=-1) if self.bits else np.asarray(X, dtype=np.uint8)
 
     def unpack(self, data: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`packed` for a block of rows."""
-        if len(self.values) == 2:
+        """Inverse of :meth:`pack` for a block of rows."""
+        if self.bits:
             return np.unpackbits(np.asarray(data, dtype=np.uint8), axis=-1, count=self.H)
         return np.asarray(data, dtype=np.uint8)
 
+    def packed(self) -> np.ndarray:
+        """The local states for a checkpoint: the storage itself (bits for binary latents,
+        else value indices)."""
+        return self.data
+
     def restore(self, data: np.ndarray) -> None:
         """Set the local states from a checkpoint block (:meth:`packed` form)."""
-        X = self.unpack(data)
-        if X.shape != self.X.shape:
+        data = np.asarray(data, dtype=np.uint8)
+        if data.shape != self.data.shape:
+            unit = "bytes of H bits" if self.bits else "H"
             raise ValueError(
-                f"the stored evolutionary states have shape {X.shape}; this run needs "
-                f"{self.X.shape} (rows, n_states, H)."
+                f"the stored evolutionary states have shape {data.shape}; this run needs "
+                f"{self.data.shape} (rows, n_states, {unit})."
             )
-        self.X[...] = X
+        self.data[...] = data
         self.fresh[...] = False
 
     # -- the search -----------------------------------------------------------------------
@@ -171,12 +195,13 @@ class EvolutionaryStates:
         X[b, k, second] = np.where(two, second_value, X[b, k, second])
         return X
 
-    def _prepare(self, X, scores, rows, iteration, fresh):
-        """The search's inputs: the states with fresh rows initialised, the proposal (B, H)
-        and the keys of the generations' random numbers."""
+    def _prepare(self, X, scores, rows, iteration, fresh, packed=False):
+        """The search's inputs: the states (in storage form if ``packed``) with fresh rows
+        initialised, the proposal (B, H) and the keys of the generations' random numbers."""
         if fresh is not None and fresh.any():
             X = X.copy()
-            X[fresh] = self.initial(rows[fresh], None if scores is None else scores[fresh])
+            new = self.initial(rows[fresh], None if scores is None else scores[fresh])
+            X[fresh] = self.pack(new) if packed else new
         weights = proposal(scores, self.H, X.shape[0])
         gen_keys = [
             stream_key(self.seed, iteration, 1 + g) for g in range(self.settings.n_generations)
@@ -196,26 +221,30 @@ class EvolutionaryStates:
         weight: np.ndarray,
         accumulate: bool,
         in_place: bool = False,
+        packed: bool = False,
     ):
         """:meth:`evolve` with a model's fused search and E-step
         (:meth:`prosper.models.base.TruncatedModel.state_estep`): the same states, then the
         posterior over them.
 
         With ``in_place`` the new states overwrite X (the solver's view of its stored states:
-        no copy of the (B, S, H) states per E-step); rows initialised here go to a copy.
+        no copy of the states per E-step); rows initialised here go to a copy. With
+        ``packed`` X and the new states are in storage form (:meth:`pack`: bits for binary
+        latents), which the fused kernel reads and writes as they are.
 
         Returns
         -------
         X, log_marginal, stats
-            The new states (B, S, H), log marginals (B,) at T=1 and the model's statistics of
-            the tempered posterior weighted by ``weight`` (None unless ``accumulate``).
+            The new states (B, S, H), or in storage form with ``packed``, log marginals (B,)
+            at T=1 and the model's statistics of the tempered posterior weighted by
+            ``weight`` (None unless ``accumulate``).
         """
         st = self.settings
-        X, weights, gen_keys = self._prepare(X, scores, rows, iteration, fresh)
+        X, weights, gen_keys = self._prepare(X, scores, rows, iteration, fresh, packed)
         rows = np.asarray(rows, dtype=np.int64)
         return estep(
             X, weights, self.keys, gen_keys, rows, st.n_parents, st.n_children, beta,
-            prior_beta, weight, accumulate, X if in_place else None,
+            prior_beta, weight, accumulate, X if in_place else None, packed and self.bits,
         )  # fmt: skip
 
     def evolve(

@@ -13,7 +13,8 @@ the solver runs the E-step itself over explicit per-row states: the set's search
 each row's S states on the model's log-joint, then tempered posterior weights, the log
 marginal at T=1 and the model's statistics from those weights
 (:meth:`prosper.models.base.TruncatedModel.state_stats`). The states of this rank's rows
-(N_local · S · H bytes) persist across iterations and go to the checkpoint.
+(N_local · S · ⌈H / 8⌉ bytes for binary latents, N_local · S · H otherwise) persist across
+iterations and go to the checkpoint.
 """
 
 from __future__ import annotations
@@ -238,20 +239,25 @@ class TruncatedEM:
             self.states.restore(self._stored_states.read(offset, offset + n_local))
             self._stored_states = None
 
-    def _explicit_batch(self, Y, X, rows, iteration, beta, prior_beta, weight, accumulate, fresh):
-        """Search, posterior and statistics of one batch over explicit states.
+    def _explicit_batch(self, Y, rows, iteration, beta, prior_beta, weight, accumulate):
+        """Search, posterior and statistics of one batch of local rows (a slice) over their
+        evolutionary states, which it updates.
 
-        Returns the new states, the log marginals (B,) at T=1 and the statistics (or None).
-        A model's fused search and E-step (:meth:`TruncatedModel.state_estep`) runs where
-        its backend has one: the same states and numbers in one pass over each row.
+        Returns the log marginals (B,) at T=1 and the statistics (or None). A model's fused
+        search and E-step (:meth:`TruncatedModel.state_estep`) runs where its backend has
+        one: the same states and numbers in one pass over each row, reading and writing the
+        stored states in place (bits for binary latents); the generic path unpacks them.
         """
+        st = self.states
+        global_rows = np.arange(rows.start, rows.stop) + st.offset
+        fresh = st.fresh[rows]
         fused = self.model.state_estep(Y, self.params, self.backend)
         if fused is not None:
             scores, estep = fused
-            return self.states.evolve_estep(
-                X,
+            new, log_marginal, stats = st.evolve_estep(
+                st.data[rows],
                 scores,
-                rows,
+                global_rows,
                 iteration,
                 fresh,
                 estep,
@@ -260,9 +266,19 @@ class TruncatedEM:
                 weight,
                 accumulate,
                 in_place=True,
+                packed=True,
             )
-        X, ll, lp = self._search(Y, X, rows, iteration, fresh, beta)
-        return (X, *self._posterior(Y, X, ll, lp, beta, prior_beta, weight, accumulate))
+            # rows initialised in this E-step were searched in a copy
+            if not np.may_share_memory(new, st.data):
+                st.data[rows] = new
+        else:
+            X, ll, lp = self._search(Y, st.rows(rows), global_rows, iteration, fresh, beta)
+            st.store(rows, X)
+            log_marginal, stats = self._posterior(
+                Y, X, ll, lp, beta, prior_beta, weight, accumulate
+            )
+        st.fresh[rows] = False
+        return log_marginal, stats
 
     def _search(self, Y, X, rows, iteration, fresh, beta=1.0):
         """The state set's search for a batch (see :meth:`_searcher`)."""
@@ -326,24 +342,11 @@ class TruncatedEM:
         total: dict[str, np.ndarray] | None = None
         for rows in self._batches(Y.shape[0]):
             if self.evolutionary:
-                st = self.states
-                global_rows = np.arange(rows.start, rows.stop) + st.offset
                 weight = np.ones(rows.stop - rows.start) if mask is None else mask[rows]
-                new, lm, stats = self._explicit_batch(
-                    Y[rows],
-                    st.X[rows],
-                    global_rows,
-                    iteration,
-                    beta,
-                    prior_beta,
-                    weight.astype(np.float64),
+                lm, stats = self._explicit_batch(
+                    Y[rows], rows, iteration, beta, prior_beta, weight.astype(np.float64),
                     accumulate,
-                    st.fresh[rows],
-                )
-                # a fused E-step may have written the stored rows in place already
-                if not np.may_share_memory(new, st.X):
-                    st.X[rows] = new
-                st.fresh[rows] = False
+                )  # fmt: skip
             else:
                 lm, stats = self._et_batch(
                     Y[rows], beta, prior_beta, None if mask is None else mask[rows], accumulate
@@ -467,7 +470,7 @@ class TruncatedEM:
             block = Y[rows]
             weight = None if mask is None else np.asarray(mask[rows], dtype=np.float64)
             if self.evolutionary:
-                part, X = None, self.states.X[rows]  # this E-step's states, after its search
+                part, X = None, self.states.rows(rows)  # this E-step's states, after its search
             else:
                 # a fused kernel where the backend has one (no explicit states), else the
                 # batch's candidate states enumerated
@@ -673,7 +676,7 @@ class TruncatedEM:
     def kept_posterior_mean(self, rows: slice, Y: np.ndarray) -> np.ndarray:
         """<s> (B, H) of a block of this rank's training rows over the states the fit kept for
         them, at the current parameters (evolutionary states only; no new search)."""
-        X = self.states.X[rows]
+        X = self.states.rows(rows)
         ll, lp = self.model.state_scorer(Y, self.params, self.backend)[1](X)
         q = log_normalise(ll + lp)[1]
         return self.model.state_mean(Y, X, q, self.params)

@@ -414,3 +414,64 @@ def test_fused_search_estep_equals_search_then_posterior(model_class):
         X = Xs
     # the NumPy backend has no fused E-step: the solver runs the search and the posterior
     assert model.state_estep(Y, params, get_backend("numpy")) is None
+
+
+@pytest.mark.parametrize("H", [12, 70])
+def test_fused_estep_on_stored_bits_equals_value_indices(H):
+    """The fused E-step reading and writing binary states as bits (the solver's storage)
+    gives the states, log marginals and statistics of the same E-step on value indices, in
+    both of numba's kernels (bit masks for H <= 64, sorted lists above), with fresh rows."""
+    from prosper.backends import get_backend
+
+    B = 30
+    model, params, Y = _linear_problem(BSCModel, H, B, seed=3)
+    kernels = get_backend("numba")
+    rows = np.arange(B) + 5
+    weight = np.linspace(0.0, 1.0, B)
+    states = EvolutionaryStates(H, model.values, SETTINGS, seed=4)
+    states.attach(B, 5)
+    assert states.data.shape == (B, SETTINGS.n_states, (H + 7) // 8)
+    X = np.zeros((B, SETTINGS.n_states, H), dtype=np.uint8)
+    for it in range(3):
+        fresh = np.arange(B) % 7 == 0 if it == 1 else np.full(B, it == 0)
+        scores, estep = model.state_estep(Y, params, kernels)
+        Xv, lmv, statsv = states.evolve_estep(
+            X, scores, rows, it, fresh, estep, 0.8, 1.0, weight, True
+        )
+        stored = states.pack(X)
+        Xb, lmb, statsb = states.evolve_estep(
+            stored, scores, rows, it, fresh, estep, 0.8, 1.0, weight, True, in_place=True,
+            packed=True,
+        )  # fmt: skip
+        assert Xb.shape == stored.shape
+        assert np.shares_memory(Xb, stored) == (not fresh.any())
+        np.testing.assert_array_equal(states.unpack(Xb), Xv)
+        np.testing.assert_array_equal(lmb, lmv)
+        for name in statsv:
+            np.testing.assert_array_equal(statsb[name], statsv[name], err_msg=name)
+        assert np.any(Xv[:, :, : H // 2]) and np.any(Xv[:, :, H // 2 :])
+        X = Xv
+
+
+def test_binary_states_are_stored_as_bits():
+    """Binary latents: a bit per latent in storage (np.packbits' order, as the checkpoint
+    holds them); more values: a byte. A checkpoint block of the wrong shape is refused."""
+    H, S, n = 21, 4, 5
+    settings = SearchSettings(n_states=S, n_parents=2, n_children=2, n_generations=1)
+    rng = np.random.default_rng(0)
+    for values, width in (([0.0, 1.0], 3), ([0.0, -1.0, 1.0], H)):
+        states = EvolutionaryStates(H, values, settings, seed=0)
+        states.attach(n, 0)
+        assert states.data.shape == (n, S, width) and states.data.dtype == np.uint8
+        X = rng.integers(0, len(values), (2, S, H)).astype(np.uint8)
+        states.store(slice(1, 3), X)
+        np.testing.assert_array_equal(states.rows(slice(1, 3)), X)
+        assert not states.rows(slice(0, 1)).any() and not states.rows(slice(3, 5)).any()
+        if len(values) == 2:
+            np.testing.assert_array_equal(states.packed()[1:3], np.packbits(X, axis=-1))
+        block = states.packed().copy()
+        states.attach(n, 0)
+        states.restore(block)
+        np.testing.assert_array_equal(states.rows(slice(1, 3)), X)
+        with pytest.raises(ValueError, match="stored evolutionary states have shape"):
+            states.restore(block[:, :, :2])
