@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         numba_search._run(
             X, WY, WtW, yy, model.values, logp, sigma2, model.D, weights, states.keys,
             gen_keys[:n_generations], rows, SEARCH.n_parents, SEARCH.n_children, mode, 1.0,
-            1.0, np.ones(BATCH), X, packed=True,
+            1.0, np.ones(BATCH), X, packed=True, Y=Y[:BATCH],
         )  # fmt: skip
         return time.process_time() - start
 

@@ -414,12 +414,17 @@ def _posterior(
     weight,
     b,
     out_lm,
+    rmean,
     mean,
+    y,
+    sy,
     ss,
     counts,
 ):  # pragma: no cover - compiled
     """Log marginal at T=1 and (mode 2) the statistics of the tempered posterior of row b
-    over its kept states, in the order of numba_states._stats."""
+    over its kept states, in the order of numba_states._stats. The row's <s> is summed in
+    rmean (zero on entry and on return), then its non-zero entries go to mean[b] or, where
+    y is given (the sparse Σ <s> yᵀ, see _SPARSE_SY_ABOVE), to sy[h] += <s_h> y."""
     _post_S = kept.shape[0]
     for _post_i in range(_post_S):
         lj[_post_i] = pll[kept[_post_i]] + plp[kept[_post_i]]
@@ -439,11 +444,25 @@ def _posterior(
                 for _post_a in range(_post_m):
                     _post_ha = pidx[_post_s, _post_a]
                     _post_wa = _post_w * values[pval[_post_s, _post_a]]
-                    mean[b, _post_ha] += _post_wa
+                    rmean[_post_ha] += _post_wa
                     for _post_c in range(_post_m):
                         ss[_post_ha, pidx[_post_s, _post_c]] += (
                             _post_wa * values[pval[_post_s, _post_c]]
                         )
+        # the active latents of the weighted states hold the row's non-zero <s_h>; each is
+        # added once (a later visit finds it cleared)
+        for _post_i in range(_post_S):
+            if q[_post_i] * weight != 0.0:
+                _post_s = kept[_post_i]
+                for _post_a in range(pm[_post_s]):
+                    _post_ha = pidx[_post_s, _post_a]
+                    _post_mh = rmean[_post_ha]
+                    if _post_mh != 0.0:
+                        rmean[_post_ha] = 0.0
+                        if y.shape[0] == 0:
+                            mean[b, _post_ha] = _post_mh
+                        for _post_d in range(y.shape[0]):
+                            sy[_post_ha, _post_d] += _post_mh * y[_post_d]
 
 
 # Binary states (one non-zero value, as BSC's) of up to 64 latents: a state is a bit mask,
@@ -684,6 +703,8 @@ def _search_rows_bits(
     weight,
     out_lm,
     mean,
+    Y,
+    sy,
     ss,
     counts,
 ):  # pragma: no cover - compiled
@@ -719,6 +740,7 @@ def _search_rows_bits(
     cum = np.empty(H)
     lj = np.empty(S)
     q = np.empty(S)
+    rmean = np.zeros(H)  # the row's <s>, zero between rows
     # With words, a row's S H value indices pass through a stream of S H bits (bit o set
     # where byte o is non-zero; one spare word), state k's mask being bits k H .. k H + H - 1:
     # read and written eight bytes at a time, without a branch per active latent
@@ -897,11 +919,13 @@ def _search_rows_bits(
                 # counts[1] in a local (the same additions in the same order, without a
                 # store and load per addition through an array that may alias ss)
                 count1 = counts[1]
+                weighted = np.uint64(0)  # the latents of <s> that are not zero
                 for i in range(S):
                     w8 = q[i] * weight[b]
                     if w8 == 0.0:
                         continue
                     mask = kmask[i]
+                    weighted |= mask
                     for _a in range(kcount[i]):
                         count1 += w8
                     wa = w8 * v1
@@ -909,7 +933,7 @@ def _search_rows_bits(
                     while rest != 0:
                         ha = _lowest(rest)
                         rest &= rest - _ONE
-                        mean[b, ha] += wa
+                        rmean[ha] += wa
                         # ss[ha, hb] and ss[hb, ha] receive the same additions in the same
                         # order: the upper triangle is summed, the lower one copied from it
                         rest2 = mask & ~_low_bits(ha)
@@ -917,6 +941,16 @@ def _search_rows_bits(
                             ss[ha, _lowest(rest2)] += wa * v1
                             rest2 &= rest2 - _ONE
                 counts[1] = count1
+                # the row's non-zero <s_h> to mean[b] or (sparse) Σ <s> yᵀ
+                while weighted != 0:
+                    ha = _lowest(weighted)
+                    weighted &= weighted - _ONE
+                    mh = rmean[ha]
+                    rmean[ha] = 0.0
+                    if Y.shape[1] == 0:
+                        mean[b, ha] = mh
+                    for d in range(Y.shape[1]):
+                        sy[ha, d] += mh * Y[b, d]
     if mode == 2:  # the lower triangle of ss (zero on entry, as the upper one)
         for ha in range(H):
             for hb in range(ha + 1, H):
@@ -956,12 +990,15 @@ def _search_rows(
     weight,
     out_lm,
     mean,
+    Y,
+    sy,
     ss,
     counts,
 ):  # pragma: no cover - compiled
     """The E-step search (all generations) of rows start..stop - 1 into out_*; with mode 1
     also the log marginals, with mode 2 also the statistics of the tempered posterior
-    (mean (B, H) per row, ss (H, H) and counts (V,) summed over the rows).
+    (mean (B, H) per row, or with Y (B, D) sy (H, D) = Σ <s> yᵀ transposed, summed over
+    the rows; ss (H, H) and counts (V,) summed over the rows).
 
     With ``words``, Xw and out_Xw are X and out_X seen as 64-bit words per row (B, S H / 8):
     a row is read and cleared eight latents at a time (a sparse state is mostly zero
@@ -988,6 +1025,7 @@ def _search_rows(
     newkept = np.empty(S, dtype=np.int64)
     lj = np.empty(S)  # log-joints of the kept states, then their posterior weights
     q = np.empty(S)
+    rmean = np.zeros(H)  # the row's <s>, zero between rows
     nonzero = np.empty(Xw.shape[1], dtype=np.int64)  # the row's non-zero words
     n_nonzero = 0
     for b in range(start, stop):
@@ -1125,7 +1163,7 @@ def _search_rows(
         if mode > 0:
             _posterior(
                 kept, pidx, pval, pm, pll, plp, lj, q, values, mode, beta, prior_beta,
-                weight[b], b, out_lm, mean, ss, counts,
+                weight[b], b, out_lm, rmean, mean, Y[b], sy, ss, counts,
             )  # fmt: skip
 
 
@@ -1157,6 +1195,7 @@ def _linear_search(
     beta,
     prior_beta,
     weight,
+    Y,
 ):  # pragma: no cover - compiled
     B, S, H = X.shape[0], X.shape[1], WY.shape[1]
     out_ll = np.empty((B, S))
@@ -1165,7 +1204,11 @@ def _linear_search(
     # the statistics of a chunk of rows go to its own slot (summed afterwards); without
     # statistics the arrays are placeholders of one row
     many = 1 if mode == 2 else 0
-    mean = np.zeros((max(B * many, 1), H))
+    # the rows' <s> (B, H) for Yᵀ <s> by a GEMM, or with Y (sparse) Σ <s> yᵀ per chunk
+    sparse = Y.shape[1] > 0
+    mean = np.zeros((B if many and not sparse else 1, H))
+    sy_slots = 1 if many == 1 and sparse else 0
+    sy = np.zeros((max(n_chunks * sy_slots, 1), H, Y.shape[1]))
     ss = np.zeros((max(n_chunks * many, 1), H, H))
     counts = np.zeros((max(n_chunks * many, 1), values.shape[0]))
     step = (B + n_chunks - 1) // n_chunks
@@ -1176,17 +1219,25 @@ def _linear_search(
             _search_rows_bits(
                 X, Xw, words, packed, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, gen_keys, rows, P, C, c * step, min(B, (c + 1) * step), out_X, out_Xw,
-                out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
-                counts[c * many],
+                out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, Y,
+                sy[c * sy_slots], ss[c * many], counts[c * many],
             )  # fmt: skip
         else:
             _search_rows(
                 X, Xw, words, packed, in_place, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, keys, gen_keys, rows, P, C, nz, c * step, min(B, (c + 1) * step),
                 out_X, out_Xw, out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean,
-                ss[c * many], counts[c * many],
+                Y, sy[c * sy_slots], ss[c * many], counts[c * many],
             )  # fmt: skip
-    return out_ll, out_lp, out_lm, mean, ss, counts
+    return out_ll, out_lp, out_lm, mean, sy, ss, counts
+
+
+# Σ_n <s_n> y_nᵀ (D, H) of the fused E-step: above this H from each row's non-zero <s_h>
+# (the latents of its weighted states, a handful), D multiply-adds each, in the kernel; up to
+# it as Yᵀ <s> by a GEMM over the batch. Measured on 2-core AMD EPYC, one thread
+# (bench_evo_cost.py): at H = 20, D = 100 the GEMM is cheaper (about ten of the 20 latents
+# are touched per row); at H = 300, D = 256 the sparse sum saves ~3 µs per point.
+_SPARSE_SY_ABOVE = 64
 
 
 def _words(X: np.ndarray) -> np.ndarray:
@@ -1195,7 +1246,8 @@ def _words(X: np.ndarray) -> np.ndarray:
 
 
 def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, P, C,
-         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None, packed=False):  # fmt: skip
+         mode=0, beta=1.0, prior_beta=1.0, weight=None, out=None, packed=False,
+         Y=None):  # fmt: skip
     B = X.shape[0]
     X = np.ascontiguousarray(X, dtype=np.uint8)
     if packed and (len(values) != 2 or X.shape[2] != (WY.shape[1] + 7) // 8):
@@ -1203,6 +1255,7 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
             f"packed states need binary latents and {(WY.shape[1] + 7) // 8} bytes per state; "
             f"got {len(values)} values and {X.shape[2]} bytes."
         )
+    sparse = mode == 2 and WY.shape[1] > _SPARSE_SY_ABOVE
     usable = (
         out is not None
         and out.shape == X.shape
@@ -1248,6 +1301,8 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
         float(beta),
         float(prior_beta),
         np.ones(B) if weight is None else np.ascontiguousarray(weight, dtype=np.float64),
+        # the batch where Σ <s> yᵀ is summed sparsely; float32 data is widened, a batch at a time
+        np.ascontiguousarray(Y, dtype=np.float64) if sparse else np.zeros((B, 0)),
     )
     return (out_X, *out)
 
@@ -1300,7 +1355,7 @@ def linear_search(
 
 
 def linear_search_estep(
-    X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
+    X, Y, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
     n_parents, n_children, beta, prior_beta, weight, accumulate, out=None, packed=False,
 ):  # fmt: skip
     """:func:`linear_search`, then each row's posterior over its new states, in one pass.
@@ -1310,6 +1365,8 @@ def linear_search_estep(
     X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows, \
     n_parents, n_children, packed
         As for :func:`linear_search`.
+    Y : ndarray of shape (B, D)
+        The batch (for Σ <s> yᵀ; float32 is widened to float64).
     beta, prior_beta : float
         Inverse temperatures of the likelihood and the prior for the statistics.
     weight : ndarray of shape (B,)
@@ -1328,14 +1385,21 @@ def linear_search_estep(
     log_marginal : ndarray of shape (B,)
         log Σ_k p(s_k, y) over them at T=1.
     moments : tuple or None
-        (mean (B, H), ss (H, H), counts (V-1,)): Σ_k q_k s_k per row, Σ_b Σ_k q_bk s sᵀ and
+        (sy (D, H), ss (H, H), counts (V-1,)): Σ_b y_b Σ_k q_bk s_kᵀ, Σ_b Σ_k q_bk s sᵀ and
         Σ q #{h: s_h = v} per non-zero value, for the weights q of the tempered posterior
-        times ``weight``: what :func:`prosper.backends.numba_states.linear_state_stats`
-        returns for them.
+        times ``weight``: Yᵀ times the per-row means that
+        :func:`prosper.backends.numba_states.linear_state_stats` returns for them, and its
+        other two. Above H = 64 sy is summed from each row's few non-zero means (H = 300: a
+        handful of the 300), not by a (D, B) x (B, H) product: equal to round-off.
     """
     out = _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys, rows,
                n_parents, n_children, 2 if accumulate else 1, beta, prior_beta, weight,
-               out, packed)  # fmt: skip
+               out, packed, Y)  # fmt: skip
     if not accumulate:
         return out[0], out[3], None
-    return out[0], out[3], (out[4], out[5].sum(axis=0), out[6].sum(axis=0)[1:])
+    _, _, _, log_marginal, mean, sy, ss, counts = out
+    if WY.shape[1] > _SPARSE_SY_ABOVE:
+        sy = sy.sum(axis=0).T
+    else:  # Yᵀ as a view where Y is float64 (no copy of the batch)
+        sy = np.asarray(Y).T.astype(np.float64, copy=False) @ mean
+    return out[0], log_marginal, (sy, ss.sum(axis=0), counts.sum(axis=0)[1:])

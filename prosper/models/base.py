@@ -552,27 +552,35 @@ class LinearTruncatedModel(TruncatedModel):
         def fused(X, proposal, keys, gen_keys, rows, n_parents, n_children, beta, prior_beta,
                   weight, accumulate, out=None, packed=False):  # fmt: skip
             X, log_marginal, moments = estep(
-                X, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys, gen_keys,
-                rows, n_parents, n_children, beta, prior_beta, weight, accumulate, out, packed,
+                X, Y, WY, WtW, yy, self.values, logp, sigma2, self.D, proposal, keys,
+                gen_keys, rows, n_parents, n_children, beta, prior_beta, weight, accumulate,
+                out, packed,
             )  # fmt: skip
-            stats = None if moments is None else self._moment_stats(Y, yy, weight, *moments)
+            stats = None if moments is None else self._stats(yy, weight, *moments)
             return X, log_marginal, stats
 
         return scores, fused
 
     @staticmethod
-    def _moment_stats(Y, yy, weight, mean, ss, counts):
-        """The statistics dict from the posterior moments over explicit states (``mean``
-        (B, H) per row, ``ss`` and ``counts`` summed) and ||y||² (B,)."""
+    def _stats(yy, weight, sy, ss, counts):
+        """The statistics dict from the summed moments (Σ y<s>ᵀ, Σ<s sᵀ>, counts), ||y||²
+        (B,) and the rows' weights."""
         return {
-            # Yᵀ as a view where Y is float64: astype's copy had the view's layout, so the
-            # product is the same, without a pass that copies the batch
-            "sy": Y.T.astype(np.float64, copy=False) @ mean,
+            "sy": sy,
             "ss": ss,
             "counts": counts,
             "yy": np.array(float(weight @ yy)),
             "n": np.array(float(weight.sum())),
         }
+
+    @classmethod
+    def _moment_stats(cls, Y, yy, weight, mean, ss, counts):
+        """The statistics dict from the posterior moments over explicit states (``mean``
+        (B, H) per row, ``ss`` and ``counts`` summed) and ||y||² (B,)."""
+        # Yᵀ as a view where Y is float64: astype's copy had the view's layout, so the
+        # product is the same, without a pass that copies the batch
+        sy = Y.T.astype(np.float64, copy=False) @ mean
+        return cls._stats(yy, weight, sy, ss, counts)
 
     def state_stats(self, Y, X, q, weight, params, backend, beta=1.0):
         moments = backend.KERNELS["linear_state_stats"](X, q * weight[:, None], self.values)

@@ -367,14 +367,15 @@ def test_fused_linear_search_makes_the_generic_search_s_choices(model_class, H, 
 
 
 @pytest.mark.parametrize("model_class", [BSCModel, TSCModel])
-def test_fused_search_estep_equals_search_then_posterior(model_class):
+@pytest.mark.parametrize("H", [12, 70])
+def test_fused_search_estep_equals_search_then_posterior(model_class, H):
     """numba's fused search and E-step gives the states of the fused search and the log
     marginals and statistics of the solver's generic posterior over them (tempered, with
-    data-point weights)."""
+    data-point weights); above H = 64 its Σ y<s>ᵀ is summed sparsely in the kernel."""
     from prosper.backends import get_backend
     from prosper.backends.numpy_backend import log_normalise
 
-    H, B = 12, 40
+    B = 40
     model, params, Y = _linear_problem(model_class, H, B, seed=5)
     rows = np.arange(B) + 11
     kernels = get_backend("numba")
