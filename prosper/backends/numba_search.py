@@ -42,7 +42,9 @@ The stored states, choices, log-joints and statistics are those of the list form
 
 Binary states may also come as bits (``packed``: the solver's storage, a bit per latent in
 np.packbits' order), read into masks or lists and written back as bits: S ⌈H / 8⌉ bytes per
-row instead of S H (H = 300: 1216 bytes instead of 9600).
+row instead of S H (H = 300: 1216 bytes instead of 9600). Above H = 64 the statistics'
+Σ y⟨s⟩ᵀ is summed in the kernel from each row's few non-zero posterior means
+(``_SPARSE_SY_ABOVE``); below, the rows' means go out for one GEMM.
 """
 
 from __future__ import annotations
