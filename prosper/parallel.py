@@ -182,6 +182,45 @@ class Communicator:
             return [value]
         return self.comm.gather(value, root=root)
 
+    def gather_rows(
+        self, block: np.ndarray, out: np.ndarray | None = None, root: int = 0
+    ) -> np.ndarray | None:
+        """Gather every rank's block of rows into one array on ``root``, in rank order, with
+        one ``Gatherv`` of raw rows (no pickling, no concatenation); None on the other ranks.
+
+        Blocks have the same trailing shape and dtype on every rank (any number of rows,
+        0 included; rows of at least one byte). ``out`` is the root's buffer when it has the
+        total shape and dtype (a buffer kept across calls: no new pages per call), else a new
+        array is made. On one rank the block itself is returned.
+        """
+        block = np.ascontiguousarray(block)
+        row_bytes = block.itemsize * int(np.prod(block.shape[1:], dtype=np.int64))
+        if row_bytes == 0:  # the same trailing shape on every rank: all raise, none waits
+            raise ValueError(f"gather_rows needs rows of at least one byte; got {block.shape}.")
+        if self.size == 1:
+            return block
+        counts = self.comm.gather(block.shape[0], root=root)
+        # one row as one MPI element: counts stay rows, far below 2^31, however wide a row is
+        row = self._MPI.BYTE.Create_contiguous(row_bytes)
+        row.Commit()
+        try:
+            if self.rank != root:
+                self.comm.Gatherv([block, block.shape[0], row], None, root=root)
+                return None
+            shape = (sum(counts), *block.shape[1:])
+            if (
+                out is None
+                or out.shape != shape
+                or out.dtype != block.dtype
+                or not out.flags.c_contiguous
+            ):
+                out = np.empty(shape, dtype=block.dtype)
+            displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+            self.comm.Gatherv([block, block.shape[0], row], [out, counts, displs, row], root=root)
+            return out
+        finally:
+            row.Free()
+
     def bcast(self, value: Any, root: int = 0) -> Any:
         """Broadcast a small Python object from ``root``."""
         return value if self.size == 1 else self.comm.bcast(value, root=root)
