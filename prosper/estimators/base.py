@@ -111,18 +111,20 @@ class EMEstimator(BaseEstimator):
     def _make_learner(self, D: int, seed: int, backend):
         raise NotImplementedError
 
-    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+    def _memory_needs(self, D: int, n_local: int, n_gathered: int = 0) -> dict[str, int]:
         """Estimated bytes of what a fit allocates on one rank, by item (before any of it is
-        allocated); Python ints, so that absurd sizes are compared exactly."""
+        allocated); Python ints, so that absurd sizes are compared exactly. ``n_gathered``:
+        the rows whose per-row state this rank gathers for the checkpoint (rank 0 of a run
+        on several ranks: all of them)."""
         return {}
 
     #: what to lower when the estimate is too large (appended to the error message)
     _memory_advice = "Lower batch_size or the model size, or raise max_memory."
 
-    def _check_memory(self, D: int, n_local: int) -> None:
+    def _check_memory(self, D: int, n_local: int, n_gathered: int = 0) -> None:
         check_memory(
             type(self).__name__,
-            self._memory_needs(D, n_local),
+            self._memory_needs(D, n_local, n_gathered),
             max_memory=self.max_memory,
             advice=self._memory_advice,
         )
@@ -246,7 +248,8 @@ class EMEstimator(BaseEstimator):
         comm.agree(_error_of(self._check_params, D))
         # every allocation that grows with H, D, the state count or batch_size is estimated
         # before any of it is made
-        comm.agree(_error_of(self._check_memory, D, int(Y.shape[0])))
+        n_gathered = n_total if comm.size > 1 and comm.rank == 0 else 0
+        comm.agree(_error_of(self._check_memory, D, int(Y.shape[0]), n_gathered))
         backend = get_backend(self.backend)
         seed = self._seed(comm)
         if not resume:
@@ -820,7 +823,7 @@ class TruncatedEMEstimator(EMEstimator):
         and, on the generic path, the dense state)."""
         return _F8 * (H + 6)
 
-    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+    def _memory_needs(self, D: int, n_local: int, n_gathered: int = 0) -> dict[str, int]:
         H = int(self.H)
         B = max(1, min(self._read_rows, n_local))
         # batch_size=None on a GPU: the device holds the batch's state arrays, the host its
@@ -838,9 +841,9 @@ class TruncatedEMEstimator(EMEstimator):
             width = (H + 7) // 8 if self._n_values() == 2 else H
             return {
                 "parameters": _F8 * (10 * D * H + 4 * H * H),
-                # a bit (binary latents) or a byte per latent, state and local row, plus the
-                # checkpoint's gathered copy on rank 0
-                "evolutionary states": n_local * search.n_states * width * 2,
+                # a bit (binary latents) or a byte per latent, state and local row, plus on
+                # rank 0 of several ranks the checkpoint's copy of every row's
+                "evolutionary states": (n_local + n_gathered) * search.n_states * width,
                 # the search's dense index states, hashes and log-joints of a batch
                 "E-step batch": B * K * (H * 17 + 8 * 8) + _F8 * 4 * B * (D + H),
                 "per data point": _F8 * 2 * n_local,

@@ -428,7 +428,7 @@ class SBL(_SBLEstimator):
             return float(np.log(np.shape(self.dictionary)[1]))
         return float(self.entry_cost)
 
-    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+    def _memory_needs(self, D: int, n_local: int, n_gathered: int = 0) -> dict[str, int]:
         m, n = np.shape(self.dictionary)
         B = max(1, min(int(self.batch_size), n_local))
         return {
@@ -691,7 +691,7 @@ class KroneckerSBL(_SBLEstimator):
                     f"block_size {b} must divide n_i; factors[{i}] has n_i={n} columns."
                 )
 
-    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+    def _memory_needs(self, D: int, n_local: int, n_gathered: int = 0) -> dict[str, int]:
         shapes = [np.shape(A) for A in self.factors]
         m = int(np.prod([s[0] for s in shapes], dtype=object))
         n = int(np.prod([s[1] for s in shapes], dtype=object))

@@ -209,7 +209,7 @@ class SparseCoding(EMEstimator):
         self._learner = learner  # read back by _fit: the online statistics
         return learner
 
-    def _memory_needs(self, D: int, n_local: int) -> dict[str, int]:
+    def _memory_needs(self, D: int, n_local: int, n_gathered: int = 0) -> dict[str, int]:
         H = int(self.H)
         B = max(1, min(int(self.batch_size), n_local))
         return {

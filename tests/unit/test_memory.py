@@ -56,6 +56,20 @@ def test_a_fit_within_the_limit_runs(Y):
     assert model.W_.shape == (9, 6)
 
 
+def test_evolutionary_states_are_counted_as_stored():
+    """A bit per latent for binary latents, a byte otherwise; rank 0 of several ranks also
+    holds the checkpoint's copy of every row."""
+    from prosper import TSC
+
+    needs = BSC(H=300, states="evo", n_states=32)._memory_needs(256, 50000)
+    assert needs["evolutionary states"] == 50000 * 32 * 38
+    rank0 = BSC(H=300, states="evo", n_states=32)._memory_needs(256, 50000, 100000)
+    assert rank0["evolutionary states"] == 150000 * 32 * 38
+    assert TSC(H=20, states="evo", n_states=8)._memory_needs(9, 100)["evolutionary states"] == (
+        100 * 8 * 20
+    )
+
+
 def test_state_table_is_counted_before_it_is_built():
     with pytest.raises(ValueError, match="state table for Hprime=40, gamma=40"):
         ExpectationTruncation(40, 40, 40, (0, 1))
