@@ -190,16 +190,45 @@ class Communicator:
 
         Blocks have the same trailing shape and dtype on every rank (any number of rows,
         0 included; rows of at least one byte). ``out`` is the root's buffer when it has the
-        total shape and dtype (a buffer kept across calls: no new pages per call), else a new
-        array is made. On one rank the block itself is returned.
+        total shape and dtype and is writable (a buffer kept across calls: no new pages per
+        call), else a new array is made. On one rank the block itself is returned.
+
+        Raises
+        ------
+        ValueError or MemoryError
+            On every rank, before any row is sent, when the blocks differ in row shape or
+            dtype, a row has no bytes, or the root cannot allocate the result.
         """
         block = np.ascontiguousarray(block)
-        row_bytes = block.itemsize * int(np.prod(block.shape[1:], dtype=np.int64))
-        if row_bytes == 0:  # the same trailing shape on every rank: all raise, none waits
-            raise ValueError(f"gather_rows needs rows of at least one byte; got {block.shape}.")
         if self.size == 1:
             return block
-        counts = self.comm.gather(block.shape[0], root=root)
+        row_bytes = block.itemsize * int(np.prod(block.shape[1:], dtype=np.int64))
+        # the root checks the blocks and makes its buffer before any rank sends, and every
+        # rank learns the outcome: a failure raises everywhere instead of leaving the other
+        # ranks waiting in the Gatherv
+        info = self.comm.gather((block.shape[0], block.shape[1:], block.dtype.str), root=root)
+        failure: tuple[type[Exception], str] | None = None
+        if self.rank == root:
+            counts = [n for n, _, _ in info]
+            shape = (sum(counts), *block.shape[1:])
+            if len({(rest, dtype) for _, rest, dtype in info}) > 1:
+                failure = ValueError, f"gather_rows: the ranks' rows differ: {info}."
+            elif row_bytes == 0:
+                failure = ValueError, f"gather_rows needs rows of at least one byte; got {shape}."
+            elif (
+                out is None
+                or out.shape != shape
+                or out.dtype != block.dtype
+                or not out.flags.c_contiguous
+                or not out.flags.writeable
+            ):
+                try:
+                    out = np.empty(shape, dtype=block.dtype)
+                except MemoryError:
+                    failure = MemoryError, f"gather_rows: no memory for {shape} {block.dtype}."
+        failure = self.comm.bcast(failure, root=root)
+        if failure is not None:
+            raise failure[0](failure[1])
         # one row as one MPI element: counts stay rows, far below 2^31, however wide a row is
         row = self._MPI.BYTE.Create_contiguous(row_bytes)
         row.Commit()
@@ -207,14 +236,6 @@ class Communicator:
             if self.rank != root:
                 self.comm.Gatherv([block, block.shape[0], row], None, root=root)
                 return None
-            shape = (sum(counts), *block.shape[1:])
-            if (
-                out is None
-                or out.shape != shape
-                or out.dtype != block.dtype
-                or not out.flags.c_contiguous
-            ):
-                out = np.empty(shape, dtype=block.dtype)
             displs = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
             self.comm.Gatherv([block, block.shape[0], row], [out, counts, displs, row], root=root)
             return out

@@ -44,7 +44,7 @@ Binary states may also come as bits (``packed``: the solver's storage, a bit per
 np.packbits' order), read into masks or lists and written back as bits: S ⌈H / 8⌉ bytes per
 row instead of S H (H = 300: 1216 bytes instead of 9600). Above H = 64 the statistics'
 Σ y⟨s⟩ᵀ is summed in the kernel from each row's few non-zero posterior means
-(``_SPARSE_SY_ABOVE``); below, the rows' means go out for one GEMM.
+(``_SPARSE_SY_ABOVE``); up to H = 64 the rows' means go out for one GEMM.
 """
 
 from __future__ import annotations
@@ -1252,10 +1252,12 @@ def _run(X, WY, WtW, yy, values, value_logp, sigma2, D, proposal, keys, gen_keys
          Y=None):  # fmt: skip
     B = X.shape[0]
     X = np.ascontiguousarray(X, dtype=np.uint8)
-    if packed and (len(values) != 2 or X.shape[2] != (WY.shape[1] + 7) // 8):
+    # the kernels take H from WY: a state of another width would be read out of bounds
+    width = (WY.shape[1] + 7) // 8 if packed else WY.shape[1]
+    if X.shape[2] != width or (packed and len(values) != 2):
         raise ValueError(
-            f"packed states need binary latents and {(WY.shape[1] + 7) // 8} bytes per state; "
-            f"got {len(values)} values and {X.shape[2]} bytes."
+            f"states of {X.shape[2]} bytes with packed={packed} and {len(values)} values; "
+            f"H = {WY.shape[1]} needs {width} (packed: binary latents only)."
         )
     sparse = mode == 2 and WY.shape[1] > _SPARSE_SY_ABOVE
     usable = (

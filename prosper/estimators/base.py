@@ -248,7 +248,8 @@ class EMEstimator(BaseEstimator):
         comm.agree(_error_of(self._check_params, D))
         # every allocation that grows with H, D, the state count or batch_size is estimated
         # before any of it is made
-        n_gathered = n_total if comm.size > 1 and comm.rank == 0 else 0
+        # rank 0 of several ranks gathers per-row state for the checkpoint of a result file
+        n_gathered = n_total if out is not None and comm.size > 1 and comm.rank == 0 else 0
         comm.agree(_error_of(self._check_memory, D, int(Y.shape[0]), n_gathered))
         backend = get_backend(self.backend)
         seed = self._seed(comm)
@@ -844,8 +845,11 @@ class TruncatedEMEstimator(EMEstimator):
                 # a bit (binary latents) or a byte per latent, state and local row, plus on
                 # rank 0 of several ranks the checkpoint's copy of every row's
                 "evolutionary states": (n_local + n_gathered) * search.n_states * width,
-                # the search's dense index states, hashes and log-joints of a batch
-                "E-step batch": B * K * (H * 17 + 8 * 8) + _F8 * 4 * B * (D + H),
+                # the search's dense index states, hashes and log-joints of a batch, and the
+                # fused kernel's Σ y<s>ᵀ per thread (large H), at most one per CPU
+                "E-step batch": B * K * (H * 17 + 8 * 8)
+                + _F8 * 4 * B * (D + H)
+                + _F8 * H * D * (os.cpu_count() or 1),
                 "per data point": _F8 * 2 * n_local,
             }
         Hprime, gamma = self._resolved()

@@ -139,8 +139,9 @@ class EvolutionaryStates:
         self.offset = int(offset)
 
     def rows(self, rows: slice) -> np.ndarray:
-        """The states of a block of local rows as value indices (B, S, H), for reading (a
-        view of the storage where it holds value indices)."""
+        """The states of a block of local rows as value indices (B, S, H), for reading: a
+        view of the storage where it holds value indices (the searches return new arrays
+        and never write into their input)."""
         return self.unpack(self.data[rows])
 
     def store(self, rows: slice, X: np.ndarray) -> None:
@@ -170,6 +171,17 @@ class EvolutionaryStates:
             raise ValueError(
                 f"the stored evolutionary states have shape {data.shape}; this run needs "
                 f"{self.data.shape} (rows, n_states, {unit})."
+            )
+        # a latent index of H or more would be read past the end of the model's arrays
+        if self.bits:
+            padding = (1 << (8 * data.shape[-1] - self.H)) - 1  # the last byte's low bits
+            bad = data.shape[-1] > 0 and np.any(data[..., -1] & padding)
+        else:
+            bad = np.any(data >= len(self.values))
+        if bad:
+            raise ValueError(
+                "the stored evolutionary states hold latents or values beyond this model's "
+                f"(H={self.H}, {len(self.values)} values): the checkpoint is damaged."
             )
         self.data[...] = data
         self.fresh[...] = False

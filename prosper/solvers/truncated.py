@@ -324,7 +324,9 @@ class TruncatedEM:
 
     def checkpoint_state(self) -> dict[str, np.ndarray]:
         """The evolutionary states of all rows, gathered to rank 0 in global row order
-        (collective; empty for stateless state sets and on the other ranks)."""
+        (collective; empty for stateless state sets and on the other ranks). The array is
+        the live storage (one rank) or rank 0's gather buffer: valid until the next E-step,
+        so the recorder writes it at once."""
         if not self.evolutionary or self._comm is None:
             return {}
         # rank 0 keeps its buffer of all rows between checkpoints (written at once, before

@@ -31,12 +31,25 @@ SCRIPT = textwrap.dedent(
     first = comm.gather_rows(block)
     again = comm.gather_rows(block + 1, out=first)
     other = comm.gather_rows(floats)
-    try:  # refused on every rank before any message
-        comm.gather_rows(np.zeros((2, 0)))
-    except ValueError as e:
-        assert "at least one byte" in str(e)
+    # refused on every rank before any row is sent (none is left waiting)
+    for bad, message in (
+        (np.zeros((2, 0)), "at least one byte"),
+        (np.zeros((2, 3), dtype=np.float32 if comm.rank == 1 else np.float64), "rows differ"),
+    ):
+        try:
+            comm.gather_rows(bad)
+        except ValueError as e:
+            assert message in str(e), e
+        else:
+            raise AssertionError(f"accepted: {message}")
+    # another root; a read-only buffer is not written
+    frozen = np.zeros((8, 2))
+    frozen.flags.writeable = False
+    last = comm.gather_rows(floats, out=frozen, root=2)
+    if comm.rank == 2:
+        assert last is not frozen and np.array_equal(last[:, 0], np.arange(8.0))
     else:
-        raise AssertionError("empty rows accepted")
+        assert last is None
     if comm.rank != 0:
         assert first is None and again is None and other is None
         sys.exit(0)
@@ -50,8 +63,9 @@ SCRIPT = textwrap.dedent(
 
 
 def test_gather_rows_on_three_ranks(tmp_path):
-    """Rows of uneven blocks (one empty) arrive on rank 0 in rank order; a given buffer of
-    the right shape is filled in place; the other ranks get None."""
+    """Rows of uneven blocks (one empty) arrive on the root in rank order; a given writable
+    buffer of the right shape is filled in place; the other ranks get None; bad blocks are
+    refused on every rank."""
     script = tmp_path / "gather.py"
     script.write_text(SCRIPT)
     proc = run_mpi(3, ["python", str(script)], timeout=120)
