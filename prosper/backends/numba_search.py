@@ -1402,8 +1402,8 @@ def linear_search_estep(
     if not accumulate:
         return out[0], out[3], None
     _, _, _, log_marginal, mean, sy, ss, counts = out
-    if WY.shape[1] > _SPARSE_SY_ABOVE:
-        sy = sy.sum(axis=0).T
-    else:  # Yᵀ as a view where Y is float64 (no copy of the batch)
-        sy = np.asarray(Y).T.astype(np.float64, copy=False) @ mean
+    # Σ y<s>ᵀ summed in the kernel (_run's choice), else Yᵀ <s> with Yᵀ a view where Y is
+    # float64 (no copy of the batch)
+    in_kernel = sy.shape[2] > 0
+    sy = sy.sum(axis=0).T if in_kernel else np.asarray(Y).T.astype(np.float64, copy=False) @ mean
     return out[0], log_marginal, (sy, ss.sum(axis=0), counts.sum(axis=0)[1:])
