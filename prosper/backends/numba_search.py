@@ -416,8 +416,7 @@ def _posterior(
     weight,
     b,
     out_lm,
-    rmean,
-    mean,
+    mean_b,
     y,
     sy,
     ss,
@@ -425,8 +424,9 @@ def _posterior(
 ):  # pragma: no cover - compiled
     """Log marginal at T=1 and (mode 2) the statistics of the tempered posterior of row b
     over its kept states, in the order of numba_states._stats. The row's <s> is summed in
-    rmean (zero on entry and on return), then its non-zero entries go to mean[b] or, where
-    y is given (the sparse Σ <s> yᵀ, see _SPARSE_SY_ABOVE), to sy[h] += <s_h> y."""
+    mean_b: the row of the batch's means, or where y is given (the sparse Σ <s> yᵀ, see
+    _SPARSE_SY_ABOVE) a buffer that is zero on entry and on return, its non-zero entries
+    going to sy[h] += <s_h> y."""
     _post_S = kept.shape[0]
     for _post_i in range(_post_S):
         lj[_post_i] = pll[kept[_post_i]] + plp[kept[_post_i]]
@@ -446,23 +446,21 @@ def _posterior(
                 for _post_a in range(_post_m):
                     _post_ha = pidx[_post_s, _post_a]
                     _post_wa = _post_w * values[pval[_post_s, _post_a]]
-                    rmean[_post_ha] += _post_wa
+                    mean_b[_post_ha] += _post_wa
                     for _post_c in range(_post_m):
                         ss[_post_ha, pidx[_post_s, _post_c]] += (
                             _post_wa * values[pval[_post_s, _post_c]]
                         )
-        # the active latents of the weighted states hold the row's non-zero <s_h>; each is
-        # added once (a later visit finds it cleared)
-        for _post_i in range(_post_S):
+        # sparse: the active latents of the weighted states hold the row's non-zero
+        # <s_h>; each is added once (a later visit finds it cleared)
+        for _post_i in range(_post_S if y.shape[0] > 0 else 0):
             if q[_post_i] * weight != 0.0:
                 _post_s = kept[_post_i]
                 for _post_a in range(pm[_post_s]):
                     _post_ha = pidx[_post_s, _post_a]
-                    _post_mh = rmean[_post_ha]
+                    _post_mh = mean_b[_post_ha]
                     if _post_mh != 0.0:
-                        rmean[_post_ha] = 0.0
-                        if y.shape[0] == 0:
-                            mean[b, _post_ha] = _post_mh
+                        mean_b[_post_ha] = 0.0
                         for _post_d in range(y.shape[0]):
                             sy[_post_ha, _post_d] += _post_mh * y[_post_d]
 
@@ -705,8 +703,6 @@ def _search_rows_bits(
     weight,
     out_lm,
     mean,
-    Y,
-    sy,
     ss,
     counts,
 ):  # pragma: no cover - compiled
@@ -742,7 +738,6 @@ def _search_rows_bits(
     cum = np.empty(H)
     lj = np.empty(S)
     q = np.empty(S)
-    rmean = np.zeros(H)  # the row's <s>, zero between rows
     # With words, a row's S H value indices pass through a stream of S H bits (bit o set
     # where byte o is non-zero; one spare word), state k's mask being bits k H .. k H + H - 1:
     # read and written eight bytes at a time, without a branch per active latent
@@ -921,13 +916,11 @@ def _search_rows_bits(
                 # counts[1] in a local (the same additions in the same order, without a
                 # store and load per addition through an array that may alias ss)
                 count1 = counts[1]
-                weighted = np.uint64(0)  # the latents of <s> that are not zero
                 for i in range(S):
                     w8 = q[i] * weight[b]
                     if w8 == 0.0:
                         continue
                     mask = kmask[i]
-                    weighted |= mask
                     for _a in range(kcount[i]):
                         count1 += w8
                     wa = w8 * v1
@@ -935,7 +928,7 @@ def _search_rows_bits(
                     while rest != 0:
                         ha = _lowest(rest)
                         rest &= rest - _ONE
-                        rmean[ha] += wa
+                        mean[b, ha] += wa
                         # ss[ha, hb] and ss[hb, ha] receive the same additions in the same
                         # order: the upper triangle is summed, the lower one copied from it
                         rest2 = mask & ~_low_bits(ha)
@@ -943,16 +936,6 @@ def _search_rows_bits(
                             ss[ha, _lowest(rest2)] += wa * v1
                             rest2 &= rest2 - _ONE
                 counts[1] = count1
-                # the row's non-zero <s_h> to mean[b] or (sparse) Σ <s> yᵀ
-                while weighted != 0:
-                    ha = _lowest(weighted)
-                    weighted &= weighted - _ONE
-                    mh = rmean[ha]
-                    rmean[ha] = 0.0
-                    if Y.shape[1] == 0:
-                        mean[b, ha] = mh
-                    for d in range(Y.shape[1]):
-                        sy[ha, d] += mh * Y[b, d]
     if mode == 2:  # the lower triangle of ss (zero on entry, as the upper one)
         for ha in range(H):
             for hb in range(ha + 1, H):
@@ -1027,7 +1010,7 @@ def _search_rows(
     newkept = np.empty(S, dtype=np.int64)
     lj = np.empty(S)  # log-joints of the kept states, then their posterior weights
     q = np.empty(S)
-    rmean = np.zeros(H)  # the row's <s>, zero between rows
+    rmean = np.zeros(H)  # the row's <s> for the sparse Σ <s> yᵀ, zero between rows
     nonzero = np.empty(Xw.shape[1], dtype=np.int64)  # the row's non-zero words
     n_nonzero = 0
     for b in range(start, stop):
@@ -1165,7 +1148,8 @@ def _search_rows(
         if mode > 0:
             _posterior(
                 kept, pidx, pval, pm, pll, plp, lj, q, values, mode, beta, prior_beta,
-                weight[b], b, out_lm, rmean, mean, Y[b], sy, ss, counts,
+                weight[b], b, out_lm, rmean if Y.shape[1] > 0 else mean[b], Y[b], sy, ss,
+                counts,
             )  # fmt: skip
 
 
@@ -1221,8 +1205,8 @@ def _linear_search(
             _search_rows_bits(
                 X, Xw, words, packed, WY, WtW, yy, values, value_logp, inv2s2, const,
                 proposal, gen_keys, rows, P, C, c * step, min(B, (c + 1) * step), out_X, out_Xw,
-                out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, Y,
-                sy[c * sy_slots], ss[c * many], counts[c * many],
+                out_ll, out_lp, mode, beta, prior_beta, weight, out_lm, mean, ss[c * many],
+                counts[c * many],
             )  # fmt: skip
         else:
             _search_rows(
@@ -1238,7 +1222,8 @@ def _linear_search(
 # (the latents of its weighted states, a handful), D multiply-adds each, in the kernel; up to
 # it as Yᵀ <s> by a GEMM over the batch. Measured on 2-core AMD EPYC, one thread
 # (bench_evo_cost.py): at H = 20, D = 100 the GEMM is cheaper (about ten of the 20 latents
-# are touched per row); at H = 300, D = 256 the sparse sum saves ~3 µs per point.
+# are touched per row); at H = 300, D = 256 the sparse sum saves ~3 µs per point. At least
+# 64: the bit-mask kernel (binary states of H <= 64) only writes the rows' means.
 _SPARSE_SY_ABOVE = 64
 
 
